@@ -1,0 +1,27 @@
+"""genrefusion: movie genre prediction from posters and plots, unimodal encoders vs multimodal fusion.
+
+Layout (each a module with a small public surface):
+    data / splits / summary  ->  encoders  ->  features (cache)  ->  fusion (heads)  ->  train / experiment / grid
+    ->  metrics / stats  ->  report / serving
+"""
+__version__ = "0.1.0"
+
+from .labels import GENRES  # noqa: E402
+
+__all__ = ["GENRES", "__version__", "create_encoder", "create_model", "load_dataset"]
+
+
+def __getattr__(name):  # lazy: `import genrefusion` stays cheap (no torch import) for the CLI's --help
+    if name == "create_encoder":
+        from .encoders import create_encoder
+
+        return create_encoder
+    if name == "create_model":
+        from .fusion import create_model
+
+        return create_model
+    if name == "load_dataset":
+        from .data import load_dataset
+
+        return load_dataset
+    raise AttributeError(name)
