@@ -1,0 +1,150 @@
+"""The `genrefusion` command line. Each subcommand is a thin shell over a library function."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .data import DataError
+
+
+def _add_data_options(p: argparse.ArgumentParser, split_default: str = "official") -> None:
+    p.add_argument("--split", choices=["official", "stratified"], default=split_default,
+                   help="official: split.json; stratified: Arevalo et al.'s sampling (rarest genre first, 0.6/0.1/0.3)")
+    p.add_argument("--modalities", choices=["any", "both"], default="any",
+                   help="any: every movie (missing poster/plot masked); both: only movies with a poster and a plot")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad input instead of skipping it")
+    p.add_argument("--plot-mode", choices=["join", "longest"], default="join",
+                   help="join all plot paragraphs, or keep the longest one (Arevalo et al.)")
+    p.add_argument("--split-seed", type=int, default=1234, help="seed of the stratified split")
+
+
+def _load(args):
+    from .data import load_dataset
+
+    return load_dataset(args.data, split=args.split, modalities=args.modalities, strict=args.strict,
+                        plot_mode=args.plot_mode, seed=args.split_seed)
+
+
+def cmd_data_summary(args) -> int:
+    from .summary import data_summary, format_summary
+
+    ds = _load(args)
+    summary = data_summary(ds)
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
+
+
+def cmd_features(args) -> int:
+    from .encoders import create_encoder
+    from .features import dataset_features, default_cache_dir
+
+    ds = _load(args)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    print(f"{len(ds):,} movies from {args.data}; cache: {cache_dir}")
+    for name, kwargs in ((args.text, {"pooling": args.pooling}), (args.image, {})):
+        if not name:
+            continue
+        t0 = time.perf_counter()
+        encoder = create_encoder(name, device=args.device, **kwargs)
+        table = dataset_features(ds, encoder, cache_dir, sequences=args.sequences, batch_size=args.batch_size)
+        dt = time.perf_counter() - t0
+        print(f"{encoder.modality:>5} {name}: {int(table.present.sum()):,} movies x {table.dim}, "
+              f"{table.encoded_now:,} newly encoded, {dt:.1f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genrefusion", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="dataset utilities").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("summary", help="counts per split, modalities, skipped input, per-genre distribution")
+    p.add_argument("data", help="MM-IMDb folder (split.json + dataset/) or a CSV/JSONL catalog")
+    _add_data_options(p)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_data_summary)
+
+    p = sub.add_parser("features", help="encode every movie once into the feature cache")
+    p.add_argument("--data", required=True)
+    p.add_argument("--text", default="minilm-l6", help="text encoder name, HF id or folder ('' to skip)")
+    p.add_argument("--image", default="efficientnet-lite0", help="image encoder name, HF id or folder ('' to skip)")
+    p.add_argument("--pooling", choices=["cls", "mean"], default="cls")
+    p.add_argument("--sequences", action="store_true", help="also store fp16 token/patch sequences")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--cache-dir", default=None, help="default: $GENREFUSION_CACHE or ~/.cache/genrefusion")
+    p.add_argument("--device", default="cpu")
+    _add_data_options(p)
+    p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("train", help="train and evaluate one model")
+    p.add_argument("--config", default=None, help="YAML file of config keys (may name a preset)")
+    p.add_argument("--preset", default=None, help="thesis (default) or recommended")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. model=gmu lr=1e-3 data=PATH")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("grid", help="the thesis grid: 4 unimodal + 5 fusion models, tables 6 and 7")
+    p.add_argument("--preset", default="thesis")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", choices=["official", "stratified"], default="official")
+    p.add_argument("--modalities", choices=["any", "both"], default="any")
+    p.add_argument("--encoders", choices=["offline", "thesis"], default="offline",
+                   help="offline: pretrained stand-ins that ship on PyPI; thesis: BERT/RoBERTa/ResNet50/ViT from the hub")
+    p.add_argument("--text-encoder", action="append", default=[], metavar="[SLOT=]NAME",
+                   help="fill a text slot (BERT or RoBERTa); a bare NAME fills BERT, the slot the fusions use")
+    p.add_argument("--image-encoder", action="append", default=[], metavar="[SLOT=]NAME",
+                   help="fill an image slot (ResNet50 or ViT); a bare NAME fills ResNet50, the slot the fusions use")
+    p.add_argument("--rows", default=None, help="comma-separated subset of rows (names or model names)")
+    p.add_argument("--seeds", type=int, default=1, help="train every model with this many seeds (mean ± std)")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--out", default=None, help="run folder (default runs/grid-<preset>-<time>)")
+    p.add_argument("--no-report", action="store_true")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides applied to every model")
+    p.set_defaults(func=cmd_grid)
+    return parser
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .experiment import run_experiment
+
+    cfg = load_config(args.config, args.preset, args.overrides)
+    if not cfg.data:
+        raise SystemExit("error: no data: set `data:` in the config or pass data=PATH")
+    run_dir = Path(cfg.out) / (cfg.name or f"{cfg.model}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+    m = run_experiment(cfg, run_dir=run_dir)
+    t = m["test"]
+    print(f"test: hamming acc {t['hamming_accuracy']:.4f}  F1 macro {t['f1_macro']:.4f}  micro {t['f1_micro']:.4f}"
+          f"  weighted {t['f1_weighted']:.4f}  samples {t['f1_samples']:.4f}")
+    print(f"results: {run_dir}")
+    return 0
+
+
+def _slot_items(values: list[str], default_slot: str) -> list[str]:
+    return [v if "=" in v else f"{default_slot}={v}" for v in values]
+
+
+def cmd_grid(args) -> int:
+    from .grid import run_grid
+
+    overrides = _slot_items(args.text_encoder, "BERT") + _slot_items(args.image_encoder, "ResNet50")
+    run_grid(args.data, preset=args.preset, split=args.split, modalities=args.modalities, encoders=args.encoders,
+             slot_overrides=overrides, seeds=args.seeds, cache_dir=args.cache_dir, out=args.out,
+             rows=args.rows.split(",") if args.rows else None, config_overrides=args.overrides,
+             report=not args.no_report)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Run configuration: one dataclass, presets, YAML files and `key=value` command-line overrides.
+
+The resolved config is saved next to every run's results so a number can always be traced to its settings.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class Config:
+    # -- data
+    data: str = ""
+    split: str = "official"  # official | stratified
+    modalities: str = "any"  # any | both
+    plot_mode: str = "join"  # join | longest
+    split_seed: int = 1234
+    strict: bool = False
+    # -- model
+    model: str = "text"  # text | image | early | late | attention | gmu | cross-attention
+    text_encoder: str = "minilm-l6"
+    image_encoder: str = "efficientnet-lite0"
+    pooling: str = "cls"  # text pooling: cls (thesis) | mean
+    cross_attention: str = "pooled"  # pooled (thesis) | sequence
+    head_dropout: list[float] = field(default_factory=lambda: [0.3, 0.2])
+    input_norm: str = "none"  # none | layernorm
+    modality_dropout: float = 0.0
+    # -- optimisation
+    lr: float = 2e-5
+    weight_decay: float = 1e-4
+    batch_size: int = 16
+    epochs: int = 10
+    loss: str = "bce-posweight"  # bce | bce-posweight | focal | asl
+    scheduler: str = "plateau"  # plateau | cosine
+    warmup_epochs: float = 0.0  # cosine only
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    early_stopping_patience: int = 5
+    threshold_mode: str = "fixed"  # fixed (0.5) | global | per_genre, tuned on the validation split only
+    seed: int = 0
+    # -- execution
+    mode: str = "features"  # features: frozen encoders through the cache | end-to-end: encoders in the loop
+    finetune: bool = False  # end-to-end only: also train the encoders
+    encoder_lr: float = 2e-5  # end-to-end fine-tuning learning rate for encoder weights
+    device: str = "cpu"
+    cache_dir: str | None = None
+    out: str = "runs"
+    name: str | None = None  # run folder name; default derived from model and seed
+
+    def validate(self) -> "Config":
+        choices = {
+            "split": ("official", "stratified"), "modalities": ("any", "both"), "plot_mode": ("join", "longest"),
+            "pooling": ("cls", "mean"), "cross_attention": ("pooled", "sequence"),
+            "input_norm": ("none", "layernorm"), "loss": ("bce", "bce-posweight", "focal", "asl"),
+            "scheduler": ("plateau", "cosine"), "threshold_mode": ("fixed", "global", "per_genre"),
+            "mode": ("features", "end-to-end"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"config {key}={getattr(self, key)!r}: expected one of {allowed}")
+        if self.batch_size < 1 or self.epochs < 1 or self.lr <= 0:
+            raise ValueError("config: batch_size and epochs must be >= 1 and lr > 0")
+        if not 0.0 <= self.modality_dropout < 1.0:
+            raise ValueError("config: modality_dropout must be in [0, 1)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes).validate()
+
+
+# The thesis code's settings: frozen encoders, heads at lr 2e-5, batch 16, 10 epochs, threshold 0.5, CLS pooling,
+# cross-attention over pooled vectors.
+PRESETS: dict[str, dict[str, Any]] = {
+    "thesis": {},
+}
+
+
+def _field_types() -> dict[str, Any]:
+    return {f.name: f for f in dataclasses.fields(Config)}
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str) -> Config:
+    fields = _field_types()
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(f"{source}: unknown config key(s) {unknown}; known: {sorted(fields)}")
+    values = {}
+    for key, value in overrides.items():
+        default = getattr(cfg, key)
+        # YAML gives ints for "1" where a float is expected; coerce numbers, leave the rest to validate().
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        values[key] = value
+    return dataclasses.replace(cfg, **values)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ValueError(f"override {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    return key.strip().replace("-", "_"), yaml.safe_load(raw)
+
+
+def load_config(path: str | Path | None = None, preset: str | None = None,
+                overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """preset < YAML file < overrides. A YAML file may name its own `preset:`."""
+    file_values: dict[str, Any] = {}
+    if path is not None:
+        with open(path, encoding="utf-8") as f:
+            file_values = yaml.safe_load(f) or {}
+        if not isinstance(file_values, dict):
+            raise ValueError(f"{path}: expected a mapping of config keys")
+        preset = file_values.pop("preset", preset)
+    preset = preset or "thesis"
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+    cfg = apply_overrides(Config(), PRESETS[preset], f"preset {preset}")
+    cfg = apply_overrides(cfg, file_values, str(path))
+    if isinstance(overrides, list):
+        overrides = dict(parse_override(o) for o in overrides)
+    cfg = apply_overrides(cfg, overrides or {}, "overrides")
+    return cfg.validate()
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,163 @@
+"""Encoder registry: `create_encoder(name)` for registered names, Hugging Face ids and local folders."""
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .base import Encoder, Modality, files_sha256
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    name: str
+    modality: Modality
+    factory: Callable[..., Encoder]
+    description: str
+    offline: bool  # True when the weights ship with an installed package (runs without internet)
+
+
+_REGISTRY: dict[str, EncoderSpec] = {}
+
+
+def register_encoder(name: str, modality: Modality, description: str, offline: bool = False):
+    def deco(factory: Callable[..., Encoder]) -> Callable[..., Encoder]:
+        if name in _REGISTRY:
+            raise ValueError(f"encoder {name!r} registered twice")
+        _REGISTRY[name] = EncoderSpec(name, modality, factory, description, offline)
+        return factory
+
+    return deco
+
+
+def list_encoders(modality: Modality | None = None) -> list[EncoderSpec]:
+    return [s for s in _REGISTRY.values() if modality is None or s.modality == modality]
+
+
+def encoder_spec(name: str) -> EncoderSpec | None:
+    return _REGISTRY.get(name)
+
+
+# --- Hugging Face ids and local folders ---------------------------------------------------------------------------
+# A source is either an existing local folder (loaded with local_files_only=True: it never touches the network)
+# or a Hub id (loaded the normal way; a first-time download is announced with a warning, never hidden).
+
+# model_type values whose checkpoints are image models. A full CLIP checkpoint ("clip") holds both towers and
+# defaults to the vision tower; pass modality="text" for the text tower.
+VISION_MODEL_TYPES = frozenset({
+    "vit", "deit", "beit", "dinov2", "dinov2_with_registers", "resnet", "convnext", "convnextv2", "swin", "swinv2",
+    "regnet", "efficientnet", "mobilenet_v2", "mobilevit", "levit", "clip_vision_model", "clip",
+    "siglip_vision_model",
+})
+
+# Files that decide what an encoder computes: config, weights (whichever one transformers loads), tokenizer and
+# image-processor files. Their content hash is the encoder fingerprint's "weights_sha256".
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
+                 "pytorch_model.bin", "pytorch_model.bin.index.json")
+_SIDE_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+               "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "preprocessor_config.json")
+
+
+def resolve_source(name: str | os.PathLike) -> tuple[str, Path | None]:
+    """-> (source string for from_pretrained, local folder or None when `name` is a Hub id).
+
+    Anything that exists on disk, or looks like a path (absolute, ./, ../, ~, more than one '/'), is a local
+    folder and must hold a config.json; anything else is treated as a Hub id ("bert-base-uncased", "org/model").
+    """
+    path = Path(name).expanduser()
+    text = str(name)
+    if path.exists():
+        if not path.is_dir():
+            raise NotADirectoryError(f"{path}: expected a model folder holding config.json, got a file")
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path}: no config.json here, so it is not a Hugging Face model folder")
+        path = path.resolve()
+        return str(path), path
+    if isinstance(name, os.PathLike) or text.startswith(("/", "./", "../", "~")) or text.count("/") > 1 or "\\" in text:
+        raise FileNotFoundError(f"model folder {text} does not exist")
+    return text, None
+
+
+def is_cached(source: str, filename: str = "config.json") -> bool:
+    from transformers.utils import cached_file
+
+    return cached_file(source, filename, local_files_only=True, _raise_exceptions_for_missing_entries=False,
+                       _raise_exceptions_for_connection_errors=False) is not None
+
+
+def load_config(source: str, folder: Path | None):
+    from transformers import AutoConfig
+
+    if folder is None and not is_cached(source):
+        logger.warning("%s is not a local folder or in the Hugging Face cache: downloading it from the Hub", source)
+    return AutoConfig.from_pretrained(source, local_files_only=folder is not None)
+
+
+def detect_modality(config: Any) -> Modality:
+    if config.model_type in VISION_MODEL_TYPES:
+        return "image"
+    # Unlisted architectures: image models describe pixels (num_channels) and have no vocabulary.
+    if hasattr(config, "num_channels") and not hasattr(config, "vocab_size"):
+        return "image"
+    return "text"
+
+
+def read_json_file(source: str, folder: Path | None, filename: str) -> dict | None:
+    """A small JSON side file (e.g. preprocessor_config.json) of a checkpoint, or None when it has none."""
+    if folder is not None:
+        path = folder / filename
+    else:
+        from transformers.utils import cached_file
+
+        path = cached_file(source, filename, _raise_exceptions_for_missing_entries=False)
+    if path is None or not Path(path).is_file():
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_pretrained(model_cls: Any, source: str, folder: Path | None, config: Any = None) -> torch.nn.Module:
+    """from_pretrained in float32 that refuses to hand back silently random-initialised weights.
+
+    Unexpected keys are fine (a classification head, the other CLIP tower); missing or shape-mismatched keys mean
+    part of the encoder would be random, which would quietly ruin every feature computed from it.
+    """
+    kwargs: dict[str, Any] = {"dtype": torch.float32, "local_files_only": folder is not None,
+                              "output_loading_info": True}
+    if config is not None:
+        kwargs["config"] = config
+    # The dense+tanh "pooler" of BERT-style / ViT models is not what we pool with (we read the first token's
+    # hidden state) and is often absent from checkpoints, so do not build it at all.
+    if "add_pooling_layer" in inspect.signature(model_cls.__init__).parameters:
+        kwargs["add_pooling_layer"] = False
+    model, info = model_cls.from_pretrained(source, **kwargs)
+    missing, mismatched = sorted(info["missing_keys"]), list(info["mismatched_keys"])
+    if missing or mismatched:
+        raise ValueError(f"{source}: checkpoint does not match {model_cls.__name__}; "
+                         f"missing weights {missing[:8]}, shape mismatches {mismatched[:8]}")
+    return model
+
+
+def checkpoint_sha256(source: str, folder: Path | None) -> str:
+    """Content hash of a checkpoint's config, weights and tokenizer/processor files (see _WEIGHT_FILES)."""
+    if folder is None:  # a Hub id: hash the snapshot from_pretrained resolved in the local cache
+        from transformers.utils import cached_file
+
+        folder = Path(cached_file(source, "config.json", local_files_only=True)).parent
+    files = [folder / n for n in _SIDE_FILES if (folder / n).is_file()]
+    weights = next((folder / n for n in _WEIGHT_FILES if (folder / n).is_file()), None)
+    if weights is None:
+        raise FileNotFoundError(f"{folder}: no model weights ({', '.join(_WEIGHT_FILES)})")
+    files.append(weights)
+    if weights.name.endswith(".index.json"):  # sharded: hash every shard the index points at
+        with open(weights) as f:
+            files += [folder / shard for shard in sorted(set(json.load(f)["weight_map"].values()))]
+    return files_sha256(files)
