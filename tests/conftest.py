@@ -44,3 +44,33 @@ def make_subset(sample: Path, dest: Path, per_split: dict[str, int]) -> Path:
                     (dest / "dataset" / f"{mid}{suffix}").symlink_to(src)
     (dest / "split.json").write_text(json.dumps(chosen))
     return dest
+
+
+WORDS = ("the a an of and to in is was he she they it his her love war space ship alien killer murder police "
+         "detective family school friends music song dance horse gun town ghost house night dark funny comedy "
+         "story young old man woman life death city world team game sport fight battle king queen magic").split()
+
+
+def build_tiny_bert(dest: Path, hidden: int = 32, layers: int = 2, max_positions: int = 64) -> Path:
+    """A randomly initialised BERT with a small WordPiece vocabulary, saved like a hub model folder."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    dest.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz.,!?'",
+             *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]]
+    (dest / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(dest / "vocab.txt"), do_lower_case=True)
+    tok.model_max_length = max_positions
+    tok.save_pretrained(dest)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                     intermediate_size=hidden * 2, max_position_embeddings=max_positions)
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(cfg).save_pretrained(dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
