@@ -48,7 +48,7 @@ def cmd_features(args) -> int:
         if not name:
             continue
         t0 = time.perf_counter()
-        encoder = create_encoder(name, device=args.device, **kwargs)
+        encoder = create_encoder(name, **kwargs).to(args.device)
         table = dataset_features(ds, encoder, cache_dir, sequences=args.sequences, batch_size=args.batch_size)
         dt = time.perf_counter() - t0
         print(f"{encoder.modality:>5} {name}: {int(table.present.sum()):,} movies x {table.dim}, "

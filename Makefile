@@ -1,0 +1,38 @@
+# The two commands the README promises: `make demo` and `make test`. Both create .venv/ on first use.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+SAMPLE := $(abspath ../shared/data/mmimdb-sample)
+# DATA=PATH runs on your own copy of MM-IMDb (official split, every movie); without it the shared sample is used
+# with the stratified split over movies that have both a poster and a plot (its official train/test have no dev posters).
+DATA ?=
+ifeq ($(strip $(DATA)),)
+  DEMO_ARGS := --split stratified --modalities both
+else
+  DEMO_ARGS := --split official --modalities any
+endif
+
+.PHONY: demo test install clean-venv
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip==26.3
+	$(PY) -m pip install --quiet --no-deps -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	@data="$(DATA)"; \
+	if [ -z "$$data" ]; then \
+	  if [ -d "$${GENREFUSION_SAMPLE:-$(SAMPLE)}" ]; then data="$${GENREFUSION_SAMPLE:-$(SAMPLE)}"; else \
+	    echo "No data. Get MM-IMDb (see README: 'Full benchmark') and run: make demo DATA=/path/to/mmimdb"; exit 2; fi; \
+	fi; \
+	$(PY) -m genrefusion grid --preset thesis --data "$$data" $(DEMO_ARGS)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,38 @@
+"""Encoders: plot text / poster image -> pooled vector (+ token sequence). Start with `create_encoder`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import Encoder, EncoderOutput, Modality
+from .image import EfficientNetLiteEncoder, HFImageEncoder, ImageEncoder
+from .registry import EncoderSpec, detect_modality, encoder_spec, list_encoders, load_config, resolve_source
+from .text import TextEncoder, normalise_text
+
+__all__ = [
+    "Encoder", "EncoderOutput", "EncoderSpec", "Modality", "TextEncoder", "ImageEncoder", "HFImageEncoder",
+    "EfficientNetLiteEncoder", "create_encoder", "list_encoders", "encoder_spec", "normalise_text",
+]
+
+
+def create_encoder(name: str | Path, modality: Modality | None = None, **kwargs) -> Encoder:
+    """Build an encoder from a registered name (see `list_encoders()`), a Hugging Face Hub id or a local model
+    folder. For ids and folders, text vs image is read off the checkpoint's config (`modality=` overrides it,
+    e.g. "text" for the text tower of a full CLIP checkpoint). kwargs go to the encoder (pooling, max_length,
+    normalise_text for text; image_size, mean, std for images)."""
+    spec = encoder_spec(str(name))
+    if spec is not None:
+        if modality is not None and modality != spec.modality:
+            raise ValueError(f"encoder {spec.name!r} is a {spec.modality} encoder, not {modality}")
+        return spec.factory(**kwargs)
+    if modality not in (None, "text", "image"):
+        raise ValueError(f"modality must be 'text' or 'image', got {modality!r}")
+    source, folder = resolve_source(name)  # raises FileNotFoundError for a path that does not exist
+    try:
+        config = load_config(source, folder)
+    except OSError as e:
+        known = ", ".join(s.name for s in list_encoders())
+        raise ValueError(f"{source!r} is not a registered encoder ({known}), not an existing local folder, "
+                         f"and could not be loaded from the Hugging Face Hub: {e}") from e
+    modality = modality or detect_modality(config)
+    cls = TextEncoder if modality == "text" else HFImageEncoder
+    return cls(source, **kwargs)

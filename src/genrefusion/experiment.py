@@ -1,0 +1,197 @@
+"""One experiment = one model trained and evaluated: data -> features -> model -> fit -> thresholds -> metrics.
+
+Writes a run folder: `config.yaml` (resolved), `metrics.json` (every metric, config, data fingerprint, encoders,
+seed, wall time per phase, training history), `test_predictions.safetensors` (test probabilities and labels, so
+every number can be recomputed) and `model/` (weights + what is needed to rebuild the model).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from . import __version__
+from .config import Config, save_config
+from .data import MovieDataset, load_dataset
+from .features import FeatureTable, dataset_features
+from .fusion import create_model
+from .labels import GENRES
+from .losses import create_loss, pos_weight_from_labels
+from .metrics import compute_metrics, tune_thresholds
+from .train import FeatureBatches, fit, predict, seed_everything
+
+ANALYSIS_KEYS = ("gate", "modality_weights", "alpha")  # GMU image share, attention weights, late-fusion a
+
+
+def model_modalities(name: str) -> tuple[str, ...]:
+    """Which modalities a registered model reads (asked of a throwaway instance, so the registry stays the truth)."""
+    return tuple(create_model(name, text_dim=4, image_dim=4).modalities)
+
+
+def encoder_kwargs(cfg: Config, modality: str) -> dict[str, Any]:
+    """Encoder options that change features (part of the cache key); the device is applied with .to()."""
+    return {"pooling": cfg.pooling} if modality == "text" else {}
+
+
+def model_kwargs(cfg: Config) -> dict[str, Any]:
+    kw: dict[str, Any] = {"head_dropout": tuple(cfg.head_dropout), "input_norm": cfg.input_norm}
+    if cfg.model not in ("text", "image"):
+        kw["modality_dropout"] = cfg.modality_dropout
+    if cfg.model == "cross-attention":
+        kw["variant"] = cfg.cross_attention
+    return kw
+
+
+@dataclass
+class Features:
+    """The feature tables an experiment reads, by modality (shared across the models of a grid)."""
+
+    text: FeatureTable | None = None
+    image: FeatureTable | None = None
+
+
+def load_features(cfg: Config, dataset: MovieDataset, modalities: tuple[str, ...], sequences: bool = False,
+                  progress: bool = True) -> tuple[Features, float]:
+    from .encoders import create_encoder
+
+    t0 = time.perf_counter()
+    feats = Features()
+    for m in modalities:
+        name = cfg.text_encoder if m == "text" else cfg.image_encoder
+        encoder = create_encoder(name, **encoder_kwargs(cfg, m)).to(cfg.device)
+        setattr(feats, m, dataset_features(dataset, encoder, cfg.cache_dir, sequences=sequences, progress=progress))
+    return feats, time.perf_counter() - t0
+
+
+def _subgroup_metrics(y, probs, thr, presence: dict[str, np.ndarray], test_idx, modalities) -> dict[str, Any]:
+    """Test scores for movies with both modalities and with one only (missing-modality robustness)."""
+    if len(modalities) < 2:
+        return {}
+    tp, ip = presence["text"][test_idx], presence["image"][test_idx]
+    out = {}
+    for name, sel in (("both", tp & ip), ("text_only", tp & ~ip), ("image_only", ip & ~tp)):
+        if sel.sum() >= 2:
+            m = compute_metrics(y[sel], probs[sel], thr, GENRES)
+            out[name] = {"n": int(sel.sum()), **{k: v for k, v in m.items() if k != "per_genre"}}
+    return out
+
+
+def run_experiment(cfg: Config, dataset: MovieDataset | None = None, features: Features | None = None,
+                   run_dir: str | Path | None = None, log: Callable[[str], None] | None = print,
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train and evaluate one model; returns the metrics dict that is also written to `run_dir/metrics.json`.
+
+    In 'features' mode (default) the encoders are frozen and read through the feature cache (`features` may be
+    passed in to share it across models); in 'end-to-end' mode they run inside the loop (see endtoend.py)."""
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    if dataset is None:
+        dataset = load_dataset(cfg.data, cfg.split, cfg.modalities, cfg.strict, cfg.plot_mode, cfg.split_seed)
+    timings["data_s"] = time.perf_counter() - t
+    modalities = model_modalities(cfg.model)
+    sequences = cfg.model == "cross-attention" and cfg.cross_attention == "sequence"
+    extra_groups = None
+    if cfg.mode == "features":
+        if features is None:
+            features, timings["features_s"] = load_features(cfg, dataset, modalities, sequences)
+        encoders_meta = {m: {"name": getattr(features, m).encoder, "fingerprint": getattr(features, m).fingerprint}
+                         for m in modalities}
+        dims = {m: getattr(features, m).dim for m in modalities}
+        batch_fn = FeatureBatches(features.text if "text" in modalities else None,
+                                  features.image if "image" in modalities else None, sequences)
+    else:
+        if sequences:
+            raise ValueError("end-to-end mode supports pooled fusion only (cross_attention=pooled)")
+        from .encoders import create_encoder
+        from .endtoend import EncoderBatches
+
+        encs = {m: create_encoder(cfg.text_encoder if m == "text" else cfg.image_encoder,
+                                  **encoder_kwargs(cfg, m)).to(cfg.device) for m in modalities}
+        for e in encs.values():
+            e.requires_grad_(cfg.finetune)
+        batch_fn = EncoderBatches(dataset, encs.get("text"), encs.get("image"), cfg.finetune)
+        if cfg.finetune:
+            extra_groups = [{"params": batch_fn.encoder_parameters(), "lr": cfg.encoder_lr}]
+        encoders_meta = {m: {"name": e.name, "fingerprint": e.fingerprint()} for m, e in encs.items()}
+        dims = {m: e.dim for m, e in encs.items()}
+    presence = {"text": np.array([m.has_plot for m in dataset.movies]),
+                "image": np.array([m.has_poster for m in dataset.movies])}
+    # Only movies that have at least one modality the model reads can be scored by it.
+    usable = np.logical_or.reduce([presence[m] for m in modalities])
+    train_idx, val_idx, test_idx = ([i for i in dataset.splits[s] if usable[i]] for s in ("train", "dev", "test"))
+    y = torch.as_tensor(dataset.labels())
+
+    seed_everything(cfg.seed)
+    model = create_model(cfg.model, text_dim=dims.get("text"), image_dim=dims.get("image"), num_labels=len(GENRES),
+                         **model_kwargs(cfg))
+    pos_weight = pos_weight_from_labels(y[train_idx]) if cfg.loss == "bce-posweight" else None
+    loss_fn = create_loss(cfg.loss, pos_weight=pos_weight)
+    result = fit(model, batch_fn, y, train_idx, val_idx, cfg, loss_fn, extra_param_groups=extra_groups, log=log)
+    timings["train_s"] = result.seconds
+
+    t = time.perf_counter()
+    val_probs, _ = predict(model, batch_fn, val_idx)
+    threshold = tune_thresholds(y[val_idx].numpy(), val_probs, cfg.threshold_mode)  # validation data only
+    test_probs, analysis = predict(model, batch_fn, test_idx, keep=ANALYSIS_KEYS)
+    y_test = y[test_idx].numpy()
+    metrics = {
+        "model": cfg.model,
+        "genrefusion_version": __version__,
+        "config": cfg.to_dict(),
+        "seed": cfg.seed,
+        "data": {
+            "source": str(dataset.report.source), "fingerprint": dataset.fingerprint(), "split": dataset.split_mode,
+            "modalities": cfg.modalities,
+            "n": {"train": len(train_idx), "dev": len(val_idx), "test": len(test_idx)},
+        },
+        "encoders": encoders_meta,
+        "threshold_mode": cfg.threshold_mode,
+        "thresholds": np.asarray(threshold).tolist(),
+        "history": result.history,
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+        "val": compute_metrics(y[val_idx].numpy(), val_probs, threshold, GENRES),
+        "test": compute_metrics(y_test, test_probs, threshold, GENRES),
+        "test_at_0.5": compute_metrics(y_test, test_probs, 0.5, GENRES) if cfg.threshold_mode != "fixed" else None,
+        "test_by_modality": _subgroup_metrics(y_test, test_probs, threshold, presence, test_idx, modalities),
+        "analysis": {k: {"mean": v.mean(axis=0).tolist()} for k, v in analysis.items()},
+        "environment": {"python": platform.python_version(), "torch": torch.__version__,
+                        "threads": torch.get_num_threads()},
+        **(extra or {}),
+    }
+    timings["eval_s"] = time.perf_counter() - t
+    metrics["timings"] = timings
+    if run_dir is not None:
+        write_run(Path(run_dir), cfg, metrics, model, dataset, test_idx, test_probs, y_test, threshold, analysis)
+    return metrics
+
+
+def write_run(run_dir: Path, cfg: Config, metrics: dict, model, dataset: MovieDataset, test_idx, probs, y_true,
+              threshold, analysis: dict[str, np.ndarray]) -> None:
+    """Write the run folder. Files are written under temporary names and renamed, so a folder never holds a
+    half-written metrics.json (its presence marks a finished run)."""
+    from .checkpoint import save_model
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    tensors = {"probs": torch.as_tensor(probs, dtype=torch.float32),
+               "labels": torch.as_tensor(y_true, dtype=torch.float32)}
+    for k, v in analysis.items():
+        tensors[k] = torch.as_tensor(v, dtype=torch.float32)
+    tmp = run_dir / ".tmp-test_predictions.safetensors"
+    save_file(tensors, str(tmp), metadata={"ids": json.dumps([dataset.movies[i].id for i in test_idx]),
+                                           "genres": json.dumps(list(GENRES)),
+                                           "thresholds": json.dumps(np.asarray(threshold).tolist())})
+    os.replace(tmp, run_dir / "test_predictions.safetensors")
+    save_model(run_dir / "model", model, cfg, threshold)
+    tmp = run_dir / ".tmp-metrics.json"
+    tmp.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    os.replace(tmp, run_dir / "metrics.json")

@@ -1,0 +1,183 @@
+"""The thesis grid: four unimodal rows and five fusion rows, trained and evaluated with one call.
+
+The thesis used BERT, RoBERTa, ResNet50 and ViT, and fused BERT + ResNet50. Each of those is an encoder *slot*
+here; by default every slot holds an offline pretrained stand-in of the same family (no hub download is possible
+on an offline machine), and every table names the encoder that actually filled the slot.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import Config, load_config, save_config
+from .data import load_dataset
+from .experiment import Features, load_features, run_experiment
+from .metrics import format_table
+from .stats import mean_std
+
+# slot -> (modality, offline stand-in, the thesis's own hub encoder)
+SLOTS: dict[str, tuple[str, str, str]] = {
+    "BERT": ("text", "minilm-l6", "bert-base-uncased"),
+    "RoBERTa": ("text", "mpnet-base", "roberta-base"),
+    "ResNet50": ("image", "efficientnet-lite0", "resnet50"),
+    "ViT": ("image", "dinov2-vits14", "vit-base-patch16-224"),
+}
+FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT = "BERT", "ResNet50"
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str  # the thesis's row name
+    kind: str  # unimodal | fusion
+    model: str  # registered model name
+    text_slot: str | None
+    image_slot: str | None
+
+
+ROWS: tuple[Row, ...] = (
+    Row("ResNet50", "unimodal", "image", None, "ResNet50"),
+    Row("ViT", "unimodal", "image", None, "ViT"),
+    Row("BERT", "unimodal", "text", "BERT", None),
+    Row("RoBERTa", "unimodal", "text", "RoBERTa", None),
+    Row("Early Fusion", "fusion", "early", FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT),
+    Row("Late Fusion", "fusion", "late", FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT),
+    Row("Attention Fusion", "fusion", "attention", FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT),
+    Row("GMU", "fusion", "gmu", FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT),
+    Row("Cross-Attention", "fusion", "cross-attention", FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT),
+)
+
+
+def resolve_slots(encoders: str = "offline", overrides: list[str] | None = None) -> dict[str, str]:
+    """Slot -> encoder name. `encoders`: 'offline' (stand-ins) or 'thesis' (hub models). `overrides`: 'SLOT=NAME'
+    items; a bare NAME fills the slot the fusions use for its modality (BERT or ResNet50)."""
+    if encoders not in ("offline", "thesis"):
+        raise ValueError(f"encoders must be 'offline' or 'thesis', not {encoders!r}")
+    slots = {s: (offline if encoders == "offline" else hub) for s, (_, offline, hub) in SLOTS.items()}
+    for item in overrides or []:
+        slot, _, name = item.partition("=")
+        if not name:
+            raise ValueError(f"encoder override {item!r}: expected SLOT=NAME with SLOT in {list(SLOTS)}")
+        if slot not in SLOTS:
+            raise ValueError(f"encoder override {item!r}: unknown slot {slot!r}; slots: {list(SLOTS)}")
+        slots[slot] = name
+    return slots
+
+
+def row_label(row: Row, slots: dict[str, str]) -> str:
+    used = [slots[s] for s in (row.text_slot, row.image_slot) if s]
+    return f"{row.name} [{' + '.join(used)}]"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def run_grid(data: str, preset: str = "thesis", split: str = "official", modalities: str = "any",
+             encoders: str = "offline", slot_overrides: list[str] | None = None, seeds: int = 1,
+             cache_dir: str | None = None, out: str | Path | None = None, rows: list[str] | None = None,
+             config_overrides: list[str] | None = None, log: Callable[[str], None] = print,
+             report: bool = True) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    slots = resolve_slots(encoders, slot_overrides)
+    base = load_config(preset=preset, overrides=config_overrides)
+    base = base.replace(data=str(data), split=split, modalities=modalities, cache_dir=cache_dir)
+    selected = [r for r in ROWS if rows is None or r.name in rows or r.model in rows]
+    if not selected:
+        raise ValueError(f"no grid rows match {rows}; rows: {[r.name for r in ROWS]}")
+    out = Path(out) if out else Path(base.out) / f"grid-{preset}-{datetime.now():%Y%m%d-%H%M%S}"
+    out.mkdir(parents=True, exist_ok=True)
+
+    t = time.perf_counter()
+    dataset = load_dataset(data, split, modalities, base.strict, base.plot_mode, base.split_seed)
+    from .summary import data_summary
+
+    summary = data_summary(dataset)
+    (out / "data_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    log(f"data: {len(dataset):,} movies ({split} split, modalities={modalities}); "
+        + ", ".join(f"{s} {len(ix):,}" for s, ix in dataset.splits.items()) + f"  [{time.perf_counter() - t:.1f} s]")
+
+    # Encode each slot's encoder once; every row that uses the slot shares the table.
+    t = time.perf_counter()
+    tables: dict[str, Any] = {}
+    for slot in dict.fromkeys(s for r in selected for s in (r.text_slot, r.image_slot) if s):
+        modality = SLOTS[slot][0]
+        cfg = base.replace(**{f"{modality}_encoder": slots[slot]})
+        t_slot = time.perf_counter()
+        # Sequence cross-attention reads token/patch sequences of the two fusion slots; everything else is pooled.
+        sequences = base.cross_attention == "sequence" and slot in (FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT) \
+            and any(r.model == "cross-attention" for r in selected)
+        feats, _ = load_features(cfg, dataset, (modality,), sequences=sequences)
+        tables[slot] = getattr(feats, modality)
+        log(f"features {slot:<8} <- {slots[slot]:<20} {tables[slot].dim:>5}-d  "
+            f"{getattr(tables[slot], 'encoded_now', 0):,} newly encoded  [{time.perf_counter() - t_slot:.1f} s]")
+    features_s = time.perf_counter() - t
+
+    t = time.perf_counter()
+    results = []
+    for row in selected:
+        label = row_label(row, slots)
+        seed_metrics = []
+        run_dirs = []
+        for s in range(seeds):
+            cfg = base.replace(model=row.model, seed=base.seed + s,
+                               text_encoder=slots[row.text_slot] if row.text_slot else base.text_encoder,
+                               image_encoder=slots[row.image_slot] if row.image_slot else base.image_encoder,
+                               name=f"{_slug(row.name)}/seed-{base.seed + s}")
+            feats = Features(tables.get(row.text_slot), tables.get(row.image_slot))
+            run_dir = out / _slug(row.name) / f"seed-{base.seed + s}"
+            m = run_experiment(cfg, dataset, feats, run_dir, log=None,
+                               extra={"grid_row": row.name, "row_kind": row.kind, "row_label": label,
+                                      "slots": {k: slots[k] for k in (row.text_slot, row.image_slot) if k}})
+            seed_metrics.append(m["test"])
+            run_dirs.append(str(run_dir.relative_to(out)))
+            log(f"{label:<48} seed {cfg.seed}: acc {m['test']['hamming_accuracy']:.4f}  "
+                f"F1 macro {m['test']['f1_macro']:.4f}  micro {m['test']['f1_micro']:.4f}  "
+                f"(best epoch {m['best_epoch']}, {m['timings']['train_s']:.1f} s)")
+        summary_metrics = seed_metrics[0] if seeds == 1 else mean_std(seed_metrics)
+        results.append({"row": row.name, "kind": row.kind, "model": row.model, "label": label,
+                        "encoders": {k: slots[k] for k in (row.text_slot, row.image_slot) if k},
+                        "runs": run_dirs, "test": summary_metrics})
+    train_s = time.perf_counter() - t
+
+    tables_txt = format_grid_tables(results)
+    grid = {
+        "preset": preset, "data": str(data), "split": split, "modalities": modalities, "seeds": seeds,
+        "encoders": encoders, "slots": slots, "data_fingerprint": dataset.fingerprint(),
+        "n": {s: len(ix) for s, ix in dataset.splits.items()}, "rows": results,
+        "timings": {"features_s": features_s, "train_eval_s": train_s, "total_s": time.perf_counter() - t_start},
+        "config": base.to_dict(),
+    }
+    save_config(base, out / "config.yaml")
+    (out / "tables.txt").write_text(tables_txt + "\n", encoding="utf-8")
+    tmp = out / ".tmp-grid.json"
+    tmp.write_text(json.dumps(grid, indent=2), encoding="utf-8")
+    os.replace(tmp, out / "grid.json")
+    log("")
+    log(tables_txt)
+    if report:
+        try:
+            from .report import write_report
+        except ImportError:  # reports are optional to the grid itself
+            write_report = None
+        if write_report is not None:
+            paths = write_report(out)
+            log(f"report: {paths['markdown']}  {paths['html']}")
+    log(f"\nresults: {out}  (features {features_s:.1f} s, training+evaluation {train_s:.1f} s, "
+        f"total {time.perf_counter() - t_start:.1f} s)")
+    grid["out"] = str(out)
+    return grid
+
+
+def format_grid_tables(results: list[dict]) -> str:
+    parts = []
+    for kind, title in (("unimodal", "Table 6. Unimodal models (test)"), ("fusion", "Table 7. Multimodal fusion models (test)")):
+        rows = {r["label"]: r["test"] for r in results if r["kind"] == kind}
+        if rows:
+            parts.append(f"{title}\n{format_table(rows)}")
+    return "\n\n".join(parts)

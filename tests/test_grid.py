@@ -1,0 +1,60 @@
+"""The thesis grid end to end on a small subset of the real sample, with tiny local encoders in every slot."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+from genrefusion.cli import main
+from genrefusion.grid import ROWS, resolve_slots
+from genrefusion.metrics import compute_metrics
+
+from conftest import make_subset
+
+
+def test_slots_default_to_offline_stand_ins_and_accept_overrides():
+    assert resolve_slots() == {"BERT": "minilm-l6", "RoBERTa": "mpnet-base", "ResNet50": "efficientnet-lite0",
+                               "ViT": "dinov2-vits14"}
+    assert resolve_slots("thesis")["ViT"] == "vit-base-patch16-224"
+    assert resolve_slots(overrides=["RoBERTa=roberta-large"])["RoBERTa"] == "roberta-large"
+    with pytest.raises(ValueError, match="unknown slot"):
+        resolve_slots(overrides=["GPT=x"])
+
+
+def test_grid_end_to_end_on_a_sample_subset(sample_root, tmp_path, tiny_bert, tiny_vit, capsys):
+    data = make_subset(sample_root, tmp_path / "subset", {"train": 70, "dev": 0, "test": 40})
+    out = tmp_path / "run"
+    args = ["grid", "--preset", "thesis", "--data", str(data), "--split", "stratified", "--modalities", "both",
+            "--text-encoder", f"BERT={tiny_bert}", "--text-encoder", f"RoBERTa={tiny_bert}",
+            "--image-encoder", f"ResNet50={tiny_vit}", "--image-encoder", f"ViT={tiny_vit}",
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--no-report", "epochs=3"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "Table 6" in printed and "Table 7" in printed and "Cross-Attention" in printed
+    grid = json.loads((out / "grid.json").read_text())
+    assert [r["row"] for r in grid["rows"]] == [r.name for r in ROWS]
+    assert sum(grid["n"].values()) == 110 and min(grid["n"].values()) > 10
+    for row in grid["rows"]:
+        assert str(tiny_bert) in row["label"] or str(tiny_vit) in row["label"]  # the table names the encoder
+        run = out / row["runs"][0]
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["config"]["epochs"] == 3 and metrics["data"]["fingerprint"] == grid["data_fingerprint"]
+        assert set(metrics["timings"]) >= {"train_s", "eval_s"}
+        # every number is recomputable from the saved test probabilities and labels
+        with safe_open(str(run / "test_predictions.safetensors"), "np") as f:
+            probs, labels = f.get_tensor("probs"), f.get_tensor("labels")
+        again = compute_metrics(labels, probs, metrics["thresholds"], metrics["test"]["per_genre"].keys())
+        assert again == metrics["test"]
+        assert row["test"] == metrics["test"]
+        assert (run / "model" / "model.safetensors").exists() and (run / "config.yaml").exists()
+    gmu = json.loads((out / "gmu" / "seed-0" / "metrics.json").read_text())
+    gate = gmu["analysis"]["gate"]["mean"]
+    assert all(0 < g < 1 for g in gate)
+    # second run: every encoder is served by the warm cache
+    assert main(args[:-2] + ["--out", str(tmp_path / "run2"), "epochs=3"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count(" 0 newly encoded") == 4
+    g2 = json.loads((tmp_path / "run2" / "grid.json").read_text())
+    assert [r["test"] for r in g2["rows"]] == [r["test"] for r in grid["rows"]]  # identical on rerun
