@@ -6,7 +6,12 @@ import json
 import os
 from pathlib import Path
 
-import pytest
+# Before anything imports huggingface_hub (it reads these once, at import): tests never download, and a hub
+# lookup fails at once instead of waiting on the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,14 +26,6 @@ def sample_root() -> Path:
     if not (path / "split.json").exists():
         pytest.skip(f"MM-IMDb sample not found at {path} (set GENREFUSION_SAMPLE)")
     return path
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    """Tests never download: a hub lookup fails at once instead of hanging. (Feature caches in tests always go to
-    tmp_path via cache_dir; the offline stand-in model folders use the normal cache, built once.)"""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
 
 
 def make_subset(sample: Path, dest: Path, per_split: dict[str, int]) -> Path:
@@ -59,7 +56,7 @@ def build_tiny_bert(dest: Path, hidden: int = 32, layers: int = 2, max_positions
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz.,!?'",
              *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]]
     (dest / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(dest / "vocab.txt"), do_lower_case=True)
+    tok = BertTokenizerFast(vocab=str(dest / "vocab.txt"), do_lower_case=True)
     tok.model_max_length = max_positions
     tok.save_pretrained(dest)
     cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
@@ -74,3 +71,104 @@ def build_tiny_bert(dest: Path, hidden: int = 32, layers: int = 2, max_positions
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def build_tiny_vit(dest: Path, hidden: int = 32) -> Path:
+    """A randomly initialised ViT (224x224, 32-pixel patches) saved like a hub model folder."""
+    import torch
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    cfg = ViTConfig(image_size=224, patch_size=32, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2,
+                    intermediate_size=hidden * 2)
+    ViTModel(cfg, add_pooling_layer=False).save_pretrained(dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory) -> Path:
+    return build_tiny_vit(tmp_path_factory.mktemp("tiny-vit"))
+
+
+# --- serving: a small trained model (appended for tests/test_predict.py, test_serve.py, test_explain.py) ----------
+SYNTHETIC_GENRES = {  # genre -> (plot words, poster colour): a signal in both modalities the tiny models can learn
+    "Horror": ("ghost night dark death house killer", (150, 20, 20)),
+    "Sci-Fi": ("space ship alien world battle", (30, 60, 170)),
+    "Comedy": ("funny comedy friends school game", (230, 200, 40)),
+    "Drama": ("family life love woman man story", (110, 110, 110)),
+}
+
+
+def build_synthetic_catalog(dest: Path, n: int = 90, seed: int = 0) -> Path:
+    """A CSV catalog (id, plot, genres, poster, split) of n synthetic movies. Every 7th has no poster and every
+    11th no plot (never both), so a model trained on it with modalities=any has learned its stand-ins."""
+    import random
+
+    import numpy as np
+    from PIL import Image
+
+    rng = random.Random(seed)
+    names = list(SYNTHETIC_GENRES)
+    dest.mkdir(parents=True, exist_ok=True)
+    rows = ["id,plot,genres,poster,split"]
+    for i in range(n):
+        genres = rng.sample(names, rng.choice((1, 1, 2)))
+        words = [w for g in genres for w in SYNTHETIC_GENRES[g][0].split()]
+        plot = " ".join(rng.choice(words) if rng.random() < 0.6 else rng.choice(WORDS) for _ in range(16))
+        poster = ""
+        if i % 7 != 3:
+            colour = np.array(SYNTHETIC_GENRES[genres[0]][1], dtype=np.float32)
+            pixels = colour + np.random.default_rng(i).normal(0, 25, (120, 80, 3))
+            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(dest / f"p{i}.jpg", quality=90)
+            poster = f"p{i}.jpg"
+        if i % 11 == 5 and poster:
+            plot = ""
+        split = "train" if i < int(n * 0.66) else "dev" if i < int(n * 0.83) else "test"
+        rows.append(f"m{i},{plot},{'|'.join(genres)},{poster},{split}")
+    (dest / "catalog.csv").write_text("\n".join(rows) + "\n")
+    return dest / "catalog.csv"
+
+
+@pytest.fixture(scope="session")
+def synthetic_catalog(tmp_path_factory) -> Path:
+    return build_synthetic_catalog(tmp_path_factory.mktemp("synthetic-catalog"))
+
+
+def build_word_bert(dest: Path) -> Path:
+    """build_tiny_bert with a tokenizer that knows its words. transformers 5 ignores BertTokenizerFast's old
+    `vocab_file=` argument (it takes `vocab=`), so build_tiny_bert's tokenizer maps every word to [UNK]; explaining
+    which plot words mattered needs words."""
+    from transformers import BertTokenizerFast
+
+    build_tiny_bert(dest)
+    tok = BertTokenizerFast(vocab=str(dest / "vocab.txt"), do_lower_case=True)
+    tok.model_max_length = 64
+    tok.save_pretrained(dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, synthetic_catalog, tiny_vit) -> Path:
+    """A finished run folder (model/ inside): a GMU over tiny encoders, 20 epochs (seconds; features are cached)."""
+    from genrefusion.config import Config
+    from genrefusion.experiment import run_experiment
+
+    root = tmp_path_factory.mktemp("trained-run")
+    bert = build_word_bert(root / "word-bert")
+    cfg = Config(data=str(synthetic_catalog), split="official", modalities="any", model="gmu",
+                 text_encoder=str(bert), image_encoder=str(tiny_vit), epochs=20, lr=3e-3,
+                 cache_dir=str(root / "cache"), out=str(root), name="gmu").validate()
+    run_experiment(cfg, run_dir=root / "gmu", log=None)
+    return root / "gmu"
+
+
+SERVING_MODULES = ("genrefusion.predict", "genrefusion.serving", "genrefusion.explain")
+
+
+@pytest.fixture
+def serving_cli(monkeypatch):
+    """genrefusion.cli.main with the serving layer's commands (predict, serve, explain) registered."""
+    from genrefusion import cli
+
+    monkeypatch.setattr(cli, "PLUGIN_MODULES", tuple(dict.fromkeys((*cli.PLUGIN_MODULES, *SERVING_MODULES))))
+    return cli.main

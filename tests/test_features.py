@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -87,10 +88,15 @@ def test_half_written_files_are_ignored_and_cleaned(tmp_path, tiny_bert):
     ds = load_catalog(_catalog(tmp_path, 20))
     enc = create_encoder(str(tiny_bert))
     cache = FeatureCache(enc, tmp_path / "cache")
-    junk = cache.dir / f".tmp-999-part-junk-00000.safetensors"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    junk = cache.dir / f".tmp-{host}-{dead.pid}-part-junk-00000.safetensors"
     junk.write_bytes(b"\x00garbage")  # what a writer killed mid-write leaves behind
+    live = cache.dir / f".tmp-{host}-{os.getpid()}-part-other-00000.safetensors"
+    live.write_bytes(b"\x00being written")  # another live process's file in progress
     table = dataset_features(ds, enc, tmp_path / "cache", progress=False)
-    assert table.encoded_now == 20 and not junk.exists()
+    assert table.encoded_now == 20 and not junk.exists() and live.exists()
 
 
 _KILLED_RUN = textwrap.dedent("""
