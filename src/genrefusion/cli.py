@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -103,7 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true")
     p.add_argument("overrides", nargs="*", help="key=value config overrides applied to every model")
     p.set_defaults(func=cmd_grid)
+
+    for module in PLUGIN_MODULES:  # later layers (reports, serving, download) add their own subcommands
+        importlib.import_module(module).add_cli(sub)
     return parser
+
+
+# Each of these modules defines `add_cli(subparsers)` and imports its heavy dependencies inside its commands, so
+# `genrefusion --help` stays fast.
+PLUGIN_MODULES: tuple[str, ...] = ()
 
 
 def cmd_train(args) -> int:
