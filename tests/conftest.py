@@ -43,29 +43,12 @@ def make_subset(sample: Path, dest: Path, per_split: dict[str, int]) -> Path:
     return dest
 
 
-WORDS = ("the a an of and to in is was he she they it his her love war space ship alien killer murder police "
-         "detective family school friends music song dance horse gun town ghost house night dark funny comedy "
-         "story young old man woman life death city world team game sport fight battle king queen magic").split()
+from tiny_models import WORDS  # noqa: E402,F401  (re-exported for tests)
+import tiny_models  # noqa: E402
 
 
-def build_tiny_bert(dest: Path, hidden: int = 32, layers: int = 2, max_positions: int = 64) -> Path:
-    """A randomly initialised BERT with a small WordPiece vocabulary, saved like a hub model folder."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    dest.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz.,!?'",
-             *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]]
-    (dest / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizerFast(vocab=str(dest / "vocab.txt"), do_lower_case=True)
-    tok.model_max_length = max_positions
-    tok.save_pretrained(dest)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                     intermediate_size=hidden * 2, max_position_embeddings=max_positions)
-    import torch
-
-    torch.manual_seed(0)
-    BertModel(cfg).save_pretrained(dest)
-    return dest
+def build_tiny_bert(dest: Path) -> Path:
+    return tiny_models.bert(dest, hidden=32, layers=2, max_positions=64)
 
 
 @pytest.fixture(scope="session")
@@ -73,16 +56,8 @@ def tiny_bert(tmp_path_factory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
-def build_tiny_vit(dest: Path, hidden: int = 32) -> Path:
-    """A randomly initialised ViT (224x224, 32-pixel patches) saved like a hub model folder."""
-    import torch
-    from transformers import ViTConfig, ViTModel
-
-    torch.manual_seed(0)
-    cfg = ViTConfig(image_size=224, patch_size=32, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2,
-                    intermediate_size=hidden * 2)
-    ViTModel(cfg, add_pooling_layer=False).save_pretrained(dest)
-    return dest
+def build_tiny_vit(dest: Path) -> Path:
+    return tiny_models.vit(dest, hidden=32)
 
 
 @pytest.fixture(scope="session")
@@ -134,29 +109,15 @@ def synthetic_catalog(tmp_path_factory) -> Path:
     return build_synthetic_catalog(tmp_path_factory.mktemp("synthetic-catalog"))
 
 
-def build_word_bert(dest: Path) -> Path:
-    """build_tiny_bert with a tokenizer that knows its words. transformers 5 ignores BertTokenizerFast's old
-    `vocab_file=` argument (it takes `vocab=`), so build_tiny_bert's tokenizer maps every word to [UNK]; explaining
-    which plot words mattered needs words."""
-    from transformers import BertTokenizerFast
-
-    build_tiny_bert(dest)
-    tok = BertTokenizerFast(vocab=str(dest / "vocab.txt"), do_lower_case=True)
-    tok.model_max_length = 64
-    tok.save_pretrained(dest)
-    return dest
-
-
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory, synthetic_catalog, tiny_vit) -> Path:
+def trained_run(tmp_path_factory, synthetic_catalog, tiny_bert, tiny_vit) -> Path:
     """A finished run folder (model/ inside): a GMU over tiny encoders, 20 epochs (seconds; features are cached)."""
     from genrefusion.config import Config
     from genrefusion.experiment import run_experiment
 
     root = tmp_path_factory.mktemp("trained-run")
-    bert = build_word_bert(root / "word-bert")
     cfg = Config(data=str(synthetic_catalog), split="official", modalities="any", model="gmu",
-                 text_encoder=str(bert), image_encoder=str(tiny_vit), epochs=20, lr=3e-3,
+                 text_encoder=str(tiny_bert), image_encoder=str(tiny_vit), pooling="mean", epochs=20, lr=3e-3,
                  cache_dir=str(root / "cache"), out=str(root), name="gmu").validate()
     run_experiment(cfg, run_dir=root / "gmu", log=None)
     return root / "gmu"

@@ -10,98 +10,17 @@ import pytest
 import torch
 from PIL import Image
 
+import tiny_models as tiny
 from genrefusion.encoders import (EfficientNetLiteEncoder, HFImageEncoder, TextEncoder, create_encoder,
                                   list_encoders, normalise_text)
 
-WORDS = ("the a dog cat runs in park puppy plays outside stock market fell movie plot hero love war ghost house "
-         "killer police town night").split()
 SHORT, LONG = "the dog runs", "the hero and the killer fell in the dark house at night in the town"
-
-
-# --- tiny checkpoints ----------------------------------------------------------------------------------------------
-def _bert(dest: Path, seed: int = 0) -> Path:
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *".,!?'-", *"abcdefghijklmnopqrstuvwxyz",
-             *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]]
-    BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(dest)
-    torch.manual_seed(seed)
-    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32, max_position_embeddings=64)).save_pretrained(dest)
-    return dest
-
-
-def _bpe_vocab(specials: list[str], alphabet: str, merges: list[tuple[str, str]]) -> dict[str, int]:
-    vocab = {t: i for i, t in enumerate(specials)}
-    for t in [*alphabet, *(a + b for a, b in merges)]:
-        vocab.setdefault(t, len(vocab))
-    return vocab
-
-
-def _roberta(dest: Path) -> Path:
-    from transformers import RobertaConfig, RobertaModel, RobertaTokenizer
-
-    merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("Ġ", "d"), ("o", "g"), ("Ġd", "og")]
-    vocab = _bpe_vocab(["<s>", "<pad>", "</s>", "<unk>", "<mask>"], "Ġabcdefghijklmnopqrstuvwxyz.,!?'-", merges)
-    RobertaTokenizer(vocab=vocab, merges=merges).save_pretrained(dest)
-    torch.manual_seed(0)
-    RobertaModel(RobertaConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=32, max_position_embeddings=40, pad_token_id=1, bos_token_id=0,
-                               eos_token_id=2)).save_pretrained(dest)
-    return dest
-
-
-def _clip(dest: Path) -> Path:
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-
-    merges = [("t", "h"), ("th", "e</w>"), ("d", "o"), ("do", "g</w>")]
-    alphabet = [*"abcdefghijklmnopqrstuvwxyz.,!?'-", *(c + "</w>" for c in "abcdefghijklmnopqrstuvwxyz.,!?'-")]
-    vocab = _bpe_vocab(["<|startoftext|>", "<|endoftext|>"], alphabet, merges)
-    CLIPTokenizer(vocab=vocab, merges=merges).save_pretrained(dest)
-    torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=24, bos_token_id=0, eos_token_id=1,
-                         pad_token_id=1),
-        vision_config=dict(hidden_size=24, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=224, patch_size=32),
-        projection_dim=8)
-    CLIPModel(config).save_pretrained(dest)
-    return dest
-
-
-def _vit(dest: Path) -> Path:
-    from transformers import ViTConfig, ViTModel
-
-    torch.manual_seed(0)
-    ViTModel(ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                       image_size=224, patch_size=32)).save_pretrained(dest)
-    (dest / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
-    return dest
-
-
-def _resnet(dest: Path) -> Path:
-    from transformers import ResNetConfig, ResNetModel
-
-    torch.manual_seed(0)  # four stages like ResNet-50, so 224 px -> a 7 x 7 map
-    ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 8, 16, 16], depths=[1, 1, 1, 1],
-                             layer_type="basic")).save_pretrained(dest)
-    return dest
-
-
-def _dinov2(dest: Path) -> Path:
-    from transformers import Dinov2Config, Dinov2Model
-
-    torch.manual_seed(0)  # native size 64: a 224 px input exercises position-embedding interpolation
-    Dinov2Model(Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2,
-                             image_size=64, patch_size=32)).save_pretrained(dest)
-    return dest
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> dict[str, Path]:
-    builders = {"bert": _bert, "roberta": _roberta, "clip": _clip, "vit": _vit, "resnet": _resnet,
-                "dinov2": _dinov2}
+    builders = {"bert": tiny.bert, "roberta": tiny.roberta, "clip": tiny.clip, "vit": tiny.vit, "resnet": tiny.resnet,
+                "dinov2": tiny.dinov2}
     return {name: build(tmp_path_factory.mktemp(name)) for name, build in builders.items()}
 
 
@@ -302,7 +221,7 @@ def test_fingerprint(ckpt, tmp_path):
     for kwargs in ({"pooling": "mean"}, {"max_length": 32}, {"normalise_text": True}):
         assert create_encoder(ckpt["bert"], **kwargs).fingerprint() != fp, kwargs
     # different weights under the same architecture change the content hash
-    other = create_encoder(_bert(tmp_path / "bert-seed1", seed=1)).fingerprint()
+    other = create_encoder(tiny.bert(tmp_path / "bert-seed1", seed=1)).fingerprint()
     assert other["weights_sha256"] != fp["weights_sha256"]
 
     img = create_encoder(ckpt["vit"]).fingerprint()

@@ -18,6 +18,8 @@ def test_slots_default_to_offline_stand_ins_and_accept_overrides():
     assert resolve_slots() == {"BERT": "minilm-l6", "RoBERTa": "mpnet-base", "ResNet50": "efficientnet-lite0",
                                "ViT": "dinov2-vits14"}
     assert resolve_slots("thesis")["ViT"] == "vit-base-patch16-224"
+    clip = resolve_slots("clip")
+    assert (clip["BERT"], clip["ResNet50"]) == ("clip-vit-b32-text", "clip-vit-b32-vision")
     assert resolve_slots(overrides=["RoBERTa=roberta-large"])["RoBERTa"] == "roberta-large"
     with pytest.raises(ValueError, match="unknown slot"):
         resolve_slots(overrides=["GPT=x"])
@@ -52,6 +54,10 @@ def test_grid_end_to_end_on_a_sample_subset(sample_root, tmp_path, tiny_bert, ti
     gmu = json.loads((out / "gmu" / "seed-0" / "metrics.json").read_text())
     gate = gmu["analysis"]["gate"]["mean"]
     assert all(0 < g < 1 for g in gate)
+    # paired bootstrap between two rows' saved test predictions
+    assert main(["compare", str(out / "bert"), str(out / "gmu"), "--n-boot", "200"]) == 0
+    printed = capsys.readouterr().out
+    assert "f1_macro" in printed and "95% CI" in printed
     # second run: every encoder is served by the warm cache
     assert main(args[:-2] + ["--out", str(tmp_path / "run2"), "epochs=3"]) == 0
     printed = capsys.readouterr().out

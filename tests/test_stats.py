@@ -106,3 +106,21 @@ def test_interval_width_matches_the_normal_approximation():
     assert r["diff"] == pytest.approx(d.mean())
     assert r["ci_high"] - r["ci_low"] == pytest.approx(2 * half, rel=0.1)
     assert (r["ci_low"] + r["ci_high"]) / 2 == pytest.approx(d.mean(), abs=0.2 * half)
+
+
+def test_paired_bootstrap_averages_seeds_within_each_resample():
+    rng = np.random.default_rng(5)
+    y = (rng.random((120, 6)) < 0.3).astype(int)
+    a1, a2 = rng.random((120, 6)), rng.random((120, 6))
+    b = np.clip(y * 0.7 + rng.random((120, 6)) * 0.4, 0, 1)
+    single = paired_bootstrap(y, a1, b, n_boot=200, seed=1)
+    same_twice = paired_bootstrap(y, [a1, a1], [b, b], threshold_a=[0.5, 0.5], threshold_b=[0.5, 0.5],
+                                  n_boot=200, seed=1)
+    assert same_twice["diff"] == pytest.approx(single["diff"]) and same_twice["ci_low"] == pytest.approx(single["ci_low"])
+    two = paired_bootstrap(y, [a1, a2], b, threshold_a=[0.5, 0.5], n_boot=200, seed=1)
+    from genrefusion.metrics import compute_metrics
+
+    mean_a = np.mean([compute_metrics(y, a, 0.5)["f1_macro"] for a in (a1, a2)])
+    assert two["score_a"] == pytest.approx(mean_a) and two["n_seeds_a"] == 2
+    with pytest.raises(ValueError, match="one threshold per seed"):
+        paired_bootstrap(y, [a1, a2], b, threshold_a=0.5)

@@ -91,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--split", choices=["official", "stratified"], default="official")
     p.add_argument("--modalities", choices=["any", "both"], default="any")
-    p.add_argument("--encoders", choices=["offline", "thesis"], default="offline",
-                   help="offline: pretrained stand-ins that ship on PyPI; thesis: BERT/RoBERTa/ResNet50/ViT from the hub")
+    p.add_argument("--encoders", choices=["offline", "thesis", "clip"], default="offline",
+                   help="offline: pretrained stand-ins that ship on PyPI; thesis: BERT/RoBERTa/ResNet50/ViT from the "
+                        "hub; clip: CLIP ViT-B/32 text and image towers (hub) as the fused pair")
     p.add_argument("--text-encoder", action="append", default=[], metavar="[SLOT=]NAME",
                    help="fill a text slot (BERT or RoBERTa); a bare NAME fills BERT, the slot the fusions use")
     p.add_argument("--image-encoder", action="append", default=[], metavar="[SLOT=]NAME",
@@ -104,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true")
     p.add_argument("overrides", nargs="*", help="key=value config overrides applied to every model")
     p.set_defaults(func=cmd_grid)
+
+    p = sub.add_parser("compare", help="paired bootstrap CI of the macro/micro-F1 difference of two models on test")
+    p.add_argument("run_a", help="run folder, or a grid row folder with seed-*/ subfolders")
+    p.add_argument("run_b")
+    p.add_argument("--n-boot", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compare)
 
     for module in PLUGIN_MODULES:  # later layers (reports, serving, download) add their own subcommands
         importlib.import_module(module).add_cli(sub)
@@ -128,6 +137,14 @@ def cmd_train(args) -> int:
     print(f"test: hamming acc {t['hamming_accuracy']:.4f}  F1 macro {t['f1_macro']:.4f}  micro {t['f1_micro']:.4f}"
           f"  weighted {t['f1_weighted']:.4f}  samples {t['f1_samples']:.4f}")
     print(f"results: {run_dir}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import compare, format_comparison
+
+    result = compare(args.run_a, args.run_b, n_boot=args.n_boot, seed=args.seed)
+    print(json.dumps(result, indent=2) if args.json else format_comparison(result))
     return 0
 
 

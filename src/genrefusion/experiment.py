@@ -66,7 +66,7 @@ def load_features(cfg: Config, dataset: MovieDataset, modalities: tuple[str, ...
     feats = Features()
     for m in modalities:
         name = cfg.text_encoder if m == "text" else cfg.image_encoder
-        encoder = create_encoder(name, **encoder_kwargs(cfg, m)).to(cfg.device)
+        encoder = create_encoder(name, modality=m, **encoder_kwargs(cfg, m)).to(cfg.device)
         setattr(feats, m, dataset_features(dataset, encoder, cfg.cache_dir, sequences=sequences, progress=progress))
     return feats, time.perf_counter() - t0
 
@@ -113,7 +113,7 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None, features: F
         from .encoders import create_encoder
         from .endtoend import EncoderBatches
 
-        encs = {m: create_encoder(cfg.text_encoder if m == "text" else cfg.image_encoder,
+        encs = {m: create_encoder(cfg.text_encoder if m == "text" else cfg.image_encoder, modality=m,
                                   **encoder_kwargs(cfg, m)).to(cfg.device) for m in modalities}
         for e in encs.values():
             e.requires_grad_(cfg.finetune)

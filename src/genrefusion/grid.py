@@ -53,12 +53,21 @@ ROWS: tuple[Row, ...] = (
 )
 
 
+# Named encoder sets: offline stand-ins (default), the thesis's hub models, and CLIP's two towers as the fused pair
+# (hub weights, for GPU users; the other two rows keep the thesis's models).
+ENCODER_SETS: dict[str, dict[str, str]] = {
+    "offline": {s: offline for s, (_, offline, _) in SLOTS.items()},
+    "thesis": {s: hub for s, (_, _, hub) in SLOTS.items()},
+    "clip": {**{s: hub for s, (_, _, hub) in SLOTS.items()},
+             FUSION_TEXT_SLOT: "clip-vit-b32-text", FUSION_IMAGE_SLOT: "clip-vit-b32-vision"},
+}
+
+
 def resolve_slots(encoders: str = "offline", overrides: list[str] | None = None) -> dict[str, str]:
-    """Slot -> encoder name. `encoders`: 'offline' (stand-ins) or 'thesis' (hub models). `overrides`: 'SLOT=NAME'
-    items; a bare NAME fills the slot the fusions use for its modality (BERT or ResNet50)."""
-    if encoders not in ("offline", "thesis"):
-        raise ValueError(f"encoders must be 'offline' or 'thesis', not {encoders!r}")
-    slots = {s: (offline if encoders == "offline" else hub) for s, (_, offline, hub) in SLOTS.items()}
+    """Slot -> encoder name. `encoders`: a named set (offline, thesis, clip). `overrides`: 'SLOT=NAME' items."""
+    if encoders not in ENCODER_SETS:
+        raise ValueError(f"encoders must be one of {sorted(ENCODER_SETS)}, not {encoders!r}")
+    slots = dict(ENCODER_SETS[encoders])
     for item in overrides or []:
         slot, _, name = item.partition("=")
         if not name:

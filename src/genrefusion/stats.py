@@ -48,25 +48,31 @@ def paired_bootstrap(
     """Paired bootstrap of metric(B) - metric(A) on the same test movies.
 
     Each resample draws N test movies with replacement and scores *both* models on that same draw,
-    so the movie-to-movie difficulty cancels out of the difference. Returns
+    so the movie-to-movie difficulty cancels out of the difference. A model trained with several seeds is
+    given as a list of probability arrays (with a list of thresholds): its score on a draw is the mean over its
+    seeds, so the interval is for the difference of seed-averaged scores. Returns
       diff:      metric(B) - metric(A) on the full test set,
       ci_low/ci_high: percentile interval (level `ci`) of the resampled differences,
       p_value:   fraction of resamples where B does not beat A (diff <= 0); a one-sided bootstrap
                  estimate, small when B is reliably better — not an exact test,
     plus score_a, score_b, metric, n_boot, seed, ci.
     """
-    y_true, prob_a = check_inputs(y_true, prob_a, "paired_bootstrap (model A)")
-    _, prob_b = check_inputs(y_true, prob_b, "paired_bootstrap (model B)")
+    runs_a = _runs(y_true, prob_a, threshold_a, "A")
+    runs_b = _runs(y_true, prob_b, threshold_b, "B")
+    y_true = check_inputs(y_true, runs_a[0][0], "paired_bootstrap")[0]
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     if not 0.0 < ci < 1.0:
         raise ValueError(f"ci must be in (0, 1), got {ci}")
-    pred_a, pred_b = binarize(prob_a, threshold_a), binarize(prob_b, threshold_b)
+    preds_a = [binarize(p, t) for p, t in runs_a]
+    preds_b = [binarize(p, t) for p, t in runs_b]
     n = y_true.shape[0]
 
+    def score(preds, weights):  # mean over a model's seeds
+        return np.mean([resampled_scores(y_true, p, weights, metric) for p in preds], axis=0)
+
     full = np.ones((1, n))
-    score_a = float(resampled_scores(y_true, pred_a, full, metric)[0])
-    score_b = float(resampled_scores(y_true, pred_b, full, metric)[0])
+    score_a, score_b = float(score(preds_a, full)[0]), float(score(preds_b, full)[0])
 
     rng = np.random.default_rng(seed)
     diffs = []
@@ -76,7 +82,7 @@ def paired_bootstrap(
         idx = rng.integers(0, n, size=(b, n))
         flat = (np.arange(b)[:, None] * n + idx).ravel()
         weights = np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
-        diffs.append(resampled_scores(y_true, pred_b, weights, metric) - resampled_scores(y_true, pred_a, weights, metric))
+        diffs.append(score(preds_b, weights) - score(preds_a, weights))
     diffs = np.concatenate(diffs)
     lo, hi = np.quantile(diffs, [(1 - ci) / 2, 1 - (1 - ci) / 2])
     return {
@@ -90,7 +96,22 @@ def paired_bootstrap(
         "n_boot": int(n_boot),
         "seed": int(seed),
         "ci": float(ci),
+        "n_seeds_a": len(preds_a),
+        "n_seeds_b": len(preds_b),
     }
+
+
+def _runs(y_true, probs, thresholds, which: str) -> list[tuple[np.ndarray, Any]]:
+    """Normalise one model's input to [(probs, threshold), ...], one pair per seed."""
+    if isinstance(probs, (list, tuple)):
+        if not isinstance(thresholds, (list, tuple)) or len(thresholds) != len(probs):
+            raise ValueError(f"model {which}: give one threshold per seed ({len(probs)} probability arrays)")
+        pairs = list(zip(probs, thresholds))
+    else:
+        pairs = [(probs, thresholds)]
+    if not pairs:
+        raise ValueError(f"model {which}: no predictions")
+    return [(check_inputs(y_true, p, f"paired_bootstrap (model {which})")[1], t) for p, t in pairs]
 
 
 def _is_number(v: Any) -> bool:
