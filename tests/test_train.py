@@ -93,6 +93,7 @@ def test_config_presets_yaml_and_overrides(tmp_path):
             cfg.threshold_mode) == (2e-5, 1e-4, 16, 10, "cls", "pooled", "fixed")
     f = tmp_path / "c.yaml"
     f.write_text("model: gmu\nlr: 1\nepochs: 3\n")
+    assert load_config(overrides=["lr=1e-3"]).lr == 1e-3  # YAML alone would read 1e-3 as a string
     cfg = load_config(f, overrides=["epochs=5", "pooling=mean"])
     assert (cfg.model, cfg.lr, cfg.epochs, cfg.pooling) == ("gmu", 1.0, 5, "mean") and isinstance(cfg.lr, float)
     with pytest.raises(ValueError, match="unknown config key"):

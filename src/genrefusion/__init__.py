@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 from .labels import GENRES  # noqa: E402
 
-__all__ = ["GENRES", "__version__", "create_encoder", "create_model", "load_dataset"]
+__all__ = ["GENRES", "__version__", "create_encoder", "create_model", "load_dataset", "load_model"]
 
 
 def __getattr__(name):  # lazy: `import genrefusion` stays cheap (no torch import) for the CLI's --help
@@ -24,4 +24,8 @@ def __getattr__(name):  # lazy: `import genrefusion` stays cheap (no torch impor
         from .data import load_dataset
 
         return load_dataset
+    if name == "load_model":
+        from .predict import load_model
+
+        return load_model
     raise AttributeError(name)

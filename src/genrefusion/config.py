@@ -80,6 +80,16 @@ class Config:
 # cross-attention over pooled vectors.
 PRESETS: dict[str, dict[str, Any]] = {
     "thesis": {},
+    # Beyond the thesis (issue: make fusion pay off). Every value was chosen on the validation split only, with
+    # benchmarks/select_recipe.py; the test split never entered the choice. Heads train at a learning rate that
+    # lets them converge (2e-5 underfits a randomly initialised MLP), with warm-up + cosine decay, per-modality
+    # LayerNorm (the two encoders' feature scales differ by orders of magnitude), modality dropout so a fusion
+    # cannot lean on the text alone, and decision thresholds tuned per genre on validation.
+    "recommended": {
+        "lr": 1e-3, "weight_decay": 1e-2, "scheduler": "cosine", "warmup_epochs": 1.0, "epochs": 40,
+        "early_stopping_patience": 8, "input_norm": "layernorm", "head_dropout": [0.5, 0.3],
+        "modality_dropout": 0.2, "pooling": "mean", "loss": "bce-posweight", "threshold_mode": "per_genre",
+    },
 }
 
 
@@ -95,9 +105,15 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str) -> Conf
     values = {}
     for key, value in overrides.items():
         default = getattr(cfg, key)
-        # YAML gives ints for "1" where a float is expected; coerce numbers, leave the rest to validate().
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+        # YAML reads "1" as an int and "1e-3" (no dot) as a string; coerce numbers, leave the rest to validate().
+        if isinstance(default, float) and not isinstance(value, bool):
+            if isinstance(value, int):
+                value = float(value)
+            elif isinstance(value, str):
+                try:
+                    value = float(value)
+                except ValueError:
+                    raise ValueError(f"{source}: {key}={value!r} is not a number") from None
         values[key] = value
     return dataclasses.replace(cfg, **values)
 

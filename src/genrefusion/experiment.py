@@ -170,12 +170,16 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None, features: F
     timings["eval_s"] = time.perf_counter() - t
     metrics["timings"] = timings
     if run_dir is not None:
-        write_run(Path(run_dir), cfg, metrics, model, dataset, test_idx, test_probs, y_test, threshold, analysis)
+        encoders = {m: {"name": cfg.text_encoder if m == "text" else cfg.image_encoder,
+                        "kwargs": encoder_kwargs(cfg, m), "fingerprint": encoders_meta[m]["fingerprint"]}
+                    for m in modalities}
+        write_run(Path(run_dir), cfg, metrics, model, dataset, test_idx, test_probs, y_test, threshold, analysis,
+                  encoders)
     return metrics
 
 
 def write_run(run_dir: Path, cfg: Config, metrics: dict, model, dataset: MovieDataset, test_idx, probs, y_true,
-              threshold, analysis: dict[str, np.ndarray]) -> None:
+              threshold, analysis: dict[str, np.ndarray], encoders: dict[str, dict] | None = None) -> None:
     """Write the run folder. Files are written under temporary names and renamed, so a folder never holds a
     half-written metrics.json (its presence marks a finished run)."""
     from .checkpoint import save_model
@@ -191,7 +195,7 @@ def write_run(run_dir: Path, cfg: Config, metrics: dict, model, dataset: MovieDa
                                            "genres": json.dumps(list(GENRES)),
                                            "thresholds": json.dumps(np.asarray(threshold).tolist())})
     os.replace(tmp, run_dir / "test_predictions.safetensors")
-    save_model(run_dir / "model", model, cfg, threshold)
+    save_model(run_dir / "model", model, cfg, threshold, encoders)
     tmp = run_dir / ".tmp-metrics.json"
     tmp.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     os.replace(tmp, run_dir / "metrics.json")

@@ -138,7 +138,19 @@ def load_pretrained(model_cls: Any, source: str, folder: Path | None, config: An
     # hidden state) and is often absent from checkpoints, so do not build it at all.
     if "add_pooling_layer" in inspect.signature(model_cls.__init__).parameters:
         kwargs["add_pooling_layer"] = False
-    model, info = model_cls.from_pretrained(source, **kwargs)
+    # transformers prints a load report for every unexpected key (e.g. the pooler we skip); the keys that matter
+    # are checked below and raise, so silence the report rather than train users to ignore it.
+    from transformers.utils import logging as hf_logging
+
+    previous, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # a bar per weight tensor, for a load that takes a second
+    try:
+        model, info = model_cls.from_pretrained(source, **kwargs)
+    finally:
+        hf_logging.set_verbosity(previous)
+        if bars:
+            hf_logging.enable_progress_bar()
     missing, mismatched = sorted(info["missing_keys"]), list(info["mismatched_keys"])
     if missing or mismatched:
         raise ValueError(f"{source}: checkpoint does not match {model_cls.__name__}; "

@@ -1,0 +1,314 @@
+"""Why a model predicted a genre: where on the poster, which plot words, and how much each modality weighed.
+
+  poster   Grad-CAM (Selvaraju et al. 2017): the target genre's logit is differentiated, through the fusion head,
+           w.r.t. the image encoder's last spatial map (CNNs: the final conv map, 7x7 for EfficientNet-Lite0 at
+           224 px; ViTs: the patch tokens entering the last block, which the [CLS] output attends over). Channel
+           weights = the gradient averaged over positions; map = ReLU(sum of weighted channels), scaled to [0, 1].
+           pytorch-grad-cam would need torchvision, which this project does not install, so this is plain autograd.
+  plot     Integrated gradients (captum's LayerIntegratedGradients) over the text encoder's word embeddings,
+           from a baseline where every word is [PAD] (special tokens kept), summed over each word's sub-tokens.
+  modality The occlusion contribution of Predictor.predict (prediction change when a modality is replaced by the
+           model's learned stand-in), plus the fusion's own weights (GMU gate, attention weights, late alpha).
+
+`genrefusion explain` writes these as PNGs (poster_gradcam.png, plot_words.png, modality_contribution.png) and
+explanation.json; the web page draws the same numbers from POST /explain.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+EXPLAIN_STEPS = 16  # integrated-gradients steps: the attributions' order is stable from ~8; 16 keeps it ~1 s
+
+
+def explain(predictor, poster: Image.Image | None, plot: str | None, genre: str | None = None,
+            steps: int = EXPLAIN_STEPS) -> dict[str, Any]:
+    """Explain the prediction of `genre` for one movie (default: its most probable predicted genre)."""
+    import torch
+
+    from .predict import InputError
+
+    result = predictor.predict_one(poster, plot)  # also checks the input
+    # Default: the most probable genre the model predicts (what a person asks "why?" about), else the most probable.
+    genre = genre or (result["predicted"] or [result["genres"][0]["genre"]])[0]
+    if genre not in predictor.genres:
+        raise InputError(f"genre: unknown genre {genre!r}; the model's genres are {', '.join(predictor.genres)}")
+    target = predictor.genres.index(genre)
+    out: dict[str, Any] = {"genre": genre, "probability": result["probabilities"][genre],
+                           "contribution": result["contribution"], "fusion": result["fusion"],
+                           "probabilities": result["probabilities"], "without": result["without"],
+                           "poster": None, "plot": None}
+    with predictor.lock:
+        with torch.no_grad():
+            base = predictor.features([poster], [plot])
+        if poster is not None and "image" in predictor.modalities:
+            out["poster"] = grad_cam(predictor, poster, base, target)
+        if plot is not None and "text" in predictor.modalities:
+            out["plot"] = word_attributions(predictor, plot, base, target, steps)
+    return out
+
+
+# --- poster: Grad-CAM ---------------------------------------------------------------------------------------------
+def _tokens(fmap):
+    return fmap.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C)
+
+
+def _image_activations(encoder, pixel_values):
+    """Run the image encoder with autograd and return (pooled, sequence, activations, to_tokens): the encoder's
+    usual outputs plus the spatial activations they are computed from, and how to turn those into (B, L, C)
+    grid tokens. Mirrors the encoders' own `features` (encoders/image.py), which keep the map out of reach."""
+    from .encoders import EfficientNetLiteEncoder, HFImageEncoder
+
+    if isinstance(encoder, EfficientNetLiteEncoder):
+        fmap = encoder.model.extract_features(pixel_values)
+        return fmap.mean((2, 3)), _tokens(fmap), fmap, _tokens
+    if isinstance(encoder, HFImageEncoder):
+        out = encoder.model(pixel_values=pixel_values, output_hidden_states=True, **encoder._forward_kwargs)
+        hidden = out.last_hidden_state
+        if hidden.dim() == 4:  # CNN: the last feature map itself
+            pooled = out.pooler_output.flatten(1) if out.pooler_output is not None else hidden.mean((2, 3))
+            return pooled, _tokens(hidden), hidden, _tokens
+        # Transformer: the last block's output patches do not feed [CLS] (the pooled vector), its input patches do.
+        n = encoder._n_prefix
+        pooled = out.pooler_output if encoder._use_pooler else hidden[:, 0]
+        return pooled, hidden[:, n:], out.hidden_states[-2], lambda t: t[:, n:]
+    raise ValueError(f"no Grad-CAM for image encoder {type(encoder).__name__}")
+
+
+def grad_cam(predictor, poster: Image.Image, base: dict, target: int) -> dict[str, Any]:
+    import torch
+
+    enc = predictor.encoders["image"]
+    pixels = enc.preprocess([poster])["pixel_values"].to(enc.device)
+    with torch.enable_grad():
+        pooled, sequence, acts, to_tokens = _image_activations(enc, pixels)
+        batch = dict(base, image=pooled.float())
+        if predictor.sequences:
+            batch["image_seq"] = sequence.float()
+            batch["image_seq_mask"] = torch.ones(sequence.shape[:2], dtype=torch.bool, device=sequence.device)
+        logit = predictor.head(batch)["logits"][0, target]
+        (grad,) = torch.autograd.grad(logit, acts)
+    a, g = to_tokens(acts.detach())[0].float(), to_tokens(grad)[0].float()  # (L, C)
+    cam = torch.relu(a @ g.mean(0))
+    side = math.isqrt(len(cam))
+    if side * side != len(cam):
+        raise ValueError(f"image encoder grid of {len(cam)} positions is not square")
+    peak = float(cam.max())
+    grid = (cam / peak if peak > 0 else cam).reshape(side, side)
+    return {"method": "grad-cam", "grid": grid.cpu().numpy().round(4).tolist(), "logit": logit.item()}
+
+
+# --- plot: integrated gradients over word embeddings --------------------------------------------------------------
+def word_attributions(predictor, plot: str, base: dict, target: int, steps: int = EXPLAIN_STEPS) -> dict[str, Any]:
+    import torch
+    from captum.attr import LayerIntegratedGradients
+
+    enc = predictor.encoders["text"]
+    text = enc._prepare([plot])[0]  # the text the encoder reads (normalised when the encoder normalises)
+    tok = enc.tokenizer(text, truncation=True, max_length=enc.max_length, return_offsets_mapping=True,
+                        return_tensors="pt")
+    word_ids, offsets = tok.word_ids(0), tok.pop("offset_mapping")[0].tolist()
+    inputs = {k: v.to(enc.device) for k, v in tok.items()}
+    ids = inputs.pop("input_ids")
+    special = torch.tensor(enc.tokenizer.get_special_tokens_mask(ids[0].tolist(), already_has_special_tokens=True),
+                           dtype=torch.bool, device=ids.device)
+    pad = enc.tokenizer.pad_token_id if enc.tokenizer.pad_token_id is not None else 0
+    baseline = torch.where(special, ids, torch.full_like(ids, pad))
+
+    def forward(input_ids):
+        n = len(input_ids)
+        out = enc.encode({"input_ids": input_ids, **{k: v.expand(n, -1) for k, v in inputs.items()}},
+                         return_sequence=predictor.sequences)
+        batch = {k: v.expand(n, *v.shape[1:]) for k, v in base.items()}
+        batch["text"], batch["text_present"] = out.pooled, torch.ones(n, dtype=torch.bool, device=input_ids.device)
+        if predictor.sequences:
+            batch["text_seq"], batch["text_seq_mask"] = out.sequence, out.mask
+        return predictor.head(batch)["logits"][:, target]
+
+    lig = LayerIntegratedGradients(forward, enc.model.get_input_embeddings())
+    with torch.enable_grad():
+        attr, delta = lig.attribute(ids, baselines=baseline, n_steps=steps, internal_batch_size=steps,
+                                    return_convergence_delta=True)
+    per_token = attr.sum(-1)[0].detach().cpu().numpy()
+    words: list[dict[str, Any]] = []
+    last = None
+    for i, w in enumerate(word_ids):
+        if w is None:
+            continue
+        start, end = offsets[i]
+        if w == last:  # a continuation sub-token: extend the current word
+            words[-1]["end"] = end
+            words[-1]["attribution"] += float(per_token[i])
+        else:
+            words.append({"start": start, "end": end, "attribution": float(per_token[i])})
+        last = w
+    peak = max((abs(x["attribution"]) for x in words), default=0.0) or 1.0
+    for x in words:
+        x["word"] = text[x["start"]:x["end"]]
+        x["score"] = round(x["attribution"] / peak, 4)  # in [-1, 1]: + pushes toward the genre, - away from it
+    n_tokens = len(enc.tokenizer(text)["input_ids"])
+    return {"method": "integrated-gradients", "steps": steps, "words": words, "text": text,
+            "truncated": n_tokens > ids.shape[1], "tokens_read": int(ids.shape[1]), "tokens_total": n_tokens,
+            "convergence_delta": float(delta.abs().max())}
+
+
+# --- PNGs ----------------------------------------------------------------------------------------------------------
+def save_pngs(explanation: dict[str, Any], poster: Image.Image | None, out_dir: str | Path,
+              top: int = 15) -> list[Path]:
+    """Write the explanation's figures (and explanation.json) to out_dir; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    genre, prob = explanation["genre"], explanation["probability"]
+    files = []
+
+    if explanation["poster"] is not None and poster is not None:
+        grid = np.asarray(explanation["poster"]["grid"], dtype=np.float32)
+        heat = np.asarray(Image.fromarray(grid, mode="F").resize(poster.size, Image.BILINEAR))
+        fig, axes = plt.subplots(1, 2, figsize=(8, 6 * poster.height / max(poster.width, 1) * 0.62 + 1))
+        axes[0].imshow(poster)
+        axes[0].set_title("poster")
+        axes[1].imshow(poster)
+        im = axes[1].imshow(heat, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        axes[1].set_title(f"Grad-CAM for {genre} (p={prob:.2f})")
+        for ax in axes:
+            ax.axis("off")
+        fig.colorbar(im, ax=axes, fraction=0.03, label="relative importance")
+        files.append(_save(fig, out_dir / "poster_gradcam.png"))
+
+    if explanation["plot"] is not None:
+        words = explanation["plot"]["words"]
+        strongest = sorted(words, key=lambda x: -abs(x["score"]))[:top][::-1]
+        text_img = render_highlighted_text(words, width=900)  # 9 inches at 100 dpi
+        h_text = text_img.height / 100
+        fig, (ax_text, ax) = plt.subplots(2, 1, figsize=(9, h_text + 0.3 * len(strongest) + 1.5),
+                                          gridspec_kw={"height_ratios": [h_text, 0.3 * len(strongest) + 0.5]})
+        ax_text.imshow(text_img)
+        ax_text.axis("off")
+        note = " (only the first tokens are read)" if explanation["plot"]["truncated"] else ""
+        ax_text.set_title(f"plot words for {genre}{note}: red pushes toward it, blue away (integrated gradients)")
+        ax.barh([x["word"] for x in strongest], [x["score"] for x in strongest],
+                color=["#d62728" if x["score"] > 0 else "#1f77b4" for x in strongest])
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_xlabel("attribution (scaled to the strongest word)")
+        files.append(_save(fig, out_dir / "plot_words.png"))
+
+    files.append(_save(_contribution_figure(explanation, plt), out_dir / "modality_contribution.png"))
+    path = out_dir / "explanation.json"
+    path.write_text(json.dumps(explanation, indent=2), encoding="utf-8")
+    files.append(path)
+    return files
+
+
+def _contribution_figure(explanation: dict[str, Any], plt):
+    contribution, fusion, without = explanation["contribution"], explanation["fusion"], explanation["without"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [1, 1.4]})
+    rows = [("occlusion share", contribution)]
+    if fusion is not None:
+        rows.append((fusion["kind"].replace("_", " "), fusion))
+    ax = axes[0]
+    for y, (label, w) in enumerate(rows):
+        t, i = w.get("text", 0.0), w.get("image", 0.0)
+        ax.barh(y, t, color="#2ca02c", label="plot (text)" if y == 0 else None)
+        ax.barh(y, i, left=t, color="#9467bd", label="poster (image)" if y == 0 else None)
+        ax.text(t / 2, y, f"{t:.0%}", ha="center", va="center", color="white")
+        ax.text(t + i / 2, y, f"{i:.0%}", ha="center", va="center", color="white")
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows])
+    ax.set_xlim(0, 1)
+    ax.invert_yaxis()
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
+    ax = axes[1]
+    if without:
+        both = explanation["probabilities"]
+        probs_text_only, probs_image_only = without.get("image", {}), without.get("text", {})
+        genres = sorted(both, key=lambda g: -max(both[g], probs_text_only[g], probs_image_only[g]))[:6]
+        x = np.arange(len(genres))
+        ax.bar(x - 0.27, [both[g] for g in genres], 0.27, color="#5b6475", label="both")
+        ax.bar(x, [probs_text_only[g] for g in genres], 0.27, color="#2ca02c", label="plot only")
+        ax.bar(x + 0.27, [probs_image_only[g] for g in genres], 0.27, color="#9467bd", label="poster only")
+        ax.set_xticks(x, genres, rotation=20)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("probability")
+        ax.legend(frameon=False)
+        ax.set_title("each modality alone (the other replaced by the model's stand-in)")
+    else:
+        ax.axis("off")
+        ax.text(0.5, 0.5, "one modality only: nothing to compare", ha="center", va="center")
+    fig.suptitle(f"modality contribution ({explanation['genre']}: p={explanation['probability']:.2f})")
+    fig.tight_layout()
+    return fig
+
+
+def render_highlighted_text(words: list[dict], width: int = 900, size: int = 17) -> Image.Image:
+    """The plot as the model read it, each word's background coloured by its attribution (red +, blue -)."""
+    import matplotlib
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), size)
+    pad, line_h = 10, int(size * 1.55)
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    placed, x, y, end = [], pad, pad, None
+    for w in words:
+        if end is not None and w["start"] > end:  # the text has a gap here (not before punctuation)
+            x += draw.textlength(" ", font=font)
+        tw = draw.textlength(w["word"], font=font)
+        if x + tw > width - pad and x > pad:
+            x, y = pad, y + line_h
+        placed.append((x, y, tw, w))
+        x, end = x + tw, w["end"]
+    img = Image.new("RGB", (width, y + line_h + pad), "white")
+    draw = ImageDraw.Draw(img)
+    for x, y, tw, w in placed:
+        s = max(-1.0, min(1.0, w["score"]))
+        fade = int(255 * (1 - abs(s)))
+        colour = (255, fade, fade) if s > 0 else (fade, fade, 255)
+        draw.rectangle((x - 1, y, x + tw + 1, y + line_h - 3), fill=colour)
+        draw.text((x, y + 2), w["word"], font=font, fill="black")
+    return img
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+# --- command line -------------------------------------------------------------------------------------------------
+def cmd_explain(args) -> int:
+    from .images import load_poster
+    from .predict import check_plot, load_model
+
+    if args.poster is None and args.plot is None:
+        raise SystemExit("error: give --poster and/or --plot")
+    predictor = load_model(args.model)
+    poster = load_poster(args.poster) if args.poster else None
+    plot = check_plot(args.plot)
+    explanation = explain(predictor, poster, plot, args.genre, args.steps)
+    for path in save_pngs(explanation, poster, args.out):
+        print(path)
+    c = explanation["contribution"]
+    print(f"{explanation['genre']} p={explanation['probability']:.3f}; contribution: "
+          + ", ".join(f"{m} {v:.0%}" for m, v in c.items()))
+    return 0
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("explain", help="Grad-CAM over the poster, word attributions over the plot, modality shares")
+    p.add_argument("--model", required=True, help="saved model folder (a run's model/)")
+    p.add_argument("--poster", default=None)
+    p.add_argument("--plot", default=None)
+    p.add_argument("--genre", default=None, help="genre to explain (default: the most probable predicted one)")
+    p.add_argument("--steps", type=int, default=EXPLAIN_STEPS, help="integrated-gradients steps")
+    p.add_argument("--out", required=True, help="folder for the PNGs and explanation.json")
+    p.set_defaults(func=cmd_explain)

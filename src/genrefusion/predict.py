@@ -1,0 +1,357 @@
+"""Prediction with a saved model: raw poster + plot in, genre probabilities out.
+
+    predictor = genrefusion.load_model("runs/gmu/model")
+    result = predictor.predict_one(poster=PIL_image_or_None, plot="A detective ...")
+    result["predicted"]  # genres at or above their threshold, most probable first
+
+A `Predictor` rebuilds the encoders named in the model folder's model.json and the trained head (see checkpoint.py),
+and runs preprocess -> encode -> head, exactly the path training features took, so a movie from the training data
+gets the probabilities the run saved. Besides probabilities it reports how much each modality contributed: the
+prediction change when that modality is replaced by the model's learned stand-in (the same thing a movie without a
+poster or plot gets), which works for every fusion model, plus the fusion's own weights where it has them (GMU gate,
+attention weights, late-fusion alpha).
+
+This module is imported by the CLI parser, so torch and the encoders are imported inside functions.
+"""
+from __future__ import annotations
+
+import io
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+MODALITIES = ("text", "image")
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")  # never EPS & co.: PIL would hand those to Ghostscript
+MAX_IMAGE_PIXELS = 40_000_000  # far above any poster; a decompression bomb declares far more
+MAX_PLOT_CHARS = 20_000  # MM-IMDb's longest plot is ~13k characters; the encoders read at most 512 tokens anyway
+
+
+class InputError(ValueError):
+    """Input a prediction cannot use. `status` is the HTTP status the server answers with."""
+
+    status = 422
+
+
+class UnsupportedInput(InputError):
+    status = 415
+
+
+class InputTooLarge(InputError):
+    status = 413
+
+
+def decode_poster(data: bytes, name: str = "poster", max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Bytes of an uploaded poster -> RGB image, fully decoded. Checks the declared size before decoding, so a
+    decompression bomb (a small file declaring gigapixels) is refused without allocating it."""
+    from .images import _strict_decoding  # the same truncation guard the dataset's posters get
+
+    if not data:
+        raise InputError(f"{name}: file is empty (0 bytes)")
+    try:
+        with _strict_decoding(), Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise InputTooLarge(f"{name}: image is {w}x{h} = {w * h:,} pixels, over the limit of "
+                                    f"{max_pixels:,} (refused as a possible decompression bomb)")
+            img.load()
+            return img.convert("RGB")
+    except Image.DecompressionBombError as e:
+        raise InputTooLarge(f"{name}: {e}") from None
+    except InputError:
+        raise
+    except Image.UnidentifiedImageError:
+        raise UnsupportedInput(f"{name}: not an image (supported: {', '.join(IMAGE_FORMATS)})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"{name}: truncated or corrupt image ({e})") from None
+
+
+def check_plot(plot: str | None, max_chars: int = MAX_PLOT_CHARS, name: str = "plot") -> str | None:
+    """None stays None (no plot); an empty or whitespace-only plot is an error, not a silent 'no plot'."""
+    if plot is None:
+        return None
+    if not isinstance(plot, str):
+        raise InputError(f"{name}: expected text, got {type(plot).__name__}")
+    if not plot.strip():
+        raise InputError(f"{name}: is empty")
+    if len(plot) > max_chars:
+        raise InputTooLarge(f"{name}: {len(plot):,} characters, over the limit of {max_chars:,}")
+    return plot
+
+
+class Predictor:
+    """A saved model ready to predict. Thread-safe: inference runs under one lock (on a CPU, parallel forward
+    passes would only fight over the same cores, and a Hugging Face fast tokenizer must not be used concurrently)."""
+
+    def __init__(self, directory: str | Path, device: str = "cpu"):
+        import torch
+
+        from .checkpoint import load_head
+        from .encoders import create_encoder
+
+        self.directory = Path(directory)
+        self.head, self.meta = load_head(self.directory)
+        self.head.to(device)
+        self.device = torch.device(device)
+        self.genres: tuple[str, ...] = tuple(self.meta["genres"])
+        self.thresholds = np.broadcast_to(np.asarray(self.meta["thresholds"], dtype=np.float64),
+                                          (len(self.genres),)).copy()
+        self.modalities: tuple[str, ...] = tuple(self.head.modalities)
+        self.sequences = bool(self.head.uses_sequences)
+        cfg = self.meta.get("config", {})
+        if cfg.get("mode") == "end-to-end" and cfg.get("finetune"):
+            raise ValueError(f"{self.directory}: this model fine-tuned its encoders, and a model folder holds only "
+                             "the head's weights, so it cannot be restored exactly")
+        self.encoders = {}
+        for m in self.modalities:
+            spec = self.meta["encoders"][m]
+            self.encoders[m] = create_encoder(spec["name"], modality=m, **spec.get("kwargs", {})).to(device).eval()
+        self._check_fingerprints()
+        self.lock = threading.Lock()
+
+    def _check_fingerprints(self) -> None:
+        """Refuse encoders whose weights or preprocessing differ from those the head was trained on (a changed
+        checkpoint behind the same name would silently shift every prediction). model.json records them."""
+        from .features import _fingerprint_hash
+
+        recorded = {m: s.get("fingerprint") for m, s in self.meta["encoders"].items()}
+        for m in self.modalities:
+            want = recorded.get(m)
+            if not want:
+                continue
+            got = self.encoders[m].fingerprint()  # hashes the weight files (once per process)
+            # features mode records the cache's hash of the fingerprint, end-to-end mode the fingerprint itself
+            if got != want if isinstance(want, dict) else _fingerprint_hash(got) != want:
+                raise ValueError(f"{self.directory}: the {m} encoder {self.encoders[m].name!r} is not the one this "
+                                 "model was trained with (its weights or preprocessing differ)")
+
+    # -- what the model is ----------------------------------------------------------------------------------------
+    @property
+    def fusion(self) -> str:
+        return self.meta["model"]["name"]
+
+    def can_miss(self, modality: str) -> bool:
+        """Whether a movie may lack `modality`. Every model substitutes a learned stand-in, but that stand-in is only
+        learned when training saw movies without the modality (modalities=any) or dropped it (modality_dropout);
+        a unimodal model cannot do without the one input it reads."""
+        if len(self.modalities) < 2:
+            return False
+        cfg = self.meta.get("config", {})
+        return cfg.get("modalities", "any") == "any" or float(cfg.get("modality_dropout", 0.0)) > 0
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "fusion": self.fusion,
+            "modalities": list(self.modalities),
+            "encoders": {m: self.meta["encoders"][m]["name"] for m in self.modalities},
+            "genres": list(self.genres),
+            "thresholds": dict(zip(self.genres, self.thresholds.tolist())),
+            "missing_modality_ok": {m: self.can_miss(m) for m in self.modalities},
+            "sequences": self.sequences,
+            "config": self.meta.get("config", {}),
+        }
+
+    # -- prediction -----------------------------------------------------------------------------------------------
+    def check(self, poster: Image.Image | None, plot: str | None) -> dict[str, bool]:
+        """Which modalities the model gets for this movie; InputError when it cannot predict without the missing one."""
+        given = {"image": poster is not None, "text": plot is not None}
+        if not any(given[m] for m in self.modalities):
+            need = " and/or ".join({"text": "a plot", "image": "a poster"}[m] for m in self.modalities)
+            raise InputError(f"nothing to predict from: this {self.fusion} model needs {need}")
+        for m in self.modalities:
+            if not given[m] and not self.can_miss(m):
+                what = {"text": "plot", "image": "poster"}[m]
+                why = ("it reads only that" if len(self.modalities) < 2 else
+                       "it was trained only on movies with both (modalities=both, modality_dropout=0), so its "
+                       f"stand-in for a missing {what} was never learned")
+                raise InputError(f"this {self.fusion} model needs a {what}: {why}")
+        return {m: given[m] for m in self.modalities}
+
+    def features(self, posters: list[Image.Image | None], plots: list[str | None], grad: bool = False) -> dict:
+        """The head's input batch: encoder outputs for the items present, `<m>_present` flags for the rest.
+        Call under `self.lock`."""
+        import torch
+
+        from .train import pad_sequences
+
+        n = len(posters)
+        batch: dict[str, torch.Tensor] = {}
+        for m in self.modalities:
+            items = plots if m == "text" else posters
+            enc = self.encoders[m]
+            idx = [i for i, x in enumerate(items) if x is not None]
+            pooled = torch.zeros(n, enc.dim)
+            seqs: list = [None] * n
+            if idx:
+                with torch.set_grad_enabled(grad):
+                    out = enc.encode(enc.preprocess([items[i] for i in idx]), return_sequence=self.sequences)
+                pooled = pooled.to(out.pooled.dtype).index_copy(0, torch.tensor(idx), out.pooled.cpu())
+                if self.sequences:
+                    for j, i in enumerate(idx):
+                        seqs[i] = out.sequence[j, out.mask[j]].cpu()
+            batch[m] = pooled
+            batch[f"{m}_present"] = torch.tensor([x is not None for x in items])
+            if self.sequences:
+                batch[f"{m}_seq"], batch[f"{m}_seq_mask"] = pad_sequences(seqs, enc.dim)
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def predict(self, posters: list[Image.Image | None], plots: list[str | None]) -> list[dict[str, Any]]:
+        """Predict a batch of movies (a None poster or plot = that modality is missing)."""
+        import torch
+
+        if len(posters) != len(plots):
+            raise ValueError(f"got {len(posters)} posters but {len(plots)} plots")
+        used = [self.check(p, t) for p, t in zip(posters, plots)]
+        with self.lock, torch.inference_mode():
+            batch = self.features(posters, plots)
+            out = self.head(batch)
+            probs = torch.sigmoid(out["logits"]).double().cpu().numpy()
+            # Occlusion: the same movies with one modality replaced by the model's stand-in (a head pass only).
+            without = {}
+            if len(self.modalities) == 2:
+                for m in self.modalities:
+                    b = dict(batch, **{f"{m}_present": torch.zeros_like(batch[f"{m}_present"])})
+                    without[m] = torch.sigmoid(self.head(b)["logits"]).double().cpu().numpy()
+        return [self._result(i, probs[i], {m: w[i] for m, w in without.items()}, out, used[i])
+                for i in range(len(posters))]
+
+    def predict_one(self, poster: Image.Image | None = None, plot: str | None = None) -> dict[str, Any]:
+        return self.predict([poster], [plot])[0]
+
+    def _result(self, i: int, p: np.ndarray, without: dict[str, np.ndarray], out: dict, used: dict) -> dict:
+        order = np.argsort(-p, kind="stable")
+        rows = [{"genre": self.genres[j], "probability": float(p[j]), "threshold": float(self.thresholds[j]),
+                 "predicted": bool(p[j] >= self.thresholds[j])} for j in order]
+        return {
+            "predicted": [r["genre"] for r in rows if r["predicted"]],
+            "genres": rows,  # every genre, most probable first
+            "probabilities": {g: float(x) for g, x in zip(self.genres, p)},  # vocabulary order
+            "used": used,
+            "contribution": self._contribution(p, without, used),
+            "without": {m: {g: float(x) for g, x in zip(self.genres, w)} for m, w in without.items()},
+            "fusion": self._fusion_weights(out, i),
+        }
+
+    def _contribution(self, p: np.ndarray, without: dict[str, np.ndarray], used: dict) -> dict[str, float]:
+        """Each modality's share of the total prediction change when it is occluded (mean |delta p| over genres).
+        A modality the movie lacks contributes nothing; a unimodal model's one modality contributes everything."""
+        if not without or not all(used.values()):
+            return {m: float(used[m]) for m in self.modalities}
+        delta = {m: float(np.abs(p - w).mean()) for m, w in without.items()}
+        total = sum(delta.values())
+        return {m: (d / total if total > 0 else 0.5) for m, d in delta.items()}
+
+    def _fusion_weights(self, out: dict, i: int) -> dict[str, Any] | None:
+        """The fusion's own view of the image/text balance, where it has one."""
+        if "gate" in out:  # GMU: z is the image's share of each hidden unit
+            return {"kind": "gmu_gate", "image": float(out["gate"][i].mean()), "text": float(1 - out["gate"][i].mean())}
+        if "modality_weights" in out:  # attention: softmax over (text, image)
+            w = out["modality_weights"][i]
+            return {"kind": "attention_weights", "text": float(w[0]), "image": float(w[1])}
+        if "alpha" in out:  # late fusion: one learned weight for the whole model
+            a = float(out["alpha"])
+            return {"kind": "late_alpha", "image": a, "text": 1 - a}
+        return None
+
+
+def load_model(directory: str | Path, device: str = "cpu") -> Predictor:
+    """Restore a saved model folder (a run's `model/`) as a ready-to-use Predictor."""
+    return Predictor(directory, device=device)
+
+
+# --- command line -------------------------------------------------------------------------------------------------
+def _read_plot(args) -> str | None:
+    if args.plot_file:
+        return Path(args.plot_file).read_text(encoding="utf-8")
+    return args.plot
+
+
+def cmd_predict(args) -> int:
+    from .images import load_poster
+
+    predictor = load_model(args.model)
+    if args.input:
+        return _predict_catalog(predictor, args)
+    if args.poster is None and args.plot is None and args.plot_file is None:
+        raise SystemExit("error: give --poster and/or --plot (or --input CATALOG)")
+    poster = load_poster(args.poster) if args.poster else None
+    result = predictor.predict_one(poster, check_plot(_read_plot(args)))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    shown = [r for r in result["genres"] if r["predicted"]] or result["genres"][:1]
+    if not result["predicted"]:
+        print("no genre reaches its threshold; the most probable one:")
+    for r in shown:
+        print(f"{r['genre']:<12} {r['probability']:.3f}  (threshold {r['threshold']:.2f})")
+    c = result["contribution"]
+    print("contribution: " + ", ".join(f"{m} {v:.0%}" for m, v in c.items()))
+    return 0
+
+
+def _predict_catalog(predictor: Predictor, args) -> int:
+    """A CSV/JSONL catalog (data.load_catalog's format; labels optional) -> one prediction per movie."""
+    import csv
+
+    from .data import load_catalog
+    from .images import load_poster
+
+    ds = load_catalog(args.input, strict=args.strict, require_labels=False)
+    for p in ds.report.problems:
+        print(f"catalog: {p}", file=sys.stderr)
+    out_path = Path(args.output) if args.output else None
+    fmt = "csv" if out_path is not None and out_path.suffix.lower() == ".csv" else "jsonl"
+    fh = open(out_path, "w", encoding="utf-8", newline="") if out_path else sys.stdout
+    writer = None
+    failed = 0
+    try:
+        if fmt == "csv":
+            writer = csv.writer(fh)
+            writer.writerow(["id", "predicted", *predictor.genres])
+        for start in range(0, len(ds.movies), args.batch_size):
+            chunk = ds.movies[start:start + args.batch_size]
+            ok, posters, plots = [], [], []
+            for m in chunk:
+                try:
+                    poster = load_poster(m.poster) if m.poster else None
+                    predictor.check(poster, m.plot)
+                except ValueError as e:  # one bad movie must not sink the catalog; it is named on stderr
+                    failed += 1
+                    print(f"skipped {m.id}: {e}", file=sys.stderr)
+                    continue
+                ok.append(m)
+                posters.append(poster)
+                plots.append(m.plot)
+            for m, r in zip(ok, predictor.predict(posters, plots) if ok else []):
+                if writer:
+                    writer.writerow([m.id, "|".join(r["predicted"]),
+                                     *(f"{r['probabilities'][g]:.6f}" for g in predictor.genres)])
+                else:
+                    row = {"id": m.id, "predicted": r["predicted"], "probabilities": r["probabilities"],
+                           "contribution": r["contribution"]}
+                    fh.write(json.dumps(row) + "\n")
+    finally:
+        if out_path:
+            fh.close()
+    skipped = failed + sum(ds.report.skipped_by_kind().values())
+    print(f"predicted {len(ds.movies) - failed:,} movies" + (f" -> {out_path}" if out_path else "")
+          + (f"; skipped {skipped:,} (named above)" if skipped else ""), file=sys.stderr)
+    return 0
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("predict", help="predict genres with a saved model (one movie or a whole catalog)")
+    p.add_argument("--model", required=True, help="saved model folder (a run's model/)")
+    p.add_argument("--poster", default=None, help="poster image file")
+    p.add_argument("--plot", default=None, help="plot text")
+    p.add_argument("--plot-file", default=None, help="read the plot from this UTF-8 text file")
+    p.add_argument("--input", default=None, help="CSV/JSONL catalog (id, plot, poster) to predict as a whole")
+    p.add_argument("--output", default=None, help="catalog predictions file: .csv or .jsonl (default: JSONL to stdout)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--strict", action="store_true", help="stop at the first bad catalog row instead of skipping it")
+    p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    p.set_defaults(func=cmd_predict)

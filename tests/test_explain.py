@@ -1,0 +1,118 @@
+"""Explanations: Grad-CAM over the poster, integrated gradients over the plot words, modality contributions."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from genrefusion.explain import explain, grad_cam
+from genrefusion.predict import InputError, load_model
+
+
+@pytest.fixture(scope="module")
+def predictor(trained_run):
+    return load_model(trained_run / "model")
+
+
+def _poster(colour=(30, 60, 170)) -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray((np.array(colour) + rng.normal(0, 25, (120, 80, 3))).clip(0, 255).astype(np.uint8))
+
+
+def test_grad_cam_on_a_cnn_is_the_closed_form_cam():
+    """For a CNN whose pooled vector is the mean of its last map, Grad-CAM reduces to ReLU(A_i . dy/dpooled):
+    checks the autograd path through EfficientNet-Lite0 (real offline weights) against that closed form."""
+    from genrefusion.encoders import create_encoder
+    from genrefusion.fusion import create_model
+
+    enc = create_encoder("efficientnet-lite0")
+    torch.manual_seed(0)
+    head = create_model("gmu", text_dim=8, image_dim=enc.dim).eval()
+    poster = _poster((200, 40, 40)).resize((160, 240))
+    base = {"text": torch.randn(1, 8), "image": torch.zeros(1, enc.dim)}
+    fake = SimpleNamespace(encoders={"image": enc}, head=head, sequences=False)
+    got = np.array(grad_cam(fake, poster, base, target=7)["grid"])
+
+    with torch.no_grad():
+        out = enc.encode(enc.preprocess([poster]), return_sequence=True)
+    pooled = out.pooled.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(head(dict(base, image=pooled))["logits"][0, 7], pooled)
+    cam = torch.relu(out.sequence[0] @ g[0]).reshape(7, 7).numpy()
+    np.testing.assert_allclose(got, cam / cam.max(), atol=2e-3)
+    assert got.max() == pytest.approx(1.0) and (got < 0.5).any()  # a map, not a constant
+
+
+def test_explain_a_movie(predictor):
+    plot = "the ghost was in the space ship with an alien and a funny dog"
+    e = explain(predictor, _poster(), plot, "Sci-Fi", steps=16)
+    assert e["genre"] == "Sci-Fi" and e["probability"] == pytest.approx(
+        predictor.predict_one(_poster(), plot)["probabilities"]["Sci-Fi"])
+    grid = np.array(e["poster"]["grid"])
+    assert grid.shape == (7, 7) and grid.min() >= 0 and grid.max() == pytest.approx(1.0)  # ViT-S/32: 7x7 patches
+    words = e["plot"]["words"]
+    assert [w["word"] for w in words] == plot.split() and not e["plot"]["truncated"]
+    assert max(abs(w["score"]) for w in words) == pytest.approx(1.0)
+    # Completeness of integrated gradients: attributions add up to logit(plot) - logit(all-[PAD] plot).
+    assert e["plot"]["convergence_delta"] < 0.01
+    # The model learned the synthetic plots' words; the Sci-Fi ones are among the strongest for Sci-Fi.
+    top = [w["word"] for w in sorted(words, key=lambda w: -w["score"])[:3]]
+    assert {"space", "ship", "alien"} & set(top), top
+    other = explain(predictor, _poster(), plot, "Horror", steps=16)
+    assert other["poster"]["grid"] != e["poster"]["grid"]  # the map depends on the genre explained
+
+
+def test_explain_with_one_modality(predictor):
+    e = explain(predictor, None, "space ship alien")
+    assert e["poster"] is None and e["plot"] is not None
+    r = predictor.predict_one(None, "space ship alien")
+    assert e["genre"] == (r["predicted"] or [r["genres"][0]["genre"]])[0]
+    assert e["contribution"] == {"text": 1.0, "image": 0.0}
+    e = explain(predictor, _poster(), None)
+    assert e["plot"] is None and len(e["poster"]["grid"]) == 7
+    with pytest.raises(InputError, match="unknown genre"):
+        explain(predictor, None, "space", genre="Cartoon")
+
+
+def test_explain_command_writes_pngs(serving_cli, trained_run, tmp_path, capsys):
+    poster = tmp_path / "poster.jpg"
+    _poster().save(poster)
+    out = tmp_path / "why"
+    assert serving_cli(["explain", "--model", str(trained_run / "model"), "--poster", str(poster), "--plot",
+                        "space ship alien and a ghost house", "--out", str(out), "--steps", "8"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("poster_gradcam.png", "plot_words.png", "modality_contribution.png"):
+        assert name in printed
+        with Image.open(out / name) as img:
+            assert img.format == "PNG" and img.width > 400 and img.height > 150
+    saved = json.loads((out / "explanation.json").read_text())
+    assert set(saved) >= {"genre", "poster", "plot", "contribution", "fusion"}
+
+
+@pytest.mark.parametrize("model, options, fusion_kind", [  # one of each code path (early = GMU's minus the gate)
+    ("late", {}, "late_alpha"), ("attention", {}, "attention_weights"),
+    ("cross-attention", {"cross_attention": "sequence"}, None), ("image", {}, None)])
+def test_every_fusion_model_is_served_and_explained(trained_run, synthetic_catalog, tmp_path, model, options,
+                                                    fusion_kind):
+    from genrefusion.config import Config
+    from genrefusion.experiment import run_experiment
+
+    base = json.loads((trained_run / "model" / "model.json").read_text())["config"]
+    cfg = Config(**{**base, "model": model, "epochs": 2, **options}).validate()  # the GMU run's cache: no re-encoding
+    run_experiment(cfg, run_dir=tmp_path / model, log=None)
+    p = load_model(tmp_path / model / "model")
+    poster = _poster() if "image" in p.modalities else None
+    plot = "space ship alien" if "text" in p.modalities else None
+    r = p.predict_one(poster, plot)
+    assert (r["fusion"] or {}).get("kind") == fusion_kind and len(r["genres"]) == 23
+    e = explain(p, poster, plot, steps=4)
+    assert (e["poster"] is not None) == ("image" in p.modalities)
+    assert (e["plot"] is not None) == ("text" in p.modalities)
+    if e["poster"] is not None:
+        assert np.array(e["poster"]["grid"]).shape == (7, 7)
+    if len(p.modalities) == 1:
+        with pytest.raises(InputError, match=f"this {model} model needs a"):
+            p.predict_one(None if poster is not None else _poster(), None if plot is not None else "a plot")
