@@ -64,3 +64,47 @@ def test_grid_end_to_end_on_a_sample_subset(sample_root, tmp_path, tiny_bert, ti
     assert printed.count(" 0 newly encoded") == 4
     g2 = json.loads((tmp_path / "run2" / "grid.json").read_text())
     assert [r["test"] for r in g2["rows"]] == [r["test"] for r in grid["rows"]]  # identical on rerun
+
+
+def test_train_command_from_a_yaml_config(synthetic_catalog, tiny_bert, tiny_vit, tmp_path, capsys):
+    cfg = tmp_path / "gmu.yaml"
+    cfg.write_text(f"model: gmu\ndata: {synthetic_catalog}\ntext_encoder: {tiny_bert}\nimage_encoder: {tiny_vit}\n"
+                   f"epochs: 2\ncache_dir: {tmp_path / 'cache'}\nout: {tmp_path / 'runs'}\nname: g\n")
+    assert main(["train", "--config", str(cfg), "lr=1e-3", "threshold_mode=global"]) == 0
+    assert "F1 macro" in capsys.readouterr().out
+    run = tmp_path / "runs" / "g"
+    saved = (run / "config.yaml").read_text()
+    assert "lr: 0.001" in saved and "threshold_mode: global" in saved and "model: gmu" in saved
+    m = json.loads((run / "metrics.json").read_text())
+    assert isinstance(m["thresholds"], float) and m["test_at_0.5"] is not None
+    assert set(m["test_by_modality"]) >= {"both", "text_only"}  # the catalog has movies without posters
+
+
+def test_end_to_end_mode_fine_tunes_the_encoders(synthetic_catalog, tiny_bert, tiny_vit, tmp_path):
+    import torch
+
+    from genrefusion.config import Config
+    from genrefusion.encoders import create_encoder
+    from genrefusion.endtoend import EncoderBatches
+    from genrefusion.data import load_dataset
+    from genrefusion.experiment import run_experiment
+
+    ds = load_dataset(synthetic_catalog)
+    cfg = Config(data=str(synthetic_catalog), model="early", text_encoder=str(tiny_bert),
+                 image_encoder=str(tiny_vit), mode="end-to-end", finetune=True, epochs=1, lr=1e-3,
+                 encoder_lr=1e-3).validate()
+    m = run_experiment(cfg, ds, run_dir=None, log=None)
+    assert 0 <= m["test"]["f1_macro"] <= 1 and len(m["history"]) == 1
+    # the encoders receive gradients through the batch function in training, and augmentation varies posters
+    text, image = create_encoder(str(tiny_bert)), create_encoder(str(tiny_vit))
+    batches = EncoderBatches(ds, text, image, finetune=True)
+    idx = torch.arange(8)
+    out = batches(idx, True)
+    (out["text"].sum() + out["image"].sum()).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in text.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in image.parameters())
+    with torch.no_grad():
+        a, b = batches(idx, True)["image"], batches(idx, True)["image"]
+        c, d = batches(idx, False)["image"], batches(idx, False)["image"]
+    present = out["image_present"]
+    assert not torch.allclose(a[present], b[present]) and torch.equal(c, d)
