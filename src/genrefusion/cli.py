@@ -4,11 +4,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 from .data import DataError
+from .download import DownloadError
 
 
 def _add_data_options(p: argparse.ArgumentParser, split_default: str = "official") -> None:
@@ -40,6 +42,7 @@ def cmd_data_summary(args) -> int:
 
 def cmd_features(args) -> int:
     from .encoders import create_encoder
+    from .distributed import resolve_device
     from .features import dataset_features, default_cache_dir
 
     ds = _load(args)
@@ -49,8 +52,9 @@ def cmd_features(args) -> int:
         if not name:
             continue
         t0 = time.perf_counter()
-        encoder = create_encoder(name, **kwargs).to(args.device)
-        table = dataset_features(ds, encoder, cache_dir, sequences=args.sequences, batch_size=args.batch_size)
+        encoder = create_encoder(name, **kwargs).to(resolve_device(args.device))
+        table = dataset_features(ds, encoder, cache_dir, sequences=args.sequences, batch_size=args.batch_size,
+                                 precision=args.precision, num_workers=args.num_workers)
         dt = time.perf_counter() - t0
         print(f"{encoder.modality:>5} {name}: {int(table.present.sum()):,} movies x {table.dim}, "
               f"{table.encoded_now:,} newly encoded, {dt:.1f} s")
@@ -76,7 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sequences", action="store_true", help="also store fp16 token/patch sequences")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--cache-dir", default=None, help="default: $GENREFUSION_CACHE or ~/.cache/genrefusion")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cuda, cuda:1, cpu")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                   help="autocast while encoding (auto: bf16 on a GPU, fp32 on the CPU); part of the cache key")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="processes preparing batches ahead of the encoder (default: 0 on CPU, up to 12 on GPU)")
     _add_data_options(p)
     p.set_defaults(func=cmd_features)
 
@@ -122,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Each of these modules defines `add_cli(subparsers)` and imports its heavy dependencies inside its commands, so
 # `genrefusion --help` stays fast.
 PLUGIN_MODULES: tuple[str, ...] = ("genrefusion.report", "genrefusion.predict", "genrefusion.serving",
-                                   "genrefusion.explain")
+                                   "genrefusion.explain", "genrefusion.download")
 
 
 def cmd_train(args) -> int:
@@ -165,10 +173,15 @@ def cmd_grid(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .distributed import init_from_env, is_main
+
     args = build_parser().parse_args(argv)
+    # Under torchrun: join the process group; every rank runs the command, only rank 0 prints (errors still show).
+    if init_from_env() and not is_main():
+        sys.stdout = open(os.devnull, "w")
     try:
         return args.func(args)
-    except (DataError, ValueError, FileNotFoundError) as exc:
+    except (DataError, ValueError, FileNotFoundError, DownloadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -47,7 +47,8 @@ class Config:
     mode: str = "features"  # features: frozen encoders through the cache | end-to-end: encoders in the loop
     finetune: bool = False  # end-to-end only: also train the encoders
     encoder_lr: float = 2e-5  # end-to-end fine-tuning learning rate for encoder weights
-    device: str = "cpu"
+    device: str = "auto"  # auto (the GPU when there is one) | cpu | cuda | cuda:N
+    precision: str = "auto"  # encoder autocast while extracting features: auto (bf16 on GPU) | fp32 | bf16 | fp16
     cache_dir: str | None = None
     out: str = "runs"
     name: str | None = None  # run folder name; default derived from model and seed
@@ -58,7 +59,7 @@ class Config:
             "pooling": ("cls", "mean"), "cross_attention": ("pooled", "sequence"),
             "input_norm": ("none", "layernorm"), "loss": ("bce", "bce-posweight", "focal", "asl"),
             "scheduler": ("plateau", "cosine"), "threshold_mode": ("fixed", "global", "per_genre"),
-            "mode": ("features", "end-to-end"),
+            "mode": ("features", "end-to-end"), "precision": ("auto", "fp32", "bf16", "fp16"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:

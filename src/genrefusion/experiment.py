@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from . import __version__
 from .config import Config, save_config
 from .data import MovieDataset, load_dataset
+from .distributed import is_main, resolve_device
 from .features import FeatureTable, dataset_features
 from .fusion import create_model
 from .labels import GENRES
@@ -66,8 +67,9 @@ def load_features(cfg: Config, dataset: MovieDataset, modalities: tuple[str, ...
     feats = Features()
     for m in modalities:
         name = cfg.text_encoder if m == "text" else cfg.image_encoder
-        encoder = create_encoder(name, modality=m, **encoder_kwargs(cfg, m)).to(cfg.device)
-        setattr(feats, m, dataset_features(dataset, encoder, cfg.cache_dir, sequences=sequences, progress=progress))
+        encoder = create_encoder(name, modality=m, **encoder_kwargs(cfg, m)).to(resolve_device(cfg.device))
+        setattr(feats, m, dataset_features(dataset, encoder, cfg.cache_dir, sequences=sequences, progress=progress,
+                                           precision=cfg.precision))
     return feats, time.perf_counter() - t0
 
 
@@ -114,7 +116,7 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None, features: F
         from .endtoend import EncoderBatches
 
         encs = {m: create_encoder(cfg.text_encoder if m == "text" else cfg.image_encoder, modality=m,
-                                  **encoder_kwargs(cfg, m)).to(cfg.device) for m in modalities}
+                                  **encoder_kwargs(cfg, m)).to(resolve_device(cfg.device)) for m in modalities}
         for e in encs.values():
             e.requires_grad_(cfg.finetune)
         batch_fn = EncoderBatches(dataset, encs.get("text"), encs.get("image"), cfg.finetune)
@@ -169,7 +171,7 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None, features: F
     }
     timings["eval_s"] = time.perf_counter() - t
     metrics["timings"] = timings
-    if run_dir is not None:
+    if run_dir is not None and is_main():  # under torchrun every rank has the same metrics; rank 0 writes
         encoders = {m: {"name": cfg.text_encoder if m == "text" else cfg.image_encoder,
                         "kwargs": encoder_kwargs(cfg, m), "fingerprint": encoders_meta[m]["fingerprint"]}
                     for m in modalities}

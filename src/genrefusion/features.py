@@ -11,6 +11,10 @@ reader sees either a complete shard or none; temporary files are never read. Aft
 completed shards and encodes only the rest. Batches are planned over the whole request (sorted by length, then
 key) before anything is encoded, so a resumed run encodes exactly the batches an uninterrupted run would have, and
 the features are bit-identical.
+
+On a GPU the encoder runs under bf16 autocast (fp16 where bf16 is missing; the precision is part of the cache key)
+and worker processes decode / tokenise upcoming batches into pinned memory. Under torchrun the ranks split the
+shards of that same plan and write them into the one cache folder; then every rank reads the whole table.
 """
 from __future__ import annotations
 
@@ -138,7 +142,7 @@ class FeatureCache:
         or PIL image). `lengths(items)` (text) lets batches be grouped by length. Returns the number encoded.
         `shard_batches` batches go into one shard (the unit of work a kill can lose). `num_workers`: processes
         that decode and preprocess upcoming batches while the GPU encodes (default: none on CPU, where the output
-        is the same either way, up to 8 on a GPU).
+        is the same either way, up to 12 on a GPU).
 
         Under torchrun every rank calls this with the same keys; rank r encodes the shards n with
         n % world_size == r of the shared plan, and on every rank the call returns once all ranks have written
@@ -255,7 +259,7 @@ def _prefetched_inputs(encoder, batches: list[list[str]], load: Callable[[str], 
     if num_workers is None:
         from .distributed import world_size
 
-        num_workers = min(8, max(1, (os.cpu_count() or 1) // world_size() - 1)) if cuda else 0
+        num_workers = min(12, max(1, (os.cpu_count() or 1) // world_size() - 2)) if cuda else 0
     # Workers are forked so that the loading closure needs no pickling; without fork, load in this process.
     if num_workers == 0 or not batches or "fork" not in multiprocessing.get_all_start_methods():
         for b in batches:
@@ -265,7 +269,7 @@ def _prefetched_inputs(encoder, batches: list[list[str]], load: Callable[[str], 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     loader = torch.utils.data.DataLoader(
         _PlanBatches(batches, load, encoder.preprocess), batch_size=None, shuffle=False,
-        num_workers=min(num_workers, len(batches)), pin_memory=cuda, prefetch_factor=4,
+        num_workers=min(num_workers, len(batches)), pin_memory=cuda, prefetch_factor=2,
         multiprocessing_context="fork")
     yield from loader
 

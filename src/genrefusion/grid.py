@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from .config import Config, load_config, save_config
 from .data import load_dataset
+from .distributed import is_main
 from .experiment import Features, load_features, run_experiment
 from .metrics import format_table
 from .stats import mean_std
@@ -100,14 +101,16 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
     if not selected:
         raise ValueError(f"no grid rows match {rows}; rows: {[r.name for r in ROWS]}")
     out = Path(out) if out else Path(base.out) / f"grid-{preset}-{datetime.now():%Y%m%d-%H%M%S}"
-    out.mkdir(parents=True, exist_ok=True)
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
 
     t = time.perf_counter()
     dataset = load_dataset(data, split, modalities, base.strict, base.plot_mode, base.split_seed)
     from .summary import data_summary
 
     summary = data_summary(dataset)
-    (out / "data_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    if is_main():  # under torchrun every rank runs the grid; rank 0 alone writes its files
+        (out / "data_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     log(f"data: {len(dataset):,} movies ({split} split, modalities={modalities}); "
         + ", ".join(f"{s} {len(ix):,}" for s, ix in dataset.splits.items()) + f"  [{time.perf_counter() - t:.1f} s]")
 
@@ -162,6 +165,9 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
         "timings": {"features_s": features_s, "train_eval_s": train_s, "total_s": time.perf_counter() - t_start},
         "config": base.to_dict(),
     }
+    if not is_main():
+        grid["out"] = str(out)
+        return grid
     save_config(base, out / "config.yaml")
     (out / "tables.txt").write_text(tables_txt + "\n", encoding="utf-8")
     tmp = out / ".tmp-grid.json"

@@ -3,10 +3,17 @@
 A model never sees where its inputs come from: a `batch_fn(indices, train)` returns the batch dict. From cached
 features (the default, frozen encoders as in the thesis code) it slices tensors; in end-to-end mode it runs the
 encoders on raw posters and plots (with augmentation in training), so the same loop can fine-tune them.
+
+The loop runs on `cfg.device` ('auto': the GPU when there is one). Under torchrun (see distributed.py) the model
+is wrapped in DistributedDataParallel and every rank computes a contiguous slice of each global batch of
+`cfg.batch_size`; the loss of a slice is weighted by its share of the batch, so the averaged gradient is the
+gradient one process would compute on the whole batch, also for an uneven last batch.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -16,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
 from .config import Config
 from .features import FeatureTable
 
@@ -35,6 +43,19 @@ class FeatureBatches:
 
     def __init__(self, text: FeatureTable | None, image: FeatureTable | None, sequences: bool = False):
         self.text, self.image, self.sequences = text, image, sequences
+
+    def to(self, device: torch.device | str) -> "FeatureBatches":
+        """Batches sliced from pooled tables moved to `device` once, instead of copying every batch (token
+        sequences stay on the CPU and are padded there)."""
+        device = torch.device(device)
+        if device.type == "cpu":
+            return self
+
+        def move(t: FeatureTable | None) -> FeatureTable | None:
+            return None if t is None else dataclasses.replace(t, pooled=t.pooled.to(device),
+                                                              present=t.present.to(device))
+
+        return FeatureBatches(move(self.text), move(self.image), self.sequences)
 
     def __call__(self, idx: torch.Tensor, train: bool = False) -> dict:
         batch: dict = {}
@@ -76,40 +97,93 @@ def _batches(indices: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
         yield indices[start:start + batch_size]
 
 
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _encoder_autocast(device: torch.device):
+    """bf16 autocast around `batch_fn` on a GPU: end-to-end encoders run in mixed precision (slicing cached
+    features is unaffected). The heads themselves always train in fp32."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _local_slice(b: torch.Tensor, world: int, rank: int) -> tuple[torch.Tensor, float, int]:
+    """This rank's contiguous slice of the global batch `b`, the weight of its (mean) loss and its real size.
+
+    DDP averages gradients over ranks, so weighting slice r's mean loss by n_r * world / N makes the result
+    sum_r (n_r / N) * grad(mean loss of r) = the gradient of the mean loss over the whole batch. A batch smaller
+    than the world leaves some ranks empty: they still run one row (every rank must join DDP's all-reduce) and
+    give it weight 0."""
+    if world == 1:
+        return b, 1.0, len(b)
+    lo, hi = distributed.shard_bounds(len(b), rank, world)
+    if hi > lo:
+        return b[lo:hi], (hi - lo) * world / len(b), hi - lo
+    return b[:1], 0.0, 0
+
+
 @torch.no_grad()
 def predict(model: nn.Module, batch_fn: BatchFn, indices: Iterable[int], batch_size: int = 256,
             keep: tuple[str, ...] = ()) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Probabilities (N, L) for `indices`, plus any analysis outputs named in `keep` (e.g. 'gate')."""
+    """Probabilities (N, L) for `indices`, plus any analysis outputs named in `keep` (e.g. 'gate').
+
+    Under torchrun every rank must call this: each predicts a contiguous share of `indices` and all of them
+    return every row, in order."""
     model.eval()
+    device = _model_device(model)
     idx = torch.as_tensor(list(indices), dtype=torch.long)
+    lo, hi = distributed.shard_bounds(len(idx))
     probs, extras = [], {k: [] for k in keep}
-    for b in _batches(idx, batch_size):
-        out = model(batch_fn(b, False))
+    for b in _batches(idx[lo:hi], batch_size):
+        with _encoder_autocast(device):
+            batch = batch_fn(b, False)
+        out = model(_to_device(batch, device))
         probs.append(torch.sigmoid(out["logits"]).float().cpu())
         for k in keep:
             if k in out and out[k] is not None:
                 v = out[k].float().cpu()
                 extras[k].append(v.expand(len(b)) if v.dim() == 0 else v)  # a model-wide scalar, per movie
-    return (torch.cat(probs).numpy() if probs else np.zeros((0, 0), np.float32),
-            {k: torch.cat(v).numpy() for k, v in extras.items() if v})
+    parts = distributed.all_gather_objects(
+        (torch.cat(probs).numpy() if probs else None, {k: torch.cat(v).numpy() for k, v in extras.items() if v}))
+    gathered = [p for p, _ in parts if p is not None]
+    return (np.concatenate(gathered) if gathered else np.zeros((0, 0), np.float32),
+            {k: np.concatenate([e[k] for _, e in parts if k in e]) for k in keep if any(k in e for _, e in parts)})
 
 
 def _val_loss_and_probs(model, batch_fn, idx, y, loss_fn, batch_size):
+    """Mean validation loss and probabilities; under torchrun each rank scores a share and all get the result."""
     model.eval()
+    device = _model_device(model)
+    lo, hi = distributed.shard_bounds(len(idx))
     total, n, probs = 0.0, 0, []
     with torch.no_grad():
-        for b in _batches(idx, batch_size):
-            logits = model(batch_fn(b, False))["logits"]
+        for b in _batches(idx[lo:hi], batch_size):
+            with _encoder_autocast(device):
+                batch = batch_fn(b, False)
+            logits = model(_to_device(batch, device))["logits"]
             total += loss_fn(logits, y[b]).item() * len(b)
             n += len(b)
-            probs.append(torch.sigmoid(logits))
-    return total / max(n, 1), torch.cat(probs).numpy()
+            probs.append(torch.sigmoid(logits).float().cpu())
+    parts = distributed.all_gather_objects((total, n, torch.cat(probs).numpy() if probs else None))
+    total, n = sum(p[0] for p in parts), sum(p[1] for p in parts)
+    return total / max(n, 1), np.concatenate([p[2] for p in parts if p[2] is not None])
 
 
 def fit(model: nn.Module, batch_fn: BatchFn, y: torch.Tensor, train_idx: Iterable[int], val_idx: Iterable[int],
         cfg: Config, loss_fn: nn.Module, extra_param_groups: list[dict] | None = None,
         log: Callable[[str], None] | None = None) -> TrainResult:
-    """Train `model` in place; on return it holds the weights of the epoch with the lowest validation loss."""
+    """Train `model` in place; on return it holds the weights of the epoch with the lowest validation loss.
+
+    The model, the loss and (when they can move, like FeatureBatches) the batches go to `cfg.device`. Under
+    torchrun, call it on every rank with the same arguments; `extra_param_groups` (encoders trained end to end,
+    outside `model`) have their gradients averaged like DDP's."""
     from sklearn.metrics import f1_score
 
     seed_everything(cfg.seed)
@@ -118,9 +192,30 @@ def fit(model: nn.Module, batch_fn: BatchFn, y: torch.Tensor, train_idx: Iterabl
     val_idx = torch.as_tensor(list(val_idx), dtype=torch.long)
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise ValueError("training needs non-empty train and validation splits")
+    device = distributed.resolve_device(cfg.device)
+    world, rank = distributed.world_size(), distributed.rank()
+    model.to(device)
+    if isinstance(loss_fn, nn.Module):
+        loss_fn.to(device)  # pos_weight is a buffer
+    if hasattr(batch_fn, "to"):
+        batch_fn = batch_fn.to(device)
+    y_val = y[val_idx].cpu().numpy()
+    y = y.to(device)
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
     groups += extra_param_groups or []
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    extra_params = [p for g in extra_param_groups or [] for p in g["params"]]
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # Same initial weights (DDP broadcasts rank 0's) and batch order everywhere, but dropout must draw
+        # different masks on each rank's slice; rank 0 keeps the single-process random stream.
+        if rank > 0:
+            torch.manual_seed(cfg.seed + 1_000_003 * rank)
+    # On a GPU the fused kernel updates every parameter in one launch (heads are small: launches dominate).
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  fused=True if device.type == "cuda" else None)
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
     if cfg.scheduler == "plateau":
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -135,22 +230,28 @@ def fit(model: nn.Module, batch_fn: BatchFn, y: torch.Tensor, train_idx: Iterabl
     generator = torch.Generator().manual_seed(cfg.seed)
     result = TrainResult()
     best_state, bad_epochs = None, 0
-    y_val = y[val_idx].numpy()
+    log = log if distributed.is_main() else None
     for epoch in range(1, cfg.epochs + 1):
         te = time.perf_counter()
         model.train()
         running, seen = 0.0, 0
         order = train_idx[torch.randperm(len(train_idx), generator=generator)]
         for b in _batches(order, cfg.batch_size):
-            logits = model(batch_fn(b, True))["logits"]
-            loss = loss_fn(logits, y[b])
+            local, weight, n_local = _local_slice(b, world, rank)
+            with _encoder_autocast(device):
+                batch = batch_fn(local, True)
+            logits = net(_to_device(batch, device))["logits"]
+            loss = loss_fn(logits, y[local])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * weight if world > 1 else loss).backward()
+            if world > 1 and extra_params:
+                distributed.sync_gradients(extra_params)
             optimizer.step()
             if step_sched is not None:
                 step_sched.step()
-            running += loss.item() * len(b)
+            running = running + loss.detach().double() * n_local  # a tensor: no GPU sync per step
             seen += len(b)
+        running = distributed.all_reduce_sum(float(running))
         val_loss, val_probs = _val_loss_and_probs(model, batch_fn, val_idx, y, loss_fn, 256)
         pred = (val_probs >= 0.5).astype(int)
         row = {
@@ -173,6 +274,7 @@ def fit(model: nn.Module, batch_fn: BatchFn, y: torch.Tensor, train_idx: Iterabl
             if bad_epochs >= cfg.early_stopping_patience:
                 result.stopped_early = True
                 break
+    del net  # drops DDP's hooks on the model's parameters
     if best_state is not None:
         model.load_state_dict(best_state)
     result.seconds = time.perf_counter() - t0
