@@ -51,6 +51,10 @@ def test_grid_end_to_end_on_a_sample_subset(sample_root, tmp_path, tiny_bert, ti
         assert again == metrics["test"]
         assert row["test"] == metrics["test"]
         assert (run / "model" / "model.safetensors").exists() and (run / "config.yaml").exists()
+        with safe_open(str(run / "val_predictions.safetensors"), "np") as f:  # validation numbers too
+            again = compute_metrics(f.get_tensor("labels"), f.get_tensor("probs"), metrics["thresholds"],
+                                    metrics["val"]["per_genre"].keys())
+        assert again == metrics["val"]
     gmu = json.loads((out / "gmu" / "seed-0" / "metrics.json").read_text())
     gate = gmu["analysis"]["gate"]["mean"]
     assert all(0 < g < 1 for g in gate)

@@ -2,7 +2,8 @@
 
 Writes a run folder: `config.yaml` (resolved), `metrics.json` (every metric, config, data fingerprint, encoders,
 seed, wall time per phase, training history), `test_predictions.safetensors` (test probabilities and labels, so
-every number can be recomputed) and `model/` (weights + what is needed to rebuild the model).
+every number can be recomputed), `val_predictions.safetensors` (to re-tune thresholds) and `model/` (weights + what
+is needed to rebuild the model).
 """
 from __future__ import annotations
 
@@ -176,28 +177,35 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None, features: F
                         "kwargs": encoder_kwargs(cfg, m), "fingerprint": encoders_meta[m]["fingerprint"]}
                     for m in modalities}
         write_run(Path(run_dir), cfg, metrics, model, dataset, test_idx, test_probs, y_test, threshold, analysis,
-                  encoders)
+                  encoders, val=(val_idx, val_probs, y[val_idx].numpy()))
     return metrics
 
 
 def write_run(run_dir: Path, cfg: Config, metrics: dict, model, dataset: MovieDataset, test_idx, probs, y_true,
-              threshold, analysis: dict[str, np.ndarray], encoders: dict[str, dict] | None = None) -> None:
+              threshold, analysis: dict[str, np.ndarray], encoders: dict[str, dict] | None = None,
+              val: tuple[list[int], np.ndarray, np.ndarray] | None = None) -> None:
     """Write the run folder. Files are written under temporary names and renamed, so a folder never holds a
     half-written metrics.json (its presence marks a finished run)."""
     from .checkpoint import save_model
 
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    tensors = {"probs": torch.as_tensor(probs, dtype=torch.float32),
-               "labels": torch.as_tensor(y_true, dtype=torch.float32)}
-    for k, v in analysis.items():
-        tensors[k] = torch.as_tensor(v, dtype=torch.float32)
-    tmp = run_dir / ".tmp-test_predictions.safetensors"
-    save_file(tensors, str(tmp), metadata={"ids": json.dumps([dataset.movies[i].id for i in test_idx]),
-                                           "genres": json.dumps(list(GENRES)),
-                                           "thresholds": json.dumps(np.asarray(threshold).tolist())})
-    os.replace(tmp, run_dir / "test_predictions.safetensors")
+    ids = lambda idx: [dataset.movies[i].id for i in idx]  # noqa: E731
+    save_predictions(run_dir / "test_predictions.safetensors", ids(test_idx), probs, y_true, threshold, analysis)
+    if val is not None:  # validation predictions: thresholds can be re-tuned from the run folder alone
+        save_predictions(run_dir / "val_predictions.safetensors", ids(val[0]), val[1], val[2], threshold, {})
     save_model(run_dir / "model", model, cfg, threshold, encoders)
     tmp = run_dir / ".tmp-metrics.json"
     tmp.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     os.replace(tmp, run_dir / "metrics.json")
+
+
+def save_predictions(path: Path, ids: list[str], probs, labels, threshold, analysis: dict[str, np.ndarray]) -> None:
+    tensors = {"probs": torch.as_tensor(probs, dtype=torch.float32),
+               "labels": torch.as_tensor(labels, dtype=torch.float32)}
+    for k, v in analysis.items():
+        tensors[k] = torch.as_tensor(v, dtype=torch.float32)
+    tmp = path.parent / f".tmp-{path.name}"
+    save_file(tensors, str(tmp), metadata={"ids": json.dumps(ids), "genres": json.dumps(list(GENRES)),
+                                           "thresholds": json.dumps(np.asarray(threshold).tolist())})
+    os.replace(tmp, path)
