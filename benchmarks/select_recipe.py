@@ -23,6 +23,7 @@ from genrefusion.experiment import load_features, run_experiment
 from genrefusion.metrics import compute_metrics, tune_thresholds
 
 MODELS = ("text", "image", "early", "gmu")
+TIE = 0.001
 
 
 def cross_fitted(y: np.ndarray, probs: np.ndarray, mode: str, seed: int = 0) -> tuple[float, float]:
@@ -91,7 +92,11 @@ def main() -> None:
             print(f"{knob}={value!s:<14} val macro-F1 mean {mean_macro:.4f}  "
                   + "  ".join(f"{m} {v[0]:.3f}/{v[1]:.3f}" for m, v in s.items())
                   + f"  [{time.perf_counter() - t:.0f} s]", flush=True)
+        # A knob moves off its current value only for a gain above TIE: smaller differences are noise here.
+        current = results[0]
         top = max(results, key=lambda r: r[0])
+        if top[0] - current[0] <= TIE:
+            top = current
         best[knob], best_score = top[1], top[0]
     print(f"\nselected (validation macro-F1 {best_score:.4f}): {best}")
 

@@ -85,11 +85,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # benchmarks/select_recipe.py; the test split never entered the choice. Heads train at a learning rate that
     # lets them converge (2e-5 underfits a randomly initialised MLP), with warm-up + cosine decay, per-modality
     # LayerNorm (the two encoders' feature scales differ by orders of magnitude), modality dropout so a fusion
-    # cannot lean on the text alone, and decision thresholds tuned per genre on validation.
+    # cannot lean on the text alone, and decision thresholds tuned per genre on validation. On the sample
+    # (stratified, both modalities, 2 seeds, thresholds cross-fitted within validation): mean pooling > cls,
+    # lr 3e-4 > 1e-3, LayerNorm >> none, ASL > BCE with pos_weight > BCE, per-genre >= global thresholds, 20 > 40
+    # epochs; modality dropout 0.2 tied 0.0 (0.3533 vs 0.3535), so it stays for movies that lack a poster.
     "recommended": {
-        "lr": 1e-3, "weight_decay": 1e-2, "scheduler": "cosine", "warmup_epochs": 1.0, "epochs": 40,
+        "lr": 3e-4, "weight_decay": 1e-2, "scheduler": "cosine", "warmup_epochs": 1.0, "epochs": 20,
         "early_stopping_patience": 8, "input_norm": "layernorm", "head_dropout": [0.5, 0.3],
-        "modality_dropout": 0.2, "pooling": "mean", "loss": "bce-posweight", "threshold_mode": "per_genre",
+        "modality_dropout": 0.2, "pooling": "mean", "loss": "asl", "threshold_mode": "per_genre",
     },
 }
 
