@@ -25,6 +25,23 @@ def test_slots_default_to_offline_stand_ins_and_accept_overrides():
         resolve_slots(overrides=["GPT=x"])
 
 
+def test_fusion_rows_can_fuse_other_slots(sample_root, tmp_path, tiny_bert, tiny_vit):
+    from genrefusion.grid import run_grid
+
+    data = make_subset(sample_root, tmp_path / "subset", {"train": 40, "dev": 0, "test": 30})
+    slots = [f"BERT={tiny_bert}", f"RoBERTa={tmp_path / 'other-bert'}", f"ResNet50={tiny_vit}", f"ViT={tiny_vit}"]
+    from conftest import build_tiny_bert
+
+    build_tiny_bert(tmp_path / "other-bert")
+    g = run_grid(str(data), split="stratified", modalities="both", slot_overrides=slots, rows=["gmu"],
+                 cache_dir=str(tmp_path / "c"), out=tmp_path / "o", fuse=("RoBERTa", "ViT"), report=False,
+                 log=lambda *_: None, config_overrides=["epochs=1"])
+    assert g["fuse"] == ["RoBERTa", "ViT"] and g["rows"][0]["encoders"] == {"RoBERTa": str(tmp_path / "other-bert"),
+                                                                           "ViT": str(tiny_vit)}
+    with pytest.raises(ValueError, match="expected a text slot and an image slot"):
+        run_grid(str(data), fuse=("ResNet50", "ViT"), out=tmp_path / "x", log=lambda *_: None)
+
+
 def test_grid_end_to_end_on_a_sample_subset(sample_root, tmp_path, tiny_bert, tiny_vit, capsys):
     data = make_subset(sample_root, tmp_path / "subset", {"train": 70, "dev": 0, "test": 40})
     out = tmp_path / "run"

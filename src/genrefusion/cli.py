@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fill a text slot (BERT or RoBERTa); a bare NAME fills BERT, the slot the fusions use")
     p.add_argument("--image-encoder", action="append", default=[], metavar="[SLOT=]NAME",
                    help="fill an image slot (ResNet50 or ViT); a bare NAME fills ResNet50, the slot the fusions use")
+    p.add_argument("--fuse", default="BERT,ResNet50", metavar="TEXT_SLOT,IMAGE_SLOT",
+                   help="the slots the fusion rows combine (the thesis: BERT,ResNet50)")
     p.add_argument("--rows", default=None, help="comma-separated subset of rows (names or model names)")
     p.add_argument("--seeds", type=int, default=1, help="train every model with this many seeds (mean ± std)")
     p.add_argument("--cache-dir", default=None)
@@ -168,7 +170,7 @@ def cmd_grid(args) -> int:
     run_grid(args.data, preset=args.preset, split=args.split, modalities=args.modalities, encoders=args.encoders,
              slot_overrides=overrides, seeds=args.seeds, cache_dir=args.cache_dir, out=args.out,
              rows=args.rows.split(",") if args.rows else None, config_overrides=args.overrides,
-             report=not args.no_report)
+             report=not args.no_report, fuse=tuple(args.fuse.split(",")))
     return 0
 
 

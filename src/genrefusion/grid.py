@@ -6,6 +6,7 @@ on an offline machine), and every table names the encoder that actually filled t
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -92,12 +93,18 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
              encoders: str = "offline", slot_overrides: list[str] | None = None, seeds: int = 1,
              cache_dir: str | None = None, out: str | Path | None = None, rows: list[str] | None = None,
              config_overrides: list[str] | None = None, log: Callable[[str], None] = print,
-             report: bool = True) -> dict[str, Any]:
+             report: bool = True, fuse: tuple[str, str] = (FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT)) -> dict[str, Any]:
+    """Train and evaluate the grid's rows. `fuse`: the (text, image) slots the fusion rows combine; the thesis
+    fused BERT + ResNet50, its best text model with an image model."""
     t_start = time.perf_counter()
     slots = resolve_slots(encoders, slot_overrides)
+    if fuse[0] not in SLOTS or SLOTS[fuse[0]][0] != "text" or fuse[1] not in SLOTS or SLOTS[fuse[1]][0] != "image":
+        raise ValueError(f"fuse={fuse}: expected a text slot and an image slot from {list(SLOTS)}")
     base = load_config(preset=preset, overrides=config_overrides)
     base = base.replace(data=str(data), split=split, modalities=modalities, cache_dir=cache_dir)
-    selected = [r for r in ROWS if rows is None or r.name in rows or r.model in rows]
+    grid_rows = [dataclasses.replace(r, text_slot=fuse[0], image_slot=fuse[1]) if r.kind == "fusion" else r
+                 for r in ROWS]
+    selected = [r for r in grid_rows if rows is None or r.name in rows or r.model in rows]
     if not selected:
         raise ValueError(f"no grid rows match {rows}; rows: {[r.name for r in ROWS]}")
     out = Path(out) if out else Path(base.out) / f"grid-{preset}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -122,7 +129,7 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
         cfg = base.replace(**{f"{modality}_encoder": slots[slot]})
         t_slot = time.perf_counter()
         # Sequence cross-attention reads token/patch sequences of the two fusion slots; everything else is pooled.
-        sequences = base.cross_attention == "sequence" and slot in (FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT) \
+        sequences = base.cross_attention == "sequence" and slot in fuse \
             and any(r.model == "cross-attention" for r in selected)
         feats, _ = load_features(cfg, dataset, (modality,), sequences=sequences)
         tables[slot] = getattr(feats, modality)
@@ -160,7 +167,7 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
     tables_txt = format_grid_tables(results)
     grid = {
         "preset": preset, "data": str(data), "split": split, "modalities": modalities, "seeds": seeds,
-        "encoders": encoders, "slots": slots, "data_fingerprint": dataset.fingerprint(),
+        "encoders": encoders, "slots": slots, "fuse": list(fuse), "data_fingerprint": dataset.fingerprint(),
         "n": {s: len(ix) for s, ix in dataset.splits.items()}, "rows": results,
         "timings": {"features_s": features_s, "train_eval_s": train_s, "total_s": time.perf_counter() - t_start},
         "config": base.to_dict(),
