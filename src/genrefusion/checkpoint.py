@@ -19,26 +19,21 @@ FORMAT_VERSION = 1
 
 
 def save_model(directory: str | Path, model: torch.nn.Module, cfg: Config, threshold: Any,
-               encoders: dict[str, dict[str, Any]] | None = None) -> Path:
-    """Write atomically: everything goes to a sibling temp folder which is then renamed into place."""
+               encoders: dict[str, dict[str, Any]]) -> Path:
+    """Write atomically: everything goes to a sibling temp folder which is then renamed into place.
+    `encoders`: per modality {"name", "kwargs", "fingerprint"}, what load_model rebuilds and checks."""
     directory = Path(directory)
     tmp = directory.parent / f".tmp-{directory.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / "model.safetensors"))
-    from .experiment import encoder_kwargs, model_modalities
-
     meta = {
         "format": FORMAT_VERSION,
         "model": model.config,
         "genres": list(GENRES),
         "thresholds": np.asarray(threshold).tolist(),
-        "encoders": encoders or {
-            m: {"name": cfg.text_encoder if m == "text" else cfg.image_encoder,
-                "kwargs": encoder_kwargs(cfg, m)}
-            for m in model_modalities(cfg.model)
-        },
+        "encoders": encoders,
         "config": cfg.to_dict(),
     }
     (tmp / "model.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")

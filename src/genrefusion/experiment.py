@@ -43,6 +43,18 @@ def encoder_kwargs(cfg: Config, modality: str) -> dict[str, Any]:
     return {"pooling": cfg.pooling} if modality == "text" else {}
 
 
+def encoder_name(cfg: Config, modality: str) -> str:
+    return cfg.text_encoder if modality == "text" else cfg.image_encoder
+
+
+def build_encoder(cfg: Config, modality: str):
+    """The configured encoder of `modality`, with its feature-changing options, on the configured device."""
+    from .encoders import create_encoder
+
+    return create_encoder(encoder_name(cfg, modality), modality=modality,
+                          **encoder_kwargs(cfg, modality)).to(resolve_device(cfg.device))
+
+
 def model_kwargs(cfg: Config) -> dict[str, Any]:
     kw: dict[str, Any] = {"head_dropout": tuple(cfg.head_dropout), "input_norm": cfg.input_norm}
     if cfg.model not in ("text", "image"):
@@ -62,14 +74,10 @@ class Features:
 
 def load_features(cfg: Config, dataset: MovieDataset, modalities: tuple[str, ...], sequences: bool = False,
                   progress: bool = True) -> tuple[Features, float]:
-    from .encoders import create_encoder
-
     t0 = time.perf_counter()
     feats = Features()
     for m in modalities:
-        name = cfg.text_encoder if m == "text" else cfg.image_encoder
-        encoder = create_encoder(name, modality=m, **encoder_kwargs(cfg, m)).to(resolve_device(cfg.device))
-        setattr(feats, m, dataset_features(dataset, encoder, cfg.cache_dir, sequences=sequences, progress=progress,
+        setattr(feats, m, dataset_features(dataset, build_encoder(cfg, m), cfg.cache_dir, sequences=sequences, progress=progress,
                                            precision=cfg.precision))
     return feats, time.perf_counter() - t0
 
@@ -113,11 +121,9 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None, features: F
     else:
         if sequences:
             raise ValueError("end-to-end mode supports pooled fusion only (cross_attention=pooled)")
-        from .encoders import create_encoder
         from .endtoend import EncoderBatches
 
-        encs = {m: create_encoder(cfg.text_encoder if m == "text" else cfg.image_encoder, modality=m,
-                                  **encoder_kwargs(cfg, m)).to(resolve_device(cfg.device)) for m in modalities}
+        encs = {m: build_encoder(cfg, m) for m in modalities}
         for e in encs.values():
             e.requires_grad_(cfg.finetune)
         batch_fn = EncoderBatches(dataset, encs.get("text"), encs.get("image"), cfg.finetune)
@@ -173,9 +179,8 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None, features: F
     timings["eval_s"] = time.perf_counter() - t
     metrics["timings"] = timings
     if run_dir is not None and is_main():  # under torchrun every rank has the same metrics; rank 0 writes
-        encoders = {m: {"name": cfg.text_encoder if m == "text" else cfg.image_encoder,
-                        "kwargs": encoder_kwargs(cfg, m), "fingerprint": encoders_meta[m]["fingerprint"]}
-                    for m in modalities}
+        encoders = {m: {"name": encoder_name(cfg, m), "kwargs": encoder_kwargs(cfg, m),
+                        "fingerprint": encoders_meta[m]["fingerprint"]} for m in modalities}
         write_run(Path(run_dir), cfg, metrics, model, dataset, test_idx, test_probs, y_test, threshold, analysis,
                   encoders, val=(val_idx, val_probs, y[val_idx].numpy()))
     return metrics

@@ -157,7 +157,8 @@ class FeatureCache:
                        num_workers) -> int:
         from . import distributed
 
-        if not self.missing(keys, sequences):
+        still_missing = set(self.missing(keys, sequences))
+        if not still_missing:
             return 0
         _remove_stale_tmp(self.dir)
         # Plan over the WHOLE request, not just the missing part: a resumed run then meets the same shards and
@@ -172,7 +173,6 @@ class FeatureCache:
         shards = [batches[i:i + shard_batches] for i in range(0, len(batches), shard_batches)]
         world, rank = distributed.world_size(), distributed.rank()
         mine = [(n, shard) for n, shard in enumerate(shards) if n % world == rank]
-        still_missing = set(self.missing(todo, sequences))
         bar = tqdm(total=sum(len(b) for _, shard in mine for b in shard), unit="movie", dynamic_ncols=True,
                    desc=(desc or f"encode {self.encoder.name}") + (f" [rank {rank}/{world}]" if world > 1 else ""),
                    disable=not progress or rank != 0)
