@@ -59,6 +59,16 @@ class FeatureTable:
         return self.pooled.shape[1]
 
 
+def concat_tables(tables: Sequence[FeatureTable], name: str, fingerprint: str) -> FeatureTable:
+    """Pooled features of several encoders side by side. A movie has the modality only where every part has it
+    (the parts read the same file, so they agree unless one of them failed on it)."""
+    present = tables[0].present.clone()
+    for t in tables[1:]:
+        present &= t.present
+    pooled = torch.cat([t.pooled for t in tables], dim=1) * present[:, None]  # zeros where absent, as elsewhere
+    return FeatureTable(pooled, present, None, name, fingerprint)
+
+
 def _fingerprint_hash(fp: dict) -> str:
     return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()
 
@@ -337,8 +347,20 @@ def dataset_features(dataset: MovieDataset, encoder, cache_dir: str | Path | Non
     The encoder runs where it is (`encoder.to(device)` first); `precision` ('auto', 'fp32', 'bf16', 'fp16') is the
     autocast used while encoding (auto: bf16 on a GPU, fp32 on the CPU). Under torchrun the ranks share the work
     (see FeatureCache.extract) and every rank gets the whole table."""
+    from .encoders.concat import ConcatEncoder
     from .images import load_poster
 
+    if isinstance(encoder, ConcatEncoder):  # each part through its own cache folder, then side by side
+        if sequences:
+            raise ValueError(f"encoder {encoder.name!r} concatenates pooled vectors only; sequences need one encoder")
+        tables = [dataset_features(dataset, part, cache_dir, batch_size=batch_size, progress=progress,
+                                   shard_batches=shard_batches, precision=precision, num_workers=num_workers)
+                  for part in encoder.parts]
+        # keyed like any encoder's table: the hash of the encoder's fingerprint (what a saved model records)
+        table = concat_tables(tables, encoder.name, _fingerprint_hash(encoder.fingerprint()))
+        table.encoded_now = sum(t.encoded_now for t in tables)  # type: ignore[attr-defined]
+        table.seconds = sum(t.seconds for t in tables)  # type: ignore[attr-defined]
+        return table
     cache = FeatureCache(encoder, cache_dir, precision)
     keys = modality_keys(dataset.movies, encoder.modality)
     source: dict[str, Movie] = {}

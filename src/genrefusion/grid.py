@@ -80,6 +80,13 @@ def resolve_slots(encoders: str = "offline", overrides: list[str] | None = None)
     return slots
 
 
+def slot_modality(slot: str) -> str | None:
+    """'text' / 'image' for a slot, or for slots joined by '+' ("ResNet50+ViT": both image encoders read side by
+    side, see encoders/concat.py) when all parts share one modality; None for anything else."""
+    kinds = {SLOTS[p][0] if p in SLOTS else None for p in slot.split("+")}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
 def row_label(row: Row, slots: dict[str, str]) -> str:
     used = [slots[s] for s in (row.text_slot, row.image_slot) if s]
     return f"{row.name} [{' + '.join(used)}]"
@@ -98,8 +105,12 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
     fused BERT + ResNet50, its best text model with an image model."""
     t_start = time.perf_counter()
     slots = resolve_slots(encoders, slot_overrides)
-    if fuse[0] not in SLOTS or SLOTS[fuse[0]][0] != "text" or fuse[1] not in SLOTS or SLOTS[fuse[1]][0] != "image":
-        raise ValueError(f"fuse={fuse}: expected a text slot and an image slot from {list(SLOTS)}")
+    if len(fuse) != 2 or slot_modality(fuse[0]) != "text" or slot_modality(fuse[1]) != "image":
+        raise ValueError(f"fuse={fuse}: expected a text slot and an image slot from {list(SLOTS)} "
+                         "(or slots of one modality joined by '+', e.g. ResNet50+ViT)")
+    for slot in fuse:  # a joined slot reads its parts' encoders side by side
+        if "+" in slot:
+            slots[slot] = "+".join(slots[p] for p in slot.split("+"))
     base = load_config(preset=preset, overrides=config_overrides)
     base = base.replace(data=str(data), split=split, modalities=modalities, cache_dir=cache_dir)
     grid_rows = [dataclasses.replace(r, text_slot=fuse[0], image_slot=fuse[1]) if r.kind == "fusion" else r
@@ -125,7 +136,7 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
     t = time.perf_counter()
     tables: dict[str, Any] = {}
     for slot in dict.fromkeys(s for r in selected for s in (r.text_slot, r.image_slot) if s):
-        modality = SLOTS[slot][0]
+        modality = slot_modality(slot)
         cfg = base.replace(**{f"{modality}_encoder": slots[slot]})
         t_slot = time.perf_counter()
         # Sequence cross-attention reads token/patch sequences of the two fusion slots; everything else is pooled.

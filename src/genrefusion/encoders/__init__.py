@@ -4,12 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import Encoder, EncoderOutput, Modality
+from .concat import SEPARATOR, ConcatEncoder, split_name
 from .image import EfficientNetLiteEncoder, HFImageEncoder, ImageEncoder
 from .registry import EncoderSpec, detect_modality, encoder_spec, list_encoders, load_config, resolve_source
 from .text import TextEncoder, normalise_text
 
 __all__ = [
-    "Encoder", "EncoderOutput", "EncoderSpec", "Modality", "TextEncoder", "ImageEncoder", "HFImageEncoder",
+    "ConcatEncoder", "Encoder", "EncoderOutput", "EncoderSpec", "Modality", "TextEncoder", "ImageEncoder", "HFImageEncoder",
     "EfficientNetLiteEncoder", "create_encoder", "list_encoders", "encoder_spec", "normalise_text",
 ]
 
@@ -18,8 +19,13 @@ def create_encoder(name: str | Path, modality: Modality | None = None, **kwargs)
     """Build an encoder from a registered name (see `list_encoders()`), a Hugging Face Hub id or a local model
     folder. For ids and folders, text vs image is read off the checkpoint's config (`modality=` overrides it,
     e.g. "text" for the text tower of a full CLIP checkpoint). kwargs go to the encoder (pooling, max_length,
-    normalise_text for text; image_size, mean, std for images)."""
+    normalise_text for text; image_size, mean, std for images).
+
+    Names joined by '+' ("efficientnet-lite0+dinov2-vits14") build a ConcatEncoder: the parts' pooled vectors
+    side by side, every part built with the same kwargs."""
     spec = encoder_spec(str(name))
+    if spec is None and isinstance(name, str) and SEPARATOR in name and not Path(name).expanduser().exists():
+        return ConcatEncoder([create_encoder(part, modality=modality, **kwargs) for part in split_name(name)])
     if spec is not None:
         if modality is not None and modality != spec.modality:
             raise ValueError(f"encoder {spec.name!r} is a {spec.modality} encoder, not {modality}")

@@ -1,0 +1,108 @@
+"""Encoders joined by '+': pooled vectors side by side, each part preprocessing the poster its own way and cached
+under its own fingerprint; the grid fuses a joined slot; a saved model rebuilds the joined encoder."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import tiny_models
+from genrefusion.data import load_dataset
+from genrefusion.encoders import ConcatEncoder, create_encoder
+from genrefusion.features import dataset_features
+from genrefusion.grid import slot_modality
+
+
+@pytest.fixture(scope="module")
+def tiny_resnet(tmp_path_factory):
+    return tiny_models.resnet(tmp_path_factory.mktemp("tiny-resnet"))
+
+
+def _posters(n: int) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (90 + 7 * i, 60, 3), dtype=np.uint8)) for i in range(n)]
+
+
+def test_joined_name_reads_each_part_with_its_own_preprocessing(tiny_vit, tiny_resnet):
+    joined = create_encoder(f"{tiny_vit}+{tiny_resnet}").eval()
+    vit, resnet = create_encoder(tiny_vit).eval(), create_encoder(tiny_resnet).eval()
+    assert isinstance(joined, ConcatEncoder) and joined.modality == "image"
+    assert joined.dim == vit.dim + resnet.dim and joined.name == f"{vit.name}+{resnet.name}"
+    posters = _posters(3)
+    with torch.no_grad():
+        got = joined.encode(joined.preprocess(posters)).pooled
+        want = torch.cat([vit.encode(vit.preprocess(posters)).pooled, resnet.encode(resnet.preprocess(posters)).pooled], 1)
+    assert got.shape == (3, joined.dim)
+    torch.testing.assert_close(got, want)
+    assert joined.fingerprint() == {"class": "ConcatEncoder", "parts": [vit.fingerprint(), resnet.fingerprint()]}
+    with pytest.raises(ValueError, match="pooled vectors only"):
+        joined.encode(joined.preprocess(posters), return_sequence=True)
+
+
+def test_bad_joined_names_are_refused(tiny_vit, tiny_bert):
+    with pytest.raises(ValueError, match="two or more encoder names"):
+        create_encoder(f"{tiny_vit}+")
+    with pytest.raises(ValueError, match="share one modality"):
+        create_encoder(f"{tiny_vit}+{tiny_bert}")
+    with pytest.raises(ValueError, match="not text"):
+        create_encoder("efficientnet-lite0+dinov2-vits14", modality="text")
+
+
+def test_features_reuse_each_parts_cache(synthetic_catalog, tiny_vit, tiny_resnet, tmp_path):
+    ds = load_dataset(synthetic_catalog, "official", "any")
+    cache = tmp_path / "cache"
+    parts = [dataset_features(ds, create_encoder(p), cache, progress=False) for p in (tiny_vit, tiny_resnet)]
+    joined_encoder = create_encoder(f"{tiny_vit}+{tiny_resnet}")
+    joined = dataset_features(ds, joined_encoder, cache, progress=False)
+    assert joined.encoded_now == 0  # both parts were cached: nothing is encoded again
+    assert torch.equal(joined.present, parts[0].present & parts[1].present)
+    assert not joined.present.all()  # the catalog has poster-less movies; they stay absent (zeros), not dropped
+    torch.testing.assert_close(joined.pooled, torch.cat([p.pooled for p in parts], 1) * joined.present[:, None])
+    from genrefusion.features import _fingerprint_hash
+
+    assert joined.fingerprint == _fingerprint_hash(joined_encoder.fingerprint())  # what a saved model checks
+    with pytest.raises(ValueError, match="sequences need one encoder"):
+        dataset_features(ds, joined_encoder, cache, progress=False, sequences=True)
+
+
+def test_a_model_trained_on_a_joined_slot_predicts_like_its_features(synthetic_catalog, tiny_bert, tiny_vit,
+                                                                     tiny_resnet, tmp_path):
+    import json
+
+    from safetensors import safe_open
+
+    from genrefusion.config import Config
+    from genrefusion.experiment import run_experiment
+    from genrefusion.predict import load_model
+
+    cfg = Config(data=str(synthetic_catalog), split="official", modalities="both", model="early",
+                 text_encoder=str(tiny_bert), image_encoder=f"{tiny_vit}+{tiny_resnet}", epochs=2, lr=3e-3,
+                 cache_dir=str(tmp_path / "cache")).validate()
+    run = tmp_path / "run"
+    run_experiment(cfg, run_dir=run, log=None)
+    with safe_open(str(run / "test_predictions.safetensors"), "np") as f:
+        ids, probs = json.loads(f.metadata()["ids"]), f.get_tensor("probs")
+    movies = {m.id: m for m in load_dataset(synthetic_catalog, "official", "both").movies}
+    predictor = load_model(run / "model")
+    got = predictor.predict([Image.open(movies[i].poster).convert("RGB") for i in ids[:4]],
+                            [movies[i].plot for i in ids[:4]])
+    np.testing.assert_allclose([[r["probabilities"][g] for g in predictor.genres] for r in got], probs[:4], atol=1e-5)
+
+
+def test_grid_slots_join_within_one_modality():
+    assert slot_modality("ResNet50+ViT") == "image" and slot_modality("BERT+RoBERTa") == "text"
+    assert slot_modality("ResNet50") == "image"
+    assert slot_modality("BERT+ViT") is None and slot_modality("ResNet50+GPT") is None
+
+
+def test_grid_fuses_a_joined_slot(synthetic_catalog, tiny_bert, tiny_vit, tiny_resnet, tmp_path):
+    from genrefusion.grid import run_grid
+
+    slots = [f"BERT={tiny_bert}", f"ResNet50={tiny_resnet}", f"ViT={tiny_vit}"]
+    g = run_grid(str(synthetic_catalog), split="official", modalities="both", slot_overrides=slots, rows=["early"],
+                 cache_dir=str(tmp_path / "c"), out=tmp_path / "o", fuse=("BERT", "ResNet50+ViT"), report=False,
+                 log=lambda *_: None, config_overrides=["epochs=1"])
+    assert g["rows"][0]["encoders"] == {"BERT": str(tiny_bert), "ResNet50+ViT": f"{tiny_resnet}+{tiny_vit}"}
+    with pytest.raises(ValueError, match="expected a text slot and an image slot"):
+        run_grid(str(synthetic_catalog), fuse=("BERT", "ResNet50+BERT"), out=tmp_path / "x", log=lambda *_: None)
