@@ -76,7 +76,9 @@ def test_a_model_trained_on_a_joined_slot_predicts_like_its_features(synthetic_c
     from genrefusion.experiment import run_experiment
     from genrefusion.predict import load_model
 
-    cfg = Config(data=str(synthetic_catalog), split="official", modalities="both", model="early",
+    # late fusion with one weight per genre and auxiliary branch losses (the recommended preset's late fusion)
+    cfg = Config(data=str(synthetic_catalog), split="official", modalities="both", model="late",
+                 late_weights="per_genre", aux_loss_weight=0.5,
                  text_encoder=str(tiny_bert), image_encoder=f"{tiny_vit}+{tiny_resnet}", epochs=2, lr=3e-3,
                  cache_dir=str(tmp_path / "cache")).validate()
     run = tmp_path / "run"
@@ -88,6 +90,8 @@ def test_a_model_trained_on_a_joined_slot_predicts_like_its_features(synthetic_c
     got = predictor.predict([Image.open(movies[i].poster).convert("RGB") for i in ids[:4]],
                             [movies[i].plot for i in ids[:4]])
     np.testing.assert_allclose([[r["probabilities"][g] for g in predictor.genres] for r in got], probs[:4], atol=1e-5)
+    assert predictor.head.alpha_logit.shape == (len(predictor.genres),)
+    assert got[0]["fusion"]["kind"] == "late_alpha" and 0 < got[0]["fusion"]["image"] < 1
 
 
 def test_grid_slots_join_within_one_modality():

@@ -190,6 +190,20 @@ def test_analysis_outputs_are_valid():
 
 
 @torch.no_grad()
+def test_late_fusion_per_genre_weights():
+    """late_weights=per_genre: one image share per genre, each used for its own genre's logit."""
+    batch = make_batch()
+    late = build("late", per_genre=True).eval()
+    late.alpha_logit.copy_(torch.linspace(-2, 2, NL))
+    out, x = late(batch), late.prepare(batch)
+    assert out["alpha"].shape == (6, NL)
+    a = torch.sigmoid(torch.linspace(-2, 2, NL))
+    torch.testing.assert_close(out["alpha"], a.expand(6, NL))
+    torch.testing.assert_close(out["logits"], a * late.image_head(x["image"]) + (1 - a) * late.text_head(x["text"]))
+    assert create_model(**late.config).alpha_logit.shape == (NL,)
+
+
+@torch.no_grad()
 def test_analysis_outputs_are_what_the_models_use():
     """Recompute each model's logits from its reported weights, so a reported-but-unused weight fails."""
     batch = make_batch()

@@ -102,3 +102,23 @@ def test_config_presets_yaml_and_overrides(tmp_path):
         load_config(overrides=["pooling=max"])
     with pytest.raises(ValueError, match="unknown preset"):
         load_config(preset="nope")
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+def test_aux_loss_adds_each_branchs_own_loss(weight):
+    """With one batch per epoch, epoch 1's train loss is the loss at the initial weights: the fused loss plus
+    `aux_loss_weight` times each modality's own loss (late fusion returns text_logits / image_logits)."""
+    import copy
+
+    x, y = _separable(n=40, d=8)
+    cfg = Config(model="late", lr=1e-3, epochs=1, batch_size=28, aux_loss_weight=weight).validate()
+    torch.manual_seed(0)
+    model = create_model("late", text_dim=8, image_dim=8, head_dropout=0.0)  # no dropout: the pass is repeatable
+    initial = copy.deepcopy(model).train()
+    batches = FeatureBatches(_table(x), _table(x * 2))
+    res = fit(model, batches, y, range(28), range(28, 40), cfg, create_loss("bce"))
+    bce = create_loss("bce")
+    with torch.no_grad():
+        out = initial(batches(torch.arange(28)))  # the loop's one batch holds all 28 training rows
+        want = bce(out["logits"], y[:28]) + weight * (bce(out["text_logits"], y[:28]) + bce(out["image_logits"], y[:28]))
+    assert res.history[0]["train_loss"] == pytest.approx(want.item(), rel=1e-5)

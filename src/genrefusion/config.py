@@ -30,6 +30,7 @@ class Config:
     head_dropout: list[float] = field(default_factory=lambda: [0.3, 0.2])
     input_norm: str = "none"  # none | layernorm
     modality_dropout: float = 0.0
+    late_weights: str = "scalar"  # late fusion's image share: one scalar (thesis) | per_genre (one per genre)
     # -- optimisation
     lr: float = 2e-5
     weight_decay: float = 1e-4
@@ -41,6 +42,9 @@ class Config:
     plateau_factor: float = 0.5
     plateau_patience: int = 2
     early_stopping_patience: int = 5
+    # > 0: models that also output per-modality logits (late fusion) add this weight times each branch's own loss,
+    # so each branch learns to predict the genres alone; validation loss and predictions use the fused logits only.
+    aux_loss_weight: float = 0.0
     threshold_mode: str = "fixed"  # fixed (0.5) | global | per_genre, tuned on the validation split only
     seed: int = 0
     # -- execution
@@ -57,7 +61,7 @@ class Config:
         choices = {
             "split": ("official", "stratified"), "modalities": ("any", "both"), "plot_mode": ("join", "longest"),
             "pooling": ("cls", "mean"), "cross_attention": ("pooled", "sequence"),
-            "input_norm": ("none", "layernorm"), "loss": ("bce", "bce-posweight", "focal", "asl"),
+            "input_norm": ("none", "layernorm"), "late_weights": ("scalar", "per_genre"), "loss": ("bce", "bce-posweight", "focal", "asl"),
             "scheduler": ("plateau", "cosine"), "threshold_mode": ("fixed", "global", "per_genre"),
             "mode": ("features", "end-to-end"), "precision": ("auto", "fp32", "bf16", "fp16"),
         }
@@ -66,6 +70,8 @@ class Config:
                 raise ValueError(f"config {key}={getattr(self, key)!r}: expected one of {allowed}")
         if self.batch_size < 1 or self.epochs < 1 or self.lr <= 0:
             raise ValueError("config: batch_size and epochs must be >= 1 and lr > 0")
+        if self.aux_loss_weight < 0:
+            raise ValueError("config: aux_loss_weight must be >= 0")
         if not 0.0 <= self.modality_dropout < 1.0:
             raise ValueError("config: modality_dropout must be in [0, 1)")
         return self

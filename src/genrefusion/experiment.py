@@ -61,6 +61,8 @@ def model_kwargs(cfg: Config) -> dict[str, Any]:
         kw["modality_dropout"] = cfg.modality_dropout
     if cfg.model == "cross-attention":
         kw["variant"] = cfg.cross_attention
+    if cfg.model == "late":
+        kw["per_genre"] = cfg.late_weights == "per_genre"
     return kw
 
 

@@ -252,8 +252,9 @@ class Predictor:
         if "modality_weights" in out:  # attention: softmax over (text, image)
             w = out["modality_weights"][i]
             return {"kind": "attention_weights", "text": float(w[0]), "image": float(w[1])}
-        if "alpha" in out:  # late fusion: one learned weight for the whole model
-            a = float(out["alpha"])
+        if "alpha" in out:  # late fusion: one learned weight for the whole model, or one per genre (their mean)
+            a = out["alpha"]
+            a = float(a) if a.dim() == 0 else float(a[i].mean())
             return {"kind": "late_alpha", "image": a, "text": 1 - a}
         return None
 

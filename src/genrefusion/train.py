@@ -28,6 +28,7 @@ from .config import Config
 from .features import FeatureTable
 
 BatchFn = Callable[[torch.Tensor, bool], dict]
+AUX_LOGITS = ("text_logits", "image_logits")  # per-modality logits a model may return besides "logits"
 
 
 def seed_everything(seed: int) -> None:
@@ -240,8 +241,12 @@ def fit(model: nn.Module, batch_fn: BatchFn, y: torch.Tensor, train_idx: Iterabl
             local, weight, n_local = _local_slice(b, world, rank)
             with _encoder_autocast(device):
                 batch = batch_fn(local, True)
-            logits = net(_to_device(batch, device))["logits"]
-            loss = loss_fn(logits, y[local])
+            out = net(_to_device(batch, device))
+            loss = loss_fn(out["logits"], y[local])
+            if cfg.aux_loss_weight > 0:  # each modality's own logits also learn the genres (late fusion)
+                for key in AUX_LOGITS:
+                    if key in out:
+                        loss = loss + cfg.aux_loss_weight * loss_fn(out[key], y[local])
             optimizer.zero_grad(set_to_none=True)
             (loss * weight if world > 1 else loss).backward()
             if world > 1 and extra_params:

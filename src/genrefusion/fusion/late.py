@@ -11,11 +11,12 @@ from .base import GenreModel
 
 @register_model("late")
 class LateFusion(GenreModel):
-    def __init__(self, text_dim: int, image_dim: int, num_labels: int = 23, **common):
+    def __init__(self, text_dim: int, image_dim: int, num_labels: int = 23, *, per_genre: bool = False, **common):
         super().__init__(text_dim, image_dim, num_labels, **common)
         self.text_head = self.make_head(text_dim)
         self.image_head = self.make_head(image_dim)
-        self.alpha_logit = nn.Parameter(torch.zeros(()))  # starts at a = 0.5: both modalities equal
+        # starts at a = 0.5: both modalities equal
+        self.alpha_logit = nn.Parameter(torch.zeros(num_labels if per_genre else ()))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = self.prepare(batch)
@@ -23,7 +24,7 @@ class LateFusion(GenreModel):
         alpha = torch.sigmoid(self.alpha_logit)
         return {
             "logits": alpha * image_logits + (1 - alpha) * text_logits,
-            "alpha": alpha,  # image share
+            "alpha": alpha if alpha.dim() == 0 else alpha.expand_as(text_logits),  # image share (per genre)
             "text_logits": text_logits,
             "image_logits": image_logits,
         }
