@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_b")
     p.add_argument("--n-boot", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ensemble", action="store_true",
+                   help="compare each row's seed ensemble (probabilities averaged over seeds, thresholds re-tuned on "
+                        "the averaged validation probabilities) instead of its seed-averaged score")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compare)
 
@@ -155,7 +158,7 @@ def cmd_train(args) -> int:
 def cmd_compare(args) -> int:
     from .compare import compare, format_comparison
 
-    result = compare(args.run_a, args.run_b, n_boot=args.n_boot, seed=args.seed)
+    result = compare(args.run_a, args.run_b, n_boot=args.n_boot, seed=args.seed, ensemble=args.ensemble)
     print(json.dumps(result, indent=2) if args.json else format_comparison(result))
     return 0
 
