@@ -61,7 +61,8 @@ class Config:
         choices = {
             "split": ("official", "stratified"), "modalities": ("any", "both"), "plot_mode": ("join", "longest"),
             "pooling": ("cls", "mean"), "cross_attention": ("pooled", "sequence"),
-            "input_norm": ("none", "layernorm"), "late_weights": ("scalar", "per_genre"), "loss": ("bce", "bce-posweight", "focal", "asl"),
+            "input_norm": ("none", "layernorm"), "late_weights": ("scalar", "per_genre"),
+            "loss": ("bce", "bce-posweight", "focal", "asl"),
             "scheduler": ("plateau", "cosine"), "threshold_mode": ("fixed", "global", "per_genre"),
             "mode": ("features", "end-to-end"), "precision": ("auto", "fp32", "bf16", "fp16"),
         }
