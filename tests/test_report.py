@@ -232,7 +232,8 @@ def test_every_markdown_number_equals_the_run_files(report):
     thesis = {**THESIS_TABLE6, **THESIS_TABLE7}
     for r, (mine, theirs) in zip(grid["rows"], zip(body[::2], body[1::2])):
         assert mine[:2] == [r["row"], "this run"] and theirs[:2] == ["", "thesis"]
-        assert all(f"`{v}`" in mine[2] for v in r["encoders"].values()) and theirs[2] == " + ".join(r["encoders"])
+        thesis_encoders = "BERT + ResNet50" if r["kind"] == "fusion" else r["row"]  # what the thesis itself used
+        assert all(f"`{v}`" in mine[2] for v in r["encoders"].values()) and theirs[2] == thesis_encoders
         for j, m in enumerate(METRICS):
             check(mine[3 + j], [s["test"][m] for s in per_seed[r["row"]]], f"side by side {r['row']} {m}")
             check(theirs[3 + j], thesis[r["row"]][j], f"thesis {r['row']} {m}")
@@ -369,6 +370,21 @@ def test_unimodal_only_run_and_cli(grid_run, tmp_path, capsys):
     assert "report.md" in printed and "report.html" in printed and printed.count("chart:") == 4
     assert "Table 6." in md and "Table 7." not in md and "Table 8." not in md
     assert "need at least one unimodal and one fusion row" in md and "No GMU or attention-fusion row" in md
+
+
+def test_fusing_other_slots_keeps_the_thesis_column_honest(grid_run, tmp_path):
+    """With --fuse RoBERTa,ResNet50+ViT the run's fusion rows name their encoders, while the thesis column still says
+    what the thesis fused (BERT + ResNet50)."""
+    def fuse_others(grid, dest):
+        for r in grid["rows"]:
+            if r["kind"] == "fusion":
+                r["encoders"] = {"RoBERTa": "mpnet-base", "ResNet50+ViT": "efficientnet-lite0+dinov2-vits14"}
+
+    run = _rewrite_grid(grid_run, tmp_path / "fused", fuse_others)
+    md = write_report(run)["markdown"].read_text(encoding="utf-8")
+    _, body = markdown_tables(md)["Tables 6/7 side by side: this run vs the thesis (test)"]
+    gmu_run, gmu_thesis = next((a, b) for a, b in zip(body[::2], body[1::2]) if a[0] == "GMU")
+    assert gmu_run[2] == "`mpnet-base` + `efficientnet-lite0+dinov2-vits14`" and gmu_thesis[2] == "BERT + ResNet50"
 
 
 def test_missing_or_broken_files_name_the_file(grid_run, tmp_path):

@@ -372,12 +372,17 @@ def thesis_section(run: Run, rep: Report, avgs: dict[str, Any] | None, out: Path
                    ["Encoders", encoder_training(g.get("config", {})),
                     "fine-tuned per the thesis text (frozen in its code)"],
                    ["Seeds", str(run.n_seeds), "1"]]))
+    from .grid import ROWS
+
+    # the thesis's own encoders per row (its fusions always read BERT + ResNet50, whatever this run fused)
+    thesis_slots = {row.name: " + ".join(s for s in (row.text_slot, row.image_slot) if s) for row in ROWS}
     body = []
     for r in run.rows:
         ref = thesis.get(r["row"])
         body.append([r["row"], "this run", " + ".join(f"`{v}`" for v in r["encoders"].values()),
                      *(fmt(r["test"].get(m)) for m in METRICS)])
-        body.append(["", "thesis", " + ".join(r["encoders"]), *((fmt(v) for v in ref) if ref else ["-"] * len(METRICS))])
+        body.append(["", "thesis", thesis_slots.get(r["row"], " + ".join(r["encoders"])),
+                     *((fmt(v) for v in ref) if ref else ["-"] * len(METRICS))])
     rep.add(Table("Tables 6/7 side by side: this run vs the thesis (test)",
                   ["Model", "Source", "Encoders", *(HEADERS[m] for m in METRICS)], body, ACC_NOTE))
     if avgs is not None:
