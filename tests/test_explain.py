@@ -116,3 +116,42 @@ def test_every_fusion_model_is_served_and_explained(trained_run, synthetic_catal
     if len(p.modalities) == 1:
         with pytest.raises(InputError, match=f"this {model} model needs a"):
             p.predict_one(None if poster is not None else _poster(), None if plot is not None else "a plot")
+
+
+def test_grad_cam_over_a_joined_image_encoder_averages_its_parts(tmp_path):
+    """A joined encoder's map is the mean of its parts' maps, each computed from that part's own activations and
+    resized to the finest grid (EfficientNet-Lite0: 7x7; a tiny DINOv2 with 16 px patches: 14x14)."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    from genrefusion.encoders import create_encoder
+    from genrefusion.fusion import create_model
+
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2,
+                             image_size=224, patch_size=16)).save_pretrained(tmp_path / "dino")
+    enc = create_encoder(f"efficientnet-lite0+{tmp_path / 'dino'}")
+    torch.manual_seed(0)
+    head = create_model("early", text_dim=8, image_dim=enc.dim).eval()
+    poster = _poster((200, 40, 40))
+    base = {"text": torch.randn(1, 8), "image": torch.zeros(1, enc.dim)}
+    got = np.array(grad_cam(SimpleNamespace(encoders={"image": enc}, head=head, sequences=False), poster, base, 3)["grid"])
+    assert got.shape == (14, 14) and got.min() >= 0 and got.max() == pytest.approx(1.0)
+
+    # each part alone, the other part's pooled vector held fixed: the same maps the joined Grad-CAM averages
+    with torch.no_grad():
+        pooled = [p.encode(p.preprocess([poster])).pooled for p in enc.parts]
+    maps = []
+    for i in range(2):
+        class Part(torch.nn.Module):  # the head as a function of part i's pooled vector alone
+            def forward(self, batch, i=i):
+                image = torch.cat([batch["image"] if j == i else pooled[j] for j in range(2)], dim=-1)
+                return head(dict(batch, image=image))
+
+        part_base = dict(base, image=torch.zeros(1, enc.parts[i].dim))
+        fake = SimpleNamespace(encoders={"image": enc.parts[i]}, head=Part(), sequences=False)
+        maps.append(torch.tensor(grad_cam(fake, poster, part_base, 3)["grid"]))
+    assert maps[0].shape == (7, 7) and maps[1].shape == (14, 14)
+    coarse = torch.nn.functional.interpolate(maps[0][None, None], size=(14, 14), mode="bilinear",
+                                             align_corners=False)[0, 0]
+    want = (coarse + maps[1]) / 2
+    np.testing.assert_allclose(got, (want / want.max()).numpy(), atol=2e-3)

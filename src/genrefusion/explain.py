@@ -3,7 +3,8 @@
   poster   Grad-CAM (Selvaraju et al. 2017): the target genre's logit is differentiated, through the fusion head,
            w.r.t. the image encoder's last spatial map (CNNs: the final conv map, 7x7 for EfficientNet-Lite0 at
            224 px; ViTs: the patch tokens entering the last block, which the [CLS] output attends over). Channel
-           weights = the gradient averaged over positions; map = ReLU(sum of weighted channels), scaled to [0, 1].
+           weights = the gradient averaged over positions; map = ReLU(sum of weighted channels), scaled to [0, 1];
+           a joined image encoder ("a+b") gets the mean of its parts' maps on the finest part's grid.
            pytorch-grad-cam would need torchvision, which this project does not install, so this is plain autograd.
   plot     Integrated gradients (captum's LayerIntegratedGradients) over the text encoder's word embeddings,
            from a baseline where every word is [PAD] (special tokens kept), summed over each word's sub-tokens.
@@ -81,25 +82,39 @@ def _image_activations(encoder, pixel_values):
 
 
 def grad_cam(predictor, poster: Image.Image, base: dict, target: int) -> dict[str, Any]:
+    """Grad-CAM map (scaled to [0, 1]) of `target`'s logit over the poster. A joined image encoder (ConcatEncoder)
+    gets one map per part, each from that part's own activations; the parts see the poster on different grids
+    (7x7 for a CNN at 224 px, 16x16 for a ViT-S/14), so each map is resized to the finest grid and they are averaged."""
     import torch
+    import torch.nn.functional as F
+
+    from .encoders import ConcatEncoder
 
     enc = predictor.encoders["image"]
-    pixels = enc.preprocess([poster])["pixel_values"].to(enc.device)
+    parts = list(enc.parts) if isinstance(enc, ConcatEncoder) else [enc]
     with torch.enable_grad():
-        pooled, sequence, acts, to_tokens = _image_activations(enc, pixels)
-        batch = dict(base, image=pooled.float())
-        if predictor.sequences:
+        outs = [_image_activations(p, p.preprocess([poster])["pixel_values"].to(p.device)) for p in parts]
+        batch = dict(base, image=torch.cat([o[0].float() for o in outs], dim=-1))
+        if predictor.sequences:  # sequence models read one encoder (a joined encoder has no sequence)
+            sequence = outs[0][1]
             batch["image_seq"] = sequence.float()
             batch["image_seq_mask"] = torch.ones(sequence.shape[:2], dtype=torch.bool, device=sequence.device)
         logit = predictor.head(batch)["logits"][0, target]
-        (grad,) = torch.autograd.grad(logit, acts)
-    a, g = to_tokens(acts.detach())[0].float(), to_tokens(grad)[0].float()  # (L, C)
-    cam = torch.relu(a @ g.mean(0))
-    side = math.isqrt(len(cam))
-    if side * side != len(cam):
-        raise ValueError(f"image encoder grid of {len(cam)} positions is not square")
-    peak = float(cam.max())
-    grid = (cam / peak if peak > 0 else cam).reshape(side, side)
+        grads = torch.autograd.grad(logit, [o[2] for o in outs])
+    cams = []
+    for (_, _, acts, to_tokens), grad in zip(outs, grads):
+        a, g = to_tokens(acts.detach())[0].float(), to_tokens(grad)[0].float()  # (L, C)
+        cam = torch.relu(a @ g.mean(0))
+        side = math.isqrt(len(cam))
+        if side * side != len(cam):
+            raise ValueError(f"image encoder grid of {len(cam)} positions is not square")
+        peak = float(cam.max())
+        cams.append((cam / peak if peak > 0 else cam).reshape(side, side))
+    side = max(len(c) for c in cams)
+    grid = torch.stack([F.interpolate(c[None, None], size=(side, side), mode="bilinear", align_corners=False)[0, 0]
+                        if len(c) != side else c for c in cams]).mean(0)
+    peak = float(grid.max())
+    grid = grid / peak if peak > 0 else grid
     return {"method": "grad-cam", "grid": grid.cpu().numpy().round(4).tolist(), "logit": logit.item()}
 
 
