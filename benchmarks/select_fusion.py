@@ -63,13 +63,15 @@ def out_of_fold(cfg, features: Features, y: torch.Tensor, pool: np.ndarray, fold
     return probs
 
 
-def cross_fitted(y: np.ndarray, probs: np.ndarray, mode: str, seed: int = 1) -> tuple[float, float]:
+def cross_fitted(y: np.ndarray, probs: np.ndarray, mode: str, seed: int = 1) -> tuple[float, float, np.ndarray]:
+    """Macro-F1, micro-F1 and per-genre F1, each the mean of both halves scored with the other half's thresholds."""
     half = np.random.default_rng(seed).permutation(len(y)) < len(y) // 2
-    scores = []
+    scores, genres = [], []
     for tune, score in ((half, ~half), (~half, half)):
-        m = compute_metrics(y[score], probs[score], tune_thresholds(y[tune], probs[tune], mode))
+        m = compute_metrics(y[score], probs[score], tune_thresholds(y[tune], probs[tune], mode), GENRES)
         scores.append((m["f1_macro"], m["f1_micro"]))
-    return tuple(np.mean(scores, axis=0))
+        genres.append([m["per_genre"][g]["f1"] for g in GENRES])
+    return *np.mean(scores, axis=0), np.mean(genres, axis=0)
 
 
 def main() -> None:
@@ -79,6 +81,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--only", default=None, help="comma-separated candidate names (default: all)")
+    ap.add_argument("--per-genre", action="store_true", help="also print each genre's F1 change vs the first candidate")
     args = ap.parse_args()
     names = args.only.split(",") if args.only else list(CANDIDATES)
     unknown = [n for n in names if n not in CANDIDATES]
@@ -108,11 +111,15 @@ def main() -> None:
             cfg = base.replace(model=model, seed=seed, **overrides)
             probs = out_of_fold(cfg, Features(tables.get(text_slot), tables.get(image_slot)), y, pool, folds)
             scores.append(cross_fitted(y[pool].numpy(), probs, cfg.threshold_mode))
-        macro, micro = np.mean(scores, axis=0)
-        reference = reference or (macro, micro)  # the first candidate (text by default) is the reference
+        macro, micro = np.mean([sc[:2] for sc in scores], axis=0)
+        per_genre = np.mean([sc[2] for sc in scores], axis=0)
+        reference = reference or (macro, micro, per_genre)  # the first candidate (text by default) is the reference
         label = f"{name} [{' + '.join(s for s in (text_slot, image_slot) if s)}]"
         print(f"{label:<46} macro {macro:.4f} ({macro - reference[0]:+.4f})  micro {micro:.4f} "
               f"({micro - reference[1]:+.4f})  [{time.perf_counter() - t:.0f} s]", flush=True)
+        if args.per_genre and reference[2] is not per_genre:
+            print("    per-genre F1 change: " + "  ".join(
+                f"{g} {d:+.3f}" for g, d in sorted(zip(GENRES, per_genre - reference[2]), key=lambda x: -x[1])))
 
 
 if __name__ == "__main__":
