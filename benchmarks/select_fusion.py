@@ -18,12 +18,10 @@ import torch
 
 from genrefusion.config import load_config
 from genrefusion.data import load_dataset
-from genrefusion.experiment import Features, load_features, model_kwargs
-from genrefusion.fusion import create_model
-from genrefusion.grid import resolve_slots, slot_modality
+from genrefusion.experiment import Features, build_loss, build_model, load_features
+from genrefusion.grid import resolve_slots, slot_encoder, slot_modality
 from genrefusion.labels import GENRES
-from genrefusion.losses import create_loss, pos_weight_from_labels
-from genrefusion.metrics import compute_metrics, tune_thresholds
+from genrefusion.metrics import cross_fitted_f1
 from genrefusion.train import FeatureBatches, fit, predict
 
 # name -> (model, text slot, image slot, config overrides on top of the recommended preset)
@@ -55,23 +53,10 @@ def out_of_fold(cfg, features: Features, y: torch.Tensor, pool: np.ndarray, fold
     for k in np.unique(folds):
         train, held = pool[folds != k], pool[folds == k]
         torch.manual_seed(cfg.seed)
-        model = create_model(cfg.model, text_dim=dims.get("text"), image_dim=dims.get("image"),
-                             num_labels=len(GENRES), **model_kwargs(cfg))
-        pos_weight = pos_weight_from_labels(y[train]) if cfg.loss == "bce-posweight" else None
-        fit(model, batches, y, train, held, cfg, create_loss(cfg.loss, pos_weight=pos_weight))
+        model = build_model(cfg, dims)
+        fit(model, batches, y, train, held, cfg, build_loss(cfg, y[train]))
         probs[folds == k] = predict(model, batches, held)[0]
     return probs
-
-
-def cross_fitted(y: np.ndarray, probs: np.ndarray, mode: str, seed: int = 1) -> tuple[float, float, np.ndarray]:
-    """Macro-F1, micro-F1 and per-genre F1, each the mean of both halves scored with the other half's thresholds."""
-    half = np.random.default_rng(seed).permutation(len(y)) < len(y) // 2
-    scores, genres = [], []
-    for tune, score in ((half, ~half), (~half, half)):
-        m = compute_metrics(y[score], probs[score], tune_thresholds(y[tune], probs[tune], mode), GENRES)
-        scores.append((m["f1_macro"], m["f1_micro"]))
-        genres.append([m["per_genre"][g]["f1"] for g in GENRES])
-    return *np.mean(scores, axis=0), np.mean(genres, axis=0)
 
 
 def main() -> None:
@@ -97,8 +82,8 @@ def main() -> None:
     tables = {}
     for slot in dict.fromkeys(s for _, t, i, _ in (CANDIDATES[n] for n in names) for s in (t, i) if s):
         modality = slot_modality(slot)
-        encoder = "+".join(slots[p] for p in slot.split("+"))
-        feats, _ = load_features(base.replace(**{f"{modality}_encoder": encoder}), dataset, (modality,), progress=False)
+        feats, _ = load_features(base.replace(**{f"{modality}_encoder": slot_encoder(slot, slots)}), dataset,
+                                 (modality,), progress=False)
         tables[slot] = getattr(feats, modality)
     print(f"{len(pool)} train+validation movies, {args.folds} folds, {args.seeds} seeds; "
           "out-of-fold macro / micro-F1, thresholds cross-fitted", flush=True)
@@ -110,9 +95,9 @@ def main() -> None:
         for seed in range(args.seeds):
             cfg = base.replace(model=model, seed=seed, **overrides)
             probs = out_of_fold(cfg, Features(tables.get(text_slot), tables.get(image_slot)), y, pool, folds)
-            scores.append(cross_fitted(y[pool].numpy(), probs, cfg.threshold_mode))
-        macro, micro = np.mean([sc[:2] for sc in scores], axis=0)
-        per_genre = np.mean([sc[2] for sc in scores], axis=0)
+            scores.append(cross_fitted_f1(y[pool].numpy(), probs, cfg.threshold_mode, seed=1))
+        macro, micro = (float(np.mean([sc[k] for sc in scores])) for k in ("f1_macro", "f1_micro"))
+        per_genre = np.mean([sc["per_genre_f1"] for sc in scores], axis=0)
         reference = reference or (macro, micro, per_genre)  # the first candidate (text by default) is the reference
         label = f"{name} [{' + '.join(s for s in (text_slot, image_slot) if s)}]"
         print(f"{label:<46} macro {macro:.4f} ({macro - reference[0]:+.4f})  micro {micro:.4f} "

@@ -20,21 +20,10 @@ from safetensors import safe_open
 from genrefusion.config import load_config
 from genrefusion.data import load_dataset
 from genrefusion.experiment import load_features, run_experiment
-from genrefusion.metrics import compute_metrics, tune_thresholds
+from genrefusion.metrics import cross_fitted_f1
 
 MODELS = ("text", "image", "early", "gmu")
 TIE = 0.001
-
-
-def cross_fitted(y: np.ndarray, probs: np.ndarray, mode: str, seed: int = 0) -> tuple[float, float]:
-    """Macro/micro-F1 on each half of the validation movies with thresholds tuned on the other half."""
-    half = np.random.default_rng(seed).permutation(len(y)) < len(y) // 2
-    scores = []
-    for tune, score in ((half, ~half), (~half, half)):
-        thr = tune_thresholds(y[tune], probs[tune], mode)
-        m = compute_metrics(y[score], probs[score], thr)
-        scores.append((m["f1_macro"], m["f1_micro"]))
-    return tuple(np.mean(scores, axis=0))
 
 
 def score(cfg, dataset, features_by_pooling, seeds) -> dict[str, tuple[float, float]]:
@@ -47,7 +36,8 @@ def score(cfg, dataset, features_by_pooling, seeds) -> dict[str, tuple[float, fl
                 run_experiment(c, dataset, features_by_pooling[c.pooling], run_dir=run, log=None)
                 with safe_open(str(Path(run) / "val_predictions.safetensors"), "np") as f:
                     probs, labels = f.get_tensor("probs"), f.get_tensor("labels")
-            vals.append(cross_fitted(labels, probs, c.threshold_mode))
+            m = cross_fitted_f1(labels, probs, c.threshold_mode)
+            vals.append((m["f1_macro"], m["f1_micro"]))
         out[model] = tuple(np.mean(vals, axis=0))
     return out
 

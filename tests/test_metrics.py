@@ -217,3 +217,23 @@ def test_format_table():
     custom = format_table({"m": {"ece": 0.05, "roc_auc_macro": 0.9}}, columns=("roc_auc_macro", "ece"))
     assert custom.splitlines()[0].split("|")[1].strip() == "ROC-AUC-Macro"
     assert custom.splitlines()[2].split("|")[2].strip() == "0.0500"
+
+
+def test_cross_fitted_f1_scores_each_half_with_the_other_halfs_thresholds():
+    from genrefusion.metrics import cross_fitted_f1
+
+    rng = np.random.default_rng(3)
+    y = (rng.random((50, 4)) < 0.35).astype(int)
+    p = np.clip(0.3 * y + rng.random((50, 4)) * 0.7, 0, 1)
+    got = cross_fitted_f1(y, p, "per_genre", seed=5)
+    half = np.random.default_rng(5).permutation(50) < 25
+    parts = [compute_metrics(y[b], p[b], tune_thresholds(y[a], p[a], "per_genre"))
+             for a, b in ((half, ~half), (~half, half))]
+    assert got["f1_macro"] == pytest.approx(np.mean([m["f1_macro"] for m in parts]))
+    assert got["f1_micro"] == pytest.approx(np.mean([m["f1_micro"] for m in parts]))
+    per_genre = np.mean([[g["f1"] for g in m["per_genre"].values()] for m in parts], axis=0)
+    np.testing.assert_allclose(got["per_genre_f1"], per_genre)
+    # tuned on the scored movies themselves, the score could only be as high or higher
+    on_itself = [compute_metrics(y[s], p[s], tune_thresholds(y[s], p[s], "per_genre"))["f1_macro"]
+                 for s in (half, ~half)]
+    assert got["f1_macro"] <= np.mean(on_itself) + 1e-12

@@ -66,6 +66,18 @@ def model_kwargs(cfg: Config) -> dict[str, Any]:
     return kw
 
 
+def build_model(cfg: Config, dims: dict[str, int]):
+    """The configured genre model for encoders of these output sizes ({"text": D_t, "image": D_i})."""
+    return create_model(cfg.model, text_dim=dims.get("text"), image_dim=dims.get("image"), num_labels=len(GENRES),
+                        **model_kwargs(cfg))
+
+
+def build_loss(cfg: Config, train_labels: torch.Tensor):
+    """The configured loss; pos_weight (bce-posweight) comes from the TRAINING labels only."""
+    pos_weight = pos_weight_from_labels(train_labels) if cfg.loss == "bce-posweight" else None
+    return create_loss(cfg.loss, pos_weight=pos_weight)
+
+
 @dataclass
 class Features:
     """The feature tables an experiment reads, by modality (shared across the models of a grid)."""
@@ -141,10 +153,8 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None, features: F
     y = torch.as_tensor(dataset.labels())
 
     seed_everything(cfg.seed)
-    model = create_model(cfg.model, text_dim=dims.get("text"), image_dim=dims.get("image"), num_labels=len(GENRES),
-                         **model_kwargs(cfg))
-    pos_weight = pos_weight_from_labels(y[train_idx]) if cfg.loss == "bce-posweight" else None
-    loss_fn = create_loss(cfg.loss, pos_weight=pos_weight)
+    model = build_model(cfg, dims)
+    loss_fn = build_loss(cfg, y[train_idx])
     result = fit(model, batch_fn, y, train_idx, val_idx, cfg, loss_fn, extra_param_groups=extra_groups, log=log)
     timings["train_s"] = result.seconds
 

@@ -19,6 +19,7 @@ from typing import Any, Callable
 from .config import Config, load_config, save_config
 from .data import load_dataset
 from .distributed import is_main
+from .encoders.concat import SEPARATOR
 from .experiment import Features, load_features, run_experiment
 from .metrics import format_table
 from .stats import mean_std
@@ -83,8 +84,13 @@ def resolve_slots(encoders: str = "offline", overrides: list[str] | None = None)
 def slot_modality(slot: str) -> str | None:
     """'text' / 'image' for a slot, or for slots joined by '+' ("ResNet50+ViT": both image encoders read side by
     side, see encoders/concat.py) when all parts share one modality; None for anything else."""
-    kinds = {SLOTS[p][0] if p in SLOTS else None for p in slot.split("+")}
+    kinds = {SLOTS[p][0] if p in SLOTS else None for p in slot.split(SEPARATOR)}
     return kinds.pop() if len(kinds) == 1 else None
+
+
+def slot_encoder(slot: str, slots: dict[str, str]) -> str:
+    """The encoder name filling `slot` (from resolve_slots); a joined slot joins its parts' encoder names."""
+    return SEPARATOR.join(slots[p] for p in slot.split(SEPARATOR))
 
 
 def row_label(row: Row, slots: dict[str, str]) -> str:
@@ -109,8 +115,7 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
         raise ValueError(f"fuse={fuse}: expected a text slot and an image slot from {list(SLOTS)} "
                          "(or slots of one modality joined by '+', e.g. ResNet50+ViT)")
     for slot in fuse:  # a joined slot reads its parts' encoders side by side
-        if "+" in slot:
-            slots[slot] = "+".join(slots[p] for p in slot.split("+"))
+        slots[slot] = slot_encoder(slot, slots)
     base = load_config(preset=preset, overrides=config_overrides)
     base = base.replace(data=str(data), split=split, modalities=modalities, cache_dir=cache_dir)
     grid_rows = [dataclasses.replace(r, text_slot=fuse[0], image_slot=fuse[1]) if r.kind == "fusion" else r

@@ -10,8 +10,8 @@ from .registry import EncoderSpec, detect_modality, encoder_spec, list_encoders,
 from .text import TextEncoder, normalise_text
 
 __all__ = [
-    "ConcatEncoder", "Encoder", "EncoderOutput", "EncoderSpec", "Modality", "TextEncoder", "ImageEncoder", "HFImageEncoder",
-    "EfficientNetLiteEncoder", "create_encoder", "list_encoders", "encoder_spec", "normalise_text",
+    "ConcatEncoder", "Encoder", "EncoderOutput", "EncoderSpec", "Modality", "TextEncoder", "ImageEncoder",
+    "HFImageEncoder", "EfficientNetLiteEncoder", "create_encoder", "list_encoders", "encoder_spec", "normalise_text",
 ]
 
 
