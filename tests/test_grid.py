@@ -91,14 +91,21 @@ def test_train_command_from_a_yaml_config(synthetic_catalog, tiny_bert, tiny_vit
     cfg = tmp_path / "gmu.yaml"
     cfg.write_text(f"model: gmu\ndata: {synthetic_catalog}\ntext_encoder: {tiny_bert}\nimage_encoder: {tiny_vit}\n"
                    f"epochs: 2\ncache_dir: {tmp_path / 'cache'}\nout: {tmp_path / 'runs'}\nname: g\n")
-    assert main(["train", "--config", str(cfg), "lr=1e-3", "threshold_mode=global"]) == 0
+    assert main(["train", "--config", str(cfg), "lr=1e-3", "threshold_mode=per_genre"]) == 0
     assert "F1 macro" in capsys.readouterr().out
     run = tmp_path / "runs" / "g"
     saved = (run / "config.yaml").read_text()
-    assert "lr: 0.001" in saved and "threshold_mode: global" in saved and "model: gmu" in saved
+    assert "lr: 0.001" in saved and "threshold_mode: per_genre" in saved and "model: gmu" in saved
     m = json.loads((run / "metrics.json").read_text())
-    assert isinstance(m["thresholds"], float) and m["test_at_0.5"] is not None
+    assert len(m["thresholds"]) == 23 and m["test_at_0.5"] is not None
     assert set(m["test_by_modality"]) >= {"both", "text_only"}  # the catalog has movies without posters
+    # the run's threshold is the one its VALIDATION predictions give, applied unchanged to test
+    from genrefusion.metrics import tune_thresholds
+
+    with safe_open(str(run / "val_predictions.safetensors"), "np") as f:
+        assert m["thresholds"] == tune_thresholds(f.get_tensor("labels"), f.get_tensor("probs"), "per_genre").tolist()
+    with safe_open(str(run / "test_predictions.safetensors"), "np") as f:
+        assert json.loads(f.metadata()["thresholds"]) == m["thresholds"] == m["test"]["threshold"]
 
 
 def test_end_to_end_mode_fine_tunes_the_encoders(synthetic_catalog, tiny_bert, tiny_vit, tmp_path):
