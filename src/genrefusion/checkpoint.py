@@ -3,8 +3,6 @@ the decision thresholds and the encoders' names, enough to rebuild the exact mod
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +10,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from .atomic import staging_dir
 from .config import Config
 from .labels import GENRES
 
@@ -23,23 +22,18 @@ def save_model(directory: str | Path, model: torch.nn.Module, cfg: Config, thres
     """Write atomically: everything goes to a sibling temp folder which is then renamed into place.
     `encoders`: per modality {"name", "kwargs", "fingerprint"}, what load_model rebuilds and checks."""
     directory = Path(directory)
-    tmp = directory.parent / f".tmp-{directory.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp / "model.safetensors"))
-    meta = {
-        "format": FORMAT_VERSION,
-        "model": model.config,
-        "genres": list(GENRES),
-        "thresholds": np.asarray(threshold).tolist(),
-        "encoders": encoders,
-        "config": cfg.to_dict(),
-    }
-    (tmp / "model.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    if directory.exists():
-        shutil.rmtree(directory)
-    os.replace(tmp, directory)
+    with staging_dir(directory) as tmp:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"))
+        meta = {
+            "format": FORMAT_VERSION,
+            "model": model.config,
+            "genres": list(GENRES),
+            "thresholds": np.asarray(threshold).tolist(),
+            "encoders": encoders,
+            "config": cfg.to_dict(),
+        }
+        (tmp / "model.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return directory
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-from PIL import Image
 
 from .labels import GENRES, canonical_genre, multi_hot
 
@@ -122,20 +121,15 @@ class _Collector:
 
 
 def read_poster(path: Path) -> str:
-    """Fully decode a poster (a truncated JPEG only fails on decode) and return the sha256 of its bytes.
+    """Check a poster with the one poster decoder (images.decode_poster: format, size limit, every byte decoded)
+    and return the sha256 of its bytes, which keys the image feature cache. Raises PosterError with the reason.
 
-    Raises ValueError with the reason. JPEG draft mode decodes at reduced scale, which still walks the whole
-    entropy-coded stream, so truncation is caught at a fraction of the cost of a full decode.
-    """
+    The check decodes JPEGs at reduced scale (draft mode still walks the whole entropy-coded stream, so truncation
+    is caught at a fraction of the cost of a full decode)."""
+    from .posters import decode_poster
+
     data = path.read_bytes()
-    if not data:
-        raise ValueError("zero-byte poster file")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.draft("RGB", (64, 64))
-            im.load()
-    except Exception as exc:  # PIL raises several types (OSError, SyntaxError, UnidentifiedImageError ...)
-        raise ValueError(f"unreadable or corrupt image ({exc})") from None
+    decode_poster(data, str(path), max_side=64)
     return hashlib.sha256(data).hexdigest()
 
 
@@ -190,8 +184,9 @@ def _make_movie(mid: str, record: dict, poster: Path | None, path: Path, report:
             return None
         try:
             poster_sha = read_poster(poster)
-        except ValueError as exc:
-            problem(poster, "empty_file" if "zero-byte" in str(exc) else "bad_poster", str(exc), mid)
+        except ValueError as exc:  # PosterError: its message already names the file
+            kind = {"empty": "empty_file", "too_large": "poster_too_large"}.get(getattr(exc, "kind", ""), "bad_poster")
+            problem(poster, kind, getattr(exc, "reason", str(exc)), mid)
             return None
     if require_labels and not genres:
         report.excluded_no_label.append(mid)

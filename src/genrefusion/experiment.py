@@ -8,7 +8,6 @@ is needed to rebuild the model).
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from dataclasses import dataclass
@@ -17,9 +16,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
-from . import __version__
+from . import __version__, atomic
 from .config import Config, save_config
 from .data import MovieDataset, load_dataset
 from .distributed import is_main, resolve_device
@@ -212,9 +210,7 @@ def write_run(run_dir: Path, cfg: Config, metrics: dict, model, dataset: MovieDa
     if val is not None:  # validation predictions: thresholds can be re-tuned from the run folder alone
         save_predictions(run_dir / "val_predictions.safetensors", ids(val[0]), val[1], val[2], threshold, {})
     save_model(run_dir / "model", model, cfg, threshold, encoders)
-    tmp = run_dir / ".tmp-metrics.json"
-    tmp.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    os.replace(tmp, run_dir / "metrics.json")
+    atomic.write_json(run_dir / "metrics.json", metrics)
 
 
 def save_predictions(path: Path, ids: list[str], probs, labels, threshold, analysis: dict[str, np.ndarray]) -> None:
@@ -222,7 +218,5 @@ def save_predictions(path: Path, ids: list[str], probs, labels, threshold, analy
                "labels": torch.as_tensor(labels, dtype=torch.float32)}
     for k, v in analysis.items():
         tensors[k] = torch.as_tensor(v, dtype=torch.float32)
-    tmp = path.parent / f".tmp-{path.name}"
-    save_file(tensors, str(tmp), metadata={"ids": json.dumps(ids), "genres": json.dumps(list(GENRES)),
-                                           "thresholds": json.dumps(np.asarray(threshold).tolist())})
-    os.replace(tmp, path)
+    atomic.save_safetensors(tensors, path, {"ids": json.dumps(ids), "genres": json.dumps(list(GENRES)),
+                                            "thresholds": json.dumps(np.asarray(threshold).tolist())})

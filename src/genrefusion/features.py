@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +31,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from . import atomic
+from .atomic import remove_stale_tmp
 from .data import Movie, MovieDataset
 
 SHARD_BATCHES = 8  # batches per shard: bounds the work lost to a kill and the number of files
@@ -91,7 +91,7 @@ class FeatureCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         meta = self.dir / "encoder.json"
         if not meta.exists():
-            _atomic_write_bytes(meta, json.dumps(fp, indent=2, sort_keys=True, default=str).encode())
+            atomic.write_bytes(meta, json.dumps(fp, indent=2, sort_keys=True, default=str).encode())
 
     # -- reading ---------------------------------------------------------------------------------------------
     def _index(self) -> dict[str, tuple[Path, int, bool]]:
@@ -170,7 +170,7 @@ class FeatureCache:
         still_missing = set(self.missing(keys, sequences))
         if not still_missing:
             return 0
-        _remove_stale_tmp(self.dir)
+        remove_stale_tmp(self.dir)
         # Plan over the WHOLE request, not just the missing part: a resumed run then meets the same shards and
         # batches as an uninterrupted one and skips those already written. Every rank computes the same plan.
         todo = sorted(set(keys))
@@ -216,7 +216,7 @@ class FeatureCache:
                 if sequences:
                     tensors["sequence"] = torch.cat(seqs).contiguous()
                     tensors["offsets"] = torch.tensor(np.cumsum([0] + [len(s) for s in seqs]), dtype=torch.int64)
-                _atomic_save(tensors, target, {"keys": json.dumps(shard_keys), "sequences": str(int(sequences)),
+                atomic.save_safetensors(tensors, target, {"keys": json.dumps(shard_keys), "sequences": str(int(sequences)),
                                                "encoder": self.encoder.name, "fingerprint": self.fingerprint})
                 encoded += len(still_missing.intersection(shard_keys))
         finally:
@@ -282,44 +282,6 @@ def _prefetched_inputs(encoder, batches: list[list[str]], load: Callable[[str], 
         num_workers=min(num_workers, len(batches)), pin_memory=cuda, prefetch_factor=2,
         multiprocessing_context="fork")
     yield from loader
-
-
-def _tmp_name(target: Path) -> Path:
-    # host and pid in the name: another live writer's file (same cache, another process) is never touched
-    return target.parent / f".tmp-{socket.gethostname()}-{os.getpid()}-{target.name}"
-
-
-def _remove_stale_tmp(directory: Path) -> None:
-    """Drop temporary files left by killed writers on this host (they are never read; this only frees space).
-    A file whose writer is still alive (another process sharing the cache) is left alone."""
-    host = socket.gethostname()
-    for tmp in directory.glob(".tmp-*"):
-        m = re.fullmatch(r"\.tmp-(.+)-(\d+)-(.+)", tmp.name)
-        if m is None or m.group(1) != host:
-            continue
-        try:
-            os.kill(int(m.group(2)), 0)
-        except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
-        except PermissionError:
-            pass  # alive, owned by another user
-
-
-def _atomic_save(tensors: dict[str, torch.Tensor], target: Path, metadata: dict[str, str]) -> None:
-    tmp = _tmp_name(target)
-    save_file(tensors, str(tmp), metadata=metadata)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
-
-
-def _atomic_write_bytes(target: Path, data: bytes) -> None:
-    tmp = _tmp_name(target)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
 
 
 # -- dataset-level helpers -------------------------------------------------------------------------------------

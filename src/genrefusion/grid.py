@@ -7,8 +7,6 @@ on an offline machine), and every table names the encoder that actually filled t
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -16,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+from . import atomic
 from .config import Config, load_config, save_config
 from .data import load_dataset
 from .distributed import is_main
@@ -133,7 +132,7 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
 
     summary = data_summary(dataset)
     if is_main():  # under torchrun every rank runs the grid; rank 0 alone writes its files
-        (out / "data_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        atomic.write_json(out / "data_summary.json", summary)
     log(f"data: {len(dataset):,} movies ({split} split, modalities={modalities}); "
         + ", ".join(f"{s} {len(ix):,}" for s, ix in dataset.splits.items()) + f"  [{time.perf_counter() - t:.1f} s]")
 
@@ -192,10 +191,8 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
         grid["out"] = str(out)
         return grid
     save_config(base, out / "config.yaml")
-    (out / "tables.txt").write_text(tables_txt + "\n", encoding="utf-8")
-    tmp = out / ".tmp-grid.json"
-    tmp.write_text(json.dumps(grid, indent=2), encoding="utf-8")
-    os.replace(tmp, out / "grid.json")
+    atomic.write_text(out / "tables.txt", tables_txt + "\n")
+    atomic.write_json(out / "grid.json", grid)
     log("")
     log(tables_txt)
     if report:

@@ -1,71 +1,28 @@
-"""Poster loading and the thesis' image transforms, in plain PIL (torchvision is deliberately not a dependency).
+"""The thesis' image transforms, in plain PIL (torchvision is deliberately not a dependency). Posters are decoded
+by posters.decode_poster, the one decoder (re-exported here as `load_poster` for files).
 
-`load_poster` decodes the whole file up front so that a broken poster fails here, with its file name, instead
-of deep inside a DataLoader worker. `PosterTransform` is the eval transform (resize to size x size, normalise)
-or, with `train=True`, the thesis augmentation: random resized crop (scale 0.8-1.0), horizontal flip (p=0.5) and
-colour jitter (brightness / contrast / saturation 0.2). Both follow torchvision's definitions so numbers stay
-comparable with torchvision-based pipelines.
+`PosterTransform` is the eval transform (resize to size x size, normalise) or, with `train=True`, the thesis
+augmentation: random resized crop (scale 0.8-1.0), horizontal flip (p=0.5) and colour jitter (brightness /
+contrast / saturation 0.2). Both follow torchvision's definitions so numbers stay comparable with
+torchvision-based pipelines.
 """
 from __future__ import annotations
 
 import math
 import random
-import threading
 from collections.abc import Sequence
-from contextlib import contextmanager
-from os import PathLike
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageEnhance, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageEnhance
+
+from .posters import DECODE_SIDE, MAX_POSTER_PIXELS, POSTER_FORMATS, PosterError, decode_poster, load_poster
+
+__all__ = ["DECODE_SIDE", "IMAGENET_MEAN", "IMAGENET_STD", "MAX_POSTER_PIXELS", "POSTER_FORMATS", "PosterError",
+           "PosterTransform", "decode_poster", "load_poster"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class PosterError(ValueError):
-    """A poster file that exists but cannot be used (empty, truncated, corrupt, or not an image)."""
-
-    def __init__(self, path: str | PathLike, reason: str):
-        self.path = Path(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
-
-
-_TRUNCATION_LOCK = threading.Lock()
-
-
-@contextmanager
-def _strict_decoding():
-    # Any library may flip PIL's process-wide LOAD_TRUNCATED_IMAGES switch; with it on, a cut-off JPEG decodes
-    # "successfully" with a grey bottom. Force it off while we decode, and put back whatever the process had.
-    with _TRUNCATION_LOCK:
-        previous = ImageFile.LOAD_TRUNCATED_IMAGES
-        ImageFile.LOAD_TRUNCATED_IMAGES = False
-        try:
-            yield
-        finally:
-            ImageFile.LOAD_TRUNCATED_IMAGES = previous
-
-
-def load_poster(path: str | PathLike) -> Image.Image:
-    """Fully decode a poster and return it as an RGB image.
-
-    Raises FileNotFoundError for a missing file and PosterError (a ValueError naming the file) for a zero-byte,
-    truncated or corrupt file, or one that is not an image at all.
-    """
-    path = Path(path)
-    if path.stat().st_size == 0:  # stat() raises FileNotFoundError (with the path) for a missing file
-        raise PosterError(path, "file is empty (0 bytes)")
-    try:
-        with _strict_decoding(), Image.open(path) as img:
-            img.load()  # Image.open only reads the header; load() decodes every byte, so truncation shows up now
-            return img.convert("RGB")
-    except UnidentifiedImageError:
-        raise PosterError(path, "not an image PIL can read") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise PosterError(path, f"truncated or corrupt image ({e})") from e
 
 
 class _Rng:
@@ -167,7 +124,3 @@ class PosterTransform:
         elif width / height > max_ratio:
             w = int(round(height * max_ratio))
         return (width - w) // 2, (height - h) // 2, w, h
-
-    def describe(self) -> dict:
-        """JSON-able description (for fingerprints)."""
-        return {"size": self.size, "mean": list(self.mean), "std": list(self.std), "resize": "bilinear-squash"}

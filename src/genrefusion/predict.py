@@ -15,7 +15,6 @@ This module is imported by the CLI parser, so torch and the encoders are importe
 """
 from __future__ import annotations
 
-import io
 import json
 import sys
 import threading
@@ -25,9 +24,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-MODALITIES = ("text", "image")
-IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")  # never EPS & co.: PIL would hand those to Ghostscript
-MAX_IMAGE_PIXELS = 40_000_000  # far above any poster; a decompression bomb declares far more
+from .posters import MAX_POSTER_PIXELS as MAX_IMAGE_PIXELS  # PIL only: cheap to import
+
 MAX_PLOT_CHARS = 20_000  # MM-IMDb's longest plot is ~13k characters; the encoders read at most 512 tokens anyway
 
 
@@ -46,28 +44,17 @@ class InputTooLarge(InputError):
 
 
 def decode_poster(data: bytes, name: str = "poster", max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Bytes of an uploaded poster -> RGB image, fully decoded. Checks the declared size before decoding, so a
-    decompression bomb (a small file declaring gigapixels) is refused without allocating it."""
-    from .images import _strict_decoding  # the same truncation guard the dataset's posters get
+    """Bytes of an uploaded poster -> RGB image, decoded by the one poster decoder (images.decode_poster: the
+    declared size is checked before decoding, so a decompression bomb is refused without allocating it). Its
+    PosterError becomes the InputError (with an HTTP status) the service answers with."""
+    from .posters import PosterError
+    from .posters import decode_poster as decode
 
-    if not data:
-        raise InputError(f"{name}: file is empty (0 bytes)")
     try:
-        with _strict_decoding(), Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
-            w, h = img.size
-            if w * h > max_pixels:
-                raise InputTooLarge(f"{name}: image is {w}x{h} = {w * h:,} pixels, over the limit of "
-                                    f"{max_pixels:,} (refused as a possible decompression bomb)")
-            img.load()
-            return img.convert("RGB")
-    except Image.DecompressionBombError as e:
-        raise InputTooLarge(f"{name}: {e}") from None
-    except InputError:
-        raise
-    except Image.UnidentifiedImageError:
-        raise UnsupportedInput(f"{name}: not an image (supported: {', '.join(IMAGE_FORMATS)})") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{name}: truncated or corrupt image ({e})") from None
+        return decode(data, name, max_pixels=max_pixels)
+    except PosterError as e:
+        cls = {"too_large": InputTooLarge, "not_image": UnsupportedInput}.get(e.kind, InputError)
+        raise cls(str(e)) from None
 
 
 def check_plot(plot: str | None, max_chars: int = MAX_PLOT_CHARS, name: str = "plot") -> str | None:

@@ -1,0 +1,135 @@
+"""Atomic writes: the one place that writes a file or a folder so that a reader never sees it half-written.
+
+Everything goes to a temporary name in the target's own folder (same filesystem, so the final `os.replace` is
+atomic), is flushed to disk, and is renamed into place; on any error the temporary is removed and the target is
+left as it was. Temporary names carry the host and process id (`.tmp-<host>-<pid>-<name>`), so a writer never
+touches another live writer's file (several processes may share one feature cache), and `remove_stale_tmp`
+can tell files left by killed writers from those still being written.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+TMP_PREFIX = ".tmp-"
+
+
+def tmp_path(target: str | os.PathLike) -> Path:
+    target = Path(target)
+    return target.parent / f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{target.name}"
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some filesystems do not allow opening a folder; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_bytes(target: str | os.PathLike, data: bytes) -> Path:
+    target = Path(target)
+    tmp = tmp_path(target)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+    return target
+
+
+def write_text(target: str | os.PathLike, text: str) -> Path:
+    return write_bytes(target, text.encode("utf-8"))
+
+
+def write_json(target: str | os.PathLike, obj: Any, indent: int | None = 2, **kwargs: Any) -> Path:
+    return write_text(target, json.dumps(obj, indent=indent, **kwargs) + ("\n" if indent is not None else ""))
+
+
+def save_safetensors(tensors: dict, target: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """safetensors.torch.save_file, atomically."""
+    from safetensors.torch import save_file
+
+    target = Path(target)
+    tmp = tmp_path(target)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+    return target
+
+
+@contextmanager
+def staging_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """Build a folder under a temporary name; on success it replaces `target` (an existing folder of that name is
+    removed first), on error it is deleted and `target` is untouched.
+
+        with staging_dir(run / "model") as tmp:
+            (tmp / "model.json").write_text(...)
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_path(target)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if target.exists():
+            # rename the old folder aside first: a reader sees the old folder or the new one, never a mix
+            old = tmp_path(target.with_name(target.name + ".old"))
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(target.parent)
+
+
+_TMP_RE = re.compile(rf"{re.escape(TMP_PREFIX)}(.+)-(\d+)-(.+)")
+
+
+def remove_stale_tmp(directory: str | os.PathLike) -> int:
+    """Delete temporaries left in `directory` by killed writers on this host (they are never read; this only frees
+    space). A temporary whose writer is still alive, or that another host wrote, is left alone. Returns how many
+    were removed."""
+    host, removed = socket.gethostname(), 0
+    for tmp in Path(directory).glob(f"{TMP_PREFIX}*"):
+        m = _TMP_RE.fullmatch(tmp.name)
+        if m is None or m.group(1) != host:
+            continue
+        try:
+            os.kill(int(m.group(2)), 0)
+        except ProcessLookupError:
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+            removed += 1
+        except PermissionError:
+            pass  # alive, owned by another user
+    return removed
