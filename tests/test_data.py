@@ -142,7 +142,7 @@ def test_strict_mode_raises_naming_the_file(broken_root, bad):
 def test_summary_cli_lists_problems_and_strict_exits_nonzero(broken_root, capsys):
     assert main(["data", "summary", str(broken_root)]) == 0
     out = capsys.readouterr().out
-    assert "Skipped movies (bad input): 7" in out and "0000005.json: not valid UTF-8" in out
+    assert "Skipped (bad input): 7 (" in out and "0000005.json: not valid UTF-8" in out
     assert "Excluded movies left with no benchmark genre: 1" in out
     assert main(["data", "summary", str(broken_root), "--strict"]) == 2
     assert "error:" in capsys.readouterr().err
