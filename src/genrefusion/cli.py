@@ -44,10 +44,11 @@ def cmd_features(args) -> int:
     from .encoders import create_encoder
     from .distributed import resolve_device
     from .features import dataset_features, default_cache_dir
+    from .summary import data_summary, format_data_line
 
     ds = _load(args)
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    print(f"{len(ds):,} movies from {args.data}; cache: {cache_dir}")
+    print(f"{format_data_line(data_summary(ds), args.modalities)}\ncache: {cache_dir}")
     for name, kwargs in ((args.text, {"pooling": args.pooling}), (args.image, {})):
         if not name:
             continue

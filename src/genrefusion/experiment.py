@@ -26,6 +26,7 @@ from .fusion import create_model
 from .labels import GENRES
 from .losses import create_loss, pos_weight_from_labels
 from .metrics import compute_metrics, tune_thresholds
+from .summary import data_summary, format_data_line, skipped_record
 from .train import FeatureBatches, fit, predict, seed_everything
 
 ANALYSIS_KEYS = ("gate", "modality_weights", "alpha")  # GMU image share, attention weights, late-fusion a
@@ -118,6 +119,8 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None, features: F
     t = time.perf_counter()
     if dataset is None:
         dataset = load_dataset(cfg.data, cfg.split, cfg.modalities, cfg.strict, cfg.plot_mode, cfg.split_seed)
+        if log:
+            log(format_data_line(data_summary(dataset), cfg.modalities))
     timings["data_s"] = time.perf_counter() - t
     modalities = model_modalities(cfg.model)
     sequences = cfg.model == "cross-attention" and cfg.cross_attention == "sequence"
@@ -170,6 +173,7 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None, features: F
             "source": str(dataset.report.source), "fingerprint": dataset.fingerprint(), "split": dataset.split_mode,
             "modalities": cfg.modalities,
             "n": {"train": len(train_idx), "dev": len(val_idx), "test": len(test_idx)},
+            **skipped_record(dataset),  # what the reader skipped and why: counts per kind, the first problems
         },
         "encoders": encoders_meta,
         "threshold_mode": cfg.threshold_mode,

@@ -128,13 +128,12 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
 
     t = time.perf_counter()
     dataset = load_dataset(data, split, modalities, base.strict, base.plot_mode, base.split_seed)
-    from .summary import data_summary
+    from .summary import data_summary, format_data_line
 
     summary = data_summary(dataset)
     if is_main():  # under torchrun every rank runs the grid; rank 0 alone writes its files
         atomic.write_json(out / "data_summary.json", summary)
-    log(f"data: {len(dataset):,} movies ({split} split, modalities={modalities}); "
-        + ", ".join(f"{s} {len(ix):,}" for s, ix in dataset.splits.items()) + f"  [{time.perf_counter() - t:.1f} s]")
+    log(f"{format_data_line(summary, modalities)}  [{time.perf_counter() - t:.1f} s]")
 
     # Encode each slot's encoder once; every row that uses the slot shares the table.
     t = time.perf_counter()
