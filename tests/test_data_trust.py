@@ -341,3 +341,19 @@ def test_unpaired_surrogates_are_refused_not_crashed_on(tmp_path, capsys):
 def test_a_path_that_does_not_exist(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load_dataset(tmp_path / "no-such-folder")
+
+
+def test_devices_and_fifos_are_refused_not_read_forever(tmp_path):
+    import os
+
+    root = make_root(tmp_path, {"0000001": GOOD, "0000003": GOOD},
+                     {"train": ["0000001", "0000002", "0000003"], "dev": [], "test": []})
+    os.mkfifo(root / "dataset" / "0000002.json")  # opening it would block until a writer comes
+    (root / "dataset" / "0000003.jpeg").symlink_to("/dev/zero")  # endless bytes
+    ds = load_mmimdb(root)
+    assert [m.id for m in ds.movies] == ["0000001"] and _kinds(ds) == {"unreadable": 2}
+    assert all("not a regular file" in p.message for p in ds.report.problems)
+    (root / "split.json").unlink()
+    (root / "split.json").symlink_to("/dev/zero")
+    with pytest.raises(DataError, match="split.json: not a regular file"):
+        load_mmimdb(root)

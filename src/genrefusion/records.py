@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import stat
 import unicodedata
 import warnings
 from collections import Counter
@@ -185,9 +186,16 @@ def describe(value: Any) -> str:
 
 
 def read_bytes(path: Path, max_bytes: int | None = None) -> bytes:
+    """A regular file's bytes (symlinks followed). A directory, device or FIFO is refused before it is opened:
+    /dev/zero would never end and a FIFO would block."""
     try:
-        if max_bytes is not None and (size := path.stat().st_size) > max_bytes:
-            raise ReadError("file_too_large", f"file is {size:,} bytes, over the limit of {max_bytes:,}")
+        st = path.stat()
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(st.st_mode):
+            raise ReadError("unreadable", "not a regular file (a device, FIFO or socket)")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise ReadError("file_too_large", f"file is {st.st_size:,} bytes, over the limit of {max_bytes:,}")
         return path.read_bytes()
     except FileNotFoundError:
         raise ReadError("missing_file", "does not exist" + (" (a broken symlink)" if path.is_symlink() else "")
