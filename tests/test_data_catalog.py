@@ -205,3 +205,10 @@ def test_a_csv_field_over_the_csv_size_limit_is_an_error_naming_the_line(tmp_pat
     cat.write_text("id,plot,genres\na,One.,Drama\nb," + "x" * 200_000 + ",Drama\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"c\.csv:3: .*field larger than field limit"):
         load_catalog(cat)
+
+
+def test_a_poster_path_holding_a_nul_is_a_named_skip(tmp_path):
+    cat = _jsonl(tmp_path / "c.jsonl", [ROW, {**ROW, "id": "b", "poster": "x\u0000.jpg"}])
+    ds = load_catalog(cat)
+    assert [m.id for m in ds.movies] == ["a"] and _kinds(ds) == {"unreadable": 1}
+    assert "\x00" not in str(ds.report.problems[0])

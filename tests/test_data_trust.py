@@ -357,3 +357,15 @@ def test_devices_and_fifos_are_refused_not_read_forever(tmp_path):
     (root / "split.json").symlink_to("/dev/zero")
     with pytest.raises(DataError, match="split.json: not a regular file"):
         load_mmimdb(root)
+
+
+def test_a_file_name_that_is_not_utf8(tmp_path, capsys):
+    import os
+
+    root = make_root(tmp_path, {"0000001": GOOD}, None)
+    with open(os.path.join(os.fsencode(root / "dataset"), b"\xff\xfe.json"), "w") as f:
+        json.dump(GOOD, f)
+    ds = load_mmimdb(root)  # its name decodes to surrogates: refused, and the message still prints
+    assert [m.id for m in ds.movies] == ["0000001"] and _kinds(ds) == {"bad_id": 1}
+    assert main(["data", "summary", str(root), "--split", "stratified"]) == 0
+    assert "bad_id 1" in capsys.readouterr().out

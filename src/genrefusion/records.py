@@ -143,6 +143,12 @@ class MovieDataset:
         return h.hexdigest()
 
 
+def printable(text: str) -> str:
+    """Text safe to print and to write as UTF-8: control characters and the unpaired surrogates that a file name
+    which is not UTF-8 decodes to are shown escaped (a NUL or an escape sequence never reaches the terminal)."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class Collector:
     """Collects problems; raises at once in strict mode."""
 
@@ -150,7 +156,7 @@ class Collector:
         self.report, self.strict = report, strict
 
     def __call__(self, path: Path | str, kind: str, message: str, movie_id: str | None = None) -> None:
-        problem = Problem(str(path), kind, message, movie_id)
+        problem = Problem(printable(str(path)), kind, printable(message), movie_id)
         if self.strict:
             raise DataError(str(problem))
         self.report.problems.append(problem)
@@ -204,6 +210,8 @@ def read_bytes(path: Path, max_bytes: int | None = None) -> bytes:
         raise ReadError("unreadable", "is a directory, not a file") from None
     except OSError as exc:  # permission denied, I/O error, a name the OS rejects ...
         raise ReadError("unreadable", f"cannot be read ({exc.strerror or exc})") from None
+    except ValueError:  # the only one os.stat raises: a NUL in the path
+        raise ReadError("unreadable", "cannot be read (the path holds a NUL character)") from None
 
 
 def decode_utf8(data: bytes) -> str:

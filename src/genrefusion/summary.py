@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from .data import SPLITS, MovieDataset
+from .records import printable
 from .labels import GENRES
 
 
@@ -91,7 +92,7 @@ def format_summary(s: dict[str, Any], max_problems: int = 20) -> str:
         out.append(f"Notice: {p}")
     dropped = s["dropped_genres"]
     out.append(f"Dropped non-benchmark genre labels: {sum(dropped.values())} "
-               f"({', '.join(f'{g} x{n}' for g, n in dropped.items()) or 'none'})")
+               f"({', '.join(f'{printable(g)} x{n}' for g, n in dropped.items()) or 'none'})")
     out.append(f"Excluded movies left with no benchmark genre: {s['excluded_no_label']}")
     if s["unlisted_files"]:
         out.append(f"Files in dataset/ not listed in split.json (not loaded): {s['unlisted_files']}")
