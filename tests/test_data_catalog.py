@@ -212,3 +212,11 @@ def test_a_poster_path_holding_a_nul_is_a_named_skip(tmp_path):
     ds = load_catalog(cat)
     assert [m.id for m in ds.movies] == ["a"] and _kinds(ds) == {"unreadable": 1}
     assert "\x00" not in str(ds.report.problems[0])
+
+
+def test_a_catalog_to_predict_ignores_its_split_column(tmp_path):
+    # predict reads catalogs without labels; which split a row was in does not matter there
+    cat = tmp_path / "c.csv"
+    cat.write_text("id,plot,split\na,One.,train\nb,Two.,\nc,Three.,test\nc,Three.,train\n", encoding="utf-8")
+    ds = load_catalog(cat, require_labels=False)
+    assert [m.id for m in ds.movies] == ["a", "b", "c"] and _kinds(ds) == {"duplicate_id": 1}

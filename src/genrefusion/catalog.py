@@ -1,7 +1,7 @@
 """Users' own catalogs: a CSV (or TSV) with a header row, or JSONL with one JSON object per line.
 
 Columns: `id`, `plot`, `genres` (a list or 'Drama|Comedy'), optional `poster` (a path relative to the catalog),
-`split` (train/dev/test; filled on every row or on none), `title`, `year`. The CSV separator is read from the
+`split` (train/dev/test; filled on every row or on none; ignored when predicting), `title`, `year`. The CSV separator is read from the
 header: ',' (the default), ';' (spreadsheets in many locales) or a tab, whichever makes the header name an `id`
 column. Column names are matched without regard to case or surrounding spaces.
 
@@ -154,6 +154,9 @@ def load_catalog(path: str | Path, strict: bool = False, plot_mode: str = "join"
         raise DataError(f"{path}: no rows" + (" after the header" if suffix in CSV_SUFFIXES else ""))
 
     entries = [e for line, rec in rows if (e := _entry(path, line, rec, problem)) is not None]
+    if not require_labels:  # a catalog to predict: no split is scored, so a row's split cannot leak anything
+        for e in entries:
+            e.split = None
     with_split = any(e.split for e in entries)
     movies: list[Movie] = []
     split_of: list[str | None] = []

@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from .data import SPLITS, MovieDataset
-from .records import printable
 from .labels import GENRES
+from .records import printable
 
 
 def data_summary(ds: MovieDataset) -> dict[str, Any]:
