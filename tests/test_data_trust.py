@@ -369,3 +369,10 @@ def test_a_file_name_that_is_not_utf8(tmp_path, capsys):
     assert [m.id for m in ds.movies] == ["0000001"] and _kinds(ds) == {"bad_id": 1}
     assert main(["data", "summary", str(root), "--split", "stratified"]) == 0
     assert "bad_id 1" in capsys.readouterr().out
+
+
+def test_modalities_both_with_no_movie_having_both(tmp_path):
+    root = make_root(tmp_path, {"0000001": GOOD, "0000002": GOOD}, {"train": ["0000001"], "dev": [],
+                                                                    "test": ["0000002"]})
+    with pytest.raises(DataError, match="no movie has both a poster and a plot"):
+        load_dataset(root, modalities="both")

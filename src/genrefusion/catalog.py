@@ -1,9 +1,9 @@
 """Users' own catalogs: a CSV (or TSV) with a header row, or JSONL with one JSON object per line.
 
 Columns: `id`, `plot`, `genres` (a list or 'Drama|Comedy'), optional `poster` (a path relative to the catalog),
-`split` (train/dev/test; filled on every row or on none; ignored when predicting), `title`, `year`. The CSV separator is read from the
-header: ',' (the default), ';' (spreadsheets in many locales) or a tab, whichever makes the header name an `id`
-column. Column names are matched without regard to case or surrounding spaces.
+`split` (train/dev/test; filled on every row or on none; ignored when predicting), `title`, `year`. The CSV
+separator is read from the header: ',' (the default), ';' (spreadsheets in many locales) or a tab, whichever
+makes the header name an `id` column. Column names are matched without regard to case or surrounding spaces.
 
 What makes the whole file unusable (no `id` or `genres` column, a column named twice, not UTF-8, no rows, every
 row skipped) is a DataError; a bad row is a counted, named skip (see records.py).
