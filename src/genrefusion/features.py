@@ -244,7 +244,7 @@ class FeatureCache:
     def _check_finite(self, tensors: dict[str, torch.Tensor], keys: list[str]) -> None:
         """Refuse to cache NaN / inf (fp16 autocast overflowing, a broken checkpoint): training on it would make
         every later number NaN, and encoding again would give the same values."""
-        if all(bool(torch.isfinite(t).all()) for n, t in tensors.items() if n != "offsets"):
+        if all(shard_io.all_finite(t) for n, t in tensors.items() if n != "offsets"):
             return
         bad = ~torch.isfinite(tensors["pooled"]).all(dim=1)
         if "sequence" in tensors:
