@@ -59,9 +59,11 @@ def test_features_reuse_each_parts_cache(synthetic_catalog, tiny_vit, tiny_resne
     assert torch.equal(joined.present, parts[0].present & parts[1].present)
     assert not joined.present.all()  # the catalog has poster-less movies; they stay absent (zeros), not dropped
     torch.testing.assert_close(joined.pooled, torch.cat([p.pooled for p in parts], 1) * joined.present[:, None])
-    from genrefusion.features import _fingerprint_hash
+    from genrefusion.fingerprints import identity_sha256
 
-    assert joined.fingerprint == _fingerprint_hash(joined_encoder.fingerprint())  # what a saved model checks
+    # what a saved model records and checks: the joined encoder's fingerprint at the parts' precision
+    assert joined.fingerprint == identity_sha256(joined_encoder.fingerprint(), "fp32")
+    assert joined.encoder_fingerprint == joined_encoder.fingerprint() and joined.precision == "fp32"
     with pytest.raises(ValueError, match="sequences need one encoder"):
         dataset_features(ds, joined_encoder, cache, progress=False, sequences=True)
 

@@ -14,6 +14,7 @@ from safetensors import safe_open
 from genrefusion.checkpoint import save_model
 from genrefusion.config import Config
 from genrefusion.data import load_catalog
+from genrefusion.fingerprints import identity_sha256
 from genrefusion.images import load_poster
 from genrefusion.predict import (InputError, InputTooLarge, UnsupportedInput, check_plot, decode_poster,
                                  load_model)
@@ -106,9 +107,13 @@ def test_a_changed_encoder_is_refused(trained_run, tmp_path):
     meta = json.loads((model_dir / "model.json").read_text())
     assert set(meta["encoders"]) == {"text", "image"} and all(e["fingerprint"] for e in meta["encoders"].values())
     load_model(model_dir)  # the recorded fingerprints match the encoders found
-    meta["encoders"]["image"]["fingerprint"] = "0" * 64
+    # a model trained with other weights behind the same name (its record is consistent, just not with this encoder)
+    record = meta["encoders"]["image"]
+    record["fingerprint"]["weights_sha256"] = "0" * 64
+    record["fingerprint_sha256"] = identity_sha256(record["fingerprint"], record["precision"])
     (model_dir / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="the image encoder .* is not the one this model was trained with"):
+    with pytest.raises(ValueError, match="the image encoder .* is not the one this model was trained with .*"
+                                         "weights_sha256"):
         load_model(model_dir)
 
 

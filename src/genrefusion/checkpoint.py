@@ -1,58 +1,199 @@
-"""Saved models: a folder with the head's weights (safetensors), the resolved config, the label vocabulary,
-the decision thresholds and the encoders' names, enough to rebuild the exact model on another machine."""
+"""Saved models: a folder with the head's weights (model.safetensors) and model.json, enough to rebuild the exact
+model on another machine and to know when it cannot be trusted.
+
+model.json, format 2:
+    format            2
+    model             the head's constructor arguments (create_model(**model) rebuilds it)
+    genres            the label vocabulary, in the order of the head's outputs
+    thresholds        one decision threshold, or one per genre
+    weights_sha256    SHA-256 of model.safetensors
+    encoders          per modality: name, kwargs, precision, fingerprint (the encoder's fingerprint dict) and
+                      fingerprint_sha256 (fingerprints.encoder_record)
+    config            the run's resolved config
+
+`load_head` verifies the folder before anything in it is used: model.json parses and holds every key with the
+right type, the weights file matches its recorded SHA-256, every tensor fits the model model.json describes and is
+finite, and the thresholds fit the genres. A problem raises ModelFolderError (a ValueError) or FileNotFoundError,
+naming the file and the problem. Format-1 folders (written by the release before format 2: no weights_sha256,
+another encoder record) are read with the same checks, except the checksum they do not have.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 
+from . import fingerprints
 from .atomic import staging_dir
 from .config import Config
 from .labels import GENRES
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
+META_FILE, WEIGHTS_FILE = "model.json", "model.safetensors"
+REQUIRED = {1: ("model", "genres", "thresholds", "encoders"),
+            2: ("model", "genres", "thresholds", "encoders", "weights_sha256", "config")}
+
+
+class ModelFolderError(ValueError):
+    """A model folder that cannot be used; the message names the file and the problem."""
 
 
 def save_model(directory: str | Path, model: torch.nn.Module, cfg: Config, threshold: Any,
                encoders: dict[str, dict[str, Any]]) -> Path:
     """Write atomically: everything goes to a sibling temp folder which is then renamed into place.
-    `encoders`: per modality {"name", "kwargs", "fingerprint"}, what load_model rebuilds and checks."""
+    `encoders`: per modality the record of fingerprints.encoder_record, what load_model rebuilds and checks."""
+    for m, record in encoders.items():
+        fingerprints.check_record(record, f"save_model: the {m} encoder record")
     directory = Path(directory)
     with staging_dir(directory) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"))
+        save_file(state, str(tmp / WEIGHTS_FILE))
         meta = {
             "format": FORMAT_VERSION,
             "model": model.config,
             "genres": list(GENRES),
             "thresholds": np.asarray(threshold).tolist(),
+            "weights_sha256": hashlib.sha256((tmp / WEIGHTS_FILE).read_bytes()).hexdigest(),
             "encoders": encoders,
             "config": cfg.to_dict(),
         }
-        (tmp / "model.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return directory
 
 
 def load_head(directory: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The trained fusion/head model (over encoder features) and its metadata."""
-    from .fusion import create_model
-
+    """The trained fusion/head model (over encoder features) and its metadata, verified (see the docstring)."""
     directory = Path(directory)
-    meta_path = directory / "model.json"
-    if not meta_path.exists():
-        raise FileNotFoundError(f"{directory}: not a saved genrefusion model (no model.json)")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    if meta.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{meta_path}: unsupported format {meta.get('format')!r} (expected {FORMAT_VERSION})")
-    cfg = dict(meta["model"])
-    name = cfg.pop("name")
-    if "head_dropout" in cfg:
-        cfg["head_dropout"] = tuple(cfg["head_dropout"])
-    model = create_model(name, **cfg)
-    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    meta_path = directory / META_FILE
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: no such model folder")
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{directory}: not a saved genrefusion model (no {META_FILE})")
+    meta = read_meta(meta_path)
+    model = _build(meta, meta_path)
+    state = _read_weights(directory / WEIGHTS_FILE, meta)
+    _load_state(model, state, directory / WEIGHTS_FILE, meta["model"]["name"])
+    _check_labels(meta, model, meta_path)
+    _check_encoder_records(meta, model, meta_path)
     model.eval()
     return model, meta
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """model.json parsed, with its keys and their types checked."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ModelFolderError(f"{path}: unreadable ({e})") from None
+    except json.JSONDecodeError as e:
+        raise ModelFolderError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise ModelFolderError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    fmt = meta.get("format")
+    if fmt not in READABLE_FORMATS:
+        raise ModelFolderError(f"{path}: unsupported format {fmt!r} (this genrefusion reads formats "
+                               f"{', '.join(map(str, READABLE_FORMATS))})")
+    missing = sorted(k for k in REQUIRED[fmt] if k not in meta)
+    if missing:
+        raise ModelFolderError(f"{path}: missing key(s) {', '.join(map(repr, missing))}")
+    meta.setdefault("config", {})
+    for key, kind in (("model", dict), ("genres", list), ("encoders", dict), ("config", dict)):
+        if not isinstance(meta[key], kind):
+            raise ModelFolderError(f"{path}: '{key}' must be a JSON {kind.__name__.replace('dict', 'object')}, "
+                                   f"got {type(meta[key]).__name__}")
+    if not isinstance(meta["model"].get("name"), str):
+        raise ModelFolderError(f"{path}: 'model' names no model ('name')")
+    genres = meta["genres"]
+    if not genres or not all(isinstance(g, str) for g in genres) or len(set(genres)) != len(genres):
+        raise ModelFolderError(f"{path}: 'genres' must be distinct genre names")
+    if fmt >= 2 and not (isinstance(meta["weights_sha256"], str) and len(meta["weights_sha256"]) == 64):
+        raise ModelFolderError(f"{path}: 'weights_sha256' is not a SHA-256 hex digest")
+    return meta
+
+
+def _build(meta: dict, path: Path) -> torch.nn.Module:
+    from .fusion import create_model
+
+    cfg = dict(meta["model"])
+    name = cfg.pop("name")
+    if isinstance(cfg.get("head_dropout"), list):
+        cfg["head_dropout"] = tuple(cfg["head_dropout"])
+    try:
+        return create_model(name, **cfg)
+    except Exception as e:  # an unknown model, a missing or mistyped argument: the file is what is wrong
+        raise ModelFolderError(f"{path}: cannot build the {name!r} model it describes ({e})") from None
+
+
+def _read_weights(path: Path, meta: dict) -> dict[str, torch.Tensor]:
+    """The weights, read once (the checksum and the parse see the same bytes), verified."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing (the model folder holds no weights)") from None
+    except OSError as e:
+        raise ModelFolderError(f"{path}: unreadable ({e})") from None
+    if meta["format"] >= 2 and hashlib.sha256(data).hexdigest() != meta["weights_sha256"]:
+        raise ModelFolderError(f"{path}: its SHA-256 is not the one {META_FILE} records (the file is damaged, "
+                               "truncated or was replaced)")
+    try:
+        state = load_safetensors(data)
+    except Exception as e:  # safetensors' own error type: a damaged header, truncated data
+        raise ModelFolderError(f"{path}: unreadable ({e})") from None
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ModelFolderError(f"{path}: tensor {name!r} holds non-finite values (NaN or inf)")
+    return state
+
+
+def _load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, name: str) -> None:
+    want = model.state_dict()
+    problems = [f"missing {k!r}" for k in sorted(set(want) - set(state))]
+    problems += [f"unexpected {k!r}" for k in sorted(set(state) - set(want))]
+    problems += [f"shape of {k!r} is {tuple(state[k].shape)}, the model's {tuple(want[k].shape)}"
+                 for k in sorted(set(want) & set(state)) if state[k].shape != want[k].shape]
+    if problems:
+        raise ModelFolderError(f"{path}: its tensors do not fit the {name!r} model {META_FILE} describes ("
+                               + "; ".join(problems[:4]) + (f"; {len(problems) - 4} more" if len(problems) > 4 else "")
+                               + ")")
+    model.load_state_dict(state)
+
+
+def _check_labels(meta: dict, model: torch.nn.Module, path: Path) -> None:
+    genres, thresholds = meta["genres"], meta["thresholds"]
+    n_out = getattr(model, "num_labels", len(genres))
+    if len(genres) != n_out:
+        raise ModelFolderError(f"{path}: {len(genres)} genres, but the model predicts {n_out}")
+    values = thresholds if isinstance(thresholds, list) else [thresholds]
+    if isinstance(thresholds, list) and len(thresholds) != len(genres):
+        raise ModelFolderError(f"{path}: {len(thresholds)} thresholds for {len(genres)} genres (expected one, or "
+                               "one per genre)")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= 1:
+            raise ModelFolderError(f"{path}: threshold {v!r} is not a number between 0 and 1")
+
+
+def _check_encoder_records(meta: dict, model: torch.nn.Module, path: Path) -> None:
+    """Every modality the model reads has a well-formed encoder record (the Predictor compares it with the
+    encoder it rebuilds)."""
+    for m in model.modalities:
+        record = meta["encoders"].get(m)
+        where = f"{path}: the {m} encoder record"
+        if record is None:
+            raise ModelFolderError(f"{path}: no encoder recorded for the {m} input the "
+                                   f"{meta['model']['name']!r} model reads")
+        if meta["format"] >= 2:
+            try:
+                fingerprints.check_record(record, where)
+            except ValueError as e:
+                raise ModelFolderError(str(e)) from None
+        elif not (isinstance(record, dict) and isinstance(record.get("name"), str)
+                  and isinstance(record.get("kwargs", {}), dict) and record.get("fingerprint")):
+            raise ModelFolderError(f"{where} needs 'name', 'fingerprint' and optionally 'kwargs'")

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import __version__, atomic
+from . import __version__, atomic, fingerprints
 from .config import Config, save_config
 from .data import MovieDataset, load_dataset
 from .distributed import is_main, resolve_device
@@ -27,7 +27,7 @@ from .labels import GENRES
 from .losses import create_loss, pos_weight_from_labels
 from .metrics import compute_metrics, tune_thresholds
 from .summary import data_summary, format_data_line, skipped_record
-from .train import FeatureBatches, fit, predict, seed_everything
+from .train import FeatureBatches, encoder_precision, fit, predict, seed_everything
 
 ANALYSIS_KEYS = ("gate", "modality_weights", "alpha")  # GMU image share, attention weights, late-fusion a
 
@@ -128,8 +128,11 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None, features: F
     if cfg.mode == "features":
         if features is None:
             features, timings["features_s"] = load_features(cfg, dataset, modalities, sequences)
-        encoders_meta = {m: {"name": getattr(features, m).encoder, "fingerprint": getattr(features, m).fingerprint}
-                         for m in modalities}
+        # What model.json and metrics.json record per modality (format 2): the encoder to rebuild, the
+        # precision its features were computed at, and the fingerprint the loader checks it against.
+        encoders_meta = {m: fingerprints.encoder_record(encoder_name(cfg, m), encoder_kwargs(cfg, m),
+                                                        getattr(features, m).encoder_fingerprint,
+                                                        getattr(features, m).precision) for m in modalities}
         dims = {m: getattr(features, m).dim for m in modalities}
         batch_fn = FeatureBatches(features.text if "text" in modalities else None,
                                   features.image if "image" in modalities else None, sequences)
@@ -144,7 +147,9 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None, features: F
         batch_fn = EncoderBatches(dataset, encs.get("text"), encs.get("image"), cfg.finetune)
         if cfg.finetune:
             extra_groups = [{"params": batch_fn.encoder_parameters(), "lr": cfg.encoder_lr}]
-        encoders_meta = {m: {"name": e.name, "fingerprint": e.fingerprint()} for m, e in encs.items()}
+        precision = encoder_precision(resolve_device(cfg.device))  # the autocast train.fit runs them under
+        encoders_meta = {m: fingerprints.encoder_record(encoder_name(cfg, m), encoder_kwargs(cfg, m), e.fingerprint(),
+                                                        precision) for m, e in encs.items()}
         dims = {m: e.dim for m, e in encs.items()}
     presence = {"text": np.array([m.has_plot for m in dataset.movies]),
                 "image": np.array([m.has_poster for m in dataset.movies])}
@@ -193,10 +198,8 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None, features: F
     timings["eval_s"] = time.perf_counter() - t
     metrics["timings"] = timings
     if run_dir is not None and is_main():  # under torchrun every rank has the same metrics; rank 0 writes
-        encoders = {m: {"name": encoder_name(cfg, m), "kwargs": encoder_kwargs(cfg, m),
-                        "fingerprint": encoders_meta[m]["fingerprint"]} for m in modalities}
         write_run(Path(run_dir), cfg, metrics, model, dataset, test_idx, test_probs, y_test, threshold, analysis,
-                  encoders, val=(val_idx, val_probs, y[val_idx].numpy()))
+                  encoders_meta, val=(val_idx, val_probs, y[val_idx].numpy()))
     return metrics
 
 

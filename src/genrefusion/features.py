@@ -12,15 +12,23 @@ completed shards and encodes only the rest. Batches are planned over the whole r
 key) before anything is encoded, so a resumed run encodes exactly the batches an uninterrupted run would have, and
 the features are bit-identical.
 
+Integrity (see shards.py): every shard carries SHA-256 checksums of its keys and tensors. Its header is checked
+whenever the cache is indexed, its tensors (checksums, finite values) whenever they are read. A shard that fails
+(a flipped bit, a damaged header, a zero-byte or truncated file, a shard of another encoder copied in, the wrong
+feature size, NaN/inf) is named in a warning and deleted, and its movies are encoded again, so a run never reads a
+damaged value. Shards written before checksums existed cannot be verified, so they are treated the same way: their
+movies are encoded once more (bit-identical features, the plan being the same). encoder.json only documents the
+folder (every shard names its own fingerprint); a damaged one is rewritten with a warning.
+
 On a GPU the encoder runs under bf16 autocast (fp16 where bf16 is missing; the precision is part of the cache key)
 and worker processes decode / tokenise upcoming batches into pinned memory. Under torchrun the ranks split the
 shards of that same plan and write them into the one cache folder; then every rank reads the whole table.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import time
@@ -30,14 +38,17 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from tqdm.auto import tqdm
 
-from . import atomic
+from . import atomic, fingerprints
+from . import shards as shard_io
 from .atomic import remove_stale_tmp
 from .data import Movie, MovieDataset
+from .fingerprints import PRECISIONS, resolve_precision  # noqa: F401  (public here since before fingerprints.py)
 
 SHARD_BATCHES = 8  # batches per shard: bounds the work lost to a kill and the number of files
+REPAIR_ATTEMPTS = 3  # extract + load rounds before a cache whose fresh shards still fail is reported as broken
+logger = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -52,25 +63,27 @@ class FeatureTable:
     present: torch.Tensor  # (N,) bool
     sequences: list[torch.Tensor | None] | None = None  # per item (L_i, D) fp16, when requested
     encoder: str = ""
-    fingerprint: str = ""
+    fingerprint: str = ""  # fingerprints.identity_sha256 of the encoder's fingerprint and the precision
+    precision: str = "fp32"  # the autocast the features were computed under
+    encoder_fingerprint: dict | None = None  # the encoder's full fingerprint()
 
     @property
     def dim(self) -> int:
         return self.pooled.shape[1]
 
 
-def concat_tables(tables: Sequence[FeatureTable], name: str, fingerprint: str) -> FeatureTable:
-    """Pooled features of several encoders side by side. A movie has the modality only where every part has it
-    (the parts read the same file, so they agree unless one of them failed on it)."""
+def concat_tables(tables: Sequence[FeatureTable], name: str, fingerprint: dict) -> FeatureTable:
+    """Pooled features of several encoders side by side (`fingerprint`: the joined encoder's). A movie has the
+    modality only where every part has it (the parts read the same file, so they agree unless one failed on it)."""
+    precision = {t.precision for t in tables}
+    if len(precision) != 1:
+        raise ValueError(f"encoder {name!r}: its parts' features were computed at different precisions {precision}")
     present = tables[0].present.clone()
     for t in tables[1:]:
         present &= t.present
     pooled = torch.cat([t.pooled for t in tables], dim=1) * present[:, None]  # zeros where absent, as elsewhere
-    return FeatureTable(pooled, present, None, name, fingerprint)
-
-
-def _fingerprint_hash(fp: dict) -> str:
-    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()
+    p = precision.pop()
+    return FeatureTable(pooled, present, None, name, fingerprints.identity_sha256(fingerprint, p), p, fingerprint)
 
 
 def _slug(name: str) -> str:
@@ -78,34 +91,81 @@ def _slug(name: str) -> str:
 
 
 class FeatureCache:
-    """The cache folder of one encoder (weights + preprocessing), see the module docstring."""
+    """The cache folder of one encoder (weights + preprocessing) at one precision, see the module docstring."""
 
     def __init__(self, encoder, cache_dir: str | Path | None = None, precision: str | None = None):
         self.encoder = encoder
         self.precision = resolve_precision(precision, encoder.device)
         fp = encoder.fingerprint()
-        if self.precision != "fp32":  # autocast features differ from fp32 ones (~1e-2): their own cache entry
-            fp = {**fp, "precision": self.precision}
-        self.fingerprint = _fingerprint_hash(fp)
-        self.dir = Path(cache_dir or default_cache_dir()) / "features" / f"{_slug(encoder.name)}-{self.fingerprint[:16]}"
+        self.encoder_fingerprint = fp
+        # Shards name the identity hash; the folder keeps the key of earlier releases (fp32 without precision).
+        self.fingerprint = fingerprints.identity_sha256(fp, self.precision)
+        key = fingerprints.cache_key(fp, self.precision)
+        self.dir = Path(cache_dir or default_cache_dir()) / "features" / f"{_slug(encoder.name)}-{key[:16]}"
         self.dir.mkdir(parents=True, exist_ok=True)
-        meta = self.dir / "encoder.json"
-        if not meta.exists():
-            atomic.write_bytes(meta, json.dumps(fp, indent=2, sort_keys=True, default=str).encode())
+        self.discarded: list[tuple[Path, str]] = []  # shards found damaged and deleted, with the reason
+        self._check_encoder_json(fp)
+
+    def _check_encoder_json(self, fp: dict) -> None:
+        """encoder.json documents the folder (each shard names its own fingerprint, so none is trusted on this
+        file's word): a missing one is written, a damaged or foreign one is rewritten with a warning."""
+        path = self.dir / "encoder.json"
+        text = json.dumps(fingerprints.identity(fp, self.precision), indent=2, sort_keys=True, default=str)
+        want = json.loads(text)  # as it reads back (tuples become lists)
+        problem = None
+        try:
+            got = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            got = None
+        except (OSError, ValueError) as e:  # not UTF-8 / not JSON (an empty file included)
+            got, problem = None, f"unreadable ({e})"
+        else:
+            if got == want:
+                return
+            # The release before wrote an fp32 folder's file without the precision: upgraded without a word.
+            if not (self.precision == "fp32" and isinstance(got, dict) and {**got, "precision": "fp32"} == want):
+                fields = fingerprints.differences(got, want) if isinstance(got, dict) else ["its type"]
+                problem = f"describes another encoder (it differs in {', '.join(fields)})"
+        if problem:
+            logger.warning("feature cache: %s %s; rewritten", path, problem)
+        atomic.write_text(path, text)
 
     # -- reading ---------------------------------------------------------------------------------------------
+    def _discard(self, shard: Path, reason: str, n_items: int | None = None) -> None:
+        what = f"its {n_items} item(s) will be encoded again" if n_items else "its items will be encoded again"
+        logger.warning("feature cache: discarding shard %s: %s; %s", shard, reason, what)
+        self.discarded.append((shard, reason))
+        shard.unlink(missing_ok=True)
+
     def _index(self) -> dict[str, tuple[Path, int, bool]]:
-        """key -> (shard, row, has_sequence) over every complete shard."""
+        """key -> (shard, row, has_sequence) over every complete shard whose header checks out (shard_io.inspect);
+        the others are discarded."""
         index: dict[str, tuple[Path, int, bool]] = {}
+        unchecked: list[Path] = []
         for shard in sorted(self.dir.glob("part-*.safetensors")):
-            with safe_open(str(shard), framework="pt") as f:
-                meta = f.metadata() or {}
-                keys = json.loads(meta["keys"])
-                has_seq = meta.get("sequences") == "1"
-            for row, key in enumerate(keys):
+            try:
+                header = shard_io.inspect(shard, self.fingerprint, self.encoder.dim)
+            except FileNotFoundError:  # discarded meanwhile by another process sharing the cache
+                continue
+            except shard_io.UncheckedShard:
+                unchecked.append(shard)
+                continue
+            except shard_io.ShardError as e:
+                self._discard(shard, str(e))
+                continue
+            for row, key in enumerate(header.keys):
                 # Prefer a shard that also holds sequences; otherwise the first one found (sorted: deterministic).
-                if key not in index or (has_seq and not index[key][2]):
-                    index[key] = (shard, row, has_seq)
+                if key not in index or (header.has_sequences and not index[key][2]):
+                    index[key] = (shard, row, header.has_sequences)
+        if unchecked:  # one warning for them all: a cache of an earlier release has many
+            names = ", ".join(p.name for p in unchecked[:3])
+            names += f" and {len(unchecked) - 3} more" if len(unchecked) > 3 else ""
+            logger.warning("feature cache %s: %d shard(s) carry no checksum (written before shard checksums "
+                           "existed), so they cannot be verified; deleted, their items are encoded once more "
+                           "(%s)", self.dir, len(unchecked), names)
+            for shard in unchecked:
+                self.discarded.append((shard, "no checksum"))
+                shard.unlink(missing_ok=True)
         return index
 
     def missing(self, keys: Sequence[str], sequences: bool = False) -> list[str]:
@@ -113,6 +173,9 @@ class FeatureCache:
         return [k for k in dict.fromkeys(keys) if k not in index or (sequences and not index[k][2])]
 
     def load(self, keys: Sequence[str | None], sequences: bool = False) -> FeatureTable:
+        """The table of `keys` (None: the movie lacks the modality). KeyError when some are not cached, and
+        DamagedShards (a KeyError) when shards failed their checks while being read: they are discarded and
+        extract() encodes their items again."""
         index = self._index()
         need = [k for k in keys if k is not None]
         absent = [k for k in need if k not in index or (sequences and not index[k][2])]
@@ -123,16 +186,30 @@ class FeatureCache:
             by_shard.setdefault(index[k][0], []).append(k)
         pooled_of: dict[str, torch.Tensor] = {}
         seq_of: dict[str, torch.Tensor] = {}
+        damaged = 0
         for shard, shard_keys in by_shard.items():
-            with safe_open(str(shard), framework="pt") as f:
-                pooled = f.get_tensor("pooled")
-                if sequences:
-                    flat, offsets = f.get_tensor("sequence"), f.get_tensor("offsets")
+            try:  # the header again: the shard may have been replaced since the index was built
+                header = shard_io.inspect(shard, self.fingerprint, self.encoder.dim)
+                t = shard_io.read(shard, header, sequences)
+            except FileNotFoundError:  # discarded by another process meanwhile
+                damaged += 1
+                continue
+            except shard_io.ShardError as e:
+                self._discard(shard, str(e), len(shard_keys))
+                damaged += 1
+                continue
+            row_of = {k: i for i, k in enumerate(header.keys)}
+            if not row_of.keys() >= set(shard_keys):  # replaced by another process with other items: index again
+                damaged += 1
+                continue
             for k in shard_keys:
-                row = index[k][1]
-                pooled_of[k] = pooled[row]
+                row = row_of[k]
+                pooled_of[k] = t["pooled"][row]
                 if sequences:
-                    seq_of[k] = flat[offsets[row]:offsets[row + 1]].clone()
+                    seq_of[k] = t["sequence"][t["offsets"][row]:t["offsets"][row + 1]].clone()
+        if damaged:
+            raise DamagedShards(f"{damaged} shard(s) of the feature cache {self.dir} failed their checks and were "
+                                "discarded (named in the warnings); run extract() again")
         dim = self.encoder.dim
         out = torch.zeros(len(keys), dim, dtype=torch.float32)
         present = torch.zeros(len(keys), dtype=torch.bool)
@@ -141,7 +218,8 @@ class FeatureCache:
                 out[i] = pooled_of[k]
                 present[i] = True
         seqs = [seq_of.get(k) if k is not None else None for k in keys] if sequences else None
-        return FeatureTable(out, present, seqs, self.encoder.name, self.fingerprint)
+        return FeatureTable(out, present, seqs, self.encoder.name, self.fingerprint, self.precision,
+                            self.encoder_fingerprint)
 
     # -- writing ---------------------------------------------------------------------------------------------
     def extract(self, keys: Sequence[str], load_item: Callable[[str], object], *, sequences: bool = False,
@@ -162,6 +240,23 @@ class FeatureCache:
         return distributed.all_reduce_sum(  # also the barrier after which every rank can read every shard
             self._extract_local(keys, load_item, sequences, batch_size, lengths, progress, desc, shard_batches,
                                 num_workers))
+
+    def _check_finite(self, tensors: dict[str, torch.Tensor], keys: list[str]) -> None:
+        """Refuse to cache NaN / inf (fp16 autocast overflowing, a broken checkpoint): training on it would make
+        every later number NaN, and encoding again would give the same values."""
+        if all(shard_io.all_finite(t) for n, t in tensors.items() if n != "offsets"):
+            return
+        bad = ~torch.isfinite(tensors["pooled"]).all(dim=1)
+        if "sequence" in tensors:
+            off = tensors["offsets"]
+            finite = torch.isfinite(tensors["sequence"]).all(dim=1)
+            bad |= torch.tensor([not bool(finite[off[i]:off[i + 1]].all()) for i in range(len(keys))])
+        if bool(bad.any()):
+            first = keys[int(bad.nonzero()[0])]
+            hint = "; fp16 overflows easily, try precision bf16 or fp32" if self.precision == "fp16" else ""
+            raise ValueError(f"encoder {self.encoder.name!r} produced non-finite features (NaN or inf) for "
+                             f"{int(bad.sum())} item(s) under precision {self.precision} (first: key {first}); "
+                             f"nothing of them was cached{hint}")
 
     def _extract_local(self, keys, load_item, sequences, batch_size, lengths, progress, desc, shard_batches,
                        num_workers) -> int:
@@ -203,7 +298,7 @@ class FeatureCache:
                 pooled, seqs, shard_keys = [], [], []
                 for batch_keys in shard:
                     inputs = next(inputs_of)
-                    with torch.inference_mode(), _autocast(device, self.precision):
+                    with torch.inference_mode(), fingerprints.autocast(device, self.precision):
                         inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
                         out = self.encoder.encode(inputs, return_sequence=sequences)
                     pooled.append(out.pooled.float().cpu())
@@ -216,8 +311,8 @@ class FeatureCache:
                 if sequences:
                     tensors["sequence"] = torch.cat(seqs).contiguous()
                     tensors["offsets"] = torch.tensor(np.cumsum([0] + [len(s) for s in seqs]), dtype=torch.int64)
-                atomic.save_safetensors(tensors, target, {"keys": json.dumps(shard_keys), "sequences": str(int(sequences)),
-                                               "encoder": self.encoder.name, "fingerprint": self.fingerprint})
+                self._check_finite(tensors, shard_keys)
+                shard_io.write(target, shard_keys, tensors, self.encoder.name, self.fingerprint)
                 encoded += len(still_missing.intersection(shard_keys))
         finally:
             inputs_of.close()
@@ -225,25 +320,11 @@ class FeatureCache:
         return encoded
 
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+class DamagedShards(KeyError):
+    """Raised by FeatureCache.load after it discarded shards that failed their checks."""
 
-
-def resolve_precision(precision: str | None, device: torch.device | str) -> str:
-    """None / 'auto': bf16 autocast on a GPU that supports it (else fp16), fp32 on the CPU. The precision is part
-    of the cache key, so features extracted on a GPU are reused elsewhere only when the same precision is asked."""
-    if precision in (None, "auto"):
-        if torch.device(device).type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "fp32"
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be 'auto' or one of {PRECISIONS}, got {precision!r}")
-    return precision
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    def __str__(self) -> str:  # KeyError's str() would quote the message
+        return str(self.args[0])
 
 
 class _PlanBatches(torch.utils.data.Dataset):
@@ -309,6 +390,7 @@ def dataset_features(dataset: MovieDataset, encoder, cache_dir: str | Path | Non
     The encoder runs where it is (`encoder.to(device)` first); `precision` ('auto', 'fp32', 'bf16', 'fp16') is the
     autocast used while encoding (auto: bf16 on a GPU, fp32 on the CPU). Under torchrun the ranks share the work
     (see FeatureCache.extract) and every rank gets the whole table."""
+    from . import distributed
     from .encoders.concat import ConcatEncoder
     from .images import load_poster
 
@@ -318,8 +400,7 @@ def dataset_features(dataset: MovieDataset, encoder, cache_dir: str | Path | Non
         tables = [dataset_features(dataset, part, cache_dir, batch_size=batch_size, progress=progress,
                                    shard_batches=shard_batches, precision=precision, num_workers=num_workers)
                   for part in encoder.parts]
-        # keyed like any encoder's table: the hash of the encoder's fingerprint (what a saved model records)
-        table = concat_tables(tables, encoder.name, _fingerprint_hash(encoder.fingerprint()))
+        table = concat_tables(tables, encoder.name, encoder.fingerprint())
         table.encoded_now = sum(t.encoded_now for t in tables)  # type: ignore[attr-defined]
         table.seconds = sum(t.seconds for t in tables)  # type: ignore[attr-defined]
         return table
@@ -336,10 +417,23 @@ def dataset_features(dataset: MovieDataset, encoder, cache_dir: str | Path | Non
         load_item = lambda k: load_poster(source[k].poster)  # noqa: E731
         lengths = None
     t0 = time.perf_counter()
-    n = cache.extract([k for k in keys if k is not None], load_item, sequences=sequences,
-                      batch_size=batch_size or default_batch_size(encoder.modality, encoder.device),
-                      lengths=lengths, progress=progress, shard_batches=shard_batches, num_workers=num_workers)
-    table = cache.load(keys, sequences=sequences)
+    n = 0
+    for _ in range(REPAIR_ATTEMPTS):
+        # Shards whose data fail their checksums are found only when read: load discards them, and the next
+        # extract encodes their items again. Every rank takes the same number of rounds (extract is collective).
+        n += cache.extract([k for k in keys if k is not None], load_item, sequences=sequences,
+                           batch_size=batch_size or default_batch_size(encoder.modality, encoder.device),
+                           lengths=lengths, progress=progress, shard_batches=shard_batches, num_workers=num_workers)
+        try:
+            table, damaged = cache.load(keys, sequences=sequences), 0
+        except DamagedShards:
+            table, damaged = None, 1
+        if not distributed.all_reduce_sum(damaged):
+            break
+    else:
+        reasons = sorted({r for _, r in cache.discarded})
+        raise ValueError(f"feature cache {cache.dir}: freshly written shards keep failing their checks "
+                         f"({'; '.join(reasons)}); the disk or memory may be faulty")
     table.encoded_now = n  # type: ignore[attr-defined]
     table.seconds = time.perf_counter() - t0  # type: ignore[attr-defined]
     return table

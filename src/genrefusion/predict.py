@@ -5,11 +5,12 @@
     result["predicted"]  # genres at or above their threshold, most probable first
 
 A `Predictor` rebuilds the encoders named in the model folder's model.json and the trained head (see checkpoint.py),
-and runs preprocess -> encode -> head, exactly the path training features took, so a movie from the training data
-gets the probabilities the run saved. Besides probabilities it reports how much each modality contributed: the
-prediction change when that modality is replaced by the model's learned stand-in (the same thing a movie without a
-poster or plot gets), which works for every fusion model, plus the fusion's own weights where it has them (GMU gate,
-attention weights, late-fusion alpha).
+checks each encoder against the fingerprint recorded there, and runs preprocess -> encode (under the autocast
+precision the training features were computed at) -> head, exactly the path training features took, so a movie
+from the training data gets the probabilities the run saved. Besides probabilities it reports how much each
+modality contributed: the prediction change when that modality is replaced by the model's learned stand-in (the
+same thing a movie without a poster or plot gets), which works for every fusion model, plus the fusion's own weights
+where it has them (GMU gate, attention weights, late-fusion alpha).
 
 This module is imported by the CLI parser, so torch and the encoders are imported inside functions.
 """
@@ -81,7 +82,8 @@ class Predictor:
         from .encoders import create_encoder
 
         self.directory = Path(directory)
-        self.head, self.meta = load_head(self.directory)
+        self.head, self.meta = load_head(self.directory)  # verified: weights, shapes, thresholds, encoder records
+        self.source_format: int = self.meta["format"]
         self.head.to(device)
         self.device = torch.device(device)
         self.genres: tuple[str, ...] = tuple(self.meta["genres"])
@@ -97,24 +99,35 @@ class Predictor:
         for m in self.modalities:
             spec = self.meta["encoders"][m]
             self.encoders[m] = create_encoder(spec["name"], modality=m, **spec.get("kwargs", {})).to(device).eval()
+        self.precision: dict[str, str] = {}  # per modality, the autocast its features were computed under
         self._check_fingerprints()
         self.lock = threading.Lock()
 
     def _check_fingerprints(self) -> None:
         """Refuse encoders whose weights or preprocessing differ from those the head was trained on (a changed
-        checkpoint behind the same name would silently shift every prediction). model.json records them."""
-        from .features import _fingerprint_hash
+        checkpoint behind the same name would silently shift every prediction), and learn the precision each
+        modality's features were computed at. A format-1 record is upgraded in memory to a format-2 one, so
+        `self.meta` always reads as format 2 (`self.source_format` says what the folder holds)."""
+        from .fingerprints import differences, encoder_record, identity_sha256, legacy_precision
 
-        recorded = {m: s.get("fingerprint") for m, s in self.meta["encoders"].items()}
         for m in self.modalities:
-            want = recorded.get(m)
-            if not want:
-                continue
+            rec = self.meta["encoders"][m]
             got = self.encoders[m].fingerprint()  # hashes the weight files (once per process)
-            # features mode records the cache's hash of the fingerprint, end-to-end mode the fingerprint itself
-            if got != want if isinstance(want, dict) else _fingerprint_hash(got) != want:
+            if self.source_format >= 2:
+                precision = rec["precision"]
+                ok = identity_sha256(got, precision) == rec["fingerprint_sha256"]
+                differ = differences(rec["fingerprint"], got)
+            else:  # one of format 1's forms: the cache's hash (with or without the precision) or the dict
+                precision = legacy_precision(rec["fingerprint"], got, self.meta["config"].get("precision"))
+                ok = precision is not None
+                differ = differences(rec["fingerprint"], got) if isinstance(rec["fingerprint"], dict) else []
+            if not ok:
                 raise ValueError(f"{self.directory}: the {m} encoder {self.encoders[m].name!r} is not the one this "
-                                 "model was trained with (its weights or preprocessing differ)")
+                                 "model was trained with (its weights or preprocessing differ"
+                                 + (f": {', '.join(differ)}" if differ else "") + ")")
+            self.precision[m] = precision
+            self.meta["encoders"][m] = encoder_record(rec["name"], rec.get("kwargs", {}), got, precision)
+        self.meta["format"] = 2
 
     # -- what the model is ----------------------------------------------------------------------------------------
     @property
@@ -163,6 +176,7 @@ class Predictor:
         Call under `self.lock`."""
         import torch
 
+        from .fingerprints import autocast
         from .train import pad_sequences
 
         n = len(posters)
@@ -174,9 +188,10 @@ class Predictor:
             pooled = torch.zeros(n, enc.dim)
             seqs: list = [None] * n
             if idx:
-                with torch.set_grad_enabled(grad):
+                with torch.set_grad_enabled(grad), autocast(self.device, self.precision[m]):
                     out = enc.encode(enc.preprocess([items[i] for i in idx]), return_sequence=self.sequences)
-                pooled = pooled.to(out.pooled.dtype).index_copy(0, torch.tensor(idx), out.pooled.cpu())
+                # float32 as the cache stores them (under autocast the encoder returns bf16 / fp16)
+                pooled = pooled.index_copy(0, torch.tensor(idx), out.pooled.float().cpu())
                 if self.sequences:
                     for j, i in enumerate(idx):
                         seqs[i] = out.sequence[j, out.mask[j]].cpu()

@@ -11,7 +11,6 @@ gradient one process would compute on the whole batch, also for an uneven last b
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import math
@@ -107,12 +106,18 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def encoder_precision(device: torch.device) -> str:
+    """The precision end-to-end encoders run at on `device` (what a saved model records): bf16 autocast on a GPU
+    that supports it, fp32 otherwise."""
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
 def _encoder_autocast(device: torch.device):
     """bf16 autocast around `batch_fn` on a GPU: end-to-end encoders run in mixed precision (slicing cached
     features is unaffected). The heads themselves always train in fp32."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    from .fingerprints import autocast
+
+    return autocast(device, encoder_precision(device))
 
 
 def _local_slice(b: torch.Tensor, world: int, rank: int) -> tuple[torch.Tensor, float, int]:

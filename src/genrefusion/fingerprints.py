@@ -1,0 +1,110 @@
+"""What identifies the features an encoder produces, in one place: the cache, experiment, checkpoint and the
+Predictor all build, hash and compare it here.
+
+An encoder's `fingerprint()` is a JSON-able dict of its weights' content hash and its preprocessing. Features also
+depend on the autocast precision they were computed under (bf16 features differ from fp32 ones by ~1e-2), so the
+identity of a set of features is `{**fingerprint, "precision": p}`, and its hash is `identity_sha256`. A saved
+model (model.json format 2) records, per modality, the fingerprint dict, the precision and that hash
+(`encoder_record`); the loader rebuilds the encoder and compares with `check_encoder`.
+
+Two older forms are still understood, because files written by earlier releases use them:
+* the feature cache's folder key (`cache_key`) leaves the precision out for fp32, so existing cache folders keep
+  their names;
+* model.json format 1 recorded `sha256(fingerprint)`, `sha256({**fingerprint, "precision": p})` (features mode,
+  non-fp32) or the fingerprint dict (end-to-end mode); `legacy_precision` says which one a recorded value is.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from typing import Any
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def sha256_json(obj: Any) -> str:
+    """The hash of a JSON-able value, independent of key order (earlier releases hashed fingerprints this way)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def resolve_precision(precision: str | None, device) -> str:
+    """None / 'auto': bf16 autocast on a GPU that supports it (else fp16), fp32 on the CPU."""
+    import torch
+
+    if precision in (None, "auto"):
+        if torch.device(device).type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be 'auto' or one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def autocast(device, precision: str):
+    """The autocast context features of `precision` are computed under (none for fp32)."""
+    import torch
+
+    device = torch.device(device)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def identity(fingerprint: dict, precision: str) -> dict:
+    return {**fingerprint, "precision": precision}
+
+
+def identity_sha256(fingerprint: dict, precision: str) -> str:
+    return sha256_json(identity(fingerprint, precision))
+
+
+def cache_key(fingerprint: dict, precision: str) -> str:
+    """The feature cache's folder key: the identity hash, except that fp32 leaves the precision out (the form of
+    the releases before precisions existed, so their cache folders are still found)."""
+    return sha256_json(fingerprint) if precision == "fp32" else identity_sha256(fingerprint, precision)
+
+
+def encoder_record(name: str, kwargs: dict, fingerprint: dict, precision: str) -> dict[str, Any]:
+    """What model.json (format 2) records for one modality's encoder: enough to rebuild it and to check it."""
+    return {"name": name, "kwargs": dict(kwargs), "precision": precision, "fingerprint": fingerprint,
+            "fingerprint_sha256": identity_sha256(fingerprint, precision)}
+
+
+def check_record(record: Any, where: str) -> None:
+    """ValueError unless `record` is a well-formed, self-consistent format-2 encoder record."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected an object, got {type(record).__name__}")
+    missing = sorted({"name", "kwargs", "precision", "fingerprint", "fingerprint_sha256"} - set(record))
+    if missing:
+        raise ValueError(f"{where}: missing {', '.join(map(repr, missing))}")
+    if not isinstance(record["name"], str) or not isinstance(record["kwargs"], dict):
+        raise ValueError(f"{where}: 'name' must be a string and 'kwargs' an object")
+    if record["precision"] not in PRECISIONS:
+        raise ValueError(f"{where}: precision {record['precision']!r} is not one of {PRECISIONS}")
+    if not isinstance(record["fingerprint"], dict):
+        raise ValueError(f"{where}: 'fingerprint' must be an object")
+    if record["fingerprint_sha256"] != identity_sha256(record["fingerprint"], record["precision"]):
+        raise ValueError(f"{where}: fingerprint_sha256 is not the hash of the recorded fingerprint and precision "
+                         "(the file was edited or damaged)")
+
+
+def legacy_precision(recorded: Any, fingerprint: dict, hint: str | None = None) -> str | None:
+    """The precision a format-1 `recorded` fingerprint stands for, when it is one of that format's forms of
+    `fingerprint`; None when it matches none (another encoder). `hint` (the run config's explicit precision)
+    settles the one ambiguous case: a joined encoder's hash, which left the precision out whatever it was."""
+    if isinstance(recorded, dict):
+        # End-to-end mode recorded the dict without a precision (training ran under bf16 autocast on a GPU, none on
+        # a CPU). That release's Predictor encoded in fp32, and such folders keep predicting what they did.
+        return "fp32" if recorded == fingerprint else None
+    if recorded == sha256_json(fingerprint):
+        return hint if hint in PRECISIONS and fingerprint.get("class") == "ConcatEncoder" else "fp32"
+    for p in PRECISIONS[1:]:
+        if recorded == identity_sha256(fingerprint, p):
+            return p
+    return None
+
+
+def differences(recorded: dict, actual: dict) -> list[str]:
+    """The top-level fields in which two fingerprints differ (what an error message names)."""
+    return sorted(k for k in set(recorded) | set(actual) if recorded.get(k) != actual.get(k))

@@ -1,0 +1,215 @@
+"""A model folder is trusted only when it checks out: model.json (format 2) records the SHA-256 of the weights file,
+and load_model verifies it, the shapes and the finiteness of the weights, the keys of model.json, the thresholds
+and the encoders, naming the file and the problem. Format-1 folders (the release before) still load and predict
+exactly what they predicted then."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import legacy_checkpoint as legacy
+from genrefusion.checkpoint import ModelFolderError, load_head, save_model
+from genrefusion.config import Config
+from genrefusion.data import load_catalog
+from genrefusion.experiment import model_modalities
+from genrefusion.fingerprints import identity_sha256
+from genrefusion.images import load_poster
+from genrefusion.predict import load_model
+
+
+@pytest.fixture
+def model_dir(trained_run, tmp_path):
+    d = tmp_path / "model"
+    shutil.copytree(trained_run / "model", d)
+    return d
+
+
+def _meta(d):
+    return json.loads((d / "model.json").read_text())
+
+
+def _write_meta(d, meta):
+    (d / "model.json").write_text(json.dumps(meta))
+
+
+def _inputs(catalog, n=12):
+    movies = load_catalog(catalog).movies[:n]
+    return [load_poster(m.poster) if m.poster else None for m in movies], [m.plot for m in movies]
+
+
+def _probs(predictor, posters, plots):
+    return np.array([[r["probabilities"][g] for g in predictor.genres] for r in predictor.predict(posters, plots)])
+
+
+def test_model_json_is_format_2(model_dir):
+    meta = _meta(model_dir)
+    assert meta["format"] == 2
+    assert meta["weights_sha256"] == hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
+    assert {"model", "genres", "thresholds", "config", "encoders"} <= set(meta)
+    for m, rec in meta["encoders"].items():
+        assert set(rec) == {"name", "kwargs", "precision", "fingerprint", "fingerprint_sha256"}
+        assert rec["precision"] == "fp32" and isinstance(rec["fingerprint"], dict)
+        assert rec["fingerprint_sha256"] == identity_sha256(rec["fingerprint"], "fp32")
+
+
+def _flip_weight_bit(d):
+    raw = bytearray((d / "model.safetensors").read_bytes())
+    raw[-1] ^= 0x40  # the top exponent bit of the last float: a weight of ~0.1 becomes ~1e37
+    (d / "model.safetensors").write_bytes(bytes(raw))
+
+
+def _nan_weights(d):
+    state = load_file(str(d / "model.safetensors"))
+    name = sorted(state)[0]
+    state[name] = torch.full_like(state[name], float("nan"))
+    save_file(state, str(d / "model.safetensors"))
+    meta = _meta(d)  # a consistent folder: the checksum is that of the NaN weights
+    meta["weights_sha256"] = hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest()
+    _write_meta(d, meta)
+
+
+def _other_shapes(d):
+    from genrefusion.fusion import create_model
+
+    meta = _meta(d)
+    other = create_model("gmu", text_dim=8, image_dim=8, num_labels=23)
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(d / "model.safetensors"))
+    meta["weights_sha256"] = hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest()
+    _write_meta(d, meta)
+
+
+def _set(**changes):
+    def apply(d):
+        meta = _meta(d)
+        meta.update(changes)
+        _write_meta(d, meta)
+    return apply
+
+
+def _drop(*keys):
+    def apply(d):
+        meta = _meta(d)
+        for k in keys:
+            meta.pop(k)
+        _write_meta(d, meta)
+    return apply
+
+
+BROKEN = {
+    "flipped bit in the weights": (_flip_weight_bit, r"model\.safetensors.*SHA-256"),
+    "truncated weights": (lambda d: (d / "model.safetensors").write_bytes(
+        (d / "model.safetensors").read_bytes()[:1000]), r"model\.safetensors"),
+    "no weights file": (lambda d: (d / "model.safetensors").unlink(), r"model\.safetensors"),
+    "NaN weights": (_nan_weights, r"model\.safetensors.*non-finite"),
+    "weights of another shape": (_other_shapes, r"model\.safetensors.*shape"),
+    "model.json not JSON": (lambda d: (d / "model.json").write_text("{ half"), r"model\.json.*not valid JSON"),
+    "model.json a list": (lambda d: (d / "model.json").write_text("[]"), r"model\.json"),
+    "model.json without its keys": (_drop("model", "genres"), r"model\.json.*missing.*'genres'.*'model'"),
+    "no weights checksum": (_drop("weights_sha256"), r"model\.json.*weights_sha256"),
+    "5 thresholds for 23 genres": (_set(thresholds=[0.5] * 5), r"model\.json.*5 thresholds for 23 genres"),
+    "a NaN threshold": (_set(thresholds=[0.5] * 22 + [None]), r"model\.json.*threshold"),
+    "a threshold over 1": (_set(thresholds=2.0), r"model\.json.*threshold"),
+    "unknown fusion": (_set(model={"name": "nope"}), r"model\.json.*'nope'"),
+    "bad model arguments": (_set(model={"name": "gmu", "text_dim": "wide"}), r"model\.json"),
+    "unknown format": (_set(format=7), r"model\.json.*format 7"),
+    "genres of another length": (_set(genres=["Drama", "Comedy"]), r"model\.json.*2 genres"),
+    "an encoder record without fingerprint": (
+        lambda d: _write_meta(d, {**_meta(d), "encoders": {**_meta(d)["encoders"], "text": {"name": "x"}}}),
+        r"model\.json.*text encoder"),
+    "a modality without an encoder": (
+        lambda d: _write_meta(d, {**_meta(d), "encoders": {"image": _meta(d)["encoders"]["image"]}}),
+        r"model\.json.*text"),
+}
+
+
+@pytest.mark.parametrize("broken", list(BROKEN))
+def test_a_broken_model_folder_is_refused_naming_the_file(model_dir, broken):
+    damage, message = BROKEN[broken]
+    damage(model_dir)
+    with pytest.raises((ValueError, FileNotFoundError), match=message) as e:
+        load_model(model_dir)
+    assert str(model_dir) in str(e.value)
+
+
+def test_errors_are_model_folder_errors(model_dir):
+    _flip_weight_bit(model_dir)
+    with pytest.raises(ModelFolderError):
+        load_head(model_dir)
+    assert issubclass(ModelFolderError, ValueError)
+
+
+@pytest.mark.parametrize("broken", ["flipped bit in the weights", "model.json without its keys",
+                                    "5 thresholds for 23 genres"])
+def test_predict_cli_prints_one_line_for_a_broken_model(model_dir, broken):
+    BROKEN[broken][0](model_dir)
+    proc = subprocess.run([sys.executable, "-m", "genrefusion", "predict", "--model", str(model_dir), "--plot",
+                           "ghost night"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(model_dir) in lines[0], proc.stderr
+
+
+def test_a_changed_encoder_is_refused_naming_what_differs(model_dir):
+    meta = _meta(model_dir)
+    meta["encoders"]["text"]["kwargs"] = {"pooling": "cls"}  # trained with mean pooling
+    _write_meta(model_dir, meta)
+    with pytest.raises(ValueError, match=r"text encoder .* is not the one this model was trained with.*pooling"):
+        load_model(model_dir)
+
+
+def test_a_tampered_fingerprint_record_is_refused(model_dir):
+    meta = _meta(model_dir)
+    meta["encoders"]["image"]["fingerprint_sha256"] = "0" * 64
+    _write_meta(model_dir, meta)
+    with pytest.raises(ValueError, match=r"model\.json.*image encoder.*fingerprint_sha256"):
+        load_model(model_dir)
+
+
+# --- format 1 (the release before): read, and predicted exactly as before ---------------------------------------
+def _legacy_folder(trained_run, tmp_path, mode="features", precision="fp32"):
+    head, meta = load_head(trained_run / "model")
+    cfg = Config(**{**meta["config"], "mode": mode})
+    d = tmp_path / f"legacy-{mode}-{precision}"
+    legacy.save_model(d, head, cfg, meta["thresholds"], legacy.encoders(cfg, model_modalities(cfg.model), precision))
+    return d
+
+
+@pytest.mark.parametrize("mode", ["features", "end-to-end"])
+def test_a_format_1_folder_predicts_bit_identically_to_before(trained_run, synthetic_catalog, tmp_path, mode):
+    d = _legacy_folder(trained_run, tmp_path, mode)
+    assert _meta(d)["format"] == 1 and "weights_sha256" not in _meta(d)
+    posters, plots = _inputs(synthetic_catalog)
+    predictor = load_model(d)
+    assert np.array_equal(_probs(predictor, posters, plots), legacy.probabilities(d, posters, plots))
+    assert {r["precision"] for r in predictor.meta["encoders"].values()} == {"fp32"}
+    # what it loaded is format 2 in memory: saving it again writes a format-2 folder that predicts the same
+    again = save_model(tmp_path / "again", predictor.head, Config(**predictor.meta["config"]),
+                       predictor.meta["thresholds"], predictor.meta["encoders"])
+    assert _meta(again)["format"] == 2
+    assert np.array_equal(_probs(load_model(again), posters, plots), _probs(predictor, posters, plots))
+
+
+def test_a_format_1_folder_with_another_encoder_is_refused(trained_run, tmp_path):
+    d = _legacy_folder(trained_run, tmp_path)
+    meta = _meta(d)
+    meta["encoders"]["image"]["fingerprint"] = "0" * 64
+    _write_meta(d, meta)
+    with pytest.raises(ValueError, match="the image encoder .* is not the one this model was trained with"):
+        load_model(d)
+
+
+def test_a_format_1_folder_with_non_finite_weights_is_refused(trained_run, tmp_path):
+    d = _legacy_folder(trained_run, tmp_path)
+    state = load_file(str(d / "model.safetensors"))
+    state[sorted(state)[-1]][0] = float("inf")
+    save_file(state, str(d / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"model\.safetensors.*non-finite"):
+        load_model(d)
