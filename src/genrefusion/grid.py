@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -21,39 +20,9 @@ from .distributed import is_main
 from .encoders.concat import SEPARATOR
 from .experiment import Features, load_features, run_experiment
 from .metrics import format_table
+from .report import write_report
 from .stats import mean_std
-
-# slot -> (modality, offline stand-in, the thesis's own hub encoder)
-SLOTS: dict[str, tuple[str, str, str]] = {
-    "BERT": ("text", "minilm-l6", "bert-base-uncased"),
-    "RoBERTa": ("text", "mpnet-base", "roberta-base"),
-    "ResNet50": ("image", "efficientnet-lite0", "resnet50"),
-    "ViT": ("image", "dinov2-vits14", "vit-base-patch16-224"),
-}
-FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT = "BERT", "ResNet50"
-
-
-@dataclass(frozen=True)
-class Row:
-    name: str  # the thesis's row name
-    kind: str  # unimodal | fusion
-    model: str  # registered model name
-    text_slot: str | None
-    image_slot: str | None
-
-
-ROWS: tuple[Row, ...] = (
-    Row("ResNet50", "unimodal", "image", None, "ResNet50"),
-    Row("ViT", "unimodal", "image", None, "ViT"),
-    Row("BERT", "unimodal", "text", "BERT", None),
-    Row("RoBERTa", "unimodal", "text", "RoBERTa", None),
-    Row("Early Fusion", "fusion", "early", FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT),
-    Row("Late Fusion", "fusion", "late", FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT),
-    Row("Attention Fusion", "fusion", "attention", FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT),
-    Row("GMU", "fusion", "gmu", FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT),
-    Row("Cross-Attention", "fusion", "cross-attention", FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT),
-)
-
+from .thesis import FUSION_IMAGE_SLOT, FUSION_TEXT_SLOT, ROWS, SLOTS, Row
 
 # Named encoder sets: offline stand-ins (default), the thesis's hub models, and CLIP's two towers as the fused pair
 # (hub weights, for GPU users; the other two rows keep the thesis's models).
@@ -196,13 +165,8 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
     log("")
     log(tables_txt)
     if report:
-        try:
-            from .report import write_report
-        except ImportError:  # reports are optional to the grid itself
-            write_report = None
-        if write_report is not None:
-            paths = write_report(out)
-            log(f"report: {paths['markdown']}  {paths['html']}")
+        paths = write_report(out)
+        log(f"report: {paths['markdown']}  {paths['html']}")
     log(f"\nresults: {out}  (features {features_s:.1f} s, training+evaluation {train_s:.1f} s, "
         f"total {time.perf_counter() - t_start:.1f} s)")
     grid["out"] = str(out)
