@@ -18,7 +18,7 @@ from .config import Config, load_config, save_config
 from .data import load_dataset
 from .distributed import is_main
 from .encoders.concat import SEPARATOR
-from .experiment import Features, load_features, run_experiment
+from .experiment import Features, load_features, reads_sequences, run_experiment
 from .metrics import format_table
 from .report import write_report
 from .stats import mean_std
@@ -112,9 +112,9 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
         modality = slot_modality(slot)
         cfg = base.replace(**{f"{modality}_encoder": slots[slot]})
         t_slot = time.perf_counter()
-        # Sequence cross-attention reads token/patch sequences of the two fusion slots; everything else is pooled.
-        sequences = base.cross_attention == "sequence" and slot in fuse \
-            and any(r.model == "cross-attention" for r in selected)
+        # Token/patch sequences only for slots that a sequence-reading model (cross_attention=sequence) reads.
+        sequences = any(slot in (r.text_slot, r.image_slot) and reads_sequences(base.replace(model=r.model))
+                        for r in selected)
         feats, _ = load_features(cfg, dataset, (modality,), sequences=sequences)
         tables[slot] = getattr(feats, modality)
         log(f"features {slot:<8} <- {slots[slot]:<20} {tables[slot].dim:>5}-d  "
