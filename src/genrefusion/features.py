@@ -36,12 +36,9 @@ from tqdm.auto import tqdm
 from . import atomic
 from .atomic import remove_stale_tmp
 from .data import Movie, MovieDataset
+from .paths import cache_root
 
 SHARD_BATCHES = 8  # batches per shard: bounds the work lost to a kill and the number of files
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("GENREFUSION_CACHE") or Path.home() / ".cache" / "genrefusion")
 
 
 @dataclass
@@ -87,7 +84,7 @@ class FeatureCache:
         if self.precision != "fp32":  # autocast features differ from fp32 ones (~1e-2): their own cache entry
             fp = {**fp, "precision": self.precision}
         self.fingerprint = _fingerprint_hash(fp)
-        self.dir = Path(cache_dir or default_cache_dir()) / "features" / f"{_slug(encoder.name)}-{self.fingerprint[:16]}"
+        self.dir = Path(cache_dir or cache_root()) / "features" / f"{_slug(encoder.name)}-{self.fingerprint[:16]}"
         self.dir.mkdir(parents=True, exist_ok=True)
         meta = self.dir / "encoder.json"
         if not meta.exists():
