@@ -101,8 +101,11 @@ def word_attributions(predictor, plot: str, base: dict, target: int, steps: int 
     import torch
     from captum.attr import LayerIntegratedGradients
 
+    from .encoders.text import normalise_text
+
     enc = predictor.encoders["text"]
-    text = enc._prepare([plot])[0]  # the text the encoder reads (normalised when the encoder normalises)
+    # the text the encoder tokenises: normalised first when the encoder is configured to (TextEncoder.preprocess)
+    text = normalise_text(plot) if enc.normalise_text else plot
     tok = enc.tokenizer(text, truncation=True, max_length=enc.max_length, return_offsets_mapping=True,
                         return_tensors="pt")
     word_ids, offsets = tok.word_ids(0), tok.pop("offset_mapping")[0].tolist()
