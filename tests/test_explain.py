@@ -155,3 +155,126 @@ def test_grad_cam_over_a_joined_image_encoder_averages_its_parts(tmp_path):
                                              align_corners=False)[0, 0]
     want = (coarse + maps[1]) / 2
     np.testing.assert_allclose(got, (want / want.max()).numpy(), atol=2e-3)
+
+
+# --- captum's Grad-CAM against the hand-written one it replaced --------------------------------------------------
+def _reference_cam(encoder, head, poster, base, target, sequences=False) -> torch.Tensor:
+    """The hand-written Grad-CAM that explain.py had before it used captum, kept here as the reference: run the
+    encoder with autograd, take the spatial activations its pooled vector is computed from (a CNN's last map; a ViT's
+    patch tokens entering its last block), differentiate the logit w.r.t. them, ReLU(A . mean gradient), / max."""
+    from genrefusion.encoders import EfficientNetLiteEncoder
+
+    def tokens(fmap):
+        return fmap.flatten(2).transpose(1, 2)
+
+    x = encoder.preprocess([poster])["pixel_values"]
+    if isinstance(encoder, EfficientNetLiteEncoder):
+        fmap = encoder.model.extract_features(x)
+        pooled, seq, acts, to_tokens = fmap.mean((2, 3)), tokens(fmap), fmap, tokens
+    else:
+        out = encoder.model(pixel_values=x, output_hidden_states=True, **encoder._forward_kwargs)
+        hidden = out.last_hidden_state
+        if hidden.dim() == 4:
+            pooled = out.pooler_output.flatten(1) if out.pooler_output is not None else hidden.mean((2, 3))
+            seq, acts, to_tokens = tokens(hidden), hidden, tokens
+        else:
+            n = encoder._n_prefix
+            pooled = out.pooler_output if encoder._use_pooler else hidden[:, 0]
+            seq, acts, to_tokens = hidden[:, n:], out.hidden_states[-2], (lambda t: t[:, n:])
+    batch = dict(base, image=pooled.float())
+    if sequences:
+        batch["image_seq"] = seq.float()
+        batch["image_seq_mask"] = torch.ones(seq.shape[:2], dtype=torch.bool)
+    logit = head(batch)["logits"][0, target]
+    (grad,) = torch.autograd.grad(logit, acts)
+    a, g = to_tokens(acts.detach())[0].float(), to_tokens(grad)[0].float()
+    cam = torch.relu(a @ g.mean(0))
+    side = int(len(cam) ** 0.5)
+    return (cam / cam.max() if cam.max() > 0 else cam).reshape(side, side)
+
+
+@pytest.fixture(scope="module")
+def image_encoders(tmp_path_factory):
+    import tiny_models
+
+    from genrefusion.encoders import create_encoder
+
+    root = tmp_path_factory.mktemp("cam-encoders")
+    encoders = {"efficientnet-lite0": create_encoder("efficientnet-lite0")}
+    for name in ("vit", "resnet", "dinov2", "clip"):
+        encoders[name] = create_encoder(str(getattr(tiny_models, name)(root / name)), modality="image")
+    return encoders
+
+
+@pytest.mark.parametrize("encoder, model", [("efficientnet-lite0", "gmu"), ("vit", "gmu"), ("resnet", "late"),
+                                            ("dinov2", "early"), ("clip", "attention"), ("vit", "cross-attention")])
+def test_captum_grad_cam_equals_the_hand_written_one(image_encoders, encoder, model):
+    from genrefusion.fusion import create_model
+
+    enc = image_encoders[encoder]
+    sequences = model == "cross-attention"
+    torch.manual_seed(0)
+    head = create_model(model, text_dim=8, image_dim=enc.dim, **({"variant": "sequence"} if sequences else {})).eval()
+    poster = _poster((200, 40, 40)).resize((160, 240))
+    base = {"text": torch.randn(1, 8), "image": torch.zeros(1, enc.dim)}
+    if sequences:
+        base.update(text_seq=torch.randn(1, 3, 8), text_seq_mask=torch.ones(1, 3, dtype=torch.bool))
+    maps = 0
+    for target in range(0, 23, 6):
+        got = grad_cam(SimpleNamespace(encoders={"image": enc}, head=head, sequences=sequences), poster, base, target)
+        want = _reference_cam(enc, head, poster, base, target, sequences)
+        assert np.array(got["grid"]).shape == tuple(want.shape)
+        np.testing.assert_allclose(got["grid"], want.numpy(), atol=1e-4)  # the library rounds to 4 decimals
+        maps += bool(want.max() == 1 and (want < 0.5).any())  # a map, not a constant (all zero happens: ReLU)
+    assert maps >= 2
+
+
+def test_captum_grad_cam_of_a_joined_encoder_equals_the_hand_written_one(image_encoders):
+    """Joined encoder: the hand-written version ran every part in one autograd graph and differentiated the logit
+    w.r.t. each part's activations; the library runs captum once per part with the others held fixed."""
+    from genrefusion.encoders import ConcatEncoder
+    from genrefusion.fusion import create_model
+
+    enc = ConcatEncoder([image_encoders["efficientnet-lite0"], image_encoders["dinov2"]])
+    torch.manual_seed(0)
+    head = create_model("gmu", text_dim=8, image_dim=enc.dim).eval()
+    poster = _poster((30, 160, 60))
+    base = {"text": torch.randn(1, 8), "image": torch.zeros(1, enc.dim)}
+    got = np.array(grad_cam(SimpleNamespace(encoders={"image": enc}, head=head, sequences=False), poster, base, 4)["grid"])
+    with torch.no_grad():
+        pooled = [p.encode(p.preprocess([poster])).pooled for p in enc.parts]
+    maps = []
+    for i, part in enumerate(enc.parts):
+        def part_head(batch, i=i):
+            return head(dict(batch, image=torch.cat([batch["image"] if j == i else pooled[j] for j in range(2)], -1)))
+
+        maps.append(_reference_cam(part, part_head, poster, dict(base, image=None), 4))
+    side = max(len(m) for m in maps)
+    resized = [torch.nn.functional.interpolate(m[None, None], size=(side, side), mode="bilinear",
+                                               align_corners=False)[0, 0] if len(m) != side else m for m in maps]
+    want = torch.stack(resized).mean(0)
+    np.testing.assert_allclose(got, (want / want.max()).numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("name, side", [("efficientnet-lite0", 7), ("vit", 7), ("resnet", 7), ("dinov2", 7),
+                                        ("clip", 7)])
+def test_grad_cam_layer_is_a_square_map_and_leaves_the_encoder_as_it_was(image_encoders, name, side):
+    enc = image_encoders[name]
+    batch = enc.preprocess([_poster()])
+    with torch.no_grad():
+        before = enc.encode(batch, return_sequence=True)
+    hooks = lambda: [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in enc.modules()]  # noqa: E731
+    hooked = hooks()
+    seen = []
+    with enc.grad_cam_layer() as layer:
+        handle = layer.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+        with torch.no_grad():
+            inside = enc.encode(batch, return_sequence=True)
+        handle.remove()
+    assert seen == [(1, seen[0][1], side, side)]
+    with torch.no_grad():
+        after = enc.encode(batch, return_sequence=True)
+    for out in (inside, after):  # the tap changes nothing, and nothing stays hooked
+        torch.testing.assert_close(out.pooled, before.pooled, rtol=0, atol=0)
+        torch.testing.assert_close(out.sequence, before.sequence, rtol=0, atol=0)
+    assert hooks() == hooked

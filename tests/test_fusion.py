@@ -1,33 +1,46 @@
 """Fusion models: shapes, masking, missing-modality stand-ins, gradients, analysis outputs, modality dropout,
-registry, and that every model can fit a tiny separable problem. Tiny dims, CPU only."""
+registry, and that every model can fit a tiny separable problem. Tiny dims, CPU only.
+
+The cases are every registered model (fusion.list_models()), its sequence-reading form where its spec declares one,
+and LayerNorm forms: a new fusion is tested by being registered."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import genrefusion.fusion as fusion
-from genrefusion.fusion import ClassifierHead, GenreModel, create_model, list_models, register_model
+from genrefusion.config import Config
+from genrefusion.experiment import model_kwargs, reads_sequences
+from genrefusion.fusion import (ClassifierHead, GenreModel, ModelSpec, create_model, get_model_spec, list_models,
+                                register_model, registry)
 
 DT, DI, NL = 8, 6, 5  # text dim, image dim, labels
 SMALL = {"head_hidden": (16, 8)}
-CASES = {
-    "text": {},
-    "image": {},
-    "early": {},
-    "early-layernorm": {"input_norm": "layernorm"},
-    "late": {},
-    "attention": {"hidden": 16, "score_hidden": 8},
-    "gmu": {"hidden": 16},
-    "cross-attention": {"d_model": 16, "num_heads": 2},
-    "cross-attention-seq": {"d_model": 16, "num_heads": 2, "variant": "sequence"},
-    "cross-attention-seq-layernorm": {"d_model": 16, "num_heads": 2, "variant": "sequence", "input_norm": "layernorm"},
-}
+# Smaller than the defaults so the tests stay fast; a model not listed here is tested with its own defaults.
+SMALL_OPTIONS = {"attention": {"hidden": 16, "score_hidden": 8}, "gmu": {"hidden": 16},
+                 "cross-attention": {"d_model": 16, "num_heads": 2}}
+
+
+def _cases() -> dict[str, tuple[str, dict]]:
+    """case -> (registered name, constructor options)."""
+    cases = {}
+    for name in list_models():
+        spec, options = get_model_spec(name), SMALL_OPTIONS.get(name, {})
+        cases[name] = (name, options)
+        if spec.sequence_options is not None:
+            cases[f"{name}-seq"] = (name, {**options, **spec.sequence_options})
+            cases[f"{name}-seq-layernorm"] = (name, {**options, **spec.sequence_options, "input_norm": "layernorm"})
+    cases["early-layernorm"] = ("early", {"input_norm": "layernorm"})
+    return cases
+
+
+CASES = _cases()
+BIMODAL = [c for c, (name, _) in CASES.items() if len(get_model_spec(name).modalities) == 2]
 
 
 def build(case: str, **extra) -> GenreModel:
-    name = case.split("-seq")[0].removesuffix("-layernorm")
-    return create_model(name, DT, DI, num_labels=NL, **SMALL, **CASES[case], **extra)
+    name, options = CASES[case]
+    return create_model(name, DT, DI, num_labels=NL, **SMALL, **options, **extra)
 
 
 def make_batch(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -62,6 +75,27 @@ def _seed_and_one_thread():
 
 def test_registry_has_the_thesis_grid():
     assert set(list_models()) == {"text", "image", "early", "late", "attention", "gmu", "cross-attention"}
+    assert {n: get_model_spec(n).modalities for n in list_models()} == {
+        "text": ("text",), "image": ("image",), **{n: ("text", "image") for n in
+                                                   ("early", "late", "attention", "gmu", "cross-attention")}}
+    assert [n for n in list_models() if get_model_spec(n).sequence_options] == ["cross-attention"]
+    assert {"cross-attention", "cross-attention-seq", "cross-attention-seq-layernorm", "early-layernorm"} <= set(CASES)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_a_run_config_builds_every_registered_model(name):
+    """experiment.model_kwargs gives each model the options its spec takes from the config, and the spec's
+    modalities and sequence flag are what the built model reads (create_model checks it too)."""
+    for cfg in (Config(model=name), Config(model=name, cross_attention="sequence", late_weights="per_genre",
+                                           modality_dropout=0.2, input_norm="layernorm")):
+        kwargs = model_kwargs(cfg)
+        model = create_model(name, DT, DI, num_labels=NL, **kwargs)
+        assert model.modalities == get_model_spec(name).modalities
+        assert model.uses_sequences is reads_sequences(cfg)
+        assert ("modality_dropout" in kwargs) is (len(model.modalities) == 2)
+    assert reads_sequences(Config(model="cross-attention", cross_attention="sequence"))
+    assert not reads_sequences(Config(model="cross-attention")) and not reads_sequences(Config(model="early"))
+    assert create_model("late", DT, DI, **model_kwargs(Config(model="late", late_weights="per_genre"))).config["per_genre"]
 
 
 def test_thesis_head_structure():
@@ -83,7 +117,7 @@ def test_output_shapes_and_attributes(case):
     assert torch.isfinite(out["logits"]).all()
     seq = "seq" in case
     assert model.uses_sequences is seq
-    assert model.modalities == ({"text": ("text",), "image": ("image",)}.get(case, ("text", "image")))
+    assert model.modalities == get_model_spec(CASES[case][0]).modalities
     name = model.config["name"]
     if name == "gmu":
         assert out["gate"].shape == (6, 16)
@@ -134,10 +168,10 @@ def test_absent_modality_is_the_learned_standin(case):
         assert (diff[~absent] > 1e-6).all()
 
 
-@pytest.mark.parametrize("case", ["text", "image"])
+@pytest.mark.parametrize("case", [c for c in CASES if c not in BIMODAL])
 def test_unimodal_ignores_the_other_modality(case):
     model = build(case).eval()
-    other = "image" if case == "text" else "text"
+    (other,) = {"text", "image"} - set(model.modalities)
     batch = {k: v for k, v in make_batch().items() if not k.startswith(other)}  # the other keys may be missing
     assert model(batch)["logits"].shape == (6, NL)
 
@@ -284,7 +318,7 @@ def test_drop_modalities_never_drops_both():
     assert all(torch.equal(a[k], b[k]) for k in a), "not reproducible under torch.manual_seed"
 
 
-@pytest.mark.parametrize("case", ["early", "gmu", "cross-attention-seq"])
+@pytest.mark.parametrize("case", BIMODAL)
 def test_modality_dropout_only_in_training(case):
     model = build(case, modality_dropout=1.0, head_dropout=0.0)
     batch = make_batch()
@@ -327,8 +361,12 @@ def test_registry_errors(monkeypatch):
     assert len(list_models()) == 7  # the failed registration left nothing behind
     with pytest.raises(TypeError, match="create_model\\('early'.*variant"):
         create_model("early", DT, DI, variant="sequence")
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        get_model_spec("nope")
+    with pytest.raises(ValueError, match="modalities must be"):
+        register_model("audio-only", modalities=("audio",))
     # adding a fusion = one registered class
-    monkeypatch.setattr(fusion, "_REGISTRY", dict(fusion._REGISTRY))
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
 
     @register_model("sum")
     class SumFusion(GenreModel):
@@ -342,6 +380,14 @@ def test_registry_errors(monkeypatch):
 
     assert "sum" in list_models()
     assert create_model("sum", DT, DI, num_labels=NL)(make_batch())["logits"].shape == (6, NL)
+    assert get_model_spec("sum") == ModelSpec("sum", SumFusion)  # a bimodal, pooled model by default
+
+    @register_model("liar", modalities=("text",))  # its spec says text only, the model reads both
+    class Liar(SumFusion):
+        pass
+
+    with pytest.raises(TypeError, match="'liar' reads \\('text', 'image'\\).*declares \\('text',\\)"):
+        create_model("liar", DT, DI)
 
 
 def test_bad_inputs_give_clear_errors():
@@ -387,9 +433,10 @@ def test_fits_a_tiny_separable_problem(case):
     # labels that need the model's modality: half from text, half from image (unimodal models get their half)
     wt, wi = torch.randn(DT, NL, generator=g), torch.randn(DI, NL, generator=g)
     target = torch.cat([(batch["text"] @ wt)[:, :3], (batch["image"] @ wi)[:, 3:]], dim=1).gt(0).float()
-    if case in ("text", "image"):
-        target = (batch[case] @ (wt if case == "text" else wi)).gt(0).float()
     model = build(case, head_dropout=0.0).train()
+    if len(model.modalities) == 1:
+        (m,) = model.modalities
+        target = (batch[m] @ (wt if m == "text" else wi)).gt(0).float()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(100):

@@ -415,3 +415,26 @@ def test_missing_or_broken_files_name_the_file(grid_run, tmp_path):
     (tmp_path / "bad" / "grid.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"grid\.json: not valid JSON"):
         write_report(tmp_path / "bad")
+
+
+def test_corrupt_prediction_file_names_the_file(grid_run, tmp_path):
+    def corrupt(grid, dest):
+        gmu = next(r for r in grid["rows"] if r["model"] == "gmu")
+        (dest / gmu["runs"][0] / "test_predictions.safetensors").write_bytes(b"\x00" * 64)
+
+    run = _rewrite_grid(grid_run, tmp_path / "corrupt", corrupt)
+    with pytest.raises(ValueError, match=r"seed-0/test_predictions\.safetensors: not a readable safetensors file"):
+        write_report(run)
+
+
+def test_html_escapes_markup_in_the_run_files(grid_run, tmp_path):
+    """Text from the run's files (a data path, an encoder name) is shown as text in the HTML, never run as markup."""
+    def hostile(grid, dest):
+        grid["data"] = "/data/<script>alert(1)</script>/<img src=x onerror=alert(2)>"
+        for r in grid["rows"]:
+            r["encoders"] = {k: f"{v}<b>bold</b>" for k, v in r["encoders"].items()}
+
+    run = _rewrite_grid(grid_run, tmp_path / "hostile", hostile)
+    page = write_report(run)["html"].read_text(encoding="utf-8")
+    assert "<script" not in page and "<img src=x" not in page and "<b>bold" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;b&gt;bold&lt;/b&gt;" in page

@@ -122,3 +122,26 @@ def test_aux_loss_adds_each_branchs_own_loss(weight):
         out = initial(batches(torch.arange(28)))  # the loop's one batch holds all 28 training rows
         want = bce(out["logits"], y[:28]) + weight * (bce(out["text_logits"], y[:28]) + bce(out["image_logits"], y[:28]))
     assert res.history[0]["train_loss"] == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_cosine_schedule_is_transformers_warmup_then_cosine(monkeypatch):
+    """scheduler=cosine: per step, lr * s / warm during the warm-up (from 0, as transformers'
+    get_cosine_schedule_with_warmup does), then lr * (1 + cos(pi * progress)) / 2 down to 0 at the last step."""
+    seen = []
+    step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    x, y = _separable(n=40, d=8)
+    cfg = Config(model="text", lr=1e-2, epochs=3, batch_size=8, scheduler="cosine", warmup_epochs=1.0,
+                 early_stopping_patience=100).validate()
+    res = fit(create_model("text", text_dim=8, image_dim=None), FeatureBatches(_table(x), None), y, range(32),
+              range(32, 40), cfg, create_loss("bce"))
+    warm, total = 4, 12  # 32 training rows in batches of 8: 4 steps per epoch, 3 epochs
+    want = [1e-2 * (s / warm if s < warm else 0.5 * (1 + np.cos(np.pi * (s - warm) / (total - warm))))
+            for s in range(total)]
+    np.testing.assert_allclose(seen, want, rtol=1e-9, atol=1e-12)
+    assert res.history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)

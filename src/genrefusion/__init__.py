@@ -3,6 +3,7 @@
 Layout (each a module with a small public surface):
     data / splits / summary  ->  encoders  ->  features (cache)  ->  fusion (heads)  ->  train / experiment / grid
     ->  metrics / stats  ->  report / serving
+    thesis (the thesis's rows, slots and published numbers) is read by grid and report alike.
 """
 __version__ = "0.1.0"
 

@@ -9,17 +9,18 @@ import sys
 import time
 from pathlib import Path
 
+from .config import CHOICES
 from .data import DataError
 from .download import DownloadError
 
 
 def _add_data_options(p: argparse.ArgumentParser, split_default: str = "official") -> None:
-    p.add_argument("--split", choices=["official", "stratified"], default=split_default,
+    p.add_argument("--split", choices=CHOICES["split"], default=split_default,
                    help="official: split.json; stratified: Arevalo et al.'s sampling (rarest genre first, 0.6/0.1/0.3)")
-    p.add_argument("--modalities", choices=["any", "both"], default="any",
+    p.add_argument("--modalities", choices=CHOICES["modalities"], default="any",
                    help="any: every movie (missing poster/plot masked); both: only movies with a poster and a plot")
     p.add_argument("--strict", action="store_true", help="stop at the first bad input instead of skipping it")
-    p.add_argument("--plot-mode", choices=["join", "longest"], default="join",
+    p.add_argument("--plot-mode", choices=CHOICES["plot_mode"], default="join",
                    help="join all plot paragraphs, or keep the longest one (Arevalo et al.)")
     p.add_argument("--split-seed", type=int, default=1234, help="seed of the stratified split")
 
@@ -43,12 +44,14 @@ def cmd_data_summary(args) -> int:
 def cmd_features(args) -> int:
     from .encoders import create_encoder
     from .distributed import resolve_device
-    from .features import dataset_features, default_cache_dir
+    from .features import dataset_features
+    from .paths import cache_root
     from .summary import data_summary, format_data_line
 
     ds = _load(args)
-    cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    print(f"{format_data_line(data_summary(ds), args.modalities)}\ncache: {cache_dir}")
+    cache_dir = Path(args.cache_dir) if args.cache_dir else cache_root()
+    print(f"{format_data_line(data_summary(ds), args.modalities)}
+cache: {cache_dir}")
     for name, kwargs in ((args.text, {"pooling": args.pooling}), (args.image, {})):
         if not name:
             continue
@@ -77,12 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--text", default="minilm-l6", help="text encoder name, HF id or folder ('' to skip)")
     p.add_argument("--image", default="efficientnet-lite0", help="image encoder name, HF id or folder ('' to skip)")
-    p.add_argument("--pooling", choices=["cls", "mean"], default="cls")
+    p.add_argument("--pooling", choices=CHOICES["pooling"], default="cls")
     p.add_argument("--sequences", action="store_true", help="also store fp16 token/patch sequences")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--cache-dir", default=None, help="default: $GENREFUSION_CACHE or ~/.cache/genrefusion")
     p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cuda, cuda:1, cpu")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+    p.add_argument("--precision", choices=CHOICES["precision"], default="auto",
                    help="autocast while encoding (auto: bf16 on a GPU, fp32 on the CPU); part of the cache key")
     p.add_argument("--num-workers", type=int, default=None,
                    help="processes preparing batches ahead of the encoder (default: 0 on CPU, up to 12 on GPU)")
@@ -98,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("grid", help="the thesis grid: 4 unimodal + 5 fusion models, tables 6 and 7")
     p.add_argument("--preset", default="thesis")
     p.add_argument("--data", required=True)
-    p.add_argument("--split", choices=["official", "stratified"], default="official")
-    p.add_argument("--modalities", choices=["any", "both"], default="any")
+    p.add_argument("--split", choices=CHOICES["split"], default="official")
+    p.add_argument("--modalities", choices=CHOICES["modalities"], default="any")
     p.add_argument("--encoders", choices=["offline", "thesis", "clip"], default="offline",
                    help="offline: pretrained stand-ins that ship on PyPI; thesis: BERT/RoBERTa/ResNet50/ViT from the "
                         "hub; clip: CLIP ViT-B/32 text and image towers (hub) as the fused pair")
@@ -180,9 +183,9 @@ def cmd_grid(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .distributed import init_from_env, is_main
-
     args = build_parser().parse_args(argv)
+    from .distributed import init_from_env, is_main  # after parsing: torch is not needed for --help
+
     # Under torchrun: join the process group; every rank runs the command, only rank 0 prints (errors still show).
     if init_from_env() and not is_main():
         sys.stdout = open(os.devnull, "w")

@@ -12,6 +12,18 @@ from typing import Any
 import yaml
 
 
+# The allowed values of every config key that takes one of a few words: validate() checks them, and the CLI's
+# options of the same name (--split, --pooling, ...) offer exactly these (argparse `choices`).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "split": ("official", "stratified"), "modalities": ("any", "both"), "plot_mode": ("join", "longest"),
+    "pooling": ("cls", "mean"), "cross_attention": ("pooled", "sequence"),
+    "input_norm": ("none", "layernorm"), "late_weights": ("scalar", "per_genre"),
+    "loss": ("bce", "bce-posweight", "focal", "asl"),
+    "scheduler": ("plateau", "cosine"), "threshold_mode": ("fixed", "global", "per_genre"),
+    "mode": ("features", "end-to-end"), "precision": ("auto", "fp32", "bf16", "fp16"),
+}
+
+
 @dataclass
 class Config:
     # -- data
@@ -58,15 +70,7 @@ class Config:
     name: str | None = None  # run folder name; default derived from model and seed
 
     def validate(self) -> "Config":
-        choices = {
-            "split": ("official", "stratified"), "modalities": ("any", "both"), "plot_mode": ("join", "longest"),
-            "pooling": ("cls", "mean"), "cross_attention": ("pooled", "sequence"),
-            "input_norm": ("none", "layernorm"), "late_weights": ("scalar", "per_genre"),
-            "loss": ("bce", "bce-posweight", "focal", "asl"),
-            "scheduler": ("plateau", "cosine"), "threshold_mode": ("fixed", "global", "per_genre"),
-            "mode": ("features", "end-to-end"), "precision": ("auto", "fp32", "bf16", "fp16"),
-        }
-        for key, allowed in choices.items():
+        for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"config {key}={getattr(self, key)!r}: expected one of {allowed}")
         if self.batch_size < 1 or self.epochs < 1 or self.lr <= 0:

@@ -96,11 +96,6 @@ def _comm_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
-
-
 def all_reduce_sum(value: int | float) -> int | float:
     """Sum a Python number over ranks (also a synchronisation point)."""
     if not is_distributed():

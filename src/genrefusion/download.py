@@ -29,7 +29,6 @@ from typing import BinaryIO
 from tqdm.auto import tqdm
 
 DEFAULT_URL = "http://lisi1.unal.edu.co/mmimdb/mmimdb.tar.gz"
-DATASET_PAGE = "http://lisi1.unal.edu.co/mmimdb/"
 URL_ENV, SHA256_ENV = "GENREFUSION_MMIMDB_URL", "GENREFUSION_MMIMDB_SHA256"
 ARCHIVE_NAME, FOLDER_NAME = "mmimdb.tar.gz", "mmimdb"
 CHUNK = 1 << 20

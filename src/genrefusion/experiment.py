@@ -22,7 +22,7 @@ from .config import Config, save_config
 from .data import MovieDataset, load_dataset
 from .distributed import is_main, resolve_device
 from .features import FeatureTable, dataset_features
-from .fusion import create_model
+from .fusion import create_model, get_model_spec
 from .labels import GENRES
 from .losses import create_loss, pos_weight_from_labels
 from .metrics import compute_metrics, tune_thresholds
@@ -33,8 +33,13 @@ ANALYSIS_KEYS = ("gate", "modality_weights", "alpha")  # GMU image share, attent
 
 
 def model_modalities(name: str) -> tuple[str, ...]:
-    """Which modalities a registered model reads (asked of a throwaway instance, so the registry stays the truth)."""
-    return tuple(create_model(name, text_dim=4, image_dim=4).modalities)
+    """Which modalities a registered model reads (its registry spec says)."""
+    return get_model_spec(name).modalities
+
+
+def reads_sequences(cfg: Config) -> bool:
+    """Whether the configured model reads token/patch sequences rather than pooled vectors."""
+    return get_model_spec(cfg.model).reads_sequences(model_kwargs(cfg))
 
 
 def encoder_kwargs(cfg: Config, modality: str) -> dict[str, Any]:
@@ -55,14 +60,13 @@ def build_encoder(cfg: Config, modality: str):
 
 
 def model_kwargs(cfg: Config) -> dict[str, Any]:
+    """The configured model's constructor options: the ones every model takes, modality dropout for models that
+    read two modalities, and the model's own options as its registry spec derives them from the config."""
+    spec = get_model_spec(cfg.model)
     kw: dict[str, Any] = {"head_dropout": tuple(cfg.head_dropout), "input_norm": cfg.input_norm}
-    if cfg.model not in ("text", "image"):
+    if len(spec.modalities) > 1:
         kw["modality_dropout"] = cfg.modality_dropout
-    if cfg.model == "cross-attention":
-        kw["variant"] = cfg.cross_attention
-    if cfg.model == "late":
-        kw["per_genre"] = cfg.late_weights == "per_genre"
-    return kw
+    return {**kw, **spec.config_options(cfg)}
 
 
 def build_model(cfg: Config, dims: dict[str, int]):
@@ -123,7 +127,7 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None, features: F
             log(format_data_line(data_summary(dataset), cfg.modalities))
     timings["data_s"] = time.perf_counter() - t
     modalities = model_modalities(cfg.model)
-    sequences = cfg.model == "cross-attention" and cfg.cross_attention == "sequence"
+    sequences = reads_sequences(cfg)
     extra_groups = None
     if cfg.mode == "features":
         if features is None:

@@ -4,8 +4,8 @@
            w.r.t. the image encoder's last spatial map (CNNs: the final conv map, 7x7 for EfficientNet-Lite0 at
            224 px; ViTs: the patch tokens entering the last block, which the [CLS] output attends over). Channel
            weights = the gradient averaged over positions; map = ReLU(sum of weighted channels), scaled to [0, 1];
-           a joined image encoder ("a+b") gets the mean of its parts' maps on the finest part's grid.
-           pytorch-grad-cam would need torchvision, which this project does not install, so this is plain autograd.
+           a joined image encoder ("a+b") gets the mean of its parts' maps on the finest part's grid. Computed by
+           captum's LayerGradCam at the layer each encoder exposes (ImageEncoder.grad_cam_layer).
   plot     Integrated gradients (captum's LayerIntegratedGradients) over the text encoder's word embeddings,
            from a baseline where every word is [PAD] (special tokens kept), summed over each word's sub-tokens.
   modality The occlusion contribution of Predictor.predict (prediction change when a modality is replaced by the
@@ -17,7 +17,6 @@ explanation.json; the web page draws the same numbers from POST /explain.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -55,67 +54,46 @@ def explain(predictor, poster: Image.Image | None, plot: str | None, genre: str 
 
 
 # --- poster: Grad-CAM ---------------------------------------------------------------------------------------------
-def _tokens(fmap):
-    return fmap.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C)
-
-
-def _image_activations(encoder, pixel_values):
-    """Run the image encoder with autograd and return (pooled, sequence, activations, to_tokens): the encoder's
-    usual outputs plus the spatial activations they are computed from, and how to turn those into (B, L, C)
-    grid tokens. Mirrors the encoders' own `features` (encoders/image.py), which keep the map out of reach."""
-    from .encoders import EfficientNetLiteEncoder, HFImageEncoder
-
-    if isinstance(encoder, EfficientNetLiteEncoder):
-        fmap = encoder.model.extract_features(pixel_values)
-        return fmap.mean((2, 3)), _tokens(fmap), fmap, _tokens
-    if isinstance(encoder, HFImageEncoder):
-        out = encoder.model(pixel_values=pixel_values, output_hidden_states=True, **encoder._forward_kwargs)
-        hidden = out.last_hidden_state
-        if hidden.dim() == 4:  # CNN: the last feature map itself
-            pooled = out.pooler_output.flatten(1) if out.pooler_output is not None else hidden.mean((2, 3))
-            return pooled, _tokens(hidden), hidden, _tokens
-        # Transformer: the last block's output patches do not feed [CLS] (the pooled vector), its input patches do.
-        n = encoder._n_prefix
-        pooled = out.pooler_output if encoder._use_pooler else hidden[:, 0]
-        return pooled, hidden[:, n:], out.hidden_states[-2], lambda t: t[:, n:]
-    raise ValueError(f"no Grad-CAM for image encoder {type(encoder).__name__}")
-
-
 def grad_cam(predictor, poster: Image.Image, base: dict, target: int) -> dict[str, Any]:
-    """Grad-CAM map (scaled to [0, 1]) of `target`'s logit over the poster. A joined image encoder (ConcatEncoder)
-    gets one map per part, each from that part's own activations; the parts see the poster on different grids
-    (7x7 for a CNN at 224 px, 16x16 for a ViT-S/14), so each map is resized to the finest grid and they are averaged."""
+    """Grad-CAM map (scaled to [0, 1]) of `target`'s logit over the poster, with captum's LayerGradCam at the layer
+    the image encoder names (ImageEncoder.grad_cam_layer). A joined image encoder (ConcatEncoder) gets one map per
+    part, each from that part's own activations with the other parts' pooled vectors held fixed; the parts see the
+    poster on different grids (7x7 for a CNN at 224 px, 16x16 for a ViT-S/14), so each map is resized to the
+    finest grid and they are averaged."""
     import torch
     import torch.nn.functional as F
+    from captum.attr import LayerGradCam
 
     from .encoders import ConcatEncoder
 
     enc = predictor.encoders["image"]
     parts = list(enc.parts) if isinstance(enc, ConcatEncoder) else [enc]
-    with torch.enable_grad():
-        outs = [_image_activations(p, p.preprocess([poster])["pixel_values"].to(p.device)) for p in parts]
-        batch = dict(base, image=torch.cat([o[0].float() for o in outs], dim=-1))
-        if predictor.sequences:  # sequence models read one encoder (a joined encoder has no sequence)
-            sequence = outs[0][1]
-            batch["image_seq"] = sequence.float()
-            batch["image_seq_mask"] = torch.ones(sequence.shape[:2], dtype=torch.bool, device=sequence.device)
-        logit = predictor.head(batch)["logits"][0, target]
-        grads = torch.autograd.grad(logit, [o[2] for o in outs])
+    pixels = [p.preprocess([poster])["pixel_values"].to(p.device) for p in parts]
+    with torch.no_grad():
+        fixed = [p.encode({"pixel_values": x}).pooled for p, x in zip(parts, pixels)]
     cams = []
-    for (_, _, acts, to_tokens), grad in zip(outs, grads):
-        a, g = to_tokens(acts.detach())[0].float(), to_tokens(grad)[0].float()  # (L, C)
-        cam = torch.relu(a @ g.mean(0))
-        side = math.isqrt(len(cam))
-        if side * side != len(cam):
-            raise ValueError(f"image encoder grid of {len(cam)} positions is not square")
+    for i, part in enumerate(parts):
+        def logits(pixel_values, i=i, part=part):  # the head's logits as a function of part i's input
+            out = part.encode({"pixel_values": pixel_values}, return_sequence=predictor.sequences)
+            pooled = [out.pooled if j == i else f for j, f in enumerate(fixed)]
+            batch = dict(base, image=enc.join(pooled) if len(parts) > 1 else out.pooled)
+            if predictor.sequences:  # sequence models read one encoder (a joined encoder has no sequence)
+                batch["image_seq"], batch["image_seq_mask"] = out.sequence, out.mask
+            return predictor.head(batch)["logits"]
+
+        with torch.enable_grad(), part.grad_cam_layer() as layer:
+            cam = LayerGradCam(logits, layer).attribute(pixels[i], target=target, relu_attributions=True)
+        cam = cam.detach()[0, 0].float()  # (h, w): ReLU(sum over channels of activation x mean gradient)
         peak = float(cam.max())
-        cams.append((cam / peak if peak > 0 else cam).reshape(side, side))
+        cams.append(cam / peak if peak > 0 else cam)
     side = max(len(c) for c in cams)
     grid = torch.stack([F.interpolate(c[None, None], size=(side, side), mode="bilinear", align_corners=False)[0, 0]
                         if len(c) != side else c for c in cams]).mean(0)
     peak = float(grid.max())
     grid = grid / peak if peak > 0 else grid
-    return {"method": "grad-cam", "grid": grid.cpu().numpy().round(4).tolist(), "logit": logit.item()}
+    with torch.no_grad():
+        logit = float(logits(pixels[-1])[0, target])
+    return {"method": "grad-cam", "grid": grid.cpu().numpy().round(4).tolist(), "logit": logit}
 
 
 # --- plot: integrated gradients over word embeddings --------------------------------------------------------------
@@ -123,8 +101,11 @@ def word_attributions(predictor, plot: str, base: dict, target: int, steps: int 
     import torch
     from captum.attr import LayerIntegratedGradients
 
+    from .encoders.text import normalise_text
+
     enc = predictor.encoders["text"]
-    text = enc._prepare([plot])[0]  # the text the encoder reads (normalised when the encoder normalises)
+    # the text the encoder tokenises: normalised first when the encoder is configured to (TextEncoder.preprocess)
+    text = normalise_text(plot) if enc.normalise_text else plot
     tok = enc.tokenizer(text, truncation=True, max_length=enc.max_length, return_offsets_mapping=True,
                         return_tensors="pt")
     word_ids, offsets = tok.word_ids(0), tok.pop("offset_mapping")[0].tolist()

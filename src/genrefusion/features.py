@@ -45,14 +45,11 @@ from . import shards as shard_io
 from .atomic import remove_stale_tmp
 from .data import Movie, MovieDataset
 from .fingerprints import PRECISIONS, resolve_precision  # noqa: F401  (public here since before fingerprints.py)
+from .paths import cache_root
 
 SHARD_BATCHES = 8  # batches per shard: bounds the work lost to a kill and the number of files
 REPAIR_ATTEMPTS = 3  # extract + load rounds before a cache whose fresh shards still fail is reported as broken
 logger = logging.getLogger(__name__)
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("GENREFUSION_CACHE") or Path.home() / ".cache" / "genrefusion")
 
 
 @dataclass
@@ -101,7 +98,7 @@ class FeatureCache:
         # Shards name the identity hash; the folder keeps the key of earlier releases (fp32 without precision).
         self.fingerprint = fingerprints.identity_sha256(fp, self.precision)
         key = fingerprints.cache_key(fp, self.precision)
-        self.dir = Path(cache_dir or default_cache_dir()) / "features" / f"{_slug(encoder.name)}-{key[:16]}"
+        self.dir = Path(cache_dir or cache_root()) / "features" / f"{_slug(encoder.name)}-{key[:16]}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.discarded: list[tuple[Path, str]] = []  # shards found damaged and deleted, with the reason
         self._check_encoder_json(fp)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -19,41 +18,11 @@ from .config import Config, load_config, save_config
 from .data import load_dataset
 from .distributed import is_main
 from .encoders.concat import SEPARATOR
-from .experiment import Features, load_features, run_experiment
+from .experiment import Features, load_features, reads_sequences, run_experiment
 from .metrics import format_table
+from .report import write_report
 from .stats import mean_std
-
-# slot -> (modality, offline stand-in, the thesis's own hub encoder)
-SLOTS: dict[str, tuple[str, str, str]] = {
-    "BERT": ("text", "minilm-l6", "bert-base-uncased"),
-    "RoBERTa": ("text", "mpnet-base", "roberta-base"),
-    "ResNet50": ("image", "efficientnet-lite0", "resnet50"),
-    "ViT": ("image", "dinov2-vits14", "vit-base-patch16-224"),
-}
-FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT = "BERT", "ResNet50"
-
-
-@dataclass(frozen=True)
-class Row:
-    name: str  # the thesis's row name
-    kind: str  # unimodal | fusion
-    model: str  # registered model name
-    text_slot: str | None
-    image_slot: str | None
-
-
-ROWS: tuple[Row, ...] = (
-    Row("ResNet50", "unimodal", "image", None, "ResNet50"),
-    Row("ViT", "unimodal", "image", None, "ViT"),
-    Row("BERT", "unimodal", "text", "BERT", None),
-    Row("RoBERTa", "unimodal", "text", "RoBERTa", None),
-    Row("Early Fusion", "fusion", "early", FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT),
-    Row("Late Fusion", "fusion", "late", FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT),
-    Row("Attention Fusion", "fusion", "attention", FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT),
-    Row("GMU", "fusion", "gmu", FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT),
-    Row("Cross-Attention", "fusion", "cross-attention", FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT),
-)
-
+from .thesis import FUSION_IMAGE_SLOT, FUSION_TEXT_SLOT, ROWS, SLOTS, Row
 
 # Named encoder sets: offline stand-ins (default), the thesis's hub models, and CLIP's two towers as the fused pair
 # (hub weights, for GPU users; the other two rows keep the thesis's models).
@@ -142,9 +111,9 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
         modality = slot_modality(slot)
         cfg = base.replace(**{f"{modality}_encoder": slots[slot]})
         t_slot = time.perf_counter()
-        # Sequence cross-attention reads token/patch sequences of the two fusion slots; everything else is pooled.
-        sequences = base.cross_attention == "sequence" and slot in fuse \
-            and any(r.model == "cross-attention" for r in selected)
+        # Token/patch sequences only for slots that a sequence-reading model (cross_attention=sequence) reads.
+        sequences = any(slot in (r.text_slot, r.image_slot) and reads_sequences(base.replace(model=r.model))
+                        for r in selected)
         feats, _ = load_features(cfg, dataset, (modality,), sequences=sequences)
         tables[slot] = getattr(feats, modality)
         log(f"features {slot:<8} <- {slots[slot]:<20} {tables[slot].dim:>5}-d  "
@@ -195,13 +164,8 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
     log("")
     log(tables_txt)
     if report:
-        try:
-            from .report import write_report
-        except ImportError:  # reports are optional to the grid itself
-            write_report = None
-        if write_report is not None:
-            paths = write_report(out)
-            log(f"report: {paths['markdown']}  {paths['html']}")
+        paths = write_report(out)
+        log(f"report: {paths['markdown']}  {paths['html']}")
     log(f"\nresults: {out}  (features {features_s:.1f} s, training+evaluation {train_s:.1f} s, "
         f"total {time.perf_counter() - t_start:.1f} s)")
     grid["out"] = str(out)

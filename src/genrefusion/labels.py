@@ -10,7 +10,6 @@ GENRES: tuple[str, ...] = (
     "Documentary", "Sci-Fi", "Fantasy", "Family", "Biography", "War", "History", "Music", "Animation",
     "Musical", "Western", "Sport", "Short", "Film-Noir",
 )
-GENRE_INDEX = {g: i for i, g in enumerate(GENRES)}
 
 # IMDb spells a few genres differently across sources; map them onto the benchmark's spelling.
 _ALIASES = {"science fiction": "Sci-Fi", "sci fi": "Sci-Fi", "scifi": "Sci-Fi", "film noir": "Film-Noir",

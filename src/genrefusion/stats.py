@@ -118,8 +118,21 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, Real) and not isinstance(v, bool)
 
 
+def seed_mean_std(values: Sequence[float]) -> dict[str, float]:
+    """{"mean", "std"} of one number over seeds: the sample std (ddof=1), 0 for a single value."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        raise ValueError("seed_mean_std needs at least one value")
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0}
+
+
+def seed_summary(values: Sequence[float]) -> float | dict[str, float]:
+    """What a table shows for one number over seeds: the value itself for one seed, else seed_mean_std."""
+    return float(values[0]) if len(values) == 1 else seed_mean_std(values)
+
+
 def mean_std(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
-    """Aggregate metrics dicts from several runs (seeds) into {key: {"mean", "std"}}.
+    """Aggregate metrics dicts from several runs (seeds) into {key: {"mean", "std"}} (seed_mean_std per key).
 
     Every top-level key whose value is a number in *every* run is aggregated; nested values
     (per_genre), lists (per-genre thresholds, label names) and keys that are None or missing in some
@@ -128,12 +141,8 @@ def mean_std(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
     if len(runs) == 0:
         raise ValueError("mean_std needs at least one metrics dict")
     keys = [k for k in runs[0] if all(_is_number(r.get(k)) for r in runs)]
-    out = {}
-    for k in keys:
-        values = np.array([float(r[k]) for r in runs])
-        std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        out[k] = {"mean": float(values.mean()), "std": std}
-    return out
+    return {k: seed_mean_std([float(r[k]) for r in runs]) for k in keys}
 
 
-__all__ = ["BOOTSTRAP_METRICS", "mean_std", "paired_bootstrap", "resampled_scores"]
+__all__ = ["BOOTSTRAP_METRICS", "mean_std", "paired_bootstrap", "resampled_scores", "seed_mean_std",
+           "seed_summary"]

@@ -227,11 +227,12 @@ def fit(model: nn.Module, batch_fn: BatchFn, y: torch.Tensor, train_idx: Iterabl
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
         step_sched = None
-    else:  # linear warm-up then cosine decay, stepped per batch
-        total = steps_per_epoch * cfg.epochs
-        warm = int(round(cfg.warmup_epochs * steps_per_epoch))
-        lam = lambda s: (s + 1) / max(warm, 1) if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(total - warm, 1)))  # noqa: E731
-        step_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lam)
+    else:  # linear warm-up from 0, then cosine decay to 0 at the last step; stepped per batch
+        from transformers import get_cosine_schedule_with_warmup
+
+        step_sched = get_cosine_schedule_with_warmup(
+            optimizer, num_warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)),
+            num_training_steps=steps_per_epoch * cfg.epochs)
         plateau = None
     generator = torch.Generator().manual_seed(cfg.seed)
     result = TrainResult()

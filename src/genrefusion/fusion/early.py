@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from . import register_model
 from .base import GenreModel
+from .registry import register_model
 
 
 @register_model("early")

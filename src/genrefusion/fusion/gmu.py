@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import register_model
 from .base import GenreModel
+from .registry import register_model
 
 
 @register_model("gmu")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import register_model
 from .base import GenreModel
+from .registry import register_model
 
 
-@register_model("late")
+# late_weights=per_genre: one image share per genre instead of one for the whole model
+@register_model("late", config_options=lambda cfg: {"per_genre": cfg.late_weights == "per_genre"})
 class LateFusion(GenreModel):
     def __init__(self, text_dim: int, image_dim: int, num_labels: int = 23, *, per_genre: bool = False, **common):
         super().__init__(text_dim, image_dim, num_labels, **common)

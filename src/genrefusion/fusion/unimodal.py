@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from . import register_model
 from .base import GenreModel
+from .registry import register_model
 
 
 class UnimodalModel(GenreModel):
@@ -21,11 +21,11 @@ class UnimodalModel(GenreModel):
         return {"logits": self.head(self.prepare(batch)[self.modality])}
 
 
-@register_model("text")
+@register_model("text", modalities=("text",))
 def text_only(text_dim: int, image_dim: int | None = None, num_labels: int = 23, **kwargs) -> UnimodalModel:
     return UnimodalModel("text", text_dim, image_dim, num_labels, **kwargs)
 
 
-@register_model("image")
+@register_model("image", modalities=("image",))
 def image_only(text_dim: int | None, image_dim: int, num_labels: int = 23, **kwargs) -> UnimodalModel:
     return UnimodalModel("image", text_dim, image_dim, num_labels, **kwargs)

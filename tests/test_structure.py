@@ -1,0 +1,212 @@
+"""The package's structure: no import cycle, no module over 500 lines, no swallowed ImportError, a cheap
+`genrefusion --help`, one home for the thesis's numbers and for the config's choices, and explain.py using only the
+encoders' public interface. Read from the source with `ast`, so a violation fails here with the module named."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+PACKAGE = REPO / "src" / "genrefusion"
+MAX_LINES = 500
+
+
+def _modules() -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the package (a package is its __init__.py)."""
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """Package modules that `name` imports anywhere in its file (imports inside functions count: a lazy import
+    still ties the two modules together), except under `if TYPE_CHECKING:`."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and _is_type_checking(node)
+            for stmt in node.body for n in ast.walk(stmt)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            # `from X import y`: the submodule X.y when there is one, else X itself
+            targets = [f"{source}.{a.name}" if f"{source}.{a.name}" in MODULES else source for a in node.names]
+        else:
+            continue
+        for t in targets:
+            while t and t not in MODULES:  # `import genrefusion.fusion.gmu` -> that module; stdlib etc. -> nothing
+                t = t.rpartition(".")[0]
+            if t and t != name:
+                found.add(t)
+    return found
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), each as a sorted list."""
+    index, low, stack, on_stack, out = {}, {}, [], set(), []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert import_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycle_inside_the_package():
+    graph = {name: _imports(name, path) for name, path in MODULES.items()}
+    cycles = import_cycles(graph)
+    assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
+    # the graph is read at all: lazy and relative imports are edges
+    assert {"genrefusion.experiment", "genrefusion.report"} <= graph["genrefusion.grid"]
+    assert "genrefusion.fusion.gmu" in graph["genrefusion.fusion"]
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_no_module_over_500_lines(name):
+    n = len(MODULES[name].read_text(encoding="utf-8").splitlines())
+    assert n <= MAX_LINES, f"{MODULES[name].relative_to(REPO)} has {n} lines (at most {MAX_LINES}); split it by job"
+
+
+def test_no_import_error_is_swallowed():
+    """An optional dependency that is missing must be an error that says so, never a silently skipped feature."""
+    silent = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ExceptHandler) and node.type is not None:
+                caught = {n.id for n in ast.walk(node.type) if isinstance(n, ast.Name)}
+                if caught & {"ImportError", "ModuleNotFoundError"} and \
+                        not any(isinstance(n, ast.Raise) for n in ast.walk(node)):
+                    silent.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not silent, f"ImportError caught and not re-raised at {silent}"
+
+
+def test_help_imports_no_heavy_library():
+    """`genrefusion --help` (and building the parser every command starts with) stays fast: no torch, scikit-learn,
+    matplotlib or transformers at parse time; each command imports what it needs when it runs."""
+    code = ("import sys\nfrom genrefusion.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'sklearn', 'matplotlib', "
+            "'transformers', 'safetensors', 'captum'})\nprint('HEAVY', heavy, file=sys.stderr)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
+    assert "usage: genrefusion" in res.stdout, res.stderr[-2000:]
+    assert "HEAVY []" in res.stderr, res.stderr[-2000:]
+
+
+def test_the_thesis_numbers_live_in_thesis_py():
+    from genrefusion import thesis
+
+    published = {v for table in (thesis.THESIS_TABLE6, thesis.THESIS_TABLE7) for row in table.values() for v in row}
+    published |= {v for key in ("unimodal", "fusion") for v in thesis.THESIS_TABLE8[key]}
+    published |= set(thesis.THESIS_SPLIT.values())
+    elsewhere = [f"{path.relative_to(REPO)}:{node.lineno} ({node.value})" for name, path in MODULES.items()
+                 if name != "genrefusion.thesis" for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                 if isinstance(node, ast.Constant) and type(node.value) in (int, float) and node.value in published
+                 and not (isinstance(node.value, int) and node.value < 10000)]
+    assert not elsewhere, f"thesis numbers outside thesis.py: {elsewhere}"
+
+
+def test_cli_choices_are_the_config_choices():
+    """One table of choices (config.CHOICES) serves Config.validate() and every CLI option named like a config key."""
+    import argparse
+
+    from genrefusion.cli import build_parser
+    from genrefusion.config import CHOICES, Config
+
+    seen = set()
+    parsers = [build_parser()]
+    while parsers:
+        parser = parsers.pop()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif action.choices is not None and action.dest in CHOICES:
+                assert tuple(action.choices) == CHOICES[action.dest], (parser.prog, action.dest)
+                seen.add(action.dest)
+    assert {"split", "modalities", "plot_mode", "pooling", "precision"} <= seen
+    for key, allowed in CHOICES.items():
+        for value in allowed:
+            Config(**{key: value}).validate()
+        with pytest.raises(ValueError, match=f"config {key}="):
+            Config(**{key: "not-a-choice"}).validate()
+
+
+def test_explain_uses_only_public_encoder_attributes():
+    """explain.py reads encoders (and models) through their public interface: no `obj._private` outside `self`."""
+    path = PACKAGE / "explain.py"
+    private = [f"line {n.lineno}: .{n.attr}" for n in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+               if isinstance(n, ast.Attribute) and n.attr.startswith("_") and not n.attr.startswith("__")
+               and not (isinstance(n.value, ast.Name) and n.value.id == "self")]
+    assert not private, f"explain.py reads private attributes: {private}"
+
+
+def test_one_cache_root(tmp_path, monkeypatch):
+    """The feature cache and the offline model folders share paths.cache_root(); nothing else reads the variable."""
+    from genrefusion.encoders import offline_weights
+    from genrefusion.paths import CACHE_ENV, cache_root
+
+    readers = [str(path.relative_to(REPO)) for path in MODULES.values()
+               if any(isinstance(n, ast.Constant) and n.value == CACHE_ENV
+                      for n in ast.walk(ast.parse(path.read_text(encoding="utf-8"))))]
+    assert readers == ["src/genrefusion/paths.py"]
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv(CACHE_ENV, "~/cache")
+    assert cache_root() == tmp_path / "cache"  # `~` expanded, for the features as for the models
+    calls = []
+
+    def build(work):
+        calls.append(work)
+        (work / "out").mkdir()
+        return work / "out"
+
+    assert offline_weights.build_once("thing", build) == tmp_path / "cache" / "models" / "thing" and len(calls) == 1
