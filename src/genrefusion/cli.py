@@ -50,8 +50,7 @@ def cmd_features(args) -> int:
 
     ds = _load(args)
     cache_dir = Path(args.cache_dir) if args.cache_dir else cache_root()
-    print(f"{format_data_line(data_summary(ds), args.modalities)}
-cache: {cache_dir}")
+    print(f"{format_data_line(data_summary(ds), args.modalities)}\ncache: {cache_dir}")
     for name, kwargs in ((args.text, {"pooling": args.pooling}), (args.image, {})):
         if not name:
             continue
