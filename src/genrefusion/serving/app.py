@@ -34,7 +34,7 @@ def create_app(predictor, limits: Limits | None = None, *, api_key: str | None =
     its fields, e.g. max_body_bytes=...) bound what it accepts; `api_key` turns on the bearer key."""
     import dataclasses
 
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI, Query, Request
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import FileResponse
     from fastapi.staticfiles import StaticFiles
@@ -84,7 +84,7 @@ def create_app(predictor, limits: Limits | None = None, *, api_key: str | None =
         batch_fields["plot"] = (str | None, Field(None, min_length=1, max_length=limits.max_plot_chars,
                                                   pattern=schema.NOT_BLANK_PATTERN, description=plot["description"]))
     if "image" in mods:
-        b64 = Annotated[str, Field(min_length=4, pattern=schema.BASE64_PATTERN, json_schema_extra={"format": "byte"})]
+        b64 = Annotated[str, Field(json_schema_extra={"format": "byte"})]  # base64: checked when decoded
         batch_fields["poster_base64"] = (b64 | None, Field(
             None, description="the poster file's bytes, base64-encoded; " + schema.poster_description(limits)))
     names = [{"text": "plot", "image": "poster_base64"}[m] for m in mods]
@@ -253,24 +253,24 @@ def create_app(predictor, limits: Limits | None = None, *, api_key: str | None =
 
         return await run_in_threadpool(run)
 
+    genre_query = Query(None, description="genre to explain (default: the most probable predicted genre)")
+    GenreName = Annotated[str, Field(json_schema_extra={"enum": list(predictor.genres)})]  # noqa: N806
+
     @app.post("/explain", response_model=Explanation, responses=errors_for(True),
-              openapi_extra={"requestBody": schema.form_body(predictor, limits, explain=True)})
-    async def explain_movie(request: Request):
+              openapi_extra={"requestBody": schema.form_body(predictor, limits)})
+    async def explain_movie(request: Request, genre: GenreName | None = genre_query,
+                            steps: int = Query(16, ge=1, le=64, description="integrated-gradients steps (plot)")):
         from ..explain import explain
 
-        form = await read_form(request, predict_fields + ("genre", "steps"))
-        genre = form.get("genre")
         if genre is not None and genre not in predictor.genres:
             raise InputError(f"genre: unknown genre {genre[:100]!r}; the model's genres are "
                              f"{', '.join(predictor.genres)}", field="genre")
-        steps = form.get("steps", "16")
-        if not (steps.isascii() and steps.isdigit() and 1 <= int(steps) <= 64):
-            raise InputError(f"steps: expected a whole number from 1 to 64, got {steps[:20]!r}", field="steps")
+        form = await read_form(request, predict_fields)
 
         def run():
             image, plot = prepare(form)
             t0 = time.perf_counter()
-            result = explain(predictor, image, plot, genre, int(steps))
+            result = explain(predictor, image, plot, genre, steps)
             result["seconds"] = time.perf_counter() - t0
             return result
 

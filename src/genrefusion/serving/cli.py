@@ -53,8 +53,11 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, device: 
     from .app import create_app
     from .protocol import uvicorn_config
 
+    from .limits import tune_malloc
+
     limits = limits or Limits()
     api_key = read_api_key(api_key_file)
+    tune_malloc()
     predictor = load_model(model, device=device)
     app = create_app(predictor, limits, api_key=api_key)
     print(f"genrefusion: {predictor.fusion} model from {model} at http://{host}:{port}/ "

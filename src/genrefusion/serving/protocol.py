@@ -22,6 +22,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from .errors import raw_response
 from .limits import Limits
 
+LINGER_S = 2.0  # how long a refused connection's input is still read (and dropped) before the socket is closed
+
 
 class GuardedH11Protocol(H11Protocol):
     limits: Limits = Limits()
@@ -31,6 +33,7 @@ class GuardedH11Protocol(H11Protocol):
         self._header_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._timed_cycle = None  # the request whose body deadline is armed
+        self._refused = False
 
     # -- connection limit ------------------------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -44,6 +47,8 @@ class GuardedH11Protocol(H11Protocol):
 
     # -- deadlines -------------------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # answered and closing: what still arrives is dropped
         super().data_received(data)
         self._update_timers()
         if self._waiting_for_headers() and self._header_timer is None and not self.transport.is_closing():
@@ -109,10 +114,18 @@ class GuardedH11Protocol(H11Protocol):
                          f"request body not complete within {self.limits.body_timeout_s:g} s of its headers")
 
     def _refuse(self, status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> None:
+        """Answer and end the connection. Closing a socket with unread input makes the kernel send a reset, which
+        can reach the client before the answer does; so the answer goes out with a FIN, input is read and dropped
+        until the client closes or LINGER_S passes, and only then is the socket closed."""
         self._cancel_header_timer()
         self._cancel_body_timer()
+        self._refused = True
         self.transport.write(raw_response(status, reason, message, headers))
-        self.transport.close()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(LINGER_S, self.transport.close)
+        else:
+            self.transport.close()
 
     def connection_lost(self, exc) -> None:
         self._cancel_header_timer()

@@ -2,7 +2,7 @@
 
 What a schema can express is expressed: which fields this model needs (a text-only model requires `plot`, a
 fusion model trained with missing modalities takes a plot or a poster: JSON Schema's anyOf/required), a plot's
-length and that it is not blank, base64's alphabet, the batch size, the genre names `/explain` knows, and every
+length and that it is not blank, the batch size, the genre names `/explain` knows, and every
 status each route can answer with, all with the one error body (errors.py). What it cannot express is said in the
 descriptions: a poster must be an image file PIL can decode, of at most `max_image_pixels` declared pixels.
 """
@@ -15,8 +15,6 @@ from .limits import Limits
 
 FIELD = {"text": "plot", "image": "poster"}
 POSTER_TYPES = "image/jpeg, image/png, image/webp, image/gif, image/bmp"
-# Base64 exactly as base64.b64decode(validate=True) accepts it: groups of 4, '=' padding only at the end.
-BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 # "Not blank": at least one character str.strip() keeps (Python's whitespace, spelled out so that every regex
 # engine, the schema's readers' and pydantic's, agrees with the server's check_plot on what blank means).
 _SPACES = "".join(f"\\u{i:04x}" for i in range(0x10000) if chr(i).isspace())
@@ -105,28 +103,25 @@ def poster_description(limits: Limits) -> str:
             "in its header (checked before decoding), complete and not corrupt")
 
 
-def form_body(predictor, limits: Limits, explain: bool = False) -> dict[str, Any]:
-    """The request body of /predict and /explain: multipart/form-data (urlencoded too, when a plot alone will do)."""
+def form_body(predictor, limits: Limits) -> dict[str, Any]:
+    """The request body of /predict and /explain: multipart/form-data (urlencoded too, when a plot alone will do).
+    "A plot or a poster" is `minProperties: 1` over exactly those two properties rather than anyOf/required:
+    the same set of bodies, and one that fuzzers can negate correctly even with a binary field in it."""
     mods, all_required = required_fields(predictor)
     props: dict[str, Any] = {}
     if "image" in mods:
         props["poster"] = {"type": "string", "format": "binary", "description": poster_description(limits)}
     if "text" in mods:
         props["plot"] = plot_schema(limits)
-    if explain:
-        props["genre"] = {"type": "string", "enum": list(predictor.genres),
-                          "description": "genre to explain (default: the most probable predicted genre)"}
-        props["steps"] = {"type": "integer", "minimum": 1, "maximum": 64, "default": 16,
-                          "description": "integrated-gradients steps over the plot"}
-    need = requirement([FIELD[m] for m in mods], all_required)
+    need = {"required": list(props)} if all_required or len(props) == 1 else {"minProperties": 1}
     content = {"multipart/form-data": {
         "schema": {"type": "object", "properties": props, "additionalProperties": False, **need},
         **({"encoding": {"poster": {"contentType": POSTER_TYPES}}} if "poster" in props else {})}}
     if "text" in mods and not (all_required and "image" in mods):  # a plot alone is enough: a plain form works
-        text_props = {k: v for k, v in props.items() if k != "poster"}
         content["application/x-www-form-urlencoded"] = {"schema": {
-            "type": "object", "properties": text_props, "additionalProperties": False, "required": ["plot"]}}
-    what = " and ".join(FIELD[m] for m in mods) if all_required else " and/or ".join(FIELD[m] for m in mods)
+            "type": "object", "properties": {"plot": props["plot"]}, "additionalProperties": False,
+            "required": ["plot"]}}
+    what = " and ".join(props) if all_required else " and/or ".join(props)
     return {"required": True, "description": f"This model needs {what}.", "content": content}
 
 
