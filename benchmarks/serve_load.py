@@ -20,7 +20,6 @@ import collections
 import io
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -220,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             with httpx2.Client(base_url=url, timeout=300, trust_env=False) as c:
                 request(uploads, lambda: c.post("/predict", files={"poster": ("huge.png", big, "image/png")}))
 
+        sampler.reset()
         threads = [threading.Thread(target=upload) for _ in range(args.uploads)]
         for t in threads:
             t.start()

@@ -395,3 +395,25 @@ def test_page_in_headless_chromium(browser, base_url, client, tmp_path, request)
     page.wait_for_selector("body[data-state=explained]", timeout=60_000)
     assert page.locator("#error").is_hidden()
     page.close()
+
+
+def test_page_asks_for_the_api_key(browser, predictor):
+    """With an API key on, the page (public) asks for the key, then predicts with it; a busy or refused request shows
+    the server's message."""
+    key = "page-test-key-0123456789"
+    with LoopbackServer(create_app(predictor, api_key=key)) as url:
+        page = browser.new_page()
+        page.goto(url + "/")
+        page.wait_for_selector("#key-box:not([hidden])")
+        assert "needs an API key" in page.inner_text("#model-info")
+        page.fill("#plot", "space ship alien world")
+        page.click("#submit")
+        page.wait_for_selector("#error:not([hidden])")
+        assert "API key" in page.inner_text("#error")
+        page.fill("#api-key", key)
+        page.dispatch_event("#api-key", "change")
+        page.wait_for_function("document.getElementById('model-info').textContent.includes('gmu')")
+        page.click("#submit")
+        page.wait_for_selector("body[data-state=explained]", timeout=60_000)
+        assert page.locator("#bars .row").count() == 23 and page.locator("#error").is_hidden()
+        page.close()

@@ -4,7 +4,7 @@
 
     POST /predict         multipart: `poster` (image file) and/or `plot` (text) -> genre probabilities
     POST /predict/batch   JSON {"movies": [{"id", "plot", "poster_base64"}, ...]} -> one result per movie
-    POST /explain         multipart like /predict (+ optional `genre`, `steps`) -> Grad-CAM grid, word attributions
+    POST /explain         multipart like /predict (?genre=...&steps=... optional) -> Grad-CAM grid, word attributions
     GET  /health, GET /model (encoders, fusion, genres, thresholds, limits)
 
 Every error is answered with one body, `{"code", "message", "field"}` (errors.py), and the server keeps serving.
