@@ -186,6 +186,9 @@ def test_errors_never_echo_large_inputs(client, openapi):
     r = client.post("/predict/batch", json={"movies": [{"plot": "a", huge_key: 1}]})
     assert_error(r, 422, "Extra inputs", openapi, "/predict/batch")
     assert len(r.content) < 1000
+    r = client.post("/predict", files={huge_key[:1000]: ("x.txt", b"x", "text/plain")})
+    assert_error(r, 422, "unknown field", openapi, "/predict")
+    assert len(r.content) < 1000
     r = client.post("/predict/batch", json={"movies": [{"plot": "x" * 30_000}]})
     assert_error(r, 422, "movies[0].plot", openapi, "/predict/batch")
     assert len(r.content) < 1000

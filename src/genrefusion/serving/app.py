@@ -43,7 +43,7 @@ def create_app(predictor, limits: Limits | None = None, *, api_key: str | None =
     from .. import __version__
     from ..predict import InputError, check_plot, decode_poster, poster_decode_pixels
     from . import schema
-    from .errors import install_handlers
+    from .errors import install_handlers, short
     from .limits import Guard, PixelBudget
 
     limits = dataclasses.replace(limits or Limits(), **overrides)
@@ -180,7 +180,8 @@ def create_app(predictor, limits: Limits | None = None, *, api_key: str | None =
             out: dict[str, Any] = {}
             for key in form.keys():
                 if key not in allowed:
-                    raise InputError(f"{key}: unknown field (this endpoint takes {', '.join(allowed)})", field=key)
+                    raise InputError(f"{short(key)}: unknown field (this endpoint takes {', '.join(allowed)})",
+                                     field=key)
                 values = form.getlist(key)
                 if len(values) > 1:
                     raise InputError(f"{key}: given {len(values)} times", field=key)
@@ -191,7 +192,7 @@ def create_app(predictor, limits: Limits | None = None, *, api_key: str | None =
                         raise InputError("poster: expected a file upload, got a text field", field="poster")
                     out[key] = (await value.read(), value.filename)
                 elif is_file:
-                    raise InputError(f"{key}: expected a text field, got a file", field=key)
+                    raise InputError(f"{key}: expected a text field, got a file", field=key)  # key is allowed: short
                 else:
                     out[key] = value
             return out
