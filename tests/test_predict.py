@@ -148,8 +148,12 @@ def test_plots_are_checked():
     assert check_plot(None) is None and check_plot("A plot.") == "A plot."
     with pytest.raises(InputError, match="empty"):
         check_plot("  \n ")
-    with pytest.raises(InputTooLarge, match="over the limit"):
+    # Over the limit is an invalid field (422, like the schema's maxLength), not a body over the limit (413).
+    with pytest.raises(InputError, match="over the limit") as e:
         check_plot("word " * 5000, max_chars=10_000)
+    assert e.value.status == 422 and e.value.field == "plot"
+    with pytest.raises(InputError, match="lone surrogate"):  # what a JSON "\ud800" escape decodes to
+        check_plot("a plot \ud800 with half a character")
 
 
 def test_cli_predicts_one_movie(serving_cli, trained_run, synthetic_catalog, capsys):

@@ -15,33 +15,13 @@ from PIL import Image
 
 from genrefusion.predict import load_model
 from genrefusion.serving import create_app
+from serving_helpers import LoopbackServer
+from serving_helpers import jpeg as _jpeg
+from serving_helpers import png as _png
 
 CHROMIUM = Path("/usr/bin/chromium")
 MAX_BODY = 2 * 1024 * 1024  # small, so the oversized-upload tests stay fast
-
-
-class LoopbackServer:
-    """uvicorn in a background thread on 127.0.0.1, on a free port the OS picks."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+ERROR_KEYS = {"code", "message", "field"}
 
 
 @pytest.fixture(scope="module")
@@ -61,21 +41,28 @@ def client(base_url):
         yield c
 
 
-def _jpeg(colour=(30, 60, 170), size=(80, 120)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, colour).save(buf, "JPEG")
-    return buf.getvalue()
+@pytest.fixture(scope="module")
+def openapi(client):
+    return client.get("/openapi.json").json()
 
 
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
+def assert_error(r, status: int, words: str, openapi: dict, path: str, method: str = "post") -> dict:
+    """The one error body, a status the schema documents for this route, and the expected words."""
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert set(body) == ERROR_KEYS and isinstance(body["message"], str), body
+    codes = openapi["components"]["schemas"]["Error"]["properties"]["code"]["enum"]
+    assert body["code"] in codes
+    assert str(status) in openapi["paths"][path][method]["responses"], f"{status} not documented for {path}"
+    assert words in body["message"], body
+    return body
 
 
 def test_health_model_and_openapi(client, predictor):
     assert client.get("/health").json() == {"status": "ok", "fusion": "gmu"}
     info = client.get("/model").json()
+    assert info["limits"]["max_body_bytes"] == MAX_BODY and info["api_key_required"] is False
     assert info["fusion"] == "gmu" and info["genres"] == list(predictor.genres)
     assert set(info["encoders"]) == {"text", "image"} and len(info["thresholds"]) == 23
     assert info["missing_modality_ok"] == {"text": True, "image": True}
@@ -101,7 +88,7 @@ def test_predict_matches_the_library(client, predictor):
     assert only_plot["used"] == {"text": True, "image": False}
 
 
-def test_batch(client, predictor):
+def test_batch(client, predictor, openapi):
     movies = [{"id": "a", "plot": "ghost night dark"},
               {"id": "b", "poster_base64": base64.b64encode(_jpeg()).decode()},
               {"plot": "funny friends", "poster_base64": base64.b64encode(_jpeg((230, 200, 40))).decode()}]
@@ -111,57 +98,178 @@ def test_batch(client, predictor):
     assert [x["id"] for x in results] == ["a", "b", None]
     single = client.post("/predict", data={"plot": "ghost night dark"}).json()
     assert results[0]["probabilities"] == pytest.approx(single["probabilities"], abs=1e-5)
-    bad = client.post("/predict/batch", json={"movies": [movies[0], {"id": "x", "poster_base64": "!!!"}]})
-    assert bad.status_code == 422 and "movies[1] (id x).poster_base64: not valid base64" in bad.json()["detail"]
+    bad = client.post("/predict/batch", json={"movies": [movies[0], {"id": "x", "poster_base64": "!!!!"}]})
+    body = assert_error(bad, 422, "movies[1].poster_base64: not valid base64", openapi, "/predict/batch")
+    assert body["field"] == "movies[1].poster_base64"
     broken = base64.b64encode(_jpeg()[:300]).decode()
     bad = client.post("/predict/batch", json={"movies": [{"poster_base64": broken}]})
-    assert bad.status_code == 422 and "movies[0].poster" in bad.json()["detail"]
+    assert assert_error(bad, 422, "truncated or corrupt", openapi, "/predict/batch")["field"] == \
+        "movies[0].poster_base64"
     too_many = client.post("/predict/batch", json={"movies": [movies[0]] * 33})
-    assert too_many.status_code == 422
-    assert client.post("/predict/batch", json={"movies": []}).status_code == 422
+    assert_error(too_many, 422, "at most 32", openapi, "/predict/batch")
+    assert_error(client.post("/predict/batch", json={"movies": []}), 422, "movies", openapi, "/predict/batch")
+    nothing = client.post("/predict/batch", json={"movies": [{"id": "a"}]})
+    assert assert_error(nothing, 422, "needs plot or poster_base64", openapi, "/predict/batch")["field"] == \
+        "movies[0]"
     wrong = client.post("/predict/batch", data={"movies": "x"})
-    assert wrong.status_code == 415 and "application/json" in wrong.json()["detail"]
+    assert_error(wrong, 415, "application/json", openapi, "/predict/batch")
+    not_json = client.post("/predict/batch", content=b'{"movies": [', headers={"content-type": "application/json"})
+    assert_error(not_json, 400, "not valid JSON", openapi, "/predict/batch")
 
 
-def test_explain_endpoint(client):
+def test_explain_endpoint(client, openapi):
     r = client.post("/explain", files={"poster": ("p.jpg", _jpeg(), "image/jpeg")},
-                    data={"plot": "space ship alien and a ghost", "genre": "Sci-Fi", "steps": "8"})
+                    data={"plot": "space ship alien and a ghost"}, params={"genre": "Sci-Fi", "steps": 8})
     assert r.status_code == 200, r.text
     e = r.json()
     assert e["genre"] == "Sci-Fi" and len(e["poster"]["grid"]) == 7 and len(e["poster"]["grid"][0]) == 7
     assert [w["word"] for w in e["plot"]["words"]] == "space ship alien and a ghost".split()
-    r = client.post("/explain", data={"plot": "space", "genre": "Cartoon"})
-    assert r.status_code == 422 and "unknown genre 'Cartoon'" in r.json()["detail"]
+    r = client.post("/explain", data={"plot": "space"}, params={"genre": "Cartoon"})
+    assert assert_error(r, 422, "unknown genre 'Cartoon'", openapi, "/explain")["field"] == "genre"
+    r = client.post("/explain", data={"plot": "space"}, params={"steps": 65})
+    assert assert_error(r, 422, "less than or equal to 64", openapi, "/explain")["field"] == "steps"
+    r = client.post("/explain", data={"plot": "space", "genre": "Sci-Fi"})  # genre is a query parameter
+    assert assert_error(r, 422, "genre: unknown field", openapi, "/explain")["field"] == "genre"
 
 
+EMPTY_FORM = dict(content=b"--abc--\r\n", headers={"content-type": "multipart/form-data; boundary=abc"})
 BAD_REQUESTS = {
-    # name: (request kwargs, expected status, words the message must contain)
-    "not an image": (dict(files={"poster": ("notes.txt", b"just some text", "text/plain")}), 415, "not an image"),
-    "corrupt image": (dict(files={"poster": ("cut.jpg", _jpeg()[:300], "image/jpeg")}), 422, "truncated or corrupt"),
-    "empty file": (dict(files={"poster": ("empty.jpg", b"", "image/jpeg")}), 422, "empty"),
+    # name: (request kwargs, expected status, words the message must contain, the field named)
+    "base64 is for the batch": (dict(data={"poster_base64": "AAAA"}), 422, "unknown field", "poster_base64"),
+    "not an image": (dict(files={"poster": ("notes.txt", b"just some text", "text/plain")}), 415, "not an image",
+                     "poster"),
+    "corrupt image": (dict(files={"poster": ("cut.jpg", _jpeg()[:300], "image/jpeg")}), 422, "truncated or corrupt",
+                      "poster"),
+    "empty file": (dict(files={"poster": ("empty.jpg", b"", "image/jpeg")}), 422, "empty", "poster"),
     "decompression bomb": (dict(files={"poster": ("bomb.png", _png(Image.new("1", (8000, 8000))), "image/png")}),
-                           413, "decompression bomb"),
+                           413, "decompression bomb", "poster"),
     "oversized upload": (dict(files={"poster": ("big.jpg", b"\xff" * (MAX_BODY + 10), "image/jpeg")}), 413,
-                         "over the limit"),
-    "empty plot": (dict(data={"plot": ""}, files={"poster": ("p.jpg", _jpeg(), "image/jpeg")}), 422, "plot: is empty"),
-    "blank plot": (dict(data={"plot": "   \n"}), 422, "plot: is empty"),
-    "oversized plot": (dict(data={"plot": "word " * 5000}), 413, "over the limit"),
-    "missing fields": (dict(files={"other": ("x.txt", b"x", "text/plain")}), 422, "nothing to predict from"),
-    "no body": (dict(), 415, "multipart/form-data"),
-    "wrong content type": (dict(json={"plot": "space ship"}), 415, "multipart/form-data"),
-    "poster as text": (dict(data={"poster": "not a file", "plot": "x"}), 422, "poster"),
+                         "over the limit", None),
+    "empty plot": (dict(data={"plot": ""}, files={"poster": ("p.jpg", _jpeg(), "image/jpeg")}), 422, "plot: is empty",
+                   "plot"),
+    "blank plot": (dict(data={"plot": "   \n"}), 422, "plot: is empty", "plot"),
+    "oversized plot": (dict(data={"plot": "word " * 5000}), 422, "over the limit of 20,000", "plot"),
+    "unknown field": (dict(files={"other": ("x.txt", b"x", "text/plain")}), 422, "other: unknown field", "other"),
+    "plot twice": (dict(data={"plot": ["a", "b"]}), 422, "plot: given 2 times", "plot"),
+    "nothing": (EMPTY_FORM, 422, "nothing to predict from", None),
+    "no body": (dict(), 415, "multipart/form-data", "Content-Type"),
+    "wrong content type": (dict(json={"plot": "space ship"}), 415, "multipart/form-data", "Content-Type"),
+    "poster as text": (dict(data={"poster": "not a file", "plot": "x"}), 422, "poster: expected a file", "poster"),
+    "broken multipart": (dict(content=b"xx", headers={"content-type": "multipart/form-data"}), 400, "boundary",
+                         None),
 }
 
 
 @pytest.mark.parametrize("name", list(BAD_REQUESTS))
-def test_bad_input_gets_a_clear_4xx_and_the_server_stays_up(client, name):
-    kwargs, status, words = BAD_REQUESTS[name]
+def test_bad_input_gets_a_clear_4xx_and_the_server_stays_up(client, openapi, name):
+    kwargs, status, words, field = BAD_REQUESTS[name]
     r = client.post("/predict", **kwargs)
-    assert r.status_code == status, r.text
-    detail = r.json()["detail"]
-    assert words in (detail if isinstance(detail, str) else str(detail))
+    assert assert_error(r, status, words, openapi, "/predict")["field"] == field
     assert client.get("/health").status_code == 200
     assert client.post("/predict", data={"plot": "space ship"}).status_code == 200
+
+
+def test_non_ascii_base64_is_a_422_not_a_500(client, openapi):
+    """schemathesis found it: base64.b64decode raises ValueError, not binascii.Error, for non-ASCII text."""
+    for text in ("éééé", "ab\u00ffcdef", "\u6f22\u5b57\u6f22\u5b57"):
+        r = client.post("/predict/batch", json={"movies": [{"poster_base64": text}]})
+        assert assert_error(r, 422, "not valid base64", openapi, "/predict/batch")["field"] == \
+            "movies[0].poster_base64"
+
+
+def test_errors_never_echo_large_inputs(client, openapi):
+    """A 10,000-movie batch used to come back whole inside FastAPI's 422 (459 KB)."""
+    r = client.post("/predict/batch", json={"movies": [{"id": f"movie-{i}", "plot": "x" * 10} for i in range(10_000)]})
+    assert_error(r, 422, "at most 32", openapi, "/predict/batch")
+    assert len(r.content) < 1000 and "movie-1" not in r.text
+    huge_key = "k" * 50_000  # an unknown field's name is repeated only in part
+    r = client.post("/predict/batch", json={"movies": [{"plot": "a", huge_key: 1}]})
+    assert_error(r, 422, "Extra inputs", openapi, "/predict/batch")
+    assert len(r.content) < 1000
+    r = client.post("/predict", files={huge_key[:1000]: ("x.txt", b"x", "text/plain")})
+    assert_error(r, 422, "unknown field", openapi, "/predict")
+    assert len(r.content) < 1000
+    r = client.post("/predict/batch", json={"movies": [{"plot": "x" * 30_000}]})
+    assert_error(r, 422, "movies[0].plot", openapi, "/predict/batch")
+    assert len(r.content) < 1000
+
+
+def test_model_info_shows_no_server_paths(client, trained_run):
+    """/model used to return the training config: the data's path, the cache dir, the encoder folders."""
+    text = client.get("/model").text
+    root = str(trained_run.parent)
+    assert root not in text and "/tmp" not in text and "cache" not in text, text
+    info = client.get("/model").json()
+    assert set(info["encoders"].values()) <= {"bert", "vit"} or all("/" not in v for v in info["encoders"].values())
+    assert info["training"]["model"] == "gmu" and "data" not in info["training"]
+    assert client.get("/openapi.json").text.count(root) == 0
+
+
+def test_every_route_documents_the_error_body(openapi):
+    """One error body for every 4xx, every status documented, nothing of FastAPI's own 422 left."""
+    schemas = openapi["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas and "ValidationError" not in schemas
+    assert set(schemas["Error"]["required"]) == ERROR_KEYS
+    for path, item in openapi["paths"].items():
+        for method, op in item.items():
+            statuses = set(op["responses"])
+            assert {"400", "408", "413", "503"} <= statuses, (path, method)
+            if method == "post":
+                assert {"415", "422"} <= statuses, path
+            for status, resp in op["responses"].items():
+                if status != "200":
+                    assert resp["content"]["application/json"]["schema"]["$ref"].endswith("/Error")
+            assert op["responses"]["503"]["headers"]["Retry-After"]["required"] is True
+
+
+def test_the_schema_says_what_a_movie_needs(openapi):
+    """This fusion model learned stand-ins for both modalities: a plot or a poster (not neither)."""
+    form = openapi["paths"]["/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["minProperties"] == 1 and set(form["properties"]) == {"plot", "poster"}
+    assert form["additionalProperties"] is False and form["properties"]["plot"]["maxLength"] == 20_000
+    movie = openapi["components"]["schemas"]["BatchMovie"]
+    assert [b["required"] for b in movie["anyOf"]] == [["plot"], ["poster_base64"]]
+    assert openapi["components"]["schemas"]["BatchRequest"]["properties"]["movies"]["maxItems"] == 32
+    genre = [p for p in openapi["paths"]["/explain"]["post"]["parameters"] if p["name"] == "genre"][0]
+    assert genre["in"] == "query" and "Sci-Fi" in genre["schema"]["anyOf"][0]["enum"]
+
+
+class _Model:
+    """Just what the schema needs of a Predictor (its modalities and what it may lack)."""
+
+    def __init__(self, modalities, can_miss):
+        self.modalities, self._can_miss, self.genres = modalities, can_miss, ("Drama", "Comedy")
+
+    def can_miss(self, m):
+        return self._can_miss
+
+
+def test_the_schema_follows_the_model():
+    from genrefusion.serving import schema
+    from genrefusion.serving.limits import Limits
+
+    text_only = schema.form_body(_Model(("text",), False), Limits())["content"]
+    assert text_only["multipart/form-data"]["schema"]["required"] == ["plot"]
+    assert "poster" not in text_only["multipart/form-data"]["schema"]["properties"]
+    assert "application/x-www-form-urlencoded" in text_only
+    image_only = schema.form_body(_Model(("image",), False), Limits())["content"]
+    assert image_only["multipart/form-data"]["schema"]["required"] == ["poster"]
+    assert "application/x-www-form-urlencoded" not in image_only
+    both = schema.form_body(_Model(("text", "image"), False), Limits())["content"]["multipart/form-data"]["schema"]
+    assert sorted(both["required"]) == ["plot", "poster"] and "minProperties" not in both
+    assert schema.requirement(["plot", "poster_base64"], False, non_null=True)["anyOf"][0] == {
+        "required": ["plot"], "properties": {"plot": {"type": "string"}}}
+
+
+def test_blank_means_the_same_to_the_schema_and_the_server():
+    """The plot pattern's idea of blank is check_plot's (str.strip), for every regex engine reading it."""
+    import re
+
+    from genrefusion.serving.schema import NOT_BLANK_PATTERN
+
+    pattern = re.compile(NOT_BLANK_PATTERN)
+    for text in (" ", "\t\n", "\x1c\x1f", "\u3000\u00a0", "\u2028", "a", " b ", "\ufeff", "\x00", "\u200b"):
+        assert bool(pattern.search(text)) == bool(text.strip()), repr(text)
 
 
 def test_a_streamed_body_is_cut_off_at_the_limit(client):
@@ -172,7 +280,7 @@ def test_a_streamed_body_is_cut_off_at_the_limit(client):
             yield b"x" * 100_000
 
     r = client.post("/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=abc"})
-    assert r.status_code == 413 and "over the limit" in r.json()["detail"]
+    assert r.status_code == 413 and "over the limit" in r.json()["message"]
     assert client.get("/health").status_code == 200
 
 
@@ -290,3 +398,25 @@ def test_page_in_headless_chromium(browser, base_url, client, tmp_path, request)
     page.wait_for_selector("body[data-state=explained]", timeout=60_000)
     assert page.locator("#error").is_hidden()
     page.close()
+
+
+def test_page_asks_for_the_api_key(browser, predictor):
+    """With an API key on, the page (public) asks for the key, then predicts with it; a busy or refused request shows
+    the server's message."""
+    key = "page-test-key-0123456789"
+    with LoopbackServer(create_app(predictor, api_key=key)) as url:
+        page = browser.new_page()
+        page.goto(url + "/")
+        page.wait_for_selector("#key-box:not([hidden])")
+        assert "needs an API key" in page.inner_text("#model-info")
+        page.fill("#plot", "space ship alien world")
+        page.click("#submit")
+        page.wait_for_selector("#error:not([hidden])")
+        assert "API key" in page.inner_text("#error")
+        page.fill("#api-key", key)
+        page.dispatch_event("#api-key", "change")
+        page.wait_for_function("document.getElementById('model-info').textContent.includes('gmu')")
+        page.click("#submit")
+        page.wait_for_selector("body[data-state=explained]", timeout=60_000)
+        assert page.locator("#bars .row").count() == 23 and page.locator("#error").is_hidden()
+        page.close()

@@ -17,10 +17,31 @@ function el(tag, attrs = {}, text = "") {
   return e;
 }
 
+// The API key, when the server requires one (GET /model answers 401): typed once, kept for this tab only.
+function authHeaders() {
+  const key = sessionStorage.getItem("genrefusion-api-key");
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+// Every error has the body {code, message, field}; a 503 also says when to retry.
+function errorText(r, body) {
+  let text = (body && typeof body.message === "string") ? body.message : `HTTP ${r.status}`;
+  const after = r.headers.get("Retry-After");
+  if (r.status === 503 && after) text += ` (try again in ${after} s)`;
+  return text;
+}
+
 async function loadModel() {
   try {
-    const r = await fetch("/model");
+    const r = await fetch("/model", { headers: authHeaders() });
+    if (r.status === 401) {
+      $("key-box").hidden = false;
+      $("model-info").textContent = "This server needs an API key.";
+      return;
+    }
+    if (!r.ok) throw new Error(`HTTP ${r.status}`);
     model = await r.json();
+    $("key-box").hidden = !model.api_key_required;
     const enc = Object.entries(model.encoders).map(([m, n]) => `${m}: ${n.split("/").pop()}`).join(", ");
     $("model-info").textContent = `Model: ${model.fusion} fusion (${enc}).`;
     const need = model.modalities.filter((m) => !model.missing_modality_ok[m]);
@@ -42,12 +63,9 @@ function formData(withPoster) {
 }
 
 async function post(url, fd) {
-  const r = await fetch(url, { method: "POST", body: fd });
-  const body = await r.json().catch(() => ({ detail: `HTTP ${r.status}` }));
-  if (!r.ok) {
-    const d = body.detail;
-    throw new Error(typeof d === "string" ? d : JSON.stringify(d));
-  }
+  const r = await fetch(url, { method: "POST", body: fd, headers: authHeaders() });
+  const body = await r.json().catch(() => null);
+  if (!r.ok) throw new Error(errorText(r, body));
   return body;
 }
 
@@ -201,6 +219,10 @@ $("poster").addEventListener("change", () => {
   posterUrl = file ? URL.createObjectURL(file) : null;
   $("preview").hidden = !file;
   if (file) $("preview").src = posterUrl;
+});
+$("api-key").addEventListener("change", () => {
+  sessionStorage.setItem("genrefusion-api-key", $("api-key").value.trim());
+  loadModel();
 });
 $("movie-form").addEventListener("submit", onSubmit);
 loadModel();

@@ -1,0 +1,111 @@
+"""`genrefusion serve`: load a model, read the API key, bind, and run uvicorn with the connection limits."""
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+import sys
+from pathlib import Path
+
+from .limits import Limits
+
+KEY_FILE_ENV, KEY_ENV = "GENREFUSION_API_KEY_FILE", "GENREFUSION_API_KEY"
+
+
+def read_api_key(path: str | Path | None = None, environ=os.environ, warn=print) -> str | None:
+    """The API key: from `path`, else from the file $GENREFUSION_API_KEY_FILE names, else $GENREFUSION_API_KEY;
+    None when none is set. A key file that is missing or empty is an error (ValueError: the server must not start
+    open when a key was asked for); one that others may read is started with a warning."""
+    path = path or environ.get(KEY_FILE_ENV)
+    if path:
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise ValueError(f"API key file {p}: no such file")
+        mode = p.stat().st_mode
+        if mode & (stat.S_IROTH | stat.S_IWOTH):
+            warn(f"warning: API key file {p} is readable by every user of this machine "
+                 f"(mode {stat.filemode(mode)}); chmod 600 {p}", file=sys.stderr)
+        key = p.read_text(encoding="utf-8").strip()
+        if not key:
+            raise ValueError(f"API key file {p}: is empty")
+        if any(c.isspace() for c in key):
+            raise ValueError(f"API key file {p}: the key must be one line without spaces")
+        return key
+    key = environ.get(KEY_ENV, "").strip()
+    return key or None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
+          limits: Limits | None = None, api_key_file: str | Path | None = None, log_level: str = "info") -> None:
+    """Load a saved model and serve it until interrupted."""
+    import uvicorn
+
+    from ..predict import load_model
+    from .app import create_app
+    from .protocol import uvicorn_config
+
+    from .limits import tune_malloc
+
+    limits = limits or Limits()
+    api_key = read_api_key(api_key_file)
+    tune_malloc()
+    predictor = load_model(model, device=device)
+    app = create_app(predictor, limits, api_key=api_key)
+    print(f"genrefusion: {predictor.fusion} model from {model} at http://{host}:{port}/ "
+          f"(OpenAPI schema: /openapi.json; API key {'required' if api_key else 'off'})", flush=True)
+    if api_key is None and not is_loopback(host):
+        print(f"warning: serving on {host} without an API key: anyone who can reach port {port} can use it. "
+              f"Pass --api-key-file FILE (or set {KEY_FILE_ENV}) to require 'Authorization: Bearer <key>'.",
+              file=sys.stderr, flush=True)
+    uvicorn.Server(uvicorn_config(app, host, port, limits, log_level=log_level)).run()
+
+
+def cmd_serve(args) -> int:
+    mb = 1024 * 1024
+    limits = Limits(max_body_bytes=int(args.max_body_mb * mb), max_batch=args.max_batch,
+                    max_inflight=args.max_inflight, max_connections=args.max_connections,
+                    header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+                    queue_timeout_s=args.queue_timeout, decode_pixels=int(args.decode_megapixels * 1e6))
+    serve(args.model, args.host, args.port, args.device, limits, args.api_key_file, args.log_level)
+    return 0
+
+
+def add_cli(sub) -> None:
+    d = Limits()
+    p = sub.add_parser("serve", help="HTTP API and web page for a saved model",
+                       description="Serve a saved model over HTTP. The limits are explained in the README "
+                                   "('Serving'); GET /model shows the ones in force.")
+    p.add_argument("--model", required=True, help="saved model folder (a run's model/)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default: loopback only; another address without an API key warns)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--api-key-file", default=None,
+                   help=f"file holding the API key every endpoint but /health requires as 'Authorization: Bearer "
+                        f"<key>' (or ${KEY_FILE_ENV}, or the key itself in ${KEY_ENV})")
+    p.add_argument("--max-body-mb", type=float, default=d.max_body_bytes / 1024 / 1024,
+                   help="largest request accepted (poster upload or batch)")
+    p.add_argument("--max-batch", type=int, default=d.max_batch, help="movies per /predict/batch request")
+    p.add_argument("--max-inflight", type=int, default=d.max_inflight,
+                   help="predictions received or computed at once; more wait --queue-timeout, then get 503")
+    p.add_argument("--queue-timeout", type=float, default=d.queue_timeout_s,
+                   help="seconds a prediction waits for a slot or for decode budget before 503")
+    p.add_argument("--decode-megapixels", type=float, default=d.decode_pixels / 1e6,
+                   help="poster pixels decoded at once, server-wide")
+    p.add_argument("--max-connections", type=int, default=d.max_connections,
+                   help="open connections; more are answered 503 and closed")
+    p.add_argument("--header-timeout", type=float, default=d.header_timeout_s,
+                   help="seconds a request's headers may take to arrive")
+    p.add_argument("--body-timeout", type=float, default=d.body_timeout_s,
+                   help="seconds a request's body may take to arrive after its headers")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=cmd_serve)
