@@ -45,15 +45,18 @@ def cmd_features(args) -> int:
     from .encoders import create_encoder
     from .distributed import resolve_device
     from .features import dataset_features
+    from .modalities import SPECS
     from .paths import cache_root
     from .summary import data_summary, format_data_line
 
     ds = _load(args)
     cache_dir = Path(args.cache_dir) if args.cache_dir else cache_root()
     print(f"{format_data_line(data_summary(ds), args.modalities)}\ncache: {cache_dir}")
-    for name, kwargs in ((args.text, {"pooling": args.pooling}), (args.image, {})):
+    for modality in SPECS.values():  # --text / --image name the encoders; their options (--pooling) are shared
+        name = getattr(args, modality.name)
         if not name:
             continue
+        kwargs = {k: getattr(args, k) for k in modality.encoder_options}
         t0 = time.perf_counter()
         encoder = create_encoder(name, **kwargs).to(resolve_device(args.device))
         table = dataset_features(ds, encoder, cache_dir, sequences=args.sequences, batch_size=args.batch_size,

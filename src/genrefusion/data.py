@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .catalog import load_catalog
+from .modalities import MODALITIES, SPECS
 from .records import (CATALOG_COLUMNS, SPLITS, Collector, DataError, Entry, LoadReport, Movie, MovieDataset,
                       Problem, ReadError, assemble, decode_utf8, dedupe, describe, id_problem, make_movie,
                       parse_json_object, read_bytes, read_poster, show_id)
@@ -123,7 +124,7 @@ def load_dataset(path: str | Path, split: str = "official", modalities: str = "a
         raise DataError(f"{path}: does not exist (expected an MM-IMDb folder or a .csv/.tsv/.jsonl catalog)")
     ds = load_mmimdb(path, strict, plot_mode) if path.is_dir() else load_catalog(path, strict, plot_mode)
     if modalities == "both":
-        ds = ds.subset(i for i, m in enumerate(ds.movies) if m.has_plot and m.has_poster)
+        ds = ds.subset(i for i, m in enumerate(ds.movies) if all(SPECS[x].present(m) for x in MODALITIES))
         if not ds.movies:
             raise DataError(f"{path}: no movie has both a poster and a plot (modalities='both')")
     if split == "stratified":

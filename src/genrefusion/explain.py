@@ -56,7 +56,7 @@ def explain(predictor, poster: Image.Image | None, plot: str | None, genre: str 
 # --- poster: Grad-CAM ---------------------------------------------------------------------------------------------
 def grad_cam(predictor, poster: Image.Image, base: dict, target: int) -> dict[str, Any]:
     """Grad-CAM map (scaled to [0, 1]) of `target`'s logit over the poster, with captum's LayerGradCam at the layer
-    the image encoder names (ImageEncoder.grad_cam_layer). A joined image encoder (ConcatEncoder) gets one map per
+    the image encoder names (ImageEncoder.grad_cam_layer). A joined image encoder (feature_parts()) gets one map per
     part, each from that part's own activations with the other parts' pooled vectors held fixed; the parts see the
     poster on different grids (7x7 for a CNN at 224 px, 16x16 for a ViT-S/14), so each map is resized to the
     finest grid and they are averaged."""
@@ -64,10 +64,8 @@ def grad_cam(predictor, poster: Image.Image, base: dict, target: int) -> dict[st
     import torch.nn.functional as F
     from captum.attr import LayerGradCam
 
-    from .encoders import ConcatEncoder
-
     enc = predictor.encoders["image"]
-    parts = list(enc.parts) if isinstance(enc, ConcatEncoder) else [enc]
+    parts = list(enc.feature_parts()) or [enc]
     pixels = [p.preprocess([poster])["pixel_values"].to(p.device) for p in parts]
     with torch.no_grad():
         fixed = [p.encode({"pixel_values": x}).pooled for p, x in zip(parts, pixels)]

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..modalities import SPECS
 from .errors import CODES
 from .limits import Limits
 
-FIELD = {"text": "plot", "image": "poster"}
+FIELD = {m: s.display for m, s in SPECS.items()}  # each modality's form field: "plot", "poster"
 POSTER_TYPES = "image/jpeg, image/png, image/webp, image/gif, image/bmp"
 # "Not blank": at least one character str.strip() keeps (Python's whitespace, spelled out so that every regex
 # engine, the schema's readers' and pydantic's, agrees with the server's check_plot on what blank means).
