@@ -26,7 +26,7 @@ def __getattr__(name):  # lazy: `import genrefusion` stays cheap (no torch impor
 
         return load_dataset
     if name == "load_model":
-        from .predict import load_model
+        from .predictor import load_model
 
         return load_model
     raise AttributeError(name)

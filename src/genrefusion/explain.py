@@ -31,7 +31,7 @@ def explain(predictor, poster: Image.Image | None, plot: str | None, genre: str 
     """Explain the prediction of `genre` for one movie (default: its most probable predicted genre)."""
     import torch
 
-    from .predict import InputError
+    from .inputs import InputError
 
     result = predictor.predict_one(poster, plot)  # also checks the input
     # Default: the most probable genre the model predicts (what a person asks "why?" about), else the most probable.
@@ -281,7 +281,8 @@ def _save(fig, path: Path) -> Path:
 # --- command line -------------------------------------------------------------------------------------------------
 def cmd_explain(args) -> int:
     from .images import load_poster
-    from .predict import check_plot, load_model
+    from .inputs import check_plot
+    from .predictor import load_model
 
     if args.poster is None and args.plot is None:
         raise SystemExit("error: give --poster and/or --plot")

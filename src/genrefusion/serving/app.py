@@ -41,7 +41,7 @@ def create_app(predictor, limits: Limits | None = None, *, api_key: str | None =
     from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
     from .. import __version__
-    from ..predict import InputError, check_plot, decode_poster, poster_decode_pixels
+    from ..inputs import InputError, check_plot, decode_poster, poster_decode_pixels
     from . import schema
     from .errors import install_handlers, short
     from .limits import Guard, PixelBudget
