@@ -193,8 +193,14 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")
     try:
         return args.func(args)
-    except (DataError, ValueError, FileNotFoundError, DownloadError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except BrokenPipeError:  # `genrefusion ... | head`: the reader left; say nothing more (Python's own advice)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (DataError, ValueError, OSError, DownloadError) as exc:  # OSError: FileNotFoundError, PermissionError,
+        print(f"error: {exc}", file=sys.stderr)                     # a full disk ... named by their message
         return 2
 
 
