@@ -275,6 +275,8 @@ def test_models_share_movies_and_flat_lines_where_they_do_not_read(study):
     # the fusion is still scored with the plot removed, and loses something when every plot is gone
     assert res["corruptions"]["missing_plot"]["scores"][gmu][2]["f1_micro"] < res["clean"][gmu]["f1_micro"]
     assert res["corruptions"]["missing_plot"]["levels"][2]["removed"] == 1.0
+    # "removed" counts the movies that had the modality: the catalog's poster-less movies do not dilute it
+    assert res["corruptions"]["missing_poster"]["levels"][2]["removed"] == 1.0
     # the corrupted inputs changed the scores somewhere (the corruptions reached the encoders)
     changed = [n for n, e in res["corruptions"].items() if e["scores"][gmu][2] != e["scores"][gmu][0]]
     assert {"word_dropout", "typos", "occlusion"} <= set(changed)

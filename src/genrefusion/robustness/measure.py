@@ -181,7 +181,8 @@ class Study:
         if c.removes:
             has = np.array([spec(c.modality).present(m) for m in self.movies])
             drop = np.array([c.apply(True, level, rngs(i)) is None for i in range(len(self.movies))]) & has
-            measured["removed"] = float(drop.mean())
+            # of the movies that had the modality (those without it have nothing to remove)
+            measured["removed"] = float(drop.sum() / has.sum()) if has.any() else 0.0
             for model in self.models:
                 if not model.reads(c.modality):
                     continue
