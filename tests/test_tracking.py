@@ -26,7 +26,8 @@ def _train_args(catalog, tiny_bert, tiny_vit, out: Path, cache: Path, *extra: st
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """One SQLite store for the module (MLflow builds its tables once, which takes seconds)."""
+    """One SQLite store for the module (MLflow builds its tables once, which takes seconds), and one feature cache
+    beside it (the train that `tracked_train` runs fills it; the other runs read it)."""
     root = tmp_path_factory.mktemp("mlflow")
     return root, f"sqlite:///{root / 'runs' / 'mlflow.db'}"
 
@@ -88,7 +89,7 @@ def test_train_logs_config_curves_metrics_and_the_model_folder(store, tracked_tr
     assert Path(local).read_bytes() == (tracked_train / "model" / "model.json").read_bytes()
 
 
-def test_grid_is_a_parent_run_with_a_child_per_row(store, synthetic_catalog, tiny_bert, tiny_vit):
+def test_grid_is_a_parent_run_with_a_child_per_row(store, tracked_train, synthetic_catalog, tiny_bert, tiny_vit):
     root, uri = store
     out = root / "grid"
     args = ["grid", "--data", str(synthetic_catalog), "--rows", "BERT,GMU", "--text-encoder", str(tiny_bert),
@@ -136,8 +137,8 @@ def test_a_missing_extra_is_one_line_naming_it(kind, module, monkeypatch, tmp_pa
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_tracker_failing_mid_run_warns_once_and_training_goes_on(store, tmp_path, synthetic_catalog, tiny_bert,
-                                                                  tiny_vit, monkeypatch, capsys):
+def test_a_tracker_failing_mid_run_warns_once_and_training_goes_on(store, tracked_train, tmp_path, synthetic_catalog,
+                                                                  tiny_bert, tiny_vit, monkeypatch, capsys):
     from genrefusion import tracking
 
     _, uri = store
@@ -148,7 +149,7 @@ def test_a_tracker_failing_mid_run_warns_once_and_training_goes_on(store, tmp_pa
         raise ConnectionError("the tracking server went away")
 
     monkeypatch.setattr(tracking.MlflowRun, "_metrics", broken)
-    args = _train_args(synthetic_catalog, tiny_bert, tiny_vit, tmp_path / "runs", tmp_path / "cache",
+    args = _train_args(synthetic_catalog, tiny_bert, tiny_vit, tmp_path / "runs", store[0] / "cache",
                        "--track", "mlflow", "--track-uri", uri, name="flaky")
     assert main(args) == 0
     err = capsys.readouterr().err
@@ -172,8 +173,9 @@ def _events(logdir: Path) -> list:
     return events
 
 
-def test_tensorboard_writes_the_curves_and_final_metrics(tmp_path, synthetic_catalog, tiny_bert, tiny_vit):
-    args = _train_args(synthetic_catalog, tiny_bert, tiny_vit, tmp_path / "runs", tmp_path / "cache",
+def test_tensorboard_writes_the_curves_and_final_metrics(store, tracked_train, tmp_path, synthetic_catalog, tiny_bert,
+                                                         tiny_vit):
+    args = _train_args(synthetic_catalog, tiny_bert, tiny_vit, tmp_path / "runs", store[0] / "cache",
                        "--track", "tensorboard")
     assert main(args) == 0
     run = tmp_path / "runs" / "tracked"

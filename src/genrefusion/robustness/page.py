@@ -33,8 +33,10 @@ def chart(name: str, entry: dict[str, Any], models: list[dict[str, Any]], path: 
             xs = [p["level"] for p in points if p.get(key) is not None]
             ys = [p[key] for p in points if p.get(key) is not None]
             if entry["reads"][label]:
+                # a level it cannot score is left out of the line (a lone clean point when none can be scored)
+                gap = " (n/a where it cannot score the movies)" if len(xs) < len(points) else ""
                 ax.plot(xs, ys, KIND_STYLE[m["kind"]], marker="o", ms=4, lw=2, color=colours[label],
-                        label=label if ax is axes[0] else None)
+                        label=label + gap if ax is axes[0] else None)
             else:
                 ax.plot(xs, ys, ":", lw=1.2, color=colours[label], alpha=0.8,
                         label=f"{label} (does not read it)" if ax is axes[0] else None)
