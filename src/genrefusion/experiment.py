@@ -51,6 +51,16 @@ def encoder_name(cfg: Config, modality: str) -> str:
     return cfg.text_encoder if modality == "text" else cfg.image_encoder
 
 
+def check_encoders(cfg: Config, modalities: tuple[str, ...], sequences: bool) -> None:
+    """Refuse, before any data is read or encoded, a run that asks an encoder for what it cannot give: a token
+    sequence (cross_attention=sequence) or gradients (finetune=true), e.g. the frozen multilingual encoders."""
+    from .encoders import check_encoder_use
+
+    finetune = cfg.mode == "end-to-end" and cfg.finetune
+    for m in modalities:
+        check_encoder_use(encoder_name(cfg, m), m, sequences=sequences, finetune=finetune)
+
+
 def build_encoder(cfg: Config, modality: str):
     """The configured encoder of `modality`, with its feature-changing options, on the configured device."""
     from .encoders import create_encoder
@@ -120,14 +130,15 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None, features: F
     In 'features' mode (default) the encoders are frozen and read through the feature cache (`features` may be
     passed in to share it across models); in 'end-to-end' mode they run inside the loop (see endtoend.py)."""
     timings: dict[str, float] = {}
+    modalities = model_modalities(cfg.model)
+    sequences = reads_sequences(cfg)
+    check_encoders(cfg, modalities, sequences)
     t = time.perf_counter()
     if dataset is None:
         dataset = load_dataset(cfg.data, cfg.split, cfg.modalities, cfg.strict, cfg.plot_mode, cfg.split_seed)
         if log:
             log(format_data_line(data_summary(dataset), cfg.modalities))
     timings["data_s"] = time.perf_counter() - t
-    modalities = model_modalities(cfg.model)
-    sequences = reads_sequences(cfg)
     extra_groups = None
     if cfg.mode == "features":
         if features is None:
@@ -153,7 +164,8 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None, features: F
             extra_groups = [{"params": batch_fn.encoder_parameters(), "lr": cfg.encoder_lr}]
         precision = encoder_precision(resolve_device(cfg.device))  # the autocast train.fit runs them under
         encoders_meta = {m: fingerprints.encoder_record(encoder_name(cfg, m), encoder_kwargs(cfg, m), e.fingerprint(),
-                                                        precision) for m, e in encs.items()}
+                                                        getattr(e, "fixed_precision", None) or precision)
+                         for m, e in encs.items()}
         dims = {m: e.dim for m, e in encs.items()}
     presence = {"text": np.array([m.has_plot for m in dataset.movies]),
                 "image": np.array([m.has_poster for m in dataset.movies])}
