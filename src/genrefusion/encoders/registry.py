@@ -82,9 +82,9 @@ def check_encoder_use(name: str, modality: str, *, sequences: bool = False, fine
         if spec is None:
             continue
         if sequences and not spec.sequences:
-            raise ValueError(f"cross_attention=sequence needs a token sequence from the {modality} encoder, and "
-                             f"{spec.name!r} gives one pooled vector per item; use cross_attention=pooled (or "
-                             "another encoder)")
+            raise ValueError(f"cross_attention=sequence (and features --sequences) needs a token sequence from "
+                             f"the {modality} encoder, and {spec.name!r} gives one pooled vector per item; use "
+                             "cross_attention=pooled (or another encoder)")
         if finetune and not spec.trainable:
             raise ValueError(f"finetune=true trains the encoders, and {spec.name!r} is frozen (it runs outside "
                              "torch: no gradients reach it); use finetune=false, or mode=features")
