@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 
 from genrefusion.compare import compare
 from genrefusion.grid import run_grid
+from genrefusion.runs import read_metrics
 
 
 def _fmt(m: dict, key: str) -> str:
@@ -31,7 +31,7 @@ def _fmt(m: dict, key: str) -> str:
 
 
 def _val_macro(out: Path, row: dict) -> float:
-    return float(np.mean([json.loads((out / r / "metrics.json").read_text())["val"]["f1_macro"] for r in row["runs"]]))
+    return float(np.mean([read_metrics(out / r)["val"]["f1_macro"] for r in row["runs"]]))
 
 
 def main() -> None:
@@ -101,7 +101,7 @@ def main() -> None:
         print(f"\nrecommended, --modalities any ({sum(g['n'].values())} movies, {time.perf_counter() - t:.0f} s): "
               "test F1 macro / micro by what the movie has (seed 0)")
         for row in g["rows"]:
-            m = json.loads((out / "recommended-any" / row["runs"][0] / "metrics.json").read_text())
+            m = read_metrics(out / "recommended-any" / row["runs"][0])
             parts = [f"{k} (n={v['n']}) {v['f1_macro']:.4f} / {v['f1_micro']:.4f}"
                      for k, v in m.get("test_by_modality", {}).items()]
             print(f"  {row['label']:<46} all {m['test']['f1_macro']:.4f} / {m['test']['f1_micro']:.4f}  " + "  ".join(parts))

@@ -22,6 +22,7 @@ from genrefusion.experiment import Features, build_loss, build_model, load_featu
 from genrefusion.grid import resolve_slots, slot_encoder, slot_modality
 from genrefusion.labels import GENRES
 from genrefusion.metrics import cross_fitted_f1
+from genrefusion.modalities import spec
 from genrefusion.train import FeatureBatches, fit, predict
 
 # name -> (model, text slot, image slot, config overrides on top of the recommended preset)
@@ -47,8 +48,8 @@ CANDIDATES = {
 
 def out_of_fold(cfg, features: Features, y: torch.Tensor, pool: np.ndarray, folds: np.ndarray) -> np.ndarray:
     """Probabilities for every movie of `pool`, each from the model that did not train on its fold."""
-    dims = {m: getattr(features, m).dim for m in ("text", "image") if getattr(features, m) is not None}
-    batches = FeatureBatches(features.text, features.image)
+    dims = {m: t.dim for m, t in features.items()}
+    batches = FeatureBatches(**features)
     probs = np.zeros((len(pool), len(GENRES)))
     for k in np.unique(folds):
         train, held = pool[folds != k], pool[folds == k]
@@ -82,9 +83,9 @@ def main() -> None:
     tables = {}
     for slot in dict.fromkeys(s for _, t, i, _ in (CANDIDATES[n] for n in names) for s in (t, i) if s):
         modality = slot_modality(slot)
-        feats, _ = load_features(base.replace(**{f"{modality}_encoder": slot_encoder(slot, slots)}), dataset,
+        feats, _ = load_features(base.replace(**{spec(modality).encoder_config: slot_encoder(slot, slots)}), dataset,
                                  (modality,), progress=False)
-        tables[slot] = getattr(feats, modality)
+        tables[slot] = feats[modality]
     print(f"{len(pool)} train+validation movies, {args.folds} folds, {args.seeds} seeds; "
           "out-of-fold macro / micro-F1, thresholds cross-fitted", flush=True)
     reference = None
@@ -94,7 +95,8 @@ def main() -> None:
         scores = []
         for seed in range(args.seeds):
             cfg = base.replace(model=model, seed=seed, **overrides)
-            probs = out_of_fold(cfg, Features(tables.get(text_slot), tables.get(image_slot)), y, pool, folds)
+            feats = {slot_modality(k): tables[k] for k in (text_slot, image_slot) if k}
+            probs = out_of_fold(cfg, feats, y, pool, folds)
             scores.append(cross_fitted_f1(y[pool].numpy(), probs, cfg.threshold_mode, seed=1))
         macro, micro = (float(np.mean([sc[k] for sc in scores])) for k in ("f1_macro", "f1_micro"))
         per_genre = np.mean([sc["per_genre_f1"] for sc in scores], axis=0)

@@ -12,15 +12,14 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
-from safetensors import safe_open
 
 from genrefusion.config import load_config
 from genrefusion.data import load_dataset
 from genrefusion.experiment import load_features, run_experiment
 from genrefusion.metrics import cross_fitted_f1
+from genrefusion.runs import read_predictions
 
 MODELS = ("text", "image", "early", "gmu")
 TIE = 0.001
@@ -34,9 +33,8 @@ def score(cfg, dataset, features_by_pooling, seeds) -> dict[str, tuple[float, fl
             c = cfg.replace(model=model, seed=seed)
             with tempfile.TemporaryDirectory() as run:
                 run_experiment(c, dataset, features_by_pooling[c.pooling], run_dir=run, log=None)
-                with safe_open(str(Path(run) / "val_predictions.safetensors"), "np") as f:
-                    probs, labels = f.get_tensor("probs"), f.get_tensor("labels")
-            m = cross_fitted_f1(labels, probs, c.threshold_mode)
+                val = read_predictions(run, "val")
+            m = cross_fitted_f1(val.labels, val.probs, c.threshold_mode)
             vals.append((m["f1_macro"], m["f1_micro"]))
         out[model] = tuple(np.mean(vals, axis=0))
     return out

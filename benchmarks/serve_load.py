@@ -65,6 +65,7 @@ def tiny_model(dest: Path) -> Path:
 
     from genrefusion.config import Config
     from genrefusion.experiment import run_experiment
+    from genrefusion.runs import read_run
 
     catalog = conftest.build_synthetic_catalog(dest / "catalog")
     cfg = Config(data=str(catalog), split="official", modalities="any", model="gmu",
@@ -72,7 +73,7 @@ def tiny_model(dest: Path) -> Path:
                  image_encoder=str(conftest.build_tiny_vit(dest / "vit")), pooling="mean", epochs=20, lr=3e-3,
                  cache_dir=str(dest / "cache"), out=str(dest), name="gmu").validate()
     run_experiment(cfg, run_dir=dest / "gmu", log=None)
-    return dest / "gmu" / "model"
+    return read_run(dest / "gmu").model_dir
 
 
 def big_png(side: int) -> bytes:

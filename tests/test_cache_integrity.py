@@ -122,14 +122,15 @@ def test_a_damaged_shard_is_named_discarded_and_encoded_again(cached, tiny_bert,
     bad = shards[2]
     corrupt(bad)
     table = _reread(ds, cache, tiny_bert, caplog, sequences=True)
-    assert table.encoded_now == BATCH  # that shard's movies, and only them
+    assert table.encoded_now == BATCH and table.repaired == 1  # that shard's movies, and only them
     assert torch.equal(table.pooled, clean.pooled)  # never the damaged values
     assert all(torch.equal(a, b) for a, b in zip(table.sequences, clean.sequences))
     warned = [r.getMessage() for r in caplog.records if bad.name in r.getMessage()]
     assert warned and reason in warned[0], caplog.text
     # the shard was written again, and the next run trusts it without a word
     again = _reread(ds, cache, tiny_bert, caplog, sequences=True)
-    assert again.encoded_now == 0 and not caplog.records and torch.equal(again.pooled, clean.pooled)
+    assert again.encoded_now == 0 and again.repaired == 0 and not caplog.records
+    assert torch.equal(again.pooled, clean.pooled)
 
 
 def test_a_shard_of_another_encoder_copied_in_is_not_used(cached, tiny_bert, tmp_path, caplog):

@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from genrefusion.compare import compare, load_predictions
-from genrefusion.experiment import save_predictions
+from genrefusion.compare import compare, model_predictions
+from genrefusion.labels import GENRES
 from genrefusion.metrics import compute_metrics, tune_thresholds
+from genrefusion.runs import save_predictions
 
 
 def _row(root, rng, y_val, y_test, noise, mode="per_genre", seeds=3):
@@ -20,8 +21,11 @@ def _row(root, rng, y_val, y_test, noise, mode="per_genre", seeds=3):
         pv = np.clip(0.3 + 0.4 * y_val + rng.normal(0, noise, y_val.shape), 0, 1)
         pt = np.clip(0.3 + 0.4 * y_test + rng.normal(0, noise, y_test.shape), 0, 1)
         thr = tune_thresholds(y_val, pv, mode)
-        save_predictions(run / "val_predictions.safetensors", [f"v{i}" for i in range(len(y_val))], pv, y_val, thr, {})
-        save_predictions(run / "test_predictions.safetensors", [f"t{i}" for i in range(len(y_test))], pt, y_test, thr, {})
+        genres = GENRES[:y_val.shape[1]]  # the file names its columns
+        save_predictions(run / "val_predictions.safetensors", [f"v{i}" for i in range(len(y_val))], pv, y_val, thr, {},
+                         genres)
+        save_predictions(run / "test_predictions.safetensors", [f"t{i}" for i in range(len(y_test))], pt, y_test, thr,
+                         {}, genres)
         (run / "metrics.json").write_text(json.dumps({"threshold_mode": mode}))
     return root
 
@@ -31,7 +35,7 @@ def test_ensemble_averages_seeds_and_tunes_thresholds_on_validation(tmp_path):
     y_val, y_test = (rng.random((60, 5)) < 0.3).astype(np.float32), (rng.random((80, 5)) < 0.3).astype(np.float32)
     a = _row(tmp_path / "a", rng, y_val, y_test, noise=0.35)
     b = _row(tmp_path / "b", rng, y_val, y_test, noise=0.15)
-    per_seed, ens = load_predictions(a), load_predictions(a, ensemble=True)
+    per_seed, ens = model_predictions(a), model_predictions(a, ensemble=True)
     assert len(per_seed["probs"]) == 3 and len(ens["probs"]) == 1
     np.testing.assert_allclose(ens["probs"][0], np.mean(per_seed["probs"], axis=0))
     from safetensors import safe_open
@@ -55,8 +59,8 @@ def test_ensemble_refuses_rows_without_validation_predictions_or_mixed_modes(tmp
     a = _row(tmp_path / "a", rng, y, y, 0.2, seeds=2)
     (a / "seed-1" / "val_predictions.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="val_predictions"):
-        load_predictions(a, ensemble=True)
+        model_predictions(a, ensemble=True)
     m = _row(tmp_path / "m", rng, y, y, 0.2, seeds=2)
     (m / "seed-1" / "metrics.json").write_text(json.dumps({"threshold_mode": "global"}))
     with pytest.raises(ValueError, match="different modes"):
-        load_predictions(m, ensemble=True)
+        model_predictions(m, ensemble=True)

@@ -68,6 +68,37 @@ def test_features_reuse_each_parts_cache(synthetic_catalog, tiny_vit, tiny_resne
         dataset_features(ds, joined_encoder, cache, progress=False, sequences=True)
 
 
+def test_any_encoder_declaring_parts_is_cached_part_by_part(synthetic_catalog, tiny_vit, tiny_resnet, tmp_path):
+    """The cache's rule is Encoder.feature_parts / join, not a class: an encoder of another kind that declares its
+    parts gets each part cached on its own and its table joined by its own join (here: the parts in reverse)."""
+    from genrefusion.encoders import Encoder
+
+    class Reversed(Encoder):
+        modality, name = "image", "reversed-parts"
+
+        def __init__(self, parts):
+            super().__init__()
+            self.parts = torch.nn.ModuleList(parts)
+            self.dim = sum(p.dim for p in parts)
+
+        def feature_parts(self):
+            return tuple(self.parts)
+
+        def join(self, pooled):
+            return torch.cat(pooled[::-1], dim=1)
+
+        def fingerprint(self):
+            return {"class": "Reversed", "parts": [p.fingerprint() for p in self.parts]}
+
+    ds = load_dataset(synthetic_catalog, "official", "any")
+    a, b = create_encoder(str(tiny_vit)), create_encoder(str(tiny_resnet))
+    joined = dataset_features(ds, Reversed([a, b]), tmp_path / "cache", progress=False)
+    parts = [dataset_features(ds, p, tmp_path / "cache", progress=False) for p in (a, b)]
+    assert joined.encoded_now == 2 * int(parts[0].present.sum()) and [p.encoded_now for p in parts] == [0, 0]
+    assert joined.repaired == 0 and joined.encoder == "reversed-parts" and joined.dim == a.dim + b.dim
+    torch.testing.assert_close(joined.pooled, torch.cat([parts[1].pooled, parts[0].pooled], 1) * joined.present[:, None])
+
+
 def test_a_model_trained_on_a_joined_slot_predicts_like_its_features(synthetic_catalog, tiny_bert, tiny_vit,
                                                                      tiny_resnet, tmp_path):
     import json

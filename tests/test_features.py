@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -99,38 +98,47 @@ def test_half_written_files_are_ignored_and_cleaned(tmp_path, tiny_bert):
     assert table.encoded_now == 20 and not junk.exists() and live.exists()
 
 
+# The writer dies by SIGKILL at a deterministic point: while writing the shard after KILL_AFTER complete ones, with
+# that shard's temporary file half written (what a kill -9 or a power cut mid-write leaves behind).
 _KILLED_RUN = textwrap.dedent("""
-    import sys
+    import os, signal, sys
+    from genrefusion import atomic, shards
     from genrefusion.data import load_catalog
     from genrefusion.encoders import create_encoder
     from genrefusion.features import dataset_features
+
+    kill_after, write, written = int(sys.argv[4]), shards.write, []
+
+    def write_then_die(target, *args, **kwargs):
+        if len(written) == kill_after:
+            atomic.tmp_path(target).write_bytes(b"\\x00half a shard")
+            os.kill(os.getpid(), signal.SIGKILL)
+        write(target, *args, **kwargs)
+        written.append(target)
+
+    shards.write = write_then_die
     ds = load_catalog(sys.argv[1])
     dataset_features(ds, create_encoder(sys.argv[2]), sys.argv[3], batch_size=2, shard_batches=1, progress=False)
 """)
+KILL_AFTER = 3
 
 
 def test_resume_after_kill_gives_identical_features(tmp_path, tiny_bert):
-    catalog = _catalog(tmp_path, 1200)
+    catalog = _catalog(tmp_path, 120)
     ds = load_catalog(catalog)
     killed_cache = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, str(catalog), str(tiny_bert), str(killed_cache)])
-    deadline = time.time() + 120
-    shards: list[Path] = []
-    while time.time() < deadline and proc.poll() is None:
-        shards = list(killed_cache.glob("features/*/part-*.safetensors"))
-        if len(shards) >= 3:
-            break
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = subprocess.run([sys.executable, "-c", _KILLED_RUN, str(catalog), str(tiny_bert), str(killed_cache),
+                           str(KILL_AFTER)], timeout=300)
     assert proc.returncode == -signal.SIGKILL, "the extraction finished before it could be killed"
     done = len(list(killed_cache.glob("features/*/part-*.safetensors")))
-    assert 3 <= done < 600
+    assert done == KILL_AFTER and 3 <= done < 60  # 60 shards of 2 movies in all
+    assert len(list(killed_cache.glob("features/*/.tmp-*"))) == 1  # the shard it died writing
 
     enc = create_encoder(str(tiny_bert))
     unique = len({m.plot for m in ds.movies})  # identical plots share one cache entry
     resumed = dataset_features(ds, enc, killed_cache, batch_size=2, shard_batches=1, progress=False)
     assert resumed.encoded_now == unique - 2 * done  # only what the killed run had not finished
+    assert not list(killed_cache.glob("features/*/.tmp-*"))  # the dead writer's half-written file is gone
     clean = dataset_features(ds, enc, tmp_path / "clean", batch_size=2, shard_batches=1, progress=False)
     assert clean.encoded_now == unique
     assert torch.equal(resumed.pooled, clean.pooled)  # bit-identical

@@ -151,6 +151,11 @@ BAD_REQUESTS = {
     "oversized plot": (dict(data={"plot": "word " * 5000}), 422, "over the limit of 20,000", "plot"),
     "unknown field": (dict(files={"other": ("x.txt", b"x", "text/plain")}), 422, "other: unknown field", "other"),
     "plot twice": (dict(data={"plot": ["a", "b"]}), 422, "plot: given 2 times", "plot"),
+    # FormData.append("plot", null) in a browser sends the text "null"; schemathesis found the server took it as a plot
+    "plot 'null'": (dict(data={"plot": "null"}, files={"poster": ("p.jpg", _jpeg(), "image/jpeg")}), 422,
+                    "non-text value", "plot"),
+    "plot 'undefined'": (dict(data={"plot": "undefined"}), 422, "non-text value", "plot"),
+    "plot a bare number": (dict(data={"plot": "-7.09e+16"}), 422, "non-text value", "plot"),
     "nothing": (EMPTY_FORM, 422, "nothing to predict from", None),
     "no body": (dict(), 415, "multipart/form-data", "Content-Type"),
     "wrong content type": (dict(json={"plot": "space ship"}), 415, "multipart/form-data", "Content-Type"),
@@ -420,3 +425,12 @@ def test_page_asks_for_the_api_key(browser, predictor):
         page.wait_for_selector("body[data-state=explained]", timeout=60_000)
         assert page.locator("#bars .row").count() == 23 and page.locator("#error").is_hidden()
         page.close()
+
+
+def test_unknown_query_parameters_are_refused(client, openapi):
+    """schemathesis found /explain?genere=Horror (any undeclared parameter) answered as if it were not there."""
+    r = client.post("/explain?genere=Horror", data={"plot": "space ship"})
+    assert assert_error(r, 422, "unknown query parameter", openapi, "/explain")["field"] == "genere"
+    r = client.get("/model?verbose=1")
+    assert assert_error(r, 422, "it takes none", openapi, "/model", "get")["field"] == "verbose"
+    assert client.post("/explain?genre=Horror&steps=2", data={"plot": "space ship"}).status_code == 200

@@ -5,8 +5,8 @@ a separate process against uvicorn on loopback, serving the tiny trained model, 
 `ignored_auth` check runs too). Its coverage phase sends the schema's boundary and negative cases (missing and
 unknown fields, wrong types, over-long plots, wrong content types, unsupported methods), its fuzzing phase random
 valid and invalid requests; a 5xx, an undocumented status, a body that breaks the documented schema, valid data
-refused or invalid data accepted fails the test with schemathesis's report. schemathesis_hooks.py makes its valid
-posters real images (the schema can only say so in words).
+refused or invalid data accepted fails the test with schemathesis's report. genrefusion/serving/schemathesis_hooks.py makes
+its valid posters real images (the schema can only say so in words).
 """
 from __future__ import annotations
 
@@ -19,14 +19,12 @@ from genrefusion.predict import load_model
 from genrefusion.serving import create_app
 from serving_helpers import LoopbackServer
 
-TESTS = Path(__file__).resolve().parent
 KEY = "schemathesis-test-key-0123456789"
 MAX_EXAMPLES = 15  # per operation and phase (the coverage phase adds its boundary cases on top)
 
 
 def run_schemathesis(url: str, cwd: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, SCHEMATHESIS_HOOKS="schemathesis_hooks",
-               PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    env = dict(os.environ, SCHEMATHESIS_HOOKS="genrefusion.serving.schemathesis_hooks",
                NO_COLOR="1", HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "schemathesis.cli", "run", f"{url}/openapi.json", "--checks", "all",
            "--seed", "1", "--max-examples", str(MAX_EXAMPLES), "--workers", "1", "--wait-for-schema", "30",

@@ -210,3 +210,89 @@ def test_one_cache_root(tmp_path, monkeypatch):
         return work / "out"
 
     assert offline_weights.build_once("thing", build) == tmp_path / "cache" / "models" / "thing" and len(calls) == 1
+
+
+def _reachable(graph: dict[str, set[str]], start: set[str]) -> set[str]:
+    seen, todo = set(), list(start)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(graph.get(name, ()))
+    return seen
+
+
+def test_inference_imports_nothing_from_training():
+    """The Predictor, its input checks and the service reach no training code, not even lazily: a head's batch is
+    built by batching.py for both."""
+    graph = {name: _imports(name, path) for name, path in MODULES.items()}
+    serving = {n for n in MODULES if n == "genrefusion.serving" or n.startswith("genrefusion.serving.")}
+    reached = _reachable(graph, {"genrefusion.predictor", "genrefusion.inputs", *serving})
+    training = {"genrefusion.train", "genrefusion.experiment", "genrefusion.grid", "genrefusion.endtoend",
+                "genrefusion.features"}
+    assert {"genrefusion.batching", "genrefusion.checkpoint", "genrefusion.predictor"} <= reached  # read at all
+    assert not reached & training, f"inference reaches training code: {sorted(reached & training)}"
+
+
+def test_only_runs_py_names_run_folder_files():
+    """runs.py is the one module that knows a run or grid folder's file names (and so the one that writes and reads
+    them); docstrings may mention them."""
+    from genrefusion import runs
+
+    names = {runs.CONFIG_FILE, runs.METRICS_FILE, runs.GRID_FILE, runs.TABLES_FILE, runs.SUMMARY_FILE,
+             *(runs.predictions_file(s) for s in runs.PREDICTION_SPLITS)}
+    found = []
+    for name, path in MODULES.items():
+        if name == "genrefusion.runs":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+        found += [f"{path.relative_to(REPO)}:{n.lineno} {n.value!r}" for n in ast.walk(tree)
+                  if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings
+                  and (n.value in names or "_predictions.safetensors" in n.value)]
+    assert not found, f"run-folder file names outside runs.py: {found}"
+
+
+def test_the_feature_cache_special_cases_no_encoder():
+    """features.py caches an encoder joined from parts by the general rule (Encoder.feature_parts), and its tables
+    carry what producing them took as fields: no encoder class named, no attribute patched onto an object."""
+    import dataclasses
+
+    from genrefusion.features import FeatureTable
+
+    tree = ast.parse((PACKAGE / "features.py").read_text(encoding="utf-8"))
+    named = sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id.endswith("Encoder")}
+                   | {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names
+                      if a.name.endswith("Encoder")})
+    assert not named, f"features.py names encoder classes: {named}"
+    fields = {f.name for f in dataclasses.fields(FeatureTable)}
+    stores = [t for n in ast.walk(tree) if isinstance(n, (ast.Assign, ast.AugAssign, ast.AnnAssign))
+              for target in (n.targets if isinstance(n, ast.Assign) else [n.target])
+              for t in (target.elts if isinstance(target, ast.Tuple) else [target])]
+    patched = [f"line {t.lineno}: .{t.attr}" for t in stores if isinstance(t, ast.Attribute)
+               and not (isinstance(t.value, ast.Name) and t.value.id == "self") and t.attr not in fields]
+    patched += [f"line {n.lineno}: setattr" for n in ast.walk(tree)
+                if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "setattr"]
+    assert not patched, f"features.py sets attributes that are no FeatureTable field: {patched}"
+
+
+def test_the_modality_table_names_real_fields():
+    """modalities.py is the one table of the modalities: each entry names a Movie field, its cache key, config keys
+    that exist, and the fusion registry reads the same modalities."""
+    import dataclasses
+
+    from genrefusion.config import Config
+    from genrefusion.fusion.base import MODALITIES as FUSION_MODALITIES
+    from genrefusion.modalities import MODALITIES, SPECS, spec
+    from genrefusion.records import Movie
+
+    movie = Movie("m1", "A plot.", ("Drama",), None, None)
+    config_keys = {f.name for f in dataclasses.fields(Config)}
+    assert tuple(SPECS) == MODALITIES == FUSION_MODALITIES
+    for s in SPECS.values():
+        assert hasattr(movie, s.field) and hasattr(movie, s.key_field), s.name
+        assert {s.encoder_config, *s.encoder_options} <= config_keys, s.name
+    assert spec("text").present(movie) and not spec("image").present(movie) and spec("image").key(movie) is None
+    assert spec("text").key(movie) == movie.text_key and spec("text").load_raw(movie) == "A plot."
+    with pytest.raises(ValueError, match="unknown modality 'audio'"):
+        spec("audio")

@@ -2,7 +2,10 @@
 
 Layout (each a module with a small public surface):
     data / splits / summary  ->  encoders  ->  features (cache)  ->  fusion (heads)  ->  train / experiment / grid
-    ->  metrics / stats  ->  report / serving
+    ->  metrics / stats  ->  runs (the run folder)  ->  report / compare
+    modalities (each modality's field, cache key and name) is read by data, cache, batches and the predictor;
+    batching (a head's input batch) by training and inference alike;
+    inference: inputs (checks)  ->  predictor (Predictor, load_model)  ->  predict (CLI) / serving / explain;
     thesis (the thesis's rows, slots and published numbers) is read by grid and report alike.
 """
 __version__ = "0.1.0"
@@ -26,7 +29,7 @@ def __getattr__(name):  # lazy: `import genrefusion` stays cheap (no torch impor
 
         return load_dataset
     if name == "load_model":
-        from .predict import load_model
+        from .predictor import load_model
 
         return load_model
     raise AttributeError(name)

@@ -39,19 +39,26 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_bytes(target: str | os.PathLike, data: bytes) -> Path:
-    target = Path(target)
+@contextmanager
+def _replacing(target: Path) -> Iterator[Path]:
+    """A temporary path beside `target`: what the block writes there is flushed to disk and renamed onto `target`;
+    if the block (or the rename) fails, the temporary is removed and `target` is left as it was."""
     tmp = tmp_path(target)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(target.parent)
+
+
+def write_bytes(target: str | os.PathLike, data: bytes) -> Path:
+    target = Path(target)
+    with _replacing(target) as tmp:
+        tmp.write_bytes(data)
     return target
 
 
@@ -68,16 +75,8 @@ def save_safetensors(tensors: dict, target: str | os.PathLike, metadata: dict[st
     from safetensors.torch import save_file
 
     target = Path(target)
-    tmp = tmp_path(target)
-    try:
+    with _replacing(target) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
     return target
 
 

@@ -15,9 +15,9 @@ import io
 from collections import Counter
 from pathlib import Path
 
-from .records import (CATALOG_COLUMNS, SPLITS, Collector, DataError, Entry, FieldError, LoadReport, Movie,
-                      MovieDataset, ReadError, decode_utf8, dedupe, describe, id_problem, make_movie,
-                      nothing_loaded, parse_json_object, parse_split, read_bytes, show_id)
+from .records import (CATALOG_COLUMNS, Collector, DataError, Entry, FieldError, LoadReport, Movie, MovieDataset,
+                      ReadError, assemble, decode_utf8, dedupe, describe, id_problem, make_movie, parse_json_object,
+                      parse_split, read_bytes, show_id)
 
 CSV_SUFFIXES = (".csv", ".tsv")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -158,8 +158,7 @@ def load_catalog(path: str | Path, strict: bool = False, plot_mode: str = "join"
         for e in entries:
             e.split = None
     with_split = any(e.split for e in entries)
-    movies: list[Movie] = []
-    split_of: list[str | None] = []
+    found: list[tuple[Movie, str | None]] = []
     for e in dedupe(entries, problem):
         if with_split and e.split is None:  # it would silently be in no split
             problem(e.where, "no_split", "no `split` value while other rows have one (train, dev or test); "
@@ -173,9 +172,5 @@ def load_catalog(path: str | Path, strict: bool = False, plot_mode: str = "join"
         poster = path.parent / raw_poster.strip() if raw_poster and raw_poster.strip() else None
         movie = make_movie(e.id, e.record, poster, e.where, report, problem, plot_mode, require_labels)
         if movie is not None:
-            movies.append(movie)
-            split_of.append(e.split)
-    if not movies:
-        raise nothing_loaded(path, report)
-    splits = {s: [i for i, sp in enumerate(split_of) if sp == s] for s in SPLITS} if with_split else {}
-    return MovieDataset(movies, splits, report, path.parent, "official" if splits else "none")
+            found.append((movie, e.split))
+    return assemble(found, with_split, report, path, path.parent)

@@ -45,6 +45,7 @@ def cmd_features(args) -> int:
     from .encoders import check_encoder_use, create_encoder
     from .distributed import resolve_device
     from .features import dataset_features
+    from .modalities import SPECS
     from .paths import cache_root
     from .summary import data_summary, format_data_line
 
@@ -54,9 +55,11 @@ def cmd_features(args) -> int:
     ds = _load(args)
     cache_dir = Path(args.cache_dir) if args.cache_dir else cache_root()
     print(f"{format_data_line(data_summary(ds), args.modalities)}\ncache: {cache_dir}")
-    for name, kwargs in ((args.text, {"pooling": args.pooling}), (args.image, {})):
+    for modality in SPECS.values():  # --text / --image name the encoders; their options (--pooling) are shared
+        name = getattr(args, modality.name)
         if not name:
             continue
+        kwargs = {k: getattr(args, k) for k in modality.encoder_options}
         t0 = time.perf_counter()
         encoder = create_encoder(name, **kwargs).to(resolve_device(args.device))
         table = dataset_features(ds, encoder, cache_dir, sequences=args.sequences, batch_size=args.batch_size,
@@ -193,8 +196,14 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")
     try:
         return args.func(args)
-    except (DataError, ValueError, FileNotFoundError, DownloadError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except BrokenPipeError:  # `genrefusion ... | head`: the reader left; say nothing more (Python's own advice)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (DataError, ValueError, OSError, DownloadError) as exc:  # OSError: FileNotFoundError, PermissionError,
+        print(f"error: {exc}", file=sys.stderr)                     # a full disk ... named by their message
         return 2
 
 

@@ -7,62 +7,47 @@ each row is instead one model, the ensemble of its seeds: probabilities averaged
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import safe_open
 
+from .runs import Predictions, find_runs, metric, read_metrics, read_predictions
 from .stats import paired_bootstrap
 
 
-def _read(path: Path) -> tuple[list[str], np.ndarray, np.ndarray, Any]:
-    with safe_open(str(path), "np") as f:
-        meta = f.metadata()
-        probs, labels = f.get_tensor("probs"), f.get_tensor("labels")
-    thr = json.loads(meta["thresholds"])
-    return json.loads(meta["ids"]), probs, labels, np.asarray(thr) if isinstance(thr, list) else float(thr)
-
-
-def _same_movies(runs: list[Path], filename: str) -> list[tuple[list[str], np.ndarray, np.ndarray, Any]]:
+def _same_movies(runs: list[Path], split: str) -> list[Predictions]:
     read = []
     for run in runs:
-        if not (run / filename).exists():
-            raise FileNotFoundError(f"{run}: no {filename}")
-        read.append(_read(run / filename))
-        if read[-1][0] != read[0][0] or not np.array_equal(read[-1][2], read[0][2]):
-            raise ValueError(f"{run / filename}: its movies differ from {runs[0] / filename}'s")
+        read.append(read_predictions(run, split))
+        if read[-1].ids != read[0].ids or not np.array_equal(read[-1].labels, read[0].labels):
+            raise ValueError(f"{read[-1].path}: its movies differ from {read[0].path}'s")
     return read
 
 
-def load_predictions(path: str | Path, ensemble: bool = False) -> dict[str, Any]:
-    """{"ids", "labels", "probs": [per seed], "thresholds": [per seed], "runs": [folders]} for a run or row folder.
-    ensemble=True: one entry, the seed ensemble (see the module docstring)."""
-    path = Path(path)
-    runs = [path] if (path / "test_predictions.safetensors").exists() else sorted(
-        p for p in path.glob("seed-*") if (p / "test_predictions.safetensors").exists())
-    if not runs:
-        raise FileNotFoundError(f"{path}: no test_predictions.safetensors here or in seed-*/ subfolders")
-    test = _same_movies(runs, "test_predictions.safetensors")
-    out: dict[str, Any] = {"ids": test[0][0], "labels": test[0][2], "runs": [str(r) for r in runs],
-                           "probs": [t[1] for t in test], "thresholds": [t[3] for t in test]}
+def model_predictions(path: str | Path, ensemble: bool = False) -> dict[str, Any]:
+    """{"ids", "labels", "probs": [per seed], "thresholds": [per seed], "runs": [folders]} for a run or row folder
+    (runs.find_runs). ensemble=True: one entry, the seed ensemble (see the module docstring)."""
+    runs = find_runs(path)
+    test = _same_movies(runs, "test")
+    out: dict[str, Any] = {"ids": test[0].ids, "labels": test[0].labels, "runs": [str(r) for r in runs],
+                           "probs": [t.probs for t in test], "thresholds": [t.thresholds for t in test]}
     if ensemble:
         from .metrics import tune_thresholds
 
-        val = _same_movies(runs, "val_predictions.safetensors")
-        modes = {json.loads((r / "metrics.json").read_text(encoding="utf-8"))["threshold_mode"] for r in runs}
+        val = _same_movies(runs, "val")
+        modes = {metric(read_metrics(r), "threshold_mode", r) for r in runs}
         if len(modes) != 1:
             raise ValueError(f"{path}: its seeds tuned thresholds in different modes {sorted(modes)}")
-        val_probs = np.mean([v[1] for v in val], axis=0)
+        val_probs = np.mean([v.probs for v in val], axis=0)
         out["probs"] = [np.mean(out["probs"], axis=0)]
-        out["thresholds"] = [tune_thresholds(val[0][2], val_probs, modes.pop())]
+        out["thresholds"] = [tune_thresholds(val[0].labels, val_probs, modes.pop())]
     return out
 
 
 def compare(path_a: str | Path, path_b: str | Path, n_boot: int = 2000, seed: int = 0,
             ensemble: bool = False) -> dict[str, Any]:
-    a, b = load_predictions(path_a, ensemble), load_predictions(path_b, ensemble)
+    a, b = model_predictions(path_a, ensemble), model_predictions(path_b, ensemble)
     if a["ids"] != b["ids"] or not np.array_equal(a["labels"], b["labels"]):
         raise ValueError(f"{path_a} and {path_b} were evaluated on different test movies; they cannot be paired")
     result = {"a": str(path_a), "b": str(path_b), "n_test": len(a["ids"]), "ensemble": ensemble,

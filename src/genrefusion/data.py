@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .catalog import load_catalog
+from .modalities import MODALITIES, SPECS
 from .records import (CATALOG_COLUMNS, SPLITS, Collector, DataError, Entry, LoadReport, Movie, MovieDataset,
-                      Problem, ReadError, decode_utf8, dedupe, describe, id_problem, make_movie, nothing_loaded,
+                      Problem, ReadError, assemble, decode_utf8, dedupe, describe, id_problem, make_movie,
                       parse_json_object, read_bytes, read_poster, show_id)
 
 __all__ = ["CATALOG_COLUMNS", "POSTER_SUFFIXES", "SPLITS", "DataError", "LoadReport", "Movie", "MovieDataset",
@@ -84,8 +85,7 @@ def load_mmimdb(root: str | Path, strict: bool = False, plot_mode: str = "join")
             problem(e.where, "bad_id", f"id {show_id(e.id)} ({e.ref}) is not a plain file name: {reason}; refused")
         else:
             valid.append(e)
-    movies: list[Movie] = []
-    split_of: list[str | None] = []
+    found: list[tuple[Movie, str | None]] = []
     for e in dedupe(valid, problem):
         mid = e.id
         path = ds_dir / f"{mid}.json"
@@ -101,12 +101,8 @@ def load_mmimdb(root: str | Path, strict: bool = False, plot_mode: str = "join")
         poster = next((p for s in POSTER_SUFFIXES if (p := ds_dir / f"{mid}{s}").exists() or p.is_symlink()), None)
         movie = make_movie(mid, record, poster, path, report, problem, plot_mode, require_labels=True)
         if movie is not None:
-            movies.append(movie)
-            split_of.append(e.split)
-    if not movies:
-        raise nothing_loaded(root, report)
-    splits = {s: [i for i, sp in enumerate(split_of) if sp == s] for s in SPLITS} if has_split else {}
-    return MovieDataset(movies, splits, report, root, "official" if has_split else "none")
+            found.append((movie, e.split))
+    return assemble(found, has_split, report, root, root)
 
 
 def load_dataset(path: str | Path, split: str = "official", modalities: str = "any", strict: bool = False,
@@ -128,7 +124,7 @@ def load_dataset(path: str | Path, split: str = "official", modalities: str = "a
         raise DataError(f"{path}: does not exist (expected an MM-IMDb folder or a .csv/.tsv/.jsonl catalog)")
     ds = load_mmimdb(path, strict, plot_mode) if path.is_dir() else load_catalog(path, strict, plot_mode)
     if modalities == "both":
-        ds = ds.subset(i for i, m in enumerate(ds.movies) if m.has_plot and m.has_poster)
+        ds = ds.subset(i for i, m in enumerate(ds.movies) if all(SPECS[x].present(m) for x in MODALITIES))
         if not ds.movies:
             raise DataError(f"{path}: no movie has both a poster and a plot (modalities='both')")
     if split == "stratified":

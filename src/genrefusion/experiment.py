@@ -1,24 +1,23 @@
 """One experiment = one model trained and evaluated: data -> features -> model -> fit -> thresholds -> metrics.
 
-Writes a run folder: `config.yaml` (resolved), `metrics.json` (every metric, config, data fingerprint, encoders,
-seed, wall time per phase, training history), `test_predictions.safetensors` (test probabilities and labels, so
-every number can be recomputed), `val_predictions.safetensors` (to re-tune thresholds) and `model/` (weights + what
-is needed to rebuild the model).
+Writes a run folder through runs.write_run: `config.yaml` (resolved), `metrics.json` (every metric, config, data
+fingerprint, encoders, seed, wall time per phase, training history), `test_predictions.safetensors` (test
+probabilities and labels, so every number can be recomputed), `val_predictions.safetensors` (to re-tune thresholds)
+and `model/` (weights + what is needed to rebuild the model).
 """
 from __future__ import annotations
 
-import json
 import platform
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 
-from . import __version__, atomic, fingerprints
-from .config import Config, save_config
+from . import __version__, fingerprints
+from .batching import FeatureBatches
+from .config import Config
 from .data import MovieDataset, load_dataset
 from .distributed import is_main, resolve_device
 from .features import FeatureTable, dataset_features
@@ -26,8 +25,11 @@ from .fusion import create_model, get_model_spec
 from .labels import GENRES
 from .losses import create_loss, pos_weight_from_labels
 from .metrics import compute_metrics, tune_thresholds
+from .modalities import MODALITIES, spec
+from .runs import Predictions, write_run
+from .runs import save_predictions  # noqa: F401  (public here since before runs.py)
 from .summary import data_summary, format_data_line, skipped_record
-from .train import FeatureBatches, encoder_precision, fit, predict, seed_everything
+from .train import encoder_precision, fit, predict, seed_everything
 
 ANALYSIS_KEYS = ("gate", "modality_weights", "alpha")  # GMU image share, attention weights, late-fusion a
 
@@ -44,11 +46,11 @@ def reads_sequences(cfg: Config) -> bool:
 
 def encoder_kwargs(cfg: Config, modality: str) -> dict[str, Any]:
     """Encoder options that change features (part of the cache key); the device is applied with .to()."""
-    return {"pooling": cfg.pooling} if modality == "text" else {}
+    return spec(modality).encoder_kwargs(cfg)
 
 
 def encoder_name(cfg: Config, modality: str) -> str:
-    return cfg.text_encoder if modality == "text" else cfg.image_encoder
+    return spec(modality).encoder_name(cfg)
 
 
 def check_encoders(cfg: Config, modalities: tuple[str, ...], sequences: bool) -> None:
@@ -81,7 +83,7 @@ def model_kwargs(cfg: Config) -> dict[str, Any]:
 
 def build_model(cfg: Config, dims: dict[str, int]):
     """The configured genre model for encoders of these output sizes ({"text": D_t, "image": D_i})."""
-    return create_model(cfg.model, text_dim=dims.get("text"), image_dim=dims.get("image"), num_labels=len(GENRES),
+    return create_model(cfg.model, **{f"{m}_dim": dims.get(m) for m in MODALITIES}, num_labels=len(GENRES),
                         **model_kwargs(cfg))
 
 
@@ -91,21 +93,15 @@ def build_loss(cfg: Config, train_labels: torch.Tensor):
     return create_loss(cfg.loss, pos_weight=pos_weight)
 
 
-@dataclass
-class Features:
-    """The feature tables an experiment reads, by modality (shared across the models of a grid)."""
-
-    text: FeatureTable | None = None
-    image: FeatureTable | None = None
+# The feature tables an experiment reads, by modality name (shared across the models of a grid).
+Features = dict[str, FeatureTable]
 
 
 def load_features(cfg: Config, dataset: MovieDataset, modalities: tuple[str, ...], sequences: bool = False,
                   progress: bool = True) -> tuple[Features, float]:
     t0 = time.perf_counter()
-    feats = Features()
-    for m in modalities:
-        setattr(feats, m, dataset_features(dataset, build_encoder(cfg, m), cfg.cache_dir, sequences=sequences, progress=progress,
-                                           precision=cfg.precision))
+    feats = {m: dataset_features(dataset, build_encoder(cfg, m), cfg.cache_dir, sequences=sequences,
+                                 progress=progress, precision=cfg.precision) for m in modalities}
     return feats, time.perf_counter() - t0
 
 
@@ -122,13 +118,14 @@ def _subgroup_metrics(y, probs, thr, presence: dict[str, np.ndarray], test_idx, 
     return out
 
 
-def run_experiment(cfg: Config, dataset: MovieDataset | None = None, features: Features | None = None,
-                   run_dir: str | Path | None = None, log: Callable[[str], None] | None = print,
-                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_experiment(cfg: Config, dataset: MovieDataset | None = None,
+                   features: Mapping[str, FeatureTable] | None = None, run_dir: str | Path | None = None,
+                   log: Callable[[str], None] | None = print, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train and evaluate one model; returns the metrics dict that is also written to `run_dir/metrics.json`.
 
     In 'features' mode (default) the encoders are frozen and read through the feature cache (`features` may be
-    passed in to share it across models); in 'end-to-end' mode they run inside the loop (see endtoend.py)."""
+    passed in, by modality, to share it across models); in 'end-to-end' mode they run inside the loop (see
+    endtoend.py)."""
     timings: dict[str, float] = {}
     modalities = model_modalities(cfg.model)
     sequences = reads_sequences(cfg)
@@ -143,14 +140,16 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None, features: F
     if cfg.mode == "features":
         if features is None:
             features, timings["features_s"] = load_features(cfg, dataset, modalities, sequences)
+        lacking = [m for m in modalities if features.get(m) is None]
+        if lacking:
+            raise ValueError(f"model {cfg.model!r} reads {', '.join(lacking)} features, which were not given")
         # What model.json and metrics.json record per modality (format 2): the encoder to rebuild, the
         # precision its features were computed at, and the fingerprint the loader checks it against.
         encoders_meta = {m: fingerprints.encoder_record(encoder_name(cfg, m), encoder_kwargs(cfg, m),
-                                                        getattr(features, m).encoder_fingerprint,
-                                                        getattr(features, m).precision) for m in modalities}
-        dims = {m: getattr(features, m).dim for m in modalities}
-        batch_fn = FeatureBatches(features.text if "text" in modalities else None,
-                                  features.image if "image" in modalities else None, sequences)
+                                                        features[m].encoder_fingerprint, features[m].precision)
+                         for m in modalities}
+        dims = {m: features[m].dim for m in modalities}
+        batch_fn = FeatureBatches(**{m: features[m] for m in modalities}, sequences=sequences)
     else:
         if sequences:
             raise ValueError("end-to-end mode supports pooled fusion only (cross_attention=pooled)")
@@ -159,7 +158,7 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None, features: F
         encs = {m: build_encoder(cfg, m) for m in modalities}
         for e in encs.values():
             e.requires_grad_(cfg.finetune)
-        batch_fn = EncoderBatches(dataset, encs.get("text"), encs.get("image"), cfg.finetune)
+        batch_fn = EncoderBatches(dataset, **{f"{m}_encoder": e for m, e in encs.items()}, finetune=cfg.finetune)
         if cfg.finetune:
             extra_groups = [{"params": batch_fn.encoder_parameters(), "lr": cfg.encoder_lr}]
         precision = encoder_precision(resolve_device(cfg.device))  # the autocast train.fit runs them under
@@ -167,8 +166,7 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None, features: F
                                                         getattr(e, "fixed_precision", None) or precision)
                          for m, e in encs.items()}
         dims = {m: e.dim for m, e in encs.items()}
-    presence = {"text": np.array([m.has_plot for m in dataset.movies]),
-                "image": np.array([m.has_poster for m in dataset.movies])}
+    presence = {m: np.array([spec(m).present(movie) for movie in dataset.movies]) for m in MODALITIES}
     # Only movies that have at least one modality the model reads can be scored by it.
     usable = np.logical_or.reduce([presence[m] for m in modalities])
     train_idx, val_idx, test_idx = ([i for i in dataset.splits[s] if usable[i]] for s in ("train", "dev", "test"))
@@ -214,32 +212,9 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None, features: F
     timings["eval_s"] = time.perf_counter() - t
     metrics["timings"] = timings
     if run_dir is not None and is_main():  # under torchrun every rank has the same metrics; rank 0 writes
-        write_run(Path(run_dir), cfg, metrics, model, dataset, test_idx, test_probs, y_test, threshold, analysis,
-                  encoders_meta, val=(val_idx, val_probs, y[val_idx].numpy()))
+        ids = lambda idx: [dataset.movies[i].id for i in idx]  # noqa: E731
+        write_run(Path(run_dir), cfg, metrics, model, encoders_meta,
+                  test=Predictions(ids(test_idx), test_probs, y_test, threshold, analysis=analysis),
+                  # validation predictions: thresholds can be re-tuned from the run folder alone
+                  val=Predictions(ids(val_idx), val_probs, y[val_idx].numpy(), threshold))
     return metrics
-
-
-def write_run(run_dir: Path, cfg: Config, metrics: dict, model, dataset: MovieDataset, test_idx, probs, y_true,
-              threshold, analysis: dict[str, np.ndarray], encoders: dict[str, dict] | None = None,
-              val: tuple[list[int], np.ndarray, np.ndarray] | None = None) -> None:
-    """Write the run folder. Files are written under temporary names and renamed, so a folder never holds a
-    half-written metrics.json (its presence marks a finished run)."""
-    from .checkpoint import save_model
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    ids = lambda idx: [dataset.movies[i].id for i in idx]  # noqa: E731
-    save_predictions(run_dir / "test_predictions.safetensors", ids(test_idx), probs, y_true, threshold, analysis)
-    if val is not None:  # validation predictions: thresholds can be re-tuned from the run folder alone
-        save_predictions(run_dir / "val_predictions.safetensors", ids(val[0]), val[1], val[2], threshold, {})
-    save_model(run_dir / "model", model, cfg, threshold, encoders)
-    atomic.write_json(run_dir / "metrics.json", metrics)
-
-
-def save_predictions(path: Path, ids: list[str], probs, labels, threshold, analysis: dict[str, np.ndarray]) -> None:
-    tensors = {"probs": torch.as_tensor(probs, dtype=torch.float32),
-               "labels": torch.as_tensor(labels, dtype=torch.float32)}
-    for k, v in analysis.items():
-        tensors[k] = torch.as_tensor(v, dtype=torch.float32)
-    atomic.save_safetensors(tensors, path, {"ids": json.dumps(ids), "genres": json.dumps(list(GENRES)),
-                                            "thresholds": json.dumps(np.asarray(threshold).tolist())})

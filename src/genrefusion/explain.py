@@ -34,7 +34,7 @@ def explain(predictor, poster: Image.Image | None, plot: str | None, genre: str 
     """Explain the prediction of `genre` for one movie (default: its most probable predicted genre)."""
     import torch
 
-    from .predict import InputError
+    from .inputs import InputError
 
     result = predictor.predict_one(poster, plot)  # also checks the input
     # Default: the most probable genre the model predicts (what a person asks "why?" about), else the most probable.
@@ -59,7 +59,7 @@ def explain(predictor, poster: Image.Image | None, plot: str | None, genre: str 
 # --- poster: Grad-CAM ---------------------------------------------------------------------------------------------
 def grad_cam(predictor, poster: Image.Image, base: dict, target: int) -> dict[str, Any]:
     """Grad-CAM map (scaled to [0, 1]) of `target`'s logit over the poster, with captum's LayerGradCam at the layer
-    the image encoder names (ImageEncoder.grad_cam_layer). A joined image encoder (ConcatEncoder) gets one map per
+    the image encoder names (ImageEncoder.grad_cam_layer). A joined image encoder (feature_parts()) gets one map per
     part, each from that part's own activations with the other parts' pooled vectors held fixed; the parts see the
     poster on different grids (7x7 for a CNN at 224 px, 16x16 for a ViT-S/14), so each map is resized to the
     finest grid and they are averaged."""
@@ -67,10 +67,8 @@ def grad_cam(predictor, poster: Image.Image, base: dict, target: int) -> dict[st
     import torch.nn.functional as F
     from captum.attr import LayerGradCam
 
-    from .encoders import ConcatEncoder
-
     enc = predictor.encoders["image"]
-    parts = list(enc.parts) if isinstance(enc, ConcatEncoder) else [enc]
+    parts = list(enc.feature_parts()) or [enc]
     pixels = [p.preprocess([poster])["pixel_values"].to(p.device) for p in parts]
     with torch.no_grad():
         fixed = [p.encode({"pixel_values": x}).pooled for p, x in zip(parts, pixels)]
@@ -340,7 +338,8 @@ def _save(fig, path: Path) -> Path:
 # --- command line -------------------------------------------------------------------------------------------------
 def cmd_explain(args) -> int:
     from .images import load_poster
-    from .predict import check_plot, load_model
+    from .inputs import check_plot
+    from .predictor import load_model
 
     if args.poster is None and args.plot is None:
         raise SystemExit("error: give --poster and/or --plot")

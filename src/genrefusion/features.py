@@ -45,6 +45,7 @@ from . import shards as shard_io
 from .atomic import remove_stale_tmp
 from .data import Movie, MovieDataset
 from .fingerprints import PRECISIONS, resolve_precision  # noqa: F401  (public here since before fingerprints.py)
+from .modalities import spec
 from .paths import cache_root
 
 SHARD_BATCHES = 8  # batches per shard: bounds the work lost to a kill and the number of files
@@ -63,24 +64,33 @@ class FeatureTable:
     fingerprint: str = ""  # fingerprints.identity_sha256 of the encoder's fingerprint and the precision
     precision: str = "fp32"  # the autocast the features were computed under
     encoder_fingerprint: dict | None = None  # the encoder's full fingerprint()
+    # What producing the table took (dataset_features): items encoded by this call (the rest came from the cache),
+    # its wall time, and how many damaged shards were discarded and their items encoded again.
+    encoded_now: int = 0
+    seconds: float = 0.0
+    repaired: int = 0
 
     @property
     def dim(self) -> int:
         return self.pooled.shape[1]
 
 
-def concat_tables(tables: Sequence[FeatureTable], name: str, fingerprint: dict) -> FeatureTable:
-    """Pooled features of several encoders side by side (`fingerprint`: the joined encoder's). A movie has the
-    modality only where every part has it (the parts read the same file, so they agree unless one failed on it)."""
+def join_tables(encoder, tables: Sequence[FeatureTable]) -> FeatureTable:
+    """The table of an encoder joined from parts (Encoder.feature_parts), from each part's table: its `join` of
+    the parts' pooled vectors. A movie has the modality only where every part has it (the parts read the same
+    file, so they agree unless one failed on it)."""
     precision = {t.precision for t in tables}
     if len(precision) != 1:
-        raise ValueError(f"encoder {name!r}: its parts' features were computed at different precisions {precision}")
+        raise ValueError(f"encoder {encoder.name!r}: its parts' features were computed at different precisions "
+                         f"{precision}")
     present = tables[0].present.clone()
     for t in tables[1:]:
         present &= t.present
-    pooled = torch.cat([t.pooled for t in tables], dim=1) * present[:, None]  # zeros where absent, as elsewhere
-    p = precision.pop()
-    return FeatureTable(pooled, present, None, name, fingerprints.identity_sha256(fingerprint, p), p, fingerprint)
+    pooled = encoder.join([t.pooled for t in tables]) * present[:, None]  # zeros where absent, as elsewhere
+    p, fingerprint = precision.pop(), encoder.fingerprint()
+    return FeatureTable(pooled, present, None, encoder.name, fingerprints.identity_sha256(fingerprint, p), p,
+                        fingerprint, encoded_now=sum(t.encoded_now for t in tables),
+                        seconds=sum(t.seconds for t in tables), repaired=sum(t.repaired for t in tables))
 
 
 def _slug(name: str) -> str:
@@ -364,18 +374,15 @@ def _prefetched_inputs(encoder, batches: list[list[str]], load: Callable[[str], 
 
 # -- dataset-level helpers -------------------------------------------------------------------------------------
 def modality_keys(movies: Sequence[Movie], modality: str) -> list[str | None]:
-    if modality == "text":
-        return [m.text_key for m in movies]
-    if modality == "image":
-        return [m.poster_sha256 for m in movies]
-    raise ValueError(f"unknown modality {modality!r}")
+    """Each movie's cache key for `modality` (None where the movie lacks it)."""
+    return [spec(modality).key(m) for m in movies]
 
 
 def default_batch_size(modality: str, device: torch.device | str) -> int:
     """Small batches on the CPU (no gain from larger ones), large ones to keep a GPU busy."""
     if torch.device(device).type == "cuda":
         return 128
-    return 32 if modality == "text" else 16
+    return spec(modality).cpu_batch_size
 
 
 def dataset_features(dataset: MovieDataset, encoder, cache_dir: str | Path | None = None, *,
@@ -385,41 +392,36 @@ def dataset_features(dataset: MovieDataset, encoder, cache_dir: str | Path | Non
     """Features of every movie in `dataset` for `encoder` (text or image), encoding what the cache lacks.
 
     The encoder runs where it is (`encoder.to(device)` first); `precision` ('auto', 'fp32', 'bf16', 'fp16') is the
-    autocast used while encoding (auto: bf16 on a GPU, fp32 on the CPU). Under torchrun the ranks share the work
-    (see FeatureCache.extract) and every rank gets the whole table."""
+    autocast used while encoding (auto: bf16 on a GPU, fp32 on the CPU). An encoder joined from parts
+    (`encoder.feature_parts()`, e.g. "a+b") is cached part by part and its table joined from theirs. Under torchrun
+    the ranks share the work (see FeatureCache.extract) and every rank gets the whole table."""
     from . import distributed
-    from .encoders.concat import ConcatEncoder
-    from .images import load_poster
 
-    if isinstance(encoder, ConcatEncoder):  # each part through its own cache folder, then side by side
+    parts = encoder.feature_parts()
+    if parts:  # each part through its own cache folder, then joined
         if sequences:
             raise ValueError(f"encoder {encoder.name!r} concatenates pooled vectors only; sequences need one encoder")
-        tables = [dataset_features(dataset, part, cache_dir, batch_size=batch_size, progress=progress,
-                                   shard_batches=shard_batches, precision=precision, num_workers=num_workers)
-                  for part in encoder.parts]
-        table = concat_tables(tables, encoder.name, encoder.fingerprint())
-        table.encoded_now = sum(t.encoded_now for t in tables)  # type: ignore[attr-defined]
-        table.seconds = sum(t.seconds for t in tables)  # type: ignore[attr-defined]
-        return table
+        return join_tables(encoder, [dataset_features(dataset, part, cache_dir, batch_size=batch_size,
+                                                      progress=progress, shard_batches=shard_batches,
+                                                      precision=precision, num_workers=num_workers)
+                                     for part in parts])
+    modality = spec(encoder.modality)
     cache = FeatureCache(encoder, cache_dir, precision)
-    keys = modality_keys(dataset.movies, encoder.modality)
+    keys = modality_keys(dataset.movies, modality.name)
     source: dict[str, Movie] = {}
     for m, k in zip(dataset.movies, keys):
         if k is not None:
             source.setdefault(k, m)
-    if encoder.modality == "text":
-        load_item = lambda k: source[k].plot  # noqa: E731
-        lengths = encoder.token_lengths
-    else:
-        load_item = lambda k: load_poster(source[k].poster)  # noqa: E731
-        lengths = None
+    load_item = lambda k: modality.load_raw(source[k])  # noqa: E731
+    # An encoder that can tell its items' lengths (text: tokens) gets batches grouped by length.
+    lengths = getattr(encoder, "token_lengths", None)
     t0 = time.perf_counter()
     n = 0
     for _ in range(REPAIR_ATTEMPTS):
         # Shards whose data fail their checksums are found only when read: load discards them, and the next
         # extract encodes their items again. Every rank takes the same number of rounds (extract is collective).
         n += cache.extract([k for k in keys if k is not None], load_item, sequences=sequences,
-                           batch_size=batch_size or default_batch_size(encoder.modality, encoder.device),
+                           batch_size=batch_size or default_batch_size(modality.name, encoder.device),
                            lengths=lengths, progress=progress, shard_batches=shard_batches, num_workers=num_workers)
         try:
             table, damaged = cache.load(keys, sequences=sequences), 0
@@ -431,6 +433,5 @@ def dataset_features(dataset: MovieDataset, encoder, cache_dir: str | Path | Non
         reasons = sorted({r for _, r in cache.discarded})
         raise ValueError(f"feature cache {cache.dir}: freshly written shards keep failing their checks "
                          f"({'; '.join(reasons)}); the disk or memory may be faulty")
-    table.encoded_now = n  # type: ignore[attr-defined]
-    table.seconds = time.perf_counter() - t0  # type: ignore[attr-defined]
+    table.encoded_now, table.seconds, table.repaired = n, time.perf_counter() - t0, len(cache.discarded)
     return table

@@ -13,13 +13,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from . import atomic
-from .config import Config, load_config, save_config
+from . import runs
+from .config import load_config
 from .data import load_dataset
 from .distributed import is_main
 from .encoders.concat import SEPARATOR
-from .experiment import Features, check_encoders, load_features, reads_sequences, run_experiment
+from .experiment import check_encoders, load_features, reads_sequences, run_experiment
 from .metrics import format_table
+from .modalities import spec
 from .report import write_report
 from .stats import mean_std
 from .thesis import FUSION_IMAGE_SLOT, FUSION_TEXT_SLOT, ROWS, SLOTS, Row
@@ -106,7 +107,7 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
 
     summary = data_summary(dataset)
     if is_main():  # under torchrun every rank runs the grid; rank 0 alone writes its files
-        atomic.write_json(out / "data_summary.json", summary)
+        runs.write_data_summary(out, summary)
     log(f"{format_data_line(summary, modalities)}  [{time.perf_counter() - t:.1f} s]")
 
     # Encode each slot's encoder once; every row that uses the slot shares the table.
@@ -114,15 +115,15 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
     tables: dict[str, Any] = {}
     for slot in dict.fromkeys(s for r in selected for s in (r.text_slot, r.image_slot) if s):
         modality = slot_modality(slot)
-        cfg = base.replace(**{f"{modality}_encoder": slots[slot]})
+        cfg = base.replace(**{spec(modality).encoder_config: slots[slot]})
         t_slot = time.perf_counter()
         # Token/patch sequences only for slots that a sequence-reading model (cross_attention=sequence) reads.
         sequences = any(slot in (r.text_slot, r.image_slot) and reads_sequences(base.replace(model=r.model))
                         for r in selected)
         feats, _ = load_features(cfg, dataset, (modality,), sequences=sequences)
-        tables[slot] = getattr(feats, modality)
+        tables[slot] = feats[modality]
         log(f"features {slot:<8} <- {slots[slot]:<20} {tables[slot].dim:>5}-d  "
-            f"{getattr(tables[slot], 'encoded_now', 0):,} newly encoded  [{time.perf_counter() - t_slot:.1f} s]")
+            f"{tables[slot].encoded_now:,} newly encoded  [{time.perf_counter() - t_slot:.1f} s]")
     features_s = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -130,17 +131,16 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
     for row in selected:
         label = row_label(row, slots)
         seed_metrics = []
-        run_dirs = []
+        run_dirs: list[str] = []
+        row_slots = [s for s in (row.text_slot, row.image_slot) if s]
         for s in range(seeds):
-            cfg = base.replace(model=row.model, seed=base.seed + s,
-                               text_encoder=slots[row.text_slot] if row.text_slot else base.text_encoder,
-                               image_encoder=slots[row.image_slot] if row.image_slot else base.image_encoder,
-                               name=f"{_slug(row.name)}/seed-{base.seed + s}")
-            feats = Features(tables.get(row.text_slot), tables.get(row.image_slot))
+            cfg = base.replace(model=row.model, seed=base.seed + s, name=f"{_slug(row.name)}/seed-{base.seed + s}",
+                               **{spec(slot_modality(k)).encoder_config: slots[k] for k in row_slots})
+            feats = {slot_modality(k): tables[k] for k in row_slots}
             run_dir = out / _slug(row.name) / f"seed-{base.seed + s}"
             m = run_experiment(cfg, dataset, feats, run_dir, log=None,
                                extra={"grid_row": row.name, "row_kind": row.kind, "row_label": label,
-                                      "slots": {k: slots[k] for k in (row.text_slot, row.image_slot) if k}})
+                                      "slots": {k: slots[k] for k in row_slots}})
             seed_metrics.append(m["test"])
             run_dirs.append(str(run_dir.relative_to(out)))
             log(f"{label:<48} seed {cfg.seed}: acc {m['test']['hamming_accuracy']:.4f}  "
@@ -148,7 +148,7 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
                 f"(best epoch {m['best_epoch']}, {m['timings']['train_s']:.1f} s)")
         summary_metrics = seed_metrics[0] if seeds == 1 else mean_std(seed_metrics)
         results.append({"row": row.name, "kind": row.kind, "model": row.model, "label": label,
-                        "encoders": {k: slots[k] for k in (row.text_slot, row.image_slot) if k},
+                        "encoders": {k: slots[k] for k in row_slots},
                         "runs": run_dirs, "test": summary_metrics})
     train_s = time.perf_counter() - t
 
@@ -163,9 +163,7 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
     if not is_main():
         grid["out"] = str(out)
         return grid
-    save_config(base, out / "config.yaml")
-    atomic.write_text(out / "tables.txt", tables_txt + "\n")
-    atomic.write_json(out / "grid.json", grid)
+    runs.write_grid(out, base, grid, tables_txt)
     log("")
     log(tables_txt)
     if report:

@@ -173,6 +173,16 @@ def nothing_loaded(source: str | Path, report: LoadReport) -> DataError:
                      + (f"; first: {first}" if first else ""))
 
 
+def assemble(found: list[tuple[Movie, str | None]], with_split: bool, report: LoadReport, source: str | Path,
+             root: Path) -> MovieDataset:
+    """The dataset a reader found: its movies with the split each was listed in (its official split when the
+    input gives one). Input in which every movie was skipped is an error naming the reasons."""
+    if not found:
+        raise nothing_loaded(source, report)
+    splits = {s: [i for i, (_, sp) in enumerate(found) if sp == s] for s in SPLITS} if with_split else {}
+    return MovieDataset([m for m, _ in found], splits, report, root, "official" if with_split else "none")
+
+
 # -- reading files -----------------------------------------------------------------------------------------------
 class ReadError(Exception):
     """A file that cannot be used; `kind` is a problem kind."""

@@ -12,7 +12,6 @@ gradient one process would compute on the whole batch, also for an uneven last b
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -23,8 +22,8 @@ import torch
 from torch import nn
 
 from . import distributed
+from .batching import FeatureBatches, pad_sequences  # noqa: F401  (public here since before batching.py)
 from .config import Config
-from .features import FeatureTable
 
 BatchFn = Callable[[torch.Tensor, bool], dict]
 AUX_LOGITS = ("text_logits", "image_logits")  # per-modality logits a model may return besides "logits"
@@ -36,51 +35,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-class FeatureBatches:
-    """Batches from cached features: pooled vectors, presence masks and (optionally) padded sequences."""
-
-    def __init__(self, text: FeatureTable | None, image: FeatureTable | None, sequences: bool = False):
-        self.text, self.image, self.sequences = text, image, sequences
-
-    def to(self, device: torch.device | str) -> "FeatureBatches":
-        """Batches sliced from pooled tables moved to `device` once, instead of copying every batch (token
-        sequences stay on the CPU and are padded there)."""
-        device = torch.device(device)
-        if device.type == "cpu":
-            return self
-
-        def move(t: FeatureTable | None) -> FeatureTable | None:
-            return None if t is None else dataclasses.replace(t, pooled=t.pooled.to(device),
-                                                              present=t.present.to(device))
-
-        return FeatureBatches(move(self.text), move(self.image), self.sequences)
-
-    def __call__(self, idx: torch.Tensor, train: bool = False) -> dict:
-        batch: dict = {}
-        for name, table in (("text", self.text), ("image", self.image)):
-            if table is None:
-                continue
-            batch[name] = table.pooled[idx]
-            batch[f"{name}_present"] = table.present[idx]
-            if self.sequences:
-                batch[f"{name}_seq"], batch[f"{name}_seq_mask"] = pad_sequences(
-                    [table.sequences[i] for i in idx.tolist()], table.dim)
-        return batch
-
-
-def pad_sequences(seqs: list[torch.Tensor | None], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad to the batch's longest sequence. An absent item gets one masked-out zero token (the model substitutes
-    its learned stand-in for absent modalities, so the content does not matter)."""
-    longest = max([len(s) for s in seqs if s is not None] + [1])
-    out = torch.zeros(len(seqs), longest, dim, dtype=torch.float32)
-    mask = torch.zeros(len(seqs), longest, dtype=torch.bool)
-    for i, s in enumerate(seqs):
-        if s is not None and len(s):
-            out[i, : len(s)] = s.float()
-            mask[i, : len(s)] = True
-    return out, mask
 
 
 @dataclass

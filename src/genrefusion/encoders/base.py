@@ -26,7 +26,8 @@ class EncoderOutput:
 
 
 class Encoder(torch.nn.Module):
-    """Base class. Subclasses set `name`, `modality`, `dim` and implement the three methods."""
+    """Base class. Subclasses set `name`, `modality`, `dim` and implement the three methods (an encoder joined
+    from others also overrides `feature_parts` and `join`)."""
 
     name: str
     modality: Modality
@@ -43,6 +44,16 @@ class Encoder(torch.nn.Module):
     def fingerprint(self) -> dict[str, Any]:
         """JSON-able identity of weights + preprocessing; the feature cache keys on it."""
         raise NotImplementedError
+
+    def feature_parts(self) -> tuple["Encoder", ...]:
+        """The encoders this one's pooled vector is joined from (`join`), when it is built from others: the feature
+        cache then caches each part under its own fingerprint and joins their tables, so a combination of cached
+        encoders costs nothing. Empty (the default): the encoder is cached as itself."""
+        return ()
+
+    def join(self, pooled: list[torch.Tensor]) -> torch.Tensor:
+        """The pooled vector (B, dim) from each of `feature_parts()`'s pooled vectors, in that order."""
+        raise NotImplementedError(f"{type(self).__name__} is not joined from parts")
 
     def forward(self, batch: dict[str, torch.Tensor], return_sequence: bool = False) -> EncoderOutput:
         return self.encode(batch, return_sequence=return_sequence)

@@ -4,8 +4,8 @@ The pooled vector is the concatenation of the parts' pooled vectors, in the orde
 a poster differently (a CNN's textures and colours, a self-supervised ViT's layout and objects), and on a few
 hundred training movies two frozen views give a fusion head more to work with than either alone. Each part keeps
 its own preprocessing (size, normalisation), so `preprocess` returns one input dict per part under prefixed keys.
-The feature cache stores each part under its own fingerprint (see features.dataset_features), so a combination
-costs nothing once its parts are cached.
+It declares its parts (`feature_parts`), so the feature cache stores each part under its own fingerprint (see
+features.dataset_features) and a combination costs nothing once its parts are cached.
 """
 from __future__ import annotations
 
@@ -55,6 +55,9 @@ class ConcatEncoder(Encoder):
             inputs = {k.split(".", 1)[1]: v for k, v in batch.items() if k.startswith(f"{i}.")}
             pooled.append(part.encode(inputs).pooled.float())
         return EncoderOutput(self.join(pooled))
+
+    def feature_parts(self) -> tuple[Encoder, ...]:
+        return tuple(self.parts)
 
     def join(self, pooled: list[torch.Tensor]) -> torch.Tensor:
         """The joined pooled vector from each part's own pooled vector (B, part.dim), in `parts` order: what

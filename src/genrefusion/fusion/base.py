@@ -13,9 +13,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from ..modalities import MODALITIES
 from .heads import HEAD_DROPOUT, HEAD_HIDDEN, ClassifierHead
-
-MODALITIES = ("text", "image")
 INPUT_NORMS = ("none", "layernorm")
 
 
@@ -46,7 +45,7 @@ class GenreModel(nn.Module):
         self.modalities = tuple(modalities)
         if not self.modalities or any(m not in MODALITIES for m in self.modalities):
             raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {self.modalities}")
-        given = {"text": text_dim, "image": image_dim}
+        given = dict(zip(MODALITIES, (text_dim, image_dim)))
         for m in self.modalities:
             if not isinstance(given[m], int) or given[m] <= 0:
                 raise ValueError(f"{type(self).__name__} reads {m!r}: {m}_dim must be a positive int, got {given[m]!r}")

@@ -6,8 +6,8 @@ The layout follows the thesis (Tables 1, 2, 6, 7, 8 and Figures 1, 2) and adds w
 per-genre F1, training curves, the GMU gate per genre, mean ± std over seeds, and the thesis's published numbers
 side by side with an explicit warning whenever the run is not the full benchmark.
 
-One module per job:
-  load.py       the run folder's files            aggregate.py  the numbers (Table 8, per genre, shares, curves)
+The grid folder is read by genrefusion/runs.py (read_grid: every file checked, a bad one named). One module per job:
+  aggregate.py  the numbers (Table 8, per genre, shares, curves)
   reference.py  this run next to the thesis       charts.py     the PNG figures (matplotlib)
   blocks.py     what a report is made of          render.py     Markdown, and HTML from it (markdown-it-py)
   sections.py   the sections, in the thesis's order
@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import write_text
+from ..runs import Grid, read_grid
 from ..thesis import METRICS, THESIS_DATA, THESIS_SPLIT, THESIS_TABLE6, THESIS_TABLE7, THESIS_TABLE8
-from .load import Run, load_predictions, load_run
+
+Run, load_run = Grid, read_grid  # the names this package gave them before runs.py
 
 
 def __getattr__(name: str):  # the heavier parts, on first use (PEP 562)
@@ -44,7 +46,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     from .render import to_html, to_markdown
     from .sections import build_report
 
-    run = load_run(run_dir)
+    run = read_grid(run_dir)
     out = Path(out_dir) if out_dir else run.dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     rep = build_report(run, out)
@@ -69,6 +71,6 @@ def add_cli(subparsers) -> None:
     p.set_defaults(func=cmd_report)
 
 
-__all__ = ["METRICS", "THESIS_DATA", "THESIS_SPLIT", "THESIS_TABLE6", "THESIS_TABLE7", "THESIS_TABLE8", "Run",
-           "add_cli", "build_report", "cmd_report", "load_predictions", "load_run", "not_benchmark_reasons",
+__all__ = ["METRICS", "THESIS_DATA", "THESIS_SPLIT", "THESIS_TABLE6", "THESIS_TABLE7", "THESIS_TABLE8", "Grid",
+           "Run", "add_cli", "build_report", "cmd_report", "load_run", "not_benchmark_reasons", "read_grid",
            "write_report"]

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..stats import seed_summary
 from ..thesis import METRICS
-from .load import Run, load_predictions
+from ..runs import Grid, RunFolderError
 
 
 def mean_of(value: float | Mapping | None) -> float | None:
@@ -20,7 +20,7 @@ def std_of(value: float | Mapping | None) -> float | None:
     return value["std"] if isinstance(value, Mapping) else None
 
 
-def group_averages(run: Run) -> dict[str, dict[str, Any]] | None:
+def group_averages(run: Grid) -> dict[str, dict[str, Any]] | None:
     """Table 8: per seed, the mean over the unimodal rows and over the fusion rows of each metric; then mean ± std
     over seeds. Improvement = (fusion - unimodal) / unimodal * 100 from those means (the thesis's definition);
     with several seeds its ± is the std of the per-seed improvements."""
@@ -41,7 +41,7 @@ def group_averages(run: Run) -> dict[str, dict[str, Any]] | None:
     return out
 
 
-def per_genre_f1(run: Run) -> dict[str, dict[str, Any]]:
+def per_genre_f1(run: Grid) -> dict[str, dict[str, Any]]:
     """row name -> genre -> F1 on test (mean ± std over seeds)."""
     return {name: {g: seed_summary([m["test"]["per_genre"][g]["f1"] for m in ms]) for g in ms[0]["test"]["per_genre"]}
             for name, ms in run.metrics.items()}
@@ -53,7 +53,7 @@ SHARES = {"gmu": ("gate", "GMU gate (image share)", lambda t: t.mean(axis=1)),
           "attention": ("modality_weights", "Attention weight (image)", lambda t: t[:, 1])}
 
 
-def modality_shares(run: Run) -> dict[str, dict[str, Any]]:
+def modality_shares(run: Grid) -> dict[str, dict[str, Any]]:
     """model -> {"title", "n": {genre: test movies}, "genre": {genre: mean share or None}, "all": overall mean}.
     Per seed: the per-movie image share averaged over the test movies carrying each genre; then over seeds."""
     out = {}
@@ -61,13 +61,13 @@ def modality_shares(run: Run) -> dict[str, dict[str, Any]]:
         row = next((r for r in run.rows if r["model"] == model), None)
         if row is None:
             continue
-        preds = load_predictions(run, row)
-        missing = [run.dir / d / "test_predictions.safetensors" for d, p in zip(row["runs"], preds) if key not in p]
+        preds = run.predictions(row)
+        missing = [p.path for p in preds if key not in p.analysis]
         if missing:
-            raise ValueError(f"{missing[0]}: no {key!r} tensor (the {row['row']} run did not save its analysis)")
-        genres = preds[0]["genres"]
-        labels = preds[0]["labels"] > 0.5
-        shares = [per_movie(p[key]) for p in preds]
+            raise RunFolderError(f"{missing[0]}: no {key!r} tensor (the {row['row']} run did not save its analysis)")
+        genres = preds[0].genres
+        labels = preds[0].labels > 0.5
+        shares = [per_movie(p.analysis[key]) for p in preds]
         n = {g: int(labels[:, j].sum()) for j, g in enumerate(genres)}
         out[model] = {
             "title": title, "row": row["row"], "n": n, "n_all": int(labels.shape[0]),

@@ -14,7 +14,7 @@ from ..atomic import write_bytes
 from ..thesis import METRICS, THESIS_DATA, THESIS_SPLIT, THESIS_TABLE6, THESIS_TABLE7
 from .aggregate import curves, mean_of, std_of
 from .blocks import HEADERS, KIND_TITLE, encoder_training
-from .load import Run
+from ..runs import Grid
 
 KIND_COLOR = {"unimodal": "#4C72B0", "fusion": "#DD8452"}
 THESIS_COLOR = "#9a9a9a"
@@ -44,7 +44,7 @@ def _err(values: Sequence[Any]) -> np.ndarray | None:
     return None if all(s is None for s in stds) else np.array([s or 0.0 for s in stds])
 
 
-def chart_group_averages(run: Run, avgs: dict[str, Any], path: Path) -> Path:
+def chart_group_averages(run: Grid, avgs: dict[str, Any], path: Path) -> Path:
     fig = _figure(figsize=(10, 5.2))
     ax = fig.add_subplot()
     x, w = np.arange(len(METRICS)), 0.38
@@ -69,7 +69,7 @@ def chart_group_averages(run: Run, avgs: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
-def chart_all_models(run: Run, path: Path) -> Path:
+def chart_all_models(run: Grid, path: Path) -> Path:
     """One panel per metric in a 2 x 3 grid (the sixth cell holds the legend), so labels stay legible at page width."""
     from matplotlib.patches import Patch
 
@@ -102,7 +102,7 @@ def chart_all_models(run: Run, path: Path) -> Path:
     return _save(fig, path)
 
 
-def chart_vs_thesis(run: Run, path: Path) -> Path:
+def chart_vs_thesis(run: Grid, path: Path) -> Path:
     thesis = {**THESIS_TABLE6, **THESIS_TABLE7}
     rows = run.rows
     fig = _figure(figsize=(14, 0.6 * len(rows) + 2.4))
@@ -134,7 +134,7 @@ def chart_vs_thesis(run: Run, path: Path) -> Path:
     return _save(fig, path)
 
 
-def chart_per_genre(run: Run, f1: dict[str, dict[str, Any]], test_n: dict[str, int | None], path: Path) -> Path:
+def chart_per_genre(run: Grid, f1: dict[str, dict[str, Any]], test_n: dict[str, int | None], path: Path) -> Path:
     """Genres down, models across (23 rows read better than 23 rotated columns); with several seeds a second panel
     shows the std over seeds."""
     rows = run.rows
@@ -165,7 +165,7 @@ def chart_per_genre(run: Run, f1: dict[str, dict[str, Any]], test_n: dict[str, i
     return _save(fig, path)
 
 
-def chart_curves(run: Run, path: Path) -> Path:
+def chart_curves(run: Grid, path: Path) -> Path:
     """Small multiples, one per model: losses on the left axis, validation macro-F1 on the right."""
     rows = run.rows
     ncols = 3
@@ -205,7 +205,7 @@ def chart_curves(run: Run, path: Path) -> Path:
     return _save(fig, path)
 
 
-def chart_shares(run: Run, shares: dict[str, dict[str, Any]], path: Path) -> Path:
+def chart_shares(run: Grid, shares: dict[str, dict[str, Any]], path: Path) -> Path:
     """One panel per fusion model (their scales differ widely). Bars start at 0.5 (equal shares) and run towards the
     modality the model leans on, so each panel can zoom on its own spread without a truncated-axis bar."""
     models = list(shares)

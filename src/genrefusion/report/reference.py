@@ -9,10 +9,10 @@ from ..thesis import (METRICS, ROWS, SLOTS, THESIS_DATA, THESIS_SPLIT, THESIS_TA
                       THESIS_TABLE8)
 from .blocks import ACC_NOTE, HEADERS, Figure, Report, Table, Text, encoder_training, fmt, fmt_pct
 from .charts import chart_vs_thesis
-from .load import Run
+from ..runs import Grid
 
 
-def not_benchmark_reasons(run: Run) -> list[str]:
+def not_benchmark_reasons(run: Grid) -> list[str]:
     g, reasons = run.grid, []
     if g["split"] != "official":
         reasons.append(f"split is **{g['split']}**, not the official MM-IMDb split")
@@ -30,7 +30,7 @@ def not_benchmark_reasons(run: Run) -> list[str]:
     return reasons
 
 
-def thesis_section(run: Run, rep: Report, avgs: dict[str, Any] | None, out: Path) -> None:
+def thesis_section(run: Grid, rep: Report, avgs: dict[str, Any] | None, out: Path) -> None:
     g = run.grid
     thesis = {**THESIS_TABLE6, **THESIS_TABLE7}
     rep.add(Text("h2", "3. This run next to the thesis"),

@@ -10,14 +10,14 @@ from ..thesis import METRICS
 from .aggregate import group_averages, modality_shares, per_genre_f1
 from .blocks import ACC_NOTE, HEADERS, Callout, Figure, Report, Table, Text, fmt, fmt_pct
 from .charts import chart_all_models, chart_curves, chart_group_averages, chart_per_genre, chart_shares
-from .load import Run
+from ..runs import Grid
 from .reference import not_benchmark_reasons, thesis_section
 
 SPLIT_TEXT = {"train": "model training", "dev": "validation: early stopping, threshold tuning when enabled",
               "test": "final evaluation (every score in this report)", "all": "every movie (no split)"}
 
 
-def results_table(run: Run, kind: str, title: str) -> Table | None:
+def results_table(run: Grid, kind: str, title: str) -> Table | None:
     rows = [r for r in run.rows if r["kind"] == kind]
     if not rows:
         return None
@@ -25,7 +25,7 @@ def results_table(run: Run, kind: str, title: str) -> Table | None:
                  [[r["label"], *(fmt(r["test"].get(m)) for m in METRICS)] for r in rows], ACC_NOTE)
 
 
-def data_section(run: Run, rep: Report) -> None:
+def data_section(run: Grid, rep: Report) -> None:
     s = run.summary
     splits = s["splits"]
     total = splits["total"]["movies"] or 1
@@ -49,7 +49,7 @@ def data_section(run: Run, rep: Report) -> None:
                   "A movie carries one or more genres, so a column sums to more than its split's movie count."))
 
 
-def results_section(run: Run, rep: Report, out: Path) -> dict[str, Any] | None:
+def results_section(run: Grid, rep: Report, out: Path) -> dict[str, Any] | None:
     rep.add(Text("h2", "2. Results on the test split"))
     if run.n_seeds > 1:
         rep.add(Text("p", f"Every cell is mean ± std (sample std) over {run.n_seeds} seeds; error bars show ± std."))
@@ -74,7 +74,7 @@ def results_section(run: Run, rep: Report, out: Path) -> dict[str, Any] | None:
     return avgs
 
 
-def beyond_section(run: Run, rep: Report, shares: dict[str, dict[str, Any]], out: Path) -> None:
+def beyond_section(run: Grid, rep: Report, shares: dict[str, dict[str, Any]], out: Path) -> None:
     rep.add(Text("h2", "4. Beyond the thesis"))
     f1 = per_genre_f1(run)
     genres = list(next(iter(f1.values())))
@@ -117,7 +117,7 @@ def beyond_section(run: Run, rep: Report, shares: dict[str, dict[str, Any]], out
                    + (f" (error bars: ± std over {run.n_seeds} seeds)." if run.n_seeds > 1 else ".")))
 
 
-def build_report(run: Run, out: Path) -> Report:
+def build_report(run: Grid, out: Path) -> Report:
     shares = modality_shares(run)  # reads the prediction files first, so a broken one fails before any drawing
     rep = Report()
     g = run.grid

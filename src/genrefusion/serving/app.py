@@ -34,15 +34,15 @@ def create_app(predictor, limits: Limits | None = None, *, api_key: str | None =
     its fields, e.g. max_body_bytes=...) bound what it accepts; `api_key` turns on the bearer key."""
     import dataclasses
 
-    from fastapi import FastAPI, Query, Request
+    from fastapi import Depends, FastAPI, Query, Request
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import FileResponse
     from fastapi.staticfiles import StaticFiles
     from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
     from .. import __version__
+    from ..inputs import InputError, check_plot, decode_poster, poster_decode_pixels
     from ..languages import scripts_of
-    from ..predict import InputError, check_plot, decode_poster, poster_decode_pixels
     from . import schema
     from .errors import install_handlers, short
     from .limits import Guard, PixelBudget
@@ -222,6 +222,10 @@ def create_app(predictor, limits: Limits | None = None, *, api_key: str | None =
 
     def prepare(form: dict[str, Any]):
         """(poster image or None, plot or None) with every check that gives a 4xx."""
+        if isinstance(form.get("plot"), str) and schema.form_literal(form["plot"]):
+            raise InputError(f"plot: {form['plot'][:40]!r} is not a plot but what a client sends for a missing or "
+                             "non-text value (e.g. FormData.append('plot', null)); leave the field out instead",
+                             field="plot")
         plot = check_plot(form.get("plot"), limits.max_plot_chars)
         poster = None
         if "poster" in form:
@@ -232,16 +236,27 @@ def create_app(predictor, limits: Limits | None = None, *, api_key: str | None =
 
     predict_fields = tuple(schema.FIELD[m] for m in ("image", "text") if m in mods)
 
+    def query_params(*allowed: str):
+        """A dependency refusing query parameters a route does not declare (a typo such as ?genere=Horror would
+        otherwise be ignored without a word)."""
+        def check(request: Request) -> None:
+            for key in request.query_params.keys():
+                if key not in allowed:
+                    takes = f"it takes {', '.join(allowed)}" if allowed else "it takes none"
+                    raise InputError(f"{short(key)}: unknown query parameter ({takes})", field=short(key))
+        return Depends(check)
+
     # -- routes -----------------------------------------------------------------------------------------------
-    @app.get("/health", response_model=Health, responses=errors_for(False, auth=False))
+    @app.get("/health", response_model=Health, responses=errors_for(False, auth=False),
+             dependencies=[query_params()])
     async def health():
         return {"status": "ok", "fusion": predictor.fusion}
 
-    @app.get("/model", response_model=ModelInfo, responses=errors_for(False))
+    @app.get("/model", response_model=ModelInfo, responses=errors_for(False), dependencies=[query_params()])
     async def model():
         return model_info
 
-    @app.post("/predict", response_model=Prediction, responses=errors_for(True),
+    @app.post("/predict", response_model=Prediction, responses=errors_for(True), dependencies=[query_params()],
               openapi_extra={"requestBody": schema.form_body(predictor, limits)})
     async def predict(request: Request):
         form = await read_form(request, predict_fields)
@@ -251,7 +266,8 @@ def create_app(predictor, limits: Limits | None = None, *, api_key: str | None =
 
         return await run_in_threadpool(run)
 
-    @app.post("/predict/batch", response_model=BatchResponse, responses=errors_for(True))
+    @app.post("/predict/batch", response_model=BatchResponse, responses=errors_for(True),
+              dependencies=[query_params()])
     async def predict_batch(body: BatchRequest):
         def run() -> dict:
             posters, plots = [], []
@@ -279,7 +295,7 @@ def create_app(predictor, limits: Limits | None = None, *, api_key: str | None =
     GenreName = Annotated[str, Field(json_schema_extra={"enum": list(predictor.genres)})]  # noqa: N806
 
     @app.post("/explain", response_model=Explanation, responses=errors_for(True),
-              openapi_extra={"requestBody": schema.form_body(predictor, limits)})
+              dependencies=[query_params("genre", "steps")], openapi_extra={"requestBody": schema.form_body(predictor, limits)})
     async def explain_movie(request: Request, genre: GenreName | None = genre_query,
                             steps: int = Query(16, ge=1, le=64, description="integrated-gradients steps (plot)")):
         from ..explain import explain

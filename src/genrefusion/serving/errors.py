@@ -105,7 +105,7 @@ def install_handlers(app) -> None:
     from starlette.requests import ClientDisconnect
     from starlette.responses import Response
 
-    from ..predict import InputError
+    from ..inputs import InputError
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request, exc: StarletteHTTPException):

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 from ..posters import MAX_POSTER_PIXELS
-from ..predict import MAX_PLOT_CHARS
+from ..inputs import MAX_PLOT_CHARS
 from .errors import ServiceError, error_response
 
 # Routes that decode posters and run the model, with the content types each accepts.

@@ -8,12 +8,14 @@ descriptions: a poster must be an image file PIL can decode, of at most `max_ima
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from ..modalities import SPECS
 from .errors import CODES
 from .limits import Limits
 
-FIELD = {"text": "plot", "image": "poster"}
+FIELD = {m: s.display for m, s in SPECS.items()}  # each modality's form field: "plot", "poster"
 POSTER_TYPES = "image/jpeg, image/png, image/webp, image/gif, image/bmp"
 # "Not blank": at least one character str.strip() keeps (Python's whitespace, spelled out so that every regex
 # engine, the schema's readers' and pydantic's, agrees with the server's check_plot on what blank means).
@@ -67,12 +69,12 @@ def responses(statuses: list[int], error) -> dict[int, dict[str, Any]]:
 
 def route_statuses(heavy: bool, authenticated: bool) -> list[int]:
     """What a route can answer with besides 200. 400/408/413/503 come from the connection layer and the body limit,
-    which stand in front of every route."""
-    statuses = [400, 408, 413, 500, 503]
+    which stand in front of every route; 422 also answers an unknown query parameter."""
+    statuses = [400, 408, 413, 422, 500, 503]
     if authenticated:
         statuses.append(401)
     if heavy:
-        statuses += [415, 422]
+        statuses.append(415)
     return sorted(statuses)
 
 
@@ -98,6 +100,28 @@ def plot_schema(limits: Limits) -> dict[str, Any]:
             "description": f"plot text: not blank, at most {limits.max_plot_chars:,} characters"}
 
 
+# A form field has no types: JavaScript's FormData.append("plot", null) sends the text "null" (undefined
+# "undefined", a number its digits), and so do fuzzers that turn a field into null or a number. Such texts are
+# refused in forms, so a client bug gets a 422 instead of a prediction for the word "null" (JSON bodies have real
+# types and are not affected). NUMBER_TEXT is anchored and ASCII-only, so Python's re and ECMA-262 regexes (what
+# schema readers use) agree on it; the server checks it with re.fullmatch.
+FORM_LITERALS = ("null", "undefined", "true", "false", "NaN")
+NUMBER_TEXT = r"^[-+]?[0-9]+(\.[0-9]*)?([eE][-+]?[0-9]+)?$"
+
+
+def form_literal(value: str) -> bool:
+    """Whether a form's plot is one of the texts a client sends for a missing or non-text value."""
+    return value in FORM_LITERALS or re.fullmatch(NUMBER_TEXT[1:-1], value) is not None
+
+
+def form_plot_schema(limits: Limits) -> dict[str, Any]:
+    out = plot_schema(limits)
+    out["not"] = {"anyOf": [{"enum": list(FORM_LITERALS)}, {"pattern": NUMBER_TEXT}]}
+    out["description"] += ("; not a bare number nor the text " + ", ".join(map(repr, FORM_LITERALS))
+                           + " (what a client sends for a missing or non-text value)")
+    return out
+
+
 def poster_description(limits: Limits) -> str:
     return (f"the poster file: JPEG, PNG, WebP, GIF or BMP, at most {limits.max_image_pixels:,} pixels declared "
             "in its header (checked before decoding), complete and not corrupt")
@@ -112,7 +136,7 @@ def form_body(predictor, limits: Limits) -> dict[str, Any]:
     if "image" in mods:
         props["poster"] = {"type": "string", "format": "binary", "description": poster_description(limits)}
     if "text" in mods:
-        props["plot"] = plot_schema(limits)
+        props["plot"] = form_plot_schema(limits)
     need = {"required": list(props)} if all_required or len(props) == 1 else {"minProperties": 1}
     content = {"multipart/form-data": {
         "schema": {"type": "object", "properties": props, "additionalProperties": False, **need},

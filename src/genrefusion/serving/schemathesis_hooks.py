@@ -1,4 +1,12 @@
-"""schemathesis hooks for the service's schema (SCHEMATHESIS_HOOKS=schemathesis_hooks, tests/ on the path).
+"""schemathesis hooks for the service's schema: `SCHEMATHESIS_HOOKS=genrefusion.serving.schemathesis_hooks`.
+
+    SCHEMATHESIS_HOOKS=genrefusion.serving.schemathesis_hooks \
+        schemathesis run http://127.0.0.1:8000/openapi.json --checks all
+
+Without them, schemathesis fills a poster with its own `binary` values (arbitrary bytes, a PDF, a ZIP), which
+the service rightly refuses (415 / 422) and which its positive_data_acceptance check (ST202) then reports as
+"schema-valid request rejected". Only schemathesis and hypothesis (the test extra) are needed; nothing in
+genrefusion imports this module.
 
 The schema says in words what JSON Schema cannot: a poster must be an image file PIL decodes. schemathesis's own
 `binary`/`byte` values are arbitrary bytes, which the server rightly refuses (415), and its positive-data check
