@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import tempfile
 import time
@@ -44,7 +45,7 @@ from genrefusion.experiment import build_encoder, load_features, run_experiment
 from genrefusion.features import dataset_features
 from genrefusion.labels import GENRES
 from genrefusion.metrics import compute_metrics
-from genrefusion.runs import read_predictions
+from genrefusion.runs import read_metrics, read_predictions
 from genrefusion.train import FeatureBatches, predict
 
 ENGLISH = ("minilm-l6", "mpnet-base")
@@ -84,6 +85,10 @@ def main() -> None:
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--out", default="runs/multilingual")
     ap.add_argument("--no-speed", action="store_true", help="skip the encoding-speed measurement")
+    ap.add_argument("--reuse", action="store_true", help=(
+        "read the seeds (and speeds) an earlier invocation with the same --out finished instead of redoing them: "
+        "run encoders in parallel processes, then once with all of them for the whole table"))
+    ap.add_argument("--speed-for", default=None, help="measure the speed of these encoders only (comma-separated)")
     ap.add_argument("--speed-plots", type=int, default=SPEED_PLOTS, help="plots per language for the speed")
     args = ap.parse_args()
     out = Path(args.out)
@@ -112,7 +117,10 @@ def main() -> None:
                "en_genre": [], "ko_genre": [], "dim": feats["text"].dim}
         for s in range(args.seeds):
             run_dir = out / name / f"seed-{s}"
-            m = run_experiment(cfg.replace(seed=s, name=f"{name}/seed-{s}"), english, feats, run_dir, log=None)
+            if args.reuse and (run_dir / "metrics.json").exists():  # a finished run of an earlier invocation
+                m = read_metrics(run_dir)
+            else:
+                m = run_experiment(cfg.replace(seed=s, name=f"{name}/seed-{s}"), english, feats, run_dir, log=None)
             head, meta = load_head(run_dir / "model")  # the saved model, as a user loads it
             thr = meta["thresholds"]
             probs_ko, _ = predict(head, FeatureBatches(text=ko_table), range(len(korean.movies)))
@@ -129,9 +137,14 @@ def main() -> None:
             row["ko_micro"].append(compute_metrics(y_ko, probs_ko, thr, GENRES)["f1_micro"])
             row["en_genre"].append(per_genre_f1(y_en, probs_en, thr))
             row["ko_genre"].append(per_genre_f1(y_ko, probs_ko, thr))
-        if not args.no_speed:
+        speed_file = out / name / "speed.json"
+        if args.reuse and speed_file.exists():
+            row.update(json.loads(speed_file.read_text()))
+        elif not args.no_speed and (args.speed_for is None or name in args.speed_for.split(",")):
             row["speed_en"], row["speed_ko"] = (speed(english, cfg, args.speed_plots),
                                                 speed(korean, cfg, args.speed_plots))
+            row["speed_load"] = os.getloadavg()[0]
+            speed_file.write_text(json.dumps({k: row[k] for k in ("speed_en", "speed_ko", "speed_load")}))
         rows[name] = row
         print(f"{name}: val {np.mean(row['val']):.4f}  EN test {np.mean(row['en']):.4f}  KO {np.mean(row['ko']):.4f}",
               flush=True)
@@ -153,6 +166,8 @@ def report(rows: dict, shared: list[int], y_en, y_ko, out: Path, seeds: int) -> 
     for name, r in rows.items():
         ratio = np.mean(r["ko"]) / np.mean(r["en_shared"])
         sp = (f"{r['speed_en']:.1f} | {r['speed_ko']:.1f}" if "speed_en" in r else "- | -")
+        if "speed_load" in r:
+            sp += f" (load {r['speed_load']:.0f})"
         print(f"| {name} | {r['dim']} | {sp} | {_ms(r['val'])} | {_ms(r['en'])} | {_ms(r['en_micro'])} | "
               f"{_ms(r['en_shared'])} | {_ms(r['ko'])} | {_ms(r['ko_micro'])} | {ratio:.2f} |")
 
