@@ -55,7 +55,10 @@ def test_model_json_is_format_2(model_dir):
     assert meta["weights_sha256"] == hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
     assert {"model", "genres", "thresholds", "config", "encoders"} <= set(meta)
     for m, rec in meta["encoders"].items():
-        assert set(rec) == {"name", "kwargs", "precision", "fingerprint", "fingerprint_sha256"}
+        # the text encoder's record also names its languages (null here: a local folder declares none)
+        extra = {"languages"} if m == "text" else set()
+        assert set(rec) == {"name", "kwargs", "precision", "fingerprint", "fingerprint_sha256"} | extra
+        assert rec.get("languages") is None
         assert rec["precision"] == "fp32" and isinstance(rec["fingerprint"], dict)
         assert rec["fingerprint_sha256"] == identity_sha256(rec["fingerprint"], "fp32")
 

@@ -33,11 +33,12 @@ def _images(n: int = 2) -> list[Image.Image]:
 def test_registered_encoders():
     specs = {s.name: s for s in list_encoders()}
     assert {n for n, s in specs.items() if s.modality == "text"} == {
-        "minilm-l6", "mpnet-base", "bert-base-uncased", "roberta-base", "clip-vit-b32-text"}
+        "minilm-l6", "mpnet-base", "bert-base-uncased", "roberta-base", "clip-vit-b32-text", "multilingual-e5-base",
+        "paraphrase-multilingual-mpnet", "xlm-roberta-base", "multilingual-e5-small", "use-multilingual"}
     assert {n for n, s in specs.items() if s.modality == "image"} == {
         "efficientnet-lite0", "dinov2-vits14", "resnet50", "vit-base-patch16-224", "clip-vit-b32-vision"}
     assert {n for n, s in specs.items() if s.offline} == {"minilm-l6", "mpnet-base", "efficientnet-lite0",
-                                                          "dinov2-vits14"}
+                                                          "dinov2-vits14", "multilingual-e5-small", "use-multilingual"}
     assert [s.name for s in list_encoders("image")] == [n for n, s in specs.items() if s.modality == "image"]
 
 

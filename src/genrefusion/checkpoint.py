@@ -8,7 +8,8 @@ model.json, format 2:
     thresholds        one decision threshold, or one per genre
     weights_sha256    SHA-256 of model.safetensors
     encoders          per modality: name, kwargs, precision, fingerprint (the encoder's fingerprint dict) and
-                      fingerprint_sha256 (fingerprints.encoder_record)
+                      fingerprint_sha256 (fingerprints.encoder_record); the text encoder's also `languages`, the
+                      ISO 639-1 codes it was trained for (null: not declared)
     config            the run's resolved config
 
 `load_head` verifies the folder before anything in it is used: model.json parses and holds every key with the
@@ -52,6 +53,7 @@ def save_model(directory: str | Path, model: torch.nn.Module, cfg: Config, thres
     `encoders`: per modality the record of fingerprints.encoder_record, what load_model rebuilds and checks."""
     for m, record in encoders.items():
         fingerprints.check_record(record, f"save_model: the {m} encoder record")
+    encoders = {m: _with_languages(m, r) for m, r in encoders.items()}
     directory = Path(directory)
     with staging_dir(directory) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -67,6 +69,16 @@ def save_model(directory: str | Path, model: torch.nn.Module, cfg: Config, thres
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return directory
+
+
+def _with_languages(modality: str, record: dict[str, Any]) -> dict[str, Any]:
+    """A text encoder's record also says which languages it was trained for (null: not declared), so the model's
+    users (its card, GET /model, the script warnings) can read it from the folder alone."""
+    if modality != "text" or "languages" in record:
+        return record
+    from .encoders import encoder_languages
+
+    return {**record, "languages": encoder_languages(record["name"])}
 
 
 def load_head(directory: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -197,3 +209,7 @@ def _check_encoder_records(meta: dict, model: torch.nn.Module, path: Path) -> No
         elif not (isinstance(record, dict) and isinstance(record.get("name"), str)
                   and isinstance(record.get("kwargs", {}), dict) and record.get("fingerprint")):
             raise ModelFolderError(f"{where} needs 'name', 'fingerprint' and optionally 'kwargs'")
+        languages = record.get("languages")
+        if languages is not None and not (isinstance(languages, list)
+                                          and all(isinstance(x, str) and 0 < len(x) <= 16 for x in languages)):
+            raise ModelFolderError(f"{where}: 'languages' must be null or a list of language codes")

@@ -43,13 +43,16 @@ def cmd_data_summary(args) -> int:
 
 
 def cmd_features(args) -> int:
-    from .encoders import create_encoder
+    from .encoders import check_encoder_use, create_encoder
     from .distributed import resolve_device
     from .features import dataset_features
     from .modalities import SPECS
     from .paths import cache_root
     from .summary import data_summary, format_data_line
 
+    for name, modality in ((args.text, "text"), (args.image, "image")):  # --sequences from a pooled-only encoder
+        if name:
+            check_encoder_use(name, modality, sequences=args.sequences)
     ds = _load(args)
     cache_dir = Path(args.cache_dir) if args.cache_dir else cache_root()
     print(f"{format_data_line(data_summary(ds), args.modalities)}\ncache: {cache_dir}")

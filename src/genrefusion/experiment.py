@@ -53,6 +53,16 @@ def encoder_name(cfg: Config, modality: str) -> str:
     return spec(modality).encoder_name(cfg)
 
 
+def check_encoders(cfg: Config, modalities: tuple[str, ...], sequences: bool) -> None:
+    """Refuse, before any data is read or encoded, a run that asks an encoder for what it cannot give: a token
+    sequence (cross_attention=sequence) or gradients (finetune=true), e.g. the frozen multilingual encoders."""
+    from .encoders import check_encoder_use
+
+    finetune = cfg.mode == "end-to-end" and cfg.finetune
+    for m in modalities:
+        check_encoder_use(encoder_name(cfg, m), m, sequences=sequences, finetune=finetune)
+
+
 def build_encoder(cfg: Config, modality: str):
     """The configured encoder of `modality`, with its feature-changing options, on the configured device."""
     from .encoders import create_encoder
@@ -119,14 +129,15 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None,
     passed in, by modality, to share it across models); in 'end-to-end' mode they run inside the loop (see
     endtoend.py)."""
     timings: dict[str, float] = {}
+    modalities = model_modalities(cfg.model)
+    sequences = reads_sequences(cfg)
+    check_encoders(cfg, modalities, sequences)
     t = time.perf_counter()
     if dataset is None:
         dataset = load_dataset(cfg.data, cfg.split, cfg.modalities, cfg.strict, cfg.plot_mode, cfg.split_seed)
         if log:
             log(format_data_line(data_summary(dataset), cfg.modalities))
     timings["data_s"] = time.perf_counter() - t
-    modalities = model_modalities(cfg.model)
-    sequences = reads_sequences(cfg)
     extra_groups = None
     if cfg.mode == "features":
         if features is None:
@@ -154,7 +165,8 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None,
             extra_groups = [{"params": batch_fn.encoder_parameters(), "lr": cfg.encoder_lr}]
         precision = encoder_precision(resolve_device(cfg.device))  # the autocast train.fit runs them under
         encoders_meta = {m: fingerprints.encoder_record(encoder_name(cfg, m), encoder_kwargs(cfg, m), e.fingerprint(),
-                                                        precision) for m, e in encs.items()}
+                                                        getattr(e, "fixed_precision", None) or precision)
+                         for m, e in encs.items()}
         dims = {m: e.dim for m, e in encs.items()}
     presence = {m: np.array([spec(m).present(movie) for movie in dataset.movies]) for m in MODALITIES}
     # Only movies that have at least one modality the model reads can be scored by it.

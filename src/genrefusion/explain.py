@@ -7,7 +7,10 @@
            a joined image encoder ("a+b") gets the mean of its parts' maps on the finest part's grid. Computed by
            captum's LayerGradCam at the layer each encoder exposes (ImageEncoder.grad_cam_layer).
   plot     Integrated gradients (captum's LayerIntegratedGradients) over the text encoder's word embeddings,
-           from a baseline where every word is [PAD] (special tokens kept), summed over each word's sub-tokens.
+           from a baseline where every word is [PAD] (special tokens and an encoder's prefix kept), summed over
+           each word's sub-tokens. Text encoders that run outside torch (multilingual-e5-small,
+           use-multilingual) have no gradients: their plots are explained by sentence occlusion instead, the
+           logit's drop when one sentence is left out (the whole plot left out: the model's missing-plot stand-in).
   modality The occlusion contribution of Predictor.predict (prediction change when a modality is replaced by the
            model's learned stand-in), plus the fusion's own weights (GMU gate, attention weights, late alpha).
 
@@ -42,7 +45,7 @@ def explain(predictor, poster: Image.Image | None, plot: str | None, genre: str 
     out: dict[str, Any] = {"genre": genre, "probability": result["probabilities"][genre],
                            "contribution": result["contribution"], "fusion": result["fusion"],
                            "probabilities": result["probabilities"], "without": result["without"],
-                           "poster": None, "plot": None}
+                           "warnings": result["warnings"], "poster": None, "plot": None}
     with predictor.lock:
         with torch.no_grad():
             base = predictor.features([poster], [plot])
@@ -99,18 +102,27 @@ def word_attributions(predictor, plot: str, base: dict, target: int, steps: int 
     import torch
     from captum.attr import LayerIntegratedGradients
 
-    from .encoders.text import normalise_text
+    from .encoders import TextEncoder
 
     enc = predictor.encoders["text"]
-    # the text the encoder tokenises: normalised first when the encoder is configured to (TextEncoder.preprocess)
-    text = normalise_text(plot) if enc.normalise_text else plot
-    tok = enc.tokenizer(text, truncation=True, max_length=enc.max_length, return_offsets_mapping=True,
+    if not isinstance(enc, TextEncoder):  # no embeddings to integrate gradients over (an encoder outside torch)
+        return sentence_occlusion(predictor, plot, base, target)
+    # the text the encoder tokenises: normalised when the encoder is configured to, after its prefix (if any)
+    full = enc.prepare_text(plot)
+    n_prefix = len(enc.prefix)
+    tok = enc.tokenizer(full, truncation=True, max_length=enc.max_length, return_offsets_mapping=True,
                         return_tensors="pt")
     word_ids, offsets = tok.word_ids(0), tok.pop("offset_mapping")[0].tolist()
     inputs = {k: v.to(enc.device) for k, v in tok.items()}
     ids = inputs.pop("input_ids")
     special = torch.tensor(enc.tokenizer.get_special_tokens_mask(ids[0].tolist(), already_has_special_tokens=True),
                            dtype=torch.bool, device=ids.device)
+    # The prefix ("passage: ") is part of every input, so the baseline keeps it and no word of it is reported.
+    in_prefix = torch.tensor([start < n_prefix for start, _ in offsets], dtype=torch.bool, device=ids.device)
+    word_ids = [None if start < n_prefix else w for w, (start, _) in zip(word_ids, offsets)]
+    offsets = [(max(a - n_prefix, 0), max(b - n_prefix, 0)) for a, b in offsets]
+    text = full[n_prefix:]
+    special |= in_prefix
     pad = enc.tokenizer.pad_token_id if enc.tokenizer.pad_token_id is not None else 0
     baseline = torch.where(special, ids, torch.full_like(ids, pad))
 
@@ -145,10 +157,53 @@ def word_attributions(predictor, plot: str, base: dict, target: int, steps: int 
     for x in words:
         x["word"] = text[x["start"]:x["end"]]
         x["score"] = round(x["attribution"] / peak, 4)  # in [-1, 1]: + pushes toward the genre, - away from it
-    n_tokens = len(enc.tokenizer(text)["input_ids"])
+    n_tokens = len(enc.tokenizer(full)["input_ids"])
     return {"method": "integrated-gradients", "steps": steps, "words": words, "text": text,
             "truncated": n_tokens > ids.shape[1], "tokens_read": int(ids.shape[1]), "tokens_total": n_tokens,
             "convergence_delta": float(delta.abs().max())}
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each sentence of `text`: up to a run of sentence-ending marks of any script (. ! ? 。 ！ ？
+    ؟ । ...) followed by a space or the end, up to a CJK full stop even without a space, or up to a line break."""
+    import regex
+
+    spans = [(m.start(), m.end()) for m in regex.finditer(
+        r"\S(?:.*?)(?:\p{Sentence_Terminal}+[\"'”’」』)\]]*(?=\s|$)|[。！？｡]+|(?=\n)|$)", text, regex.S)]
+    return [(a, b) for a, b in spans if b > a]
+
+
+MAX_OCCLUDED = 48  # sentences occluded at most (one encoding each): a long plot's rest is read, not scored
+
+
+def sentence_occlusion(predictor, plot: str, base: dict, target: int) -> dict[str, Any]:
+    """Each sentence's attribution: the target logit with the whole plot minus the logit with that sentence
+    left out (a one-sentence plot left out is a missing plot: the model's learned stand-in). One batch of
+    n + 1 encodings; for encoders without gradients, whose word embeddings cannot be integrated over."""
+    import torch
+
+    enc = predictor.encoders["text"]
+    spans = sentence_spans(plot)[:MAX_OCCLUDED]
+    variants = [plot] + [plot[:a] + plot[b:] for a, b in spans]
+    present = torch.tensor([bool(v.strip()) for v in variants])
+    readable = [v if v.strip() else plot for v in variants]  # an empty variant is masked as absent below
+    with torch.no_grad():
+        pooled = enc.encode(enc.preprocess(readable)).pooled
+        n = len(variants)
+        batch = {k: v.expand(n, *v.shape[1:]) for k, v in base.items()}
+        batch["text"] = pooled.to(base["text"].device)
+        batch["text_present"] = present.to(base["text"].device)
+        logits = predictor.head(batch)["logits"][:, target].float().cpu()
+    attribution = (logits[0] - logits[1:]).tolist()
+    peak = max((abs(x) for x in attribution), default=0.0) or 1.0
+    words = [{"start": a, "end": b, "word": plot[a:b], "attribution": float(x), "score": round(x / peak, 4)}
+             for (a, b), x in zip(spans, attribution)]
+    lengths = getattr(enc, "token_lengths", None)  # a joined text encoder has none of its own
+    read = lengths([plot])[0] if lengths else None
+    total = enc.count(enc.prepare_text(plot)) if hasattr(enc, "count") else read
+    return {"method": "sentence-occlusion", "words": words, "text": plot, "truncated": bool(read and total > read),
+            "tokens_read": read, "tokens_total": total, "sentences_scored": len(spans),
+            "sentences_total": len(sentence_spans(plot))}
 
 
 # --- PNGs ----------------------------------------------------------------------------------------------------------
@@ -189,7 +244,9 @@ def save_pngs(explanation: dict[str, Any], poster: Image.Image | None, out_dir: 
         ax_text.imshow(text_img)
         ax_text.axis("off")
         note = " (only the first tokens are read)" if explanation["plot"]["truncated"] else ""
-        ax_text.set_title(f"plot words for {genre}{note}: red pushes toward it, blue away (integrated gradients)")
+        unit, how = (("sentences", "sentence occlusion") if explanation["plot"]["method"] == "sentence-occlusion"
+                     else ("words", "integrated gradients"))
+        ax_text.set_title(f"plot {unit} for {genre}{note}: red pushes toward it, blue away ({how})")
         ax.barh([x["word"] for x in strongest], [x["score"] for x in strongest],
                 color=["#d62728" if x["score"] > 0 else "#1f77b4" for x in strongest])
         ax.axvline(0, color="black", lw=0.8)

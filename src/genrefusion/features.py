@@ -102,7 +102,7 @@ class FeatureCache:
 
     def __init__(self, encoder, cache_dir: str | Path | None = None, precision: str | None = None):
         self.encoder = encoder
-        self.precision = resolve_precision(precision, encoder.device)
+        self.precision = fingerprints.features_precision(encoder, precision)  # an encoder outside torch: its own
         fp = encoder.fingerprint()
         self.encoder_fingerprint = fp
         # Shards name the identity hash; the folder keeps the key of earlier releases (fp32 without precision).

@@ -41,6 +41,18 @@ def resolve_precision(precision: str | None, device) -> str:
     return precision
 
 
+def features_precision(encoder, precision: str | None, device=None) -> str:
+    """The precision `encoder`'s features are really computed at. An encoder that runs outside torch (its
+    `fixed_precision`, e.g. "fp32") ignores autocast, so asking for bf16 must neither record "bf16" nor make a
+    second cache entry of the same numbers; otherwise resolve_precision on its device (or `device`)."""
+    fixed = getattr(encoder, "fixed_precision", None)
+    if fixed is not None:
+        if precision not in (None, "auto", fixed):
+            resolve_precision(precision, "cpu")  # still refuse a misspelt one
+        return fixed
+    return resolve_precision(precision, encoder.device if device is None else device)
+
+
 def autocast(device, precision: str):
     """The autocast context features of `precision` are computed under (none for fp32)."""
     import torch

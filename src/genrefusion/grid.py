@@ -18,7 +18,7 @@ from .config import load_config
 from .data import load_dataset
 from .distributed import is_main
 from .encoders.concat import SEPARATOR
-from .experiment import load_features, reads_sequences
+from .experiment import check_encoders, load_features, reads_sequences
 from .metrics import format_table
 from .modalities import spec
 from .report import write_report
@@ -95,6 +95,11 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
     selected = [r for r in grid_rows if rows is None or r.name in rows or r.model in rows]
     if not selected:
         raise ValueError(f"no grid rows match {rows}; rows: {[r.name for r in ROWS]}")
+    for r in selected:  # an encoder that cannot do what a row asks (a sequence, gradients) fails before any work
+        check_encoders(base.replace(model=r.model, text_encoder=slots.get(r.text_slot, base.text_encoder),
+                                    image_encoder=slots.get(r.image_slot, base.image_encoder)),
+                       tuple(m for m, s in (("text", r.text_slot), ("image", r.image_slot)) if s),
+                       reads_sequences(base.replace(model=r.model)))
     out = Path(out) if out else Path(base.out) / f"grid-{preset}-{datetime.now():%Y%m%d-%H%M%S}"
     # Opened before any work, so that a store that cannot be used stops the grid at once; rank 0 alone tracks.
     tracker = tracking.open_tracker(track, track_uri, track_experiment, default_dir=out.parent) if is_main() else None

@@ -43,6 +43,8 @@ def cmd_predict(args) -> int:
         print(f"{r['genre']:<12} {r['probability']:.3f}  (threshold {r['threshold']:.2f})")
     c = result["contribution"]
     print("contribution: " + ", ".join(f"{m} {v:.0%}" for m, v in c.items()))
+    for w in result["warnings"]:
+        print(f"warning: {w['message']}", file=sys.stderr)
     return 0
 
 
@@ -80,12 +82,14 @@ def _predict_catalog(predictor: Predictor, args) -> int:
                 posters.append(poster)
                 plots.append(m.plot)
             for m, r in zip(ok, predictor.predict(posters, plots) if ok else []):
-                if writer:
+                if writer:  # CSV has no column for them: the warnings go to stderr, named by movie
+                    for w in r["warnings"]:
+                        print(f"warning: {m.id}: {w['message']}", file=sys.stderr)
                     writer.writerow([m.id, "|".join(r["predicted"]),
                                      *(f"{r['probabilities'][g]:.6f}" for g in predictor.genres)])
                 else:
                     row = {"id": m.id, "predicted": r["predicted"], "probabilities": r["probabilities"],
-                           "contribution": r["contribution"]}
+                           "contribution": r["contribution"], "warnings": r["warnings"]}
                     fh.write(json.dumps(row) + "\n")
     finally:
         if out_path:

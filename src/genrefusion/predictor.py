@@ -56,6 +56,14 @@ class Predictor:
         for m in self.modalities:
             spec = self.meta["encoders"][m]
             self.encoders[m] = create_encoder(spec["name"], modality=m, **spec.get("kwargs", {})).to(device).eval()
+        # The languages the text encoder was trained for (model.json; folders before it: the registry), which
+        # decide the script warnings (languages.py). None: not declared (a local folder), so nothing is warned.
+        from .encoders import encoder_languages
+
+        self.languages: list[str] | None = None
+        if "text" in self.modalities:
+            rec = self.meta["encoders"]["text"]
+            self.languages = rec["languages"] if "languages" in rec else encoder_languages(rec["name"])
         self.precision: dict[str, str] = {}  # per modality, the autocast its features were computed under
         self._check_fingerprints()
         self.lock = threading.Lock()
@@ -109,8 +117,18 @@ class Predictor:
             "thresholds": dict(zip(self.genres, self.thresholds.tolist())),
             "missing_modality_ok": {m: self.can_miss(m) for m in self.modalities},
             "sequences": self.sequences,
+            "languages": self.languages,
             "config": self.meta.get("config", {}),
         }
+
+    def warnings(self, plot: str | None) -> list[dict[str, str]]:
+        """What a prediction from this plot should be read with: a plot mostly in a script the text encoder
+        cannot read (languages.script_warnings)."""
+        from .languages import script_warnings
+
+        if "text" not in self.modalities:
+            return []
+        return script_warnings(plot, self.languages, self.meta["encoders"]["text"]["name"])
 
     # -- prediction -----------------------------------------------------------------------------------------------
     def check(self, poster: Image.Image | None, plot: str | None) -> dict[str, bool]:
@@ -199,8 +217,8 @@ class Predictor:
                 for m in self.modalities:
                     b = dict(batch, **{f"{m}_present": torch.zeros_like(batch[f"{m}_present"])})
                     without[m] = torch.sigmoid(self.head(b)["logits"]).double().cpu().numpy()
-        return [self._result(i, probs[i], {m: w[i] for m, w in without.items()}, out, used[i])
-                for i in range(len(posters))]
+        return [{**self._result(i, probs[i], {m: w[i] for m, w in without.items()}, out, used[i]),
+                 "warnings": self.warnings(plots[i])} for i in range(len(posters))]
 
     def predict_one(self, poster: Image.Image | None = None, plot: str | None = None) -> dict[str, Any]:
         return self.predict([poster], [plot])[0]

@@ -6,12 +6,15 @@ from pathlib import Path
 from .base import Encoder, EncoderOutput, Modality
 from .concat import SEPARATOR, ConcatEncoder, split_name
 from .image import EfficientNetLiteEncoder, HFImageEncoder, ImageEncoder
-from .registry import EncoderSpec, detect_modality, encoder_spec, list_encoders, load_config, resolve_source
+from .multilingual import E5SmallEncoder, FrozenTextEncoder, USEMultilingualEncoder
+from .registry import (EncoderSpec, check_encoder_use, detect_modality, encoder_languages, encoder_spec,
+                       list_encoders, load_config, resolve_source)
 from .text import TextEncoder, normalise_text
 
 __all__ = [
     "ConcatEncoder", "Encoder", "EncoderOutput", "EncoderSpec", "Modality", "TextEncoder", "ImageEncoder",
-    "HFImageEncoder", "EfficientNetLiteEncoder", "create_encoder", "list_encoders", "encoder_spec", "normalise_text",
+    "HFImageEncoder", "EfficientNetLiteEncoder", "E5SmallEncoder", "USEMultilingualEncoder", "FrozenTextEncoder",
+    "create_encoder", "list_encoders", "encoder_spec", "encoder_languages", "check_encoder_use", "normalise_text",
 ]
 
 

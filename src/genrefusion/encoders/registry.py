@@ -23,16 +23,24 @@ class EncoderSpec:
     factory: Callable[..., Encoder]
     description: str
     offline: bool  # True when the weights ship with an installed package (runs without internet)
+    # Text encoders: the languages (ISO 639-1) it was trained for; None = not declared (see languages.py).
+    languages: tuple[str, ...] | None = None
+    sequences: bool = True  # gives a token / patch sequence (cross_attention=sequence reads it)
+    trainable: bool = True  # has weights that gradients reach (finetune=true trains them)
+    source: str | None = None  # the Hub id behind a registered name, when it has one
 
 
 _REGISTRY: dict[str, EncoderSpec] = {}
 
 
-def register_encoder(name: str, modality: Modality, description: str, offline: bool = False):
+def register_encoder(name: str, modality: Modality, description: str, offline: bool = False, *,
+                     languages: tuple[str, ...] | None = None, sequences: bool = True, trainable: bool = True,
+                     source: str | None = None):
     def deco(factory: Callable[..., Encoder]) -> Callable[..., Encoder]:
         if name in _REGISTRY:
             raise ValueError(f"encoder {name!r} registered twice")
-        _REGISTRY[name] = EncoderSpec(name, modality, factory, description, offline)
+        _REGISTRY[name] = EncoderSpec(name, modality, factory, description, offline, languages, sequences,
+                                      trainable, source)
         return factory
 
     return deco
@@ -44,6 +52,42 @@ def list_encoders(modality: Modality | None = None) -> list[EncoderSpec]:
 
 def encoder_spec(name: str) -> EncoderSpec | None:
     return _REGISTRY.get(name)
+
+
+def _specs_of(name: str) -> list[EncoderSpec | None]:
+    """The registered spec of `name`, or of each part of a joined name ("a+b"); None for a part that is not a
+    registered name (a Hub id may still be one's source: "FacebookAI/roberta-base")."""
+    parts = [p.strip() for p in str(name).split("+")] if "+" in str(name) else [str(name)]
+    by_source = {s.source: s for s in _REGISTRY.values() if s.source}
+    return [_REGISTRY.get(p) or by_source.get(p) for p in parts]
+
+
+def encoder_languages(name: str) -> list[str] | None:
+    """The languages a text encoder was trained for (a joined encoder: every language one of its parts reads);
+    None when any part declares none (a local folder, an unregistered Hub id: unknown, so nothing is warned)."""
+    specs = _specs_of(name)
+    if any(s is None or s.languages is None for s in specs):
+        return None
+    return list(dict.fromkeys(lang for s in specs for lang in s.languages))
+
+
+def check_encoder_use(name: str, modality: str, *, sequences: bool = False, finetune: bool = False) -> None:
+    """ValueError, before anything is loaded or encoded, when a registered encoder cannot do what a run asks of
+    it: give a token sequence (cross_attention=sequence) or be trained (finetune=true)."""
+    parts = [p.strip() for p in str(name).split("+")] if "+" in str(name) else [str(name)]
+    if sequences and len(parts) > 1:
+        raise ValueError(f"the {modality} encoder {name!r} joins pooled vectors and has no token sequence, which "
+                         "cross_attention=sequence reads; use cross_attention=pooled or a single encoder")
+    for spec in _specs_of(name):
+        if spec is None:
+            continue
+        if sequences and not spec.sequences:
+            raise ValueError(f"cross_attention=sequence (and features --sequences) needs a token sequence from "
+                             f"the {modality} encoder, and {spec.name!r} gives one pooled vector per item; use "
+                             "cross_attention=pooled (or another encoder)")
+        if finetune and not spec.trainable:
+            raise ValueError(f"finetune=true trains the encoders, and {spec.name!r} is frozen (it runs outside "
+                             "torch: no gradients reach it); use finetune=false, or mode=features")
 
 
 # --- Hugging Face ids and local folders ---------------------------------------------------------------------------

@@ -6,12 +6,14 @@ give the same vector for every plot; for CLIP "cls" therefore means CLIP's own s
 """
 from __future__ import annotations
 
-import re
+import unicodedata
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..languages import ENGLISH, PARAPHRASE_LANGUAGES, XLMR_LANGUAGES
 from .base import Encoder, EncoderOutput
 from .registry import checkpoint_sha256, load_config, load_pretrained, register_encoder, resolve_source
 
@@ -21,14 +23,30 @@ POOLINGS = ("cls", "mean")
 # usable length by pad_token_id + 1.
 _OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text"})
 
-# The thesis' text normalisation: keep letters, digits, whitespace and basic punctuation; everything else
-# (including '_') becomes a space.
-_NOT_KEPT = re.compile(r"[^\w\s.,!?'\-]|_")
+
+@lru_cache(maxsize=1)
+def _not_kept():
+    import regex
+
+    # The thesis' text normalisation keeps letters, digits, whitespace and basic punctuation; everything else
+    # (including '_') becomes a space. Its regex ([^\w\s.,!?'\-]|_) dropped combining marks, which are not \w:
+    # Devanagari and Thai vowel signs, Hangul or accents typed as a base letter + a combining mark. By Unicode
+    # category instead: letters (L), marks (M), numbers (N), whitespace, the thesis' .,!?'- and the sentence ends
+    # of other scripts (Sentence_Terminal: 。！？؟। ..., whose ASCII members are exactly . ! ?), so a Japanese
+    # plot keeps its full stops as an English one does.
+    return regex.compile(r"[^\p{L}\p{M}\p{N}\s.,!?'\-\p{Sentence_Terminal}]")
 
 
 def normalise_text(text: str) -> str:
-    """Lower-case, replace anything but letters/digits/whitespace/.,!?'- with a space, collapse whitespace."""
-    return " ".join(_NOT_KEPT.sub(" ", text.lower()).split())
+    """Lower-case, replace anything but letters, marks, digits, whitespace, .,!?'- and sentence ends with a
+    space, collapse whitespace. Unicode-aware: Hangul, kana, kanji and accented letters are kept.
+
+    The text is put in NFC first (lower-casing can decompose: 'İ' -> 'i' + U+0307), so an accent typed as a
+    combining mark and its precomposed letter give the same output. NFC, not NFKC: canonical composition changes
+    no character's meaning or look, whereas NFKC's compatibility folding (full-width forms, '½' -> '1⁄2', Hangul
+    compatibility jamo -> conjoining jamo) is each tokenizer's own business (XLM-R applies it, BERT does not).
+    English text comes out exactly as under the thesis' regex (checked on every plot of the MM-IMDb sample)."""
+    return " ".join(_not_kept().sub(" ", unicodedata.normalize("NFC", text.lower())).split())
 
 
 def _max_positions(config: Any, tokenizer: Any) -> int | None:
@@ -47,13 +65,14 @@ class TextEncoder(Encoder):
     """A Hugging Face text encoder behind the Encoder interface.
 
     source: Hub id or local model folder. pooling: "cls" | "mean". max_length: truncation length, capped at the
-    model's number of positions. normalise_text: apply `normalise_text` before tokenising.
+    model's number of positions. normalise_text: apply `normalise_text` before tokenising. prefix: text put
+    before every plot after normalisation (e5 models were trained with "passage: " before documents).
     """
 
     modality = "text"
 
     def __init__(self, source: str | Path, *, name: str | None = None, pooling: str = "cls",
-                 max_length: int = 512, normalise_text: bool = False):
+                 max_length: int = 512, normalise_text: bool = False, prefix: str = ""):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -72,8 +91,13 @@ class TextEncoder(Encoder):
         self.max_length = min(int(max_length), cap) if cap else int(max_length)
         self.pooling = pooling
         self.normalise_text = normalise_text
+        self.prefix = str(prefix)
         self.dim = self.model.config.hidden_size
         self.eval()
+
+    def prepare_text(self, text: str) -> str:
+        """The text the tokenizer reads for `text`: normalised when configured, then the prefix."""
+        return self.prefix + (normalise_text(text) if self.normalise_text else text)
 
     def _prepare(self, texts: list[str]) -> list[str]:
         if isinstance(texts, str):  # a bare string would otherwise be encoded character by character
@@ -84,7 +108,7 @@ class TextEncoder(Encoder):
         bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
         if bad:
             raise TypeError(f"expected strings, got {bad[0]}")
-        return [normalise_text(t) for t in texts] if self.normalise_text else texts
+        return [self.prepare_text(t) for t in texts]
 
     def preprocess(self, items: list[str], train: bool = False) -> dict[str, torch.Tensor]:
         """Tokenise with truncation to max_length, padded to the batch's own longest item (never to max_length)."""
@@ -114,7 +138,7 @@ class TextEncoder(Encoder):
         return EncoderOutput(pooled.float(), hidden.float(), mask)
 
     def fingerprint(self) -> dict[str, Any]:
-        return {
+        fp = {
             "class": type(self).__name__,
             "name": self.name,
             "source": self.source,
@@ -123,17 +147,22 @@ class TextEncoder(Encoder):
             "max_length": self.max_length,
             "normalise_text": self.normalise_text,
         }
+        if self.prefix:  # only when set: the fingerprints (and cache keys) of every prefix-less encoder stay as they were
+            fp["prefix"] = self.prefix
+        return fp
 
 
 # --- registered text encoders --------------------------------------------------------------------------------------
-def _register(name: str, source, description: str, offline: bool = False, **defaults):
+def _register(name: str, source, description: str, offline: bool = False, languages=ENGLISH, **defaults):
     """Register `name` as TextEncoder(source, ...); `source` is a Hub id or a zero-argument function returning a
-    local folder (imported lazily, so listing encoders never builds or downloads anything)."""
+    local folder (imported lazily, so listing encoders never builds or downloads anything). `languages`: what the
+    model was trained for (languages.py)."""
 
     def factory(**kwargs) -> TextEncoder:
         return TextEncoder(source() if callable(source) else source, name=name, **{**defaults, **kwargs})
 
-    register_encoder(name, "text", description, offline)(factory)
+    register_encoder(name, "text", description, offline, languages=tuple(languages),
+                     source=None if callable(source) else source)(factory)
 
 
 def _minilm_path() -> Path:
@@ -158,3 +187,13 @@ _register("mpnet-base", _mpnet_path, "all-mpnet-base-v2 (MPNet, 768-d), offline 
 _register("bert-base-uncased", "google-bert/bert-base-uncased", "BERT base uncased (768-d), the thesis' BERT row")
 _register("roberta-base", "FacebookAI/roberta-base", "RoBERTa base (768-d), the thesis' RoBERTa row")
 _register("clip-vit-b32-text", "openai/clip-vit-base-patch32", "CLIP ViT-B/32 text tower (512-d, 77 tokens)")
+# Multilingual Hub models, for users with internet (offline ones: encoders/multilingual.py). multilingual-e5 was
+# trained as a mean-pooled embedder with "passage: " before documents; the paraphrase model is mean-pooled too.
+_register("multilingual-e5-base", "intfloat/multilingual-e5-base",
+          "multilingual-e5-base (XLM-R base, 768-d, ~100 languages)", languages=XLMR_LANGUAGES, pooling="mean",
+          prefix="passage: ")
+_register("paraphrase-multilingual-mpnet", "sentence-transformers/paraphrase-multilingual-mpnet-base-v2",
+          "paraphrase-multilingual-mpnet-base-v2 (XLM-R base, 768-d, 50+ languages)", languages=PARAPHRASE_LANGUAGES,
+          pooling="mean")
+_register("xlm-roberta-base", "FacebookAI/xlm-roberta-base", "XLM-RoBERTa base (768-d, 100 languages)",
+          languages=XLMR_LANGUAGES)

@@ -42,6 +42,7 @@ def create_app(predictor, limits: Limits | None = None, *, api_key: str | None =
 
     from .. import __version__
     from ..inputs import InputError, check_plot, decode_poster, poster_decode_pixels
+    from ..languages import scripts_of
     from . import schema
     from .errors import install_handlers, short
     from .limits import Guard, PixelBudget
@@ -66,6 +67,12 @@ def create_app(predictor, limits: Limits | None = None, *, api_key: str | None =
         text: float
         image: float
 
+    class InputWarning(BaseModel):
+        code: str = Field(description="unreadable_script: the plot is mostly in a script the model's text encoder "
+                                      "was not trained for (GET /model lists its languages and scripts)")
+        message: str = Field(description="what is wrong, in words")
+        field: str | None = Field(description="the input it concerns, e.g. plot")
+
     class Prediction(BaseModel):
         predicted: list[str] = Field(description="genres at or above their threshold, most probable first")
         genres: list[GenreScore] = Field(description="every genre, most probable first")
@@ -75,6 +82,9 @@ def create_app(predictor, limits: Limits | None = None, *, api_key: str | None =
             description="share of the prediction change when each modality is replaced by the model's stand-in")
         without: dict[str, dict[str, float]] = Field(description="probabilities with each modality removed")
         fusion: FusionWeights | None = Field(description="the fusion's own modality weights, where it has them")
+        warnings: list[InputWarning] = Field(description=(
+            "what the prediction should be read with, e.g. a plot in a script the text encoder cannot read (its "
+            "genres are then unreliable); empty when there is nothing to say"))
 
     batch_fields: dict[str, Any] = {"id": (str | None, Field(None, max_length=256, description=(
         "any text, echoed back with this movie's result (results keep the request's order; ids need not be "
@@ -117,7 +127,10 @@ def create_app(predictor, limits: Limits | None = None, *, api_key: str | None =
         contribution: dict[str, float]
         fusion: FusionWeights | None
         poster: dict[str, Any] | None = Field(description="Grad-CAM: {method, grid (rows x cols in [0, 1])}")
-        plot: dict[str, Any] | None = Field(description="{method, words: [{word, score}], truncated}")
+        plot: dict[str, Any] | None = Field(description=(
+            "{method, words: [{word, start, end, score}], text, truncated}: integrated-gradients words, or for a "
+            "text encoder without gradients sentence-occlusion sentences (in `words`)"))
+        warnings: list[InputWarning] = Field(description="as in /predict")
         seconds: float
 
     class Health(BaseModel):
@@ -133,6 +146,11 @@ def create_app(predictor, limits: Limits | None = None, *, api_key: str | None =
         thresholds: dict[str, float]
         missing_modality_ok: dict[str, bool]
         sequences: bool
+        languages: dict[str, list[str] | None] = Field(description=(
+            "per text input, the languages (ISO 639-1) its encoder was trained for; null: not declared"))
+        scripts: dict[str, list[str] | None] = Field(description=(
+            "per text input, the writing systems those languages use (Unicode script names); a plot mostly in "
+            "another script gets an unreadable_script warning"))
         training: dict[str, Any] = Field(description="the settings the model was trained with (no paths)")
         limits: dict[str, Any] = Field(description="what the server refuses: see the README's limits table")
         api_key_required: bool
@@ -144,6 +162,9 @@ def create_app(predictor, limits: Limits | None = None, *, api_key: str | None =
         "encoders": {m: encoder_label(n) for m, n in info["encoders"].items()}, "genres": info["genres"],
         "thresholds": info["thresholds"], "missing_modality_ok": info["missing_modality_ok"],
         "sequences": info["sequences"], "training": {k: cfg[k] for k in TRAINING_KEYS if k in cfg},
+        "languages": {"text": info["languages"]} if "text" in info["modalities"] else {},
+        "scripts": ({"text": None if info["languages"] is None else scripts_of(info["languages"])}
+                    if "text" in info["modalities"] else {}),
         "limits": limits.public(), "api_key_required": authenticated}
 
     # No /docs or /redoc: FastAPI's Swagger UI and ReDoc pages load their scripts from a CDN, and nothing this

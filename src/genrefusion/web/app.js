@@ -44,6 +44,11 @@ async function loadModel() {
     $("key-box").hidden = !model.api_key_required;
     const enc = Object.entries(model.encoders).map(([m, n]) => `${m}: ${n.split("/").pop()}`).join(", ");
     $("model-info").textContent = `Model: ${model.fusion} fusion (${enc}).`;
+    const langs = (model.languages || {}).text;
+    $("languages-hint").textContent = !model.modalities.includes("text") ? ""
+      : langs ? `The plot may be in ${langs.length > 8 ? `any of ${langs.length} languages` : langs.join(", ")}`
+                + ` (${(model.scripts.text || []).join(", ")} script).`
+      : "The text encoder declares no languages.";
     const need = model.modalities.filter((m) => !model.missing_modality_ok[m]);
     $("missing-hint").textContent = need.length
       ? `This model needs ${need.map((m) => (m === "text" ? "a plot" : "a poster")).join(" and ")}.`
@@ -67,6 +72,13 @@ async function post(url, fd) {
   const body = await r.json().catch(() => null);
   if (!r.ok) throw new Error(errorText(r, body));
   return body;
+}
+
+// Warnings the prediction comes with (e.g. a plot in a script the text encoder cannot read): shown above the bars.
+function renderWarnings(result) {
+  const box = $("warnings");
+  box.replaceChildren(...(result.warnings || []).map((w) => el("li", { "data-code": w.code }, w.message)));
+  box.hidden = !box.children.length;
 }
 
 function renderBars(result) {
@@ -146,10 +158,15 @@ async function renderHeatmap(grid) {
 
 function renderWords(plot) {
   const words = plot.words;
+  const sentences = plot.method === "sentence-occlusion";  // a text encoder without gradients: whole sentences
+  $("words-title").textContent = sentences ? "Plot sentences that weighed most" : "Plot words that weighed most";
+  $("words-method").textContent = sentences ? "Sentence occlusion (the change when a sentence is left out)"
+                                            : "Integrated gradients";
+  const label = (w) => (w.word.length > 60 ? `${w.word.slice(0, 57)}…` : w.word);
   const top = [...words].sort((a, b) => Math.abs(b.score) - Math.abs(a.score)).slice(0, 10);
   const ol = $("top-words");
   ol.replaceChildren(...top.map((w) => el("li", { class: w.score > 0 ? "pos" : "neg" },
-                                          `${w.word} (${w.score > 0 ? "+" : ""}${w.score.toFixed(2)})`)));
+                                          `${label(w)} (${w.score > 0 ? "+" : ""}${w.score.toFixed(2)})`)));
   const p = $("words");
   p.replaceChildren();
   let end = 0;
@@ -192,6 +209,7 @@ async function onSubmit(event) {
   try {
     const t0 = performance.now();
     const result = await post("/predict", fd);
+    renderWarnings(result);
     renderBars(result);
     renderContribution(result);
     $("results").hidden = false;
