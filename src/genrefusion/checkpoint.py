@@ -10,6 +10,8 @@ model.json, format 2:
     encoders          per modality: name, kwargs, precision, fingerprint (the encoder's fingerprint dict) and
                       fingerprint_sha256 (fingerprints.encoder_record)
     config            the run's resolved config
+    teacher           (a distilled model only, see distill.py) the teacher it learned from: its path, kind,
+                      fingerprint, members and its own test metrics
 
 `load_head` verifies the folder before anything in it is used: model.json parses and holds every key with the
 right type, the weights file matches its recorded SHA-256, every tensor fits the model model.json describes and is
@@ -47,11 +49,17 @@ class ModelFolderError(ValueError):
 
 
 def save_model(directory: str | Path, model: torch.nn.Module, cfg: Config, threshold: Any,
-               encoders: dict[str, dict[str, Any]]) -> Path:
+               encoders: dict[str, dict[str, Any]], extra: dict[str, Any] | None = None) -> Path:
     """Write atomically: everything goes to a sibling temp folder which is then renamed into place.
-    `encoders`: per modality the record of fingerprints.encoder_record, what load_model rebuilds and checks."""
+    `encoders`: per modality the record of fingerprints.encoder_record, what load_model rebuilds and checks.
+    `extra`: further JSON-able entries for model.json that loading does not need (a distilled model's
+    "teacher"); they may not replace one of the format's own keys."""
     for m, record in encoders.items():
         fingerprints.check_record(record, f"save_model: the {m} encoder record")
+    clash = sorted(set(extra or {}) & {"format", "model", "genres", "thresholds", "weights_sha256", "encoders",
+                                       "config"})
+    if clash:
+        raise ValueError(f"save_model: extra entries {clash} would replace model.json's own keys")
     directory = Path(directory)
     with staging_dir(directory) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -64,6 +72,7 @@ def save_model(directory: str | Path, model: torch.nn.Module, cfg: Config, thres
             "weights_sha256": hashlib.sha256((tmp / WEIGHTS_FILE).read_bytes()).hexdigest(),
             "encoders": encoders,
             "config": cfg.to_dict(),
+            **(extra or {}),
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return directory
