@@ -261,3 +261,30 @@ def test_the_command_writes_a_student(trained_run, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "teacher: model" in out and "student seed 0" in out and "student/teacher" in out
     assert load_model(tmp_path / "student" / "model").meta["teacher"]["kind"] == "model"
+
+
+# -- the benchmark ----------------------------------------------------------------------------------------------
+def test_the_benchmark_puts_teacher_and_students_side_by_side(trained_run, tmp_path):
+    """benchmarks/distill.py end to end on the tiny teacher: every row, the bootstrap, both latencies (no timing is
+    asserted, only that each was measured)."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_distill", REPO / "benchmarks" / "distill.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    encoders = json.loads((trained_run / "model" / "model.json").read_text())["encoders"]
+    result = bench.distill_benchmark(str(runs.read_run(trained_run).config["data"]), tmp_path / "bench",
+                                     teacher=trained_run, seeds=1, alpha=0.0, temperature=2.0,
+                                     text_encoder=encoders["text"]["name"], image_encoder=encoders["image"]["name"],
+                                     student_overrides=["epochs=2"], latency_movies=3,
+                                     cache_dir=str(trained_run.parent / "cache"), n_boot=20, log=lambda *_: None)
+    q = result["quality"]
+    assert set(q) == {"teacher", "alone", "distilled"} and q["alone"]["seeds"] == q["distilled"]["seeds"] == 1
+    assert q["teacher"]["test_f1_macro"]["mean"] == runs.read_metrics(trained_run)["test"]["f1_macro"]
+    assert q["distilled"]["vs_teacher"]["n_test"] > 0 and "agreement" in q["distilled"]
+    assert all(v["n"] == 3 and v["p50_ms"] > 0 for v in result["latency"].values())
+    table = bench.format_table(result)
+    for needle in ("teacher", "alone", "distilled", "student/teacher p50", "targets:", "uptime:"):
+        assert needle in table
