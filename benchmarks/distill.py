@@ -6,7 +6,8 @@ teacher), quality over several seeds and single-movie latency, side by side in o
 
 1. The teacher: `--teacher ROW` (a grid row or run folder), else trained here: the best fused model of the
    recommended preset, late fusion of MPNet + EfficientNet-Lite0+DINOv2 (`--teacher-*` to change it), on
-   `--modalities both` of the official split, one run per seed under OUT/teacher/seed-<n>/.
+   `--modalities both` of the official split, one run per seed under OUT/teacher/seed-<n>/ (finished seeds are
+   reused when the benchmark is run again; `--teacher-text-encoder`/`--teacher-image-encoder` change its encoders).
 2. The students (MiniLM-L6 + EfficientNet-Lite0 by default), through `genrefusion.distill.run_distill`, N seeds each:
    `alone`, alpha=1 and no unlabelled movies (the same student without the teacher: the labels' loss only), and
    `distilled` with --alpha/--temperature and the --unlabelled movies (the sample folder itself gives its 1,911 dev
@@ -18,6 +19,10 @@ teacher), quality over several seeds and single-movie latency, side by side in o
 4. Latency: `Predictor.predict_one` (poster + plot, what `genrefusion predict`/`serve` run for one movie) of the
    teacher's and the student's seed-0 model on the same test movies, interleaved, after a warm-up; p50/p95 and the
    student/teacher ratio of the p50s (target: <= 25%).
+
+With `--lever ALPHA,T[,u][,key=value...]` (repeatable) the distilled student's alpha, temperature, whether it
+reads the unlabelled movies and extra overrides are chosen among those by mean VALIDATION macro-F1 over
+--sweep-seeds seeds; the table lists every lever tried.
 
 `distill_benchmark(...)` returns everything as a dict and `format_table(result)` prints it; benchmarks/cpu.py
 imports both. Prints `uptime` next to the figures: timings on a shared machine are noisy, ratios less so.
@@ -109,12 +114,35 @@ def latency(models: dict[str, Path], movies: Sequence[tuple[Any, str]], warmup: 
                    "fusion": predictors[name].fusion} for name, ts in times.items()}
 
 
+def sweep(teacher: str | Path, out: Path, levers: Sequence[str], seeds: int, common: dict[str, Any],
+          unlabelled: Sequence[str], log=print) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Try each lever `alpha,temperature[,unlabelled][,key=value...]` (e.g. "0.5,1", "0,2,u", "0.5,2,u,model=gmu")
+    with `seeds` seeds and pick the one with the best mean VALIDATION macro-F1 (test never enters the choice)."""
+    from genrefusion.distill import run_distill
+
+    tried = []
+    for i, lever in enumerate(levers):
+        alpha, temperature, *rest = lever.split(",")
+        use_unl = "u" in rest
+        overrides = [r for r in rest if "=" in r]
+        s = run_distill(teacher, out=out / f"sweep-{i}", alpha=float(alpha), temperature=float(temperature),
+                        unlabelled=list(unlabelled) if use_unl else [],
+                        **{**common, "seeds": seeds, "overrides": list(common["overrides"]) + overrides})
+        val = float(np.mean([r["val"]["f1_macro"] for r in s["runs"]]))
+        tried.append({"lever": lever, "alpha": float(alpha), "temperature": float(temperature),
+                      "unlabelled": use_unl, "overrides": overrides, "val_f1_macro": val})
+        log(f"sweep {lever}: val macro-F1 {val:.4f}")
+    return max(tried, key=lambda r: r["val_f1_macro"]), tried
+
+
 def distill_benchmark(data: str, out: str | Path, teacher: str | Path | None = None, seeds: int = 5,
                       unlabelled: Sequence[str] = (), alpha: float = 0.5, temperature: float = 1.0,
                       text_encoder: str = "minilm-l6", image_encoder: str = "efficientnet-lite0",
                       student_overrides: Sequence[str] = (), teacher_overrides: dict[str, Any] | None = None,
                       latency_movies: int = 40, cache_dir: str | None = None, n_boot: int = 2000,
-                      log=print) -> dict[str, Any]:
+                      levers: Sequence[str] = (), sweep_seeds: int = 2, log=print) -> dict[str, Any]:
+    """With `levers`, alpha, temperature, unlabelled-or-not and extra overrides of the distilled student are chosen
+    by `sweep` (validation only) instead of being the given ones."""
     from genrefusion.distill import run_distill
 
     out = Path(out)
@@ -124,10 +152,17 @@ def distill_benchmark(data: str, out: str | Path, teacher: str | Path | None = N
     students = {}
     common = dict(text_encoder=text_encoder, image_encoder=image_encoder, overrides=list(student_overrides),
                   seeds=seeds, cache_dir=cache_dir, log=None, progress=False)
-    for name, kw in (("alone", dict(alpha=1.0)),
-                     ("distilled", dict(alpha=alpha, temperature=temperature, unlabelled=list(unlabelled)))):
+    chosen, tried = None, []
+    if levers:
+        chosen, tried = sweep(teacher, out, levers, sweep_seeds, common, unlabelled, log)
+        alpha, temperature = chosen["alpha"], chosen["temperature"]
+        unlabelled = unlabelled if chosen["unlabelled"] else []
+        student_overrides = list(student_overrides) + chosen["overrides"]
+    for name, kw in (("alone", dict(alpha=1.0, overrides=list(student_overrides))),
+                     ("distilled", dict(alpha=alpha, temperature=temperature, unlabelled=list(unlabelled),
+                                        overrides=list(student_overrides)))):
         t = time.perf_counter()
-        summary = run_distill(teacher, out=out / name, **kw, **common)
+        summary = run_distill(teacher, out=out / name, **kw, **{k: v for k, v in common.items() if k != "overrides"})
         students[name] = {"path": summary["out"], "distillation": summary["distillation"],
                           "teacher": summary["teacher"]}
         log(f"student {name}: {time.perf_counter() - t:.0f} s")
@@ -145,6 +180,7 @@ def distill_benchmark(data: str, out: str | Path, teacher: str | Path | None = N
     lat = latency({"teacher": first(teacher), "student": first(Path(students["distilled"]["path"]))}, movies)
     lat_ratio = lat["student"]["p50_ms"] / lat["teacher"]["p50_ms"]
     return {"data": data, "seeds": seeds, "alpha": alpha, "temperature": temperature, "unlabelled": unl,
+            "sweep": tried, "sweep_seeds": sweep_seeds,
             "student_overrides": list(student_overrides), "quality": quality, "latency": lat,
             "latency_ratio": lat_ratio,
             "targets": {"quality": quality["distilled"]["ratio_macro"] >= TARGET_QUALITY,
@@ -170,7 +206,15 @@ def format_table(r: dict[str, Any]) -> str:
         return f"{v['mean']:.4f} ± {v['std']:.4f}"
 
     q = r["quality"]
-    lines = [f"Distillation on {r['data']}: {r['seeds']} seeds, alpha={r['alpha']} T={r['temperature']}"
+    lines = []
+    if r.get("sweep"):
+        lines.append(f"levers tried (alpha,T[,u = with the unlabelled movies][,overrides]), {r['sweep_seeds']} seeds, "
+                     "chosen by mean validation macro-F1:")
+        best = max(r["sweep"], key=lambda x: x["val_f1_macro"])
+        lines += [f"  {x['lever']:<28} val macro-F1 {x['val_f1_macro']:.4f}{'  <- chosen' if x is best else ''}"
+                  for x in r["sweep"]]
+        lines.append("")
+    lines += [f"Distillation on {r['data']}: {r['seeds']} seeds, alpha={r['alpha']} T={r['temperature']}"
              + (f", student overrides {' '.join(r['student_overrides'])}" if r["student_overrides"] else ""),
              f"unlabelled: {r['unlabelled'].get('used', 0):,} used of {r['unlabelled'].get('read', 0):,} read; "
              f"dropped {r['unlabelled'].get('dropped', {})}", "",
@@ -215,13 +259,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--text-encoder", default="minilm-l6")
     ap.add_argument("--image-encoder", default="efficientnet-lite0")
+    ap.add_argument("--teacher-text-encoder", default=TEACHER["text_encoder"], help="for the teacher trained here")
+    ap.add_argument("--teacher-image-encoder", default=TEACHER["image_encoder"], help="for the teacher trained here")
     ap.add_argument("--latency-movies", type=int, default=40)
     ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--lever", action="append", default=[], metavar="ALPHA,T[,u][,key=value]",
+                    help="try this lever (repeat); the distilled student uses the best by validation macro-F1")
+    ap.add_argument("--sweep-seeds", type=int, default=2)
     ap.add_argument("student_overrides", nargs="*", help="key=value for the students, e.g. model=gmu epochs=40")
     args = ap.parse_args(argv)
     result = distill_benchmark(args.data, args.out, args.teacher, args.seeds, args.unlabelled, args.alpha,
                                args.temperature, args.text_encoder, args.image_encoder, args.student_overrides,
-                               latency_movies=args.latency_movies, cache_dir=args.cache_dir)
+                               teacher_overrides={"text_encoder": args.teacher_text_encoder,
+                                                  "image_encoder": args.teacher_image_encoder},
+                               latency_movies=args.latency_movies, cache_dir=args.cache_dir, levers=args.lever,
+                               sweep_seeds=args.sweep_seeds)
     print(format_table(result))
 
 

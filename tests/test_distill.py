@@ -279,12 +279,16 @@ def test_the_benchmark_puts_teacher_and_students_side_by_side(trained_run, tmp_p
                                      teacher=trained_run, seeds=1, alpha=0.0, temperature=2.0,
                                      text_encoder=encoders["text"]["name"], image_encoder=encoders["image"]["name"],
                                      student_overrides=["epochs=2"], latency_movies=3,
-                                     cache_dir=str(trained_run.parent / "cache"), n_boot=20, log=lambda *_: None)
+                                     cache_dir=str(trained_run.parent / "cache"), n_boot=20, log=lambda *_: None,
+                                     levers=["1,1", "0,2,epochs=3"], sweep_seeds=1)
+    chosen = max(result["sweep"], key=lambda x: x["val_f1_macro"])  # by validation, and what the student used
+    assert [x["lever"] for x in result["sweep"]] == ["1,1", "0,2,epochs=3"]
+    assert (result["alpha"], result["temperature"]) == (chosen["alpha"], chosen["temperature"])
     q = result["quality"]
     assert set(q) == {"teacher", "alone", "distilled"} and q["alone"]["seeds"] == q["distilled"]["seeds"] == 1
     assert q["teacher"]["test_f1_macro"]["mean"] == runs.read_metrics(trained_run)["test"]["f1_macro"]
     assert q["distilled"]["vs_teacher"]["n_test"] > 0 and "agreement" in q["distilled"]
     assert all(v["n"] == 3 and v["p50_ms"] > 0 for v in result["latency"].values())
     table = bench.format_table(result)
-    for needle in ("teacher", "alone", "distilled", "student/teacher p50", "targets:", "uptime:"):
+    for needle in ("teacher", "alone", "distilled", "student/teacher p50", "targets:", "uptime:", "<- chosen"):
         assert needle in table
