@@ -56,16 +56,21 @@ def train_teacher(data: str, out: Path, seeds: int, cache_dir: str | None, overr
                   log=print) -> Path:
     """A grid-row-like folder out/seed-<n>/ of the recommended preset's teacher; finished seeds are reused."""
     from genrefusion.config import load_config
-    from genrefusion.experiment import run_experiment
+    from genrefusion.data import load_dataset
+    from genrefusion.experiment import load_features, model_modalities, run_experiment
 
+    dataset = features = None  # read and encoded once, shared by the seeds (as the grid does)
     for s in range(seeds):
         run_dir = out / f"seed-{s}"
         if (run_dir / runs.METRICS_FILE).is_file():
             continue
         cfg = load_config(None, "recommended", {**TEACHER, **overrides, "data": data, "seed": s,
                                                 **({"cache_dir": cache_dir} if cache_dir else {})})
+        if dataset is None:
+            dataset = load_dataset(cfg.data, cfg.split, cfg.modalities, cfg.strict, cfg.plot_mode, cfg.split_seed)
+            features, _ = load_features(cfg, dataset, model_modalities(cfg.model), progress=False)
         t = time.perf_counter()
-        m = run_experiment(cfg, run_dir=run_dir, log=None)
+        m = run_experiment(cfg, dataset, features, run_dir=run_dir, log=None)
         log(f"teacher seed {s}: test macro-F1 {m['test']['f1_macro']:.4f} ({time.perf_counter() - t:.0f} s)")
     return out
 
