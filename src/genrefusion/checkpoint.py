@@ -11,6 +11,8 @@ model.json, format 2:
                       fingerprint_sha256 (fingerprints.encoder_record); the text encoder's also `languages`, the
                       ISO 639-1 codes it was trained for (null: not declared)
     config            the run's resolved config
+    teacher           (a distilled model only, see distill.py) the teacher it learned from: its path, kind,
+                      fingerprint, members and its own test metrics
 
 `load_head` verifies the folder before anything in it is used: model.json parses and holds every key with the
 right type, the weights file matches its recorded SHA-256, every tensor fits the model model.json describes and is
@@ -48,11 +50,17 @@ class ModelFolderError(ValueError):
 
 
 def save_model(directory: str | Path, model: torch.nn.Module, cfg: Config, threshold: Any,
-               encoders: dict[str, dict[str, Any]]) -> Path:
+               encoders: dict[str, dict[str, Any]], extra: dict[str, Any] | None = None) -> Path:
     """Write atomically: everything goes to a sibling temp folder which is then renamed into place.
-    `encoders`: per modality the record of fingerprints.encoder_record, what load_model rebuilds and checks."""
+    `encoders`: per modality the record of fingerprints.encoder_record, what load_model rebuilds and checks.
+    `extra`: further JSON-able entries for model.json that loading does not need (a distilled model's
+    "teacher"); they may not replace one of the format's own keys."""
     for m, record in encoders.items():
         fingerprints.check_record(record, f"save_model: the {m} encoder record")
+    clash = sorted(set(extra or {}) & {"format", "model", "genres", "thresholds", "weights_sha256", "encoders",
+                                       "config"})
+    if clash:
+        raise ValueError(f"save_model: extra entries {clash} would replace model.json's own keys")
     encoders = {m: _with_languages(m, r) for m, r in encoders.items()}
     directory = Path(directory)
     with staging_dir(directory) as tmp:
@@ -66,6 +74,7 @@ def save_model(directory: str | Path, model: torch.nn.Module, cfg: Config, thres
             "weights_sha256": hashlib.sha256((tmp / WEIGHTS_FILE).read_bytes()).hexdigest(),
             "encoders": encoders,
             "config": cfg.to_dict(),
+            **(extra or {}),
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
     return directory

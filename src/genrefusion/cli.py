@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
 # Each of these modules defines `add_cli(subparsers)` and imports its heavy dependencies inside its commands, so
 # `genrefusion --help` stays fast.
 PLUGIN_MODULES: tuple[str, ...] = ("genrefusion.report", "genrefusion.predict", "genrefusion.serving",
-                                   "genrefusion.explain", "genrefusion.download", "genrefusion.robustness")
+                                   "genrefusion.explain", "genrefusion.download", "genrefusion.robustness",
+                                   "genrefusion.distill")
 
 
 def cmd_train(args) -> int:

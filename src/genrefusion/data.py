@@ -52,8 +52,10 @@ def _split_lists(split_file: Path, problem: Collector) -> list[Entry]:
     return entries
 
 
-def load_mmimdb(root: str | Path, strict: bool = False, plot_mode: str = "join") -> MovieDataset:
-    """Read `root/split.json` + `root/dataset/<id>.json|.jpeg` (the official MM-IMDb layout).
+def load_mmimdb(root: str | Path, strict: bool = False, plot_mode: str = "join",
+                require_labels: bool = True) -> MovieDataset:
+    """Read `root/split.json` + `root/dataset/<id>.json|.jpeg` (the official MM-IMDb layout). With
+    require_labels=False (movies read as unlabelled data for distillation) a movie without genres is kept.
 
     The movies are those named in split.json (its `dev` key may be called `val`); without split.json every
     `dataset/*.json` is read and only the stratified split is available. Ids must be plain file names (see
@@ -99,7 +101,7 @@ def load_mmimdb(root: str | Path, strict: bool = False, plot_mode: str = "join")
             continue
         # a dangling symlink is a poster that was meant to be there: named, not silently treated as no poster
         poster = next((p for s in POSTER_SUFFIXES if (p := ds_dir / f"{mid}{s}").exists() or p.is_symlink()), None)
-        movie = make_movie(mid, record, poster, path, report, problem, plot_mode, require_labels=True)
+        movie = make_movie(mid, record, poster, path, report, problem, plot_mode, require_labels)
         if movie is not None:
             found.append((movie, e.split))
     return assemble(found, has_split, report, root, root)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import platform
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -97,6 +98,24 @@ def build_loss(cfg: Config, train_labels: torch.Tensor):
 Features = dict[str, FeatureTable]
 
 
+@dataclass
+class Targets:
+    """What the training loop fits instead of the dataset's labels (distillation, see distill.py).
+
+    y:           (N, K), one row per dataset movie: what `loss_fn` reads (for distillation the labels, the
+                 teacher's logits and per-row weights, packed); the labels still score validation and test
+    loss_fn:     the loss minimised, called as loss_fn(logits, y[rows]); also the validation loss (early stopping)
+    extra_train: dataset rows outside every split that are trained on too (unlabelled movies)
+    evaluate:    (test rows, test probabilities, thresholds) -> entries added to metrics.json (e.g. agreement with a
+                 teacher)
+    """
+
+    y: torch.Tensor
+    loss_fn: torch.nn.Module
+    extra_train: list[int] = field(default_factory=list)
+    evaluate: Callable[[list[int], np.ndarray, Any], dict[str, Any]] | None = None
+
+
 def load_features(cfg: Config, dataset: MovieDataset, modalities: tuple[str, ...], sequences: bool = False,
                   progress: bool = True) -> tuple[Features, float]:
     t0 = time.perf_counter()
@@ -121,13 +140,15 @@ def _subgroup_metrics(y, probs, thr, presence: dict[str, np.ndarray], test_idx, 
 def run_experiment(cfg: Config, dataset: MovieDataset | None = None,
                    features: Mapping[str, FeatureTable] | None = None, run_dir: str | Path | None = None,
                    log: Callable[[str], None] | None = print, extra: dict[str, Any] | None = None,
-                   on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:
+                   on_epoch: Callable[[dict], None] | None = None, targets: Targets | None = None,
+                   model_extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train and evaluate one model; returns the metrics dict that is also written to `run_dir/metrics.json`.
     `on_epoch` is handed to train.fit (an experiment tracker's per-epoch logging, see tracking.py).
 
     In 'features' mode (default) the encoders are frozen and read through the feature cache (`features` may be
     passed in, by modality, to share it across models); in 'end-to-end' mode they run inside the loop (see
-    endtoend.py)."""
+    endtoend.py). `targets` replaces the labels as what training fits (see Targets); `extra` adds entries to
+    metrics.json and `model_extra` to the saved model's model.json."""
     timings: dict[str, float] = {}
     modalities = model_modalities(cfg.model)
     sequences = reads_sequences(cfg)
@@ -174,11 +195,21 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None,
     train_idx, val_idx, test_idx = ([i for i in dataset.splits[s] if usable[i]] for s in ("train", "dev", "test"))
     y = torch.as_tensor(dataset.labels())
 
+    n_labelled_train = len(train_idx)
     seed_everything(cfg.seed)
     model = build_model(cfg, dims)
-    loss_fn = build_loss(cfg, y[train_idx])
-    result = fit(model, batch_fn, y, train_idx, val_idx, cfg, loss_fn, extra_param_groups=extra_groups, log=log,
-                 on_epoch=on_epoch)
+    if targets is None:
+        loss_fn, y_fit = build_loss(cfg, y[train_idx]), y
+    else:
+        in_split = {i for idx in dataset.splits.values() for i in idx}
+        if any(i in in_split for i in targets.extra_train):  # a validation or test movie must never be fitted
+            raise ValueError("targets.extra_train names movies of the dataset's splits")
+        if targets.y.shape[0] != len(dataset.movies):
+            raise ValueError(f"targets.y has {targets.y.shape[0]} rows for {len(dataset.movies)} movies")
+        train_idx = train_idx + [i for i in targets.extra_train if usable[i]]
+        loss_fn, y_fit = targets.loss_fn, targets.y
+    result = fit(model, batch_fn, y_fit, train_idx, val_idx, cfg, loss_fn, extra_param_groups=extra_groups,
+                 log=log, on_epoch=on_epoch, val_labels=y)
     timings["train_s"] = result.seconds
 
     t = time.perf_counter()
@@ -194,7 +225,8 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None,
         "data": {
             "source": str(dataset.report.source), "fingerprint": dataset.fingerprint(), "split": dataset.split_mode,
             "modalities": cfg.modalities,
-            "n": {"train": len(train_idx), "dev": len(val_idx), "test": len(test_idx)},
+            "n": {"train": n_labelled_train, "dev": len(val_idx), "test": len(test_idx),
+                  **({"unlabelled": len(train_idx) - n_labelled_train} if targets is not None else {})},
             **skipped_record(dataset),  # what the reader skipped and why: counts per kind, the first problems
         },
         "encoders": encoders_meta,
@@ -211,6 +243,7 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None,
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "threads": torch.get_num_threads()},
         **(extra or {}),
+        **(targets.evaluate(test_idx, test_probs, threshold) if targets is not None and targets.evaluate else {}),
     }
     timings["eval_s"] = time.perf_counter() - t
     metrics["timings"] = timings
@@ -219,5 +252,5 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None,
         write_run(Path(run_dir), cfg, metrics, model, encoders_meta,
                   test=Predictions(ids(test_idx), test_probs, y_test, threshold, analysis=analysis),
                   # validation predictions: thresholds can be re-tuned from the run folder alone
-                  val=Predictions(ids(val_idx), val_probs, y[val_idx].numpy(), threshold))
+                  val=Predictions(ids(val_idx), val_probs, y[val_idx].numpy(), threshold), model_extra=model_extra)
     return metrics

@@ -92,10 +92,11 @@ def save_predictions(path: str | Path, ids: list[str], probs, labels, threshold,
 
 
 def write_run(run_dir: str | Path, cfg, metrics: dict[str, Any], model, encoders: dict[str, dict],
-              test: Predictions, val: Predictions | None = None) -> Path:
+              test: Predictions, val: Predictions | None = None, model_extra: dict[str, Any] | None = None) -> Path:
     """Write a run folder (see the module docstring). Every file is written under a temporary name and renamed, and
     metrics.json comes last, so a folder with a metrics.json is complete. `encoders`: per modality the record of
-    fingerprints.encoder_record, as checkpoint.save_model takes it."""
+    fingerprints.encoder_record, as checkpoint.save_model takes it; `model_extra`: further model.json entries
+    (checkpoint.save_model's `extra`, e.g. a distilled model's "teacher")."""
     from .checkpoint import save_model
     from .config import save_config
 
@@ -105,7 +106,7 @@ def write_run(run_dir: str | Path, cfg, metrics: dict[str, Any], model, encoders
     write_predictions(run_dir / predictions_file("test"), test)
     if val is not None:
         write_predictions(run_dir / predictions_file("val"), val)
-    save_model(run_dir / MODEL_DIR, model, cfg, test.thresholds, encoders)
+    save_model(run_dir / MODEL_DIR, model, cfg, test.thresholds, encoders, extra=model_extra)
     atomic.write_json(run_dir / METRICS_FILE, metrics)
     return run_dir
 

@@ -138,12 +138,15 @@ def _val_loss_and_probs(model, batch_fn, idx, y, loss_fn, batch_size):
 
 def fit(model: nn.Module, batch_fn: BatchFn, y: torch.Tensor, train_idx: Iterable[int], val_idx: Iterable[int],
         cfg: Config, loss_fn: nn.Module, extra_param_groups: list[dict] | None = None,
-        log: Callable[[str], None] | None = None,
-        on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+        log: Callable[[str], None] | None = None, on_epoch: Callable[[dict], None] | None = None,
+        val_labels: torch.Tensor | None = None) -> TrainResult:
     """Train `model` in place; on return it holds the weights of the epoch with the lowest validation loss.
 
     `on_epoch` (e.g. an experiment tracker) is called after every epoch with a copy of that epoch's history row
     (epoch, train_loss, val_loss, val_f1_macro, val_f1_micro, lr, seconds); under torchrun on rank 0 only.
+    `y` holds what `loss_fn` reads for every row, normally the multi-hot labels. When it holds more than the labels
+    (distillation packs the teacher's logits and per-row weights beside them, see distill.py), `val_labels` gives
+    the labels the per-epoch validation F1 is computed against.
 
     The model, the loss and (when they can move, like FeatureBatches) the batches go to `cfg.device`. Under
     torchrun, call it on every rank with the same arguments; `extra_param_groups` (encoders trained end to end,
@@ -163,7 +166,7 @@ def fit(model: nn.Module, batch_fn: BatchFn, y: torch.Tensor, train_idx: Iterabl
         loss_fn.to(device)  # pos_weight is a buffer
     if hasattr(batch_fn, "to"):
         batch_fn = batch_fn.to(device)
-    y_val = y[val_idx].cpu().numpy()
+    y_val = (y if val_labels is None else val_labels)[val_idx].cpu().numpy()
     y = y.to(device)
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
     groups += extra_param_groups or []
