@@ -194,6 +194,7 @@ def features_vs_peer(data: str, limit: int = 192, log: Callable[[str], None] = p
     out: dict[str, Any] = {"n": len(plots), "batch_size": bs, "max_length": enc.max_length,
                            "default_precision": resolve_precision("auto", "cpu", [enc.name])}
     encode_items(enc, plots[:bs], "fp32", bs)  # warm-up
+    enc.fingerprint()  # hashes the weights once per process (~0.3 s): a fixed cost, not throughput
     for label, precision in (("features (default)", "auto"), ("features (fp32)", "fp32")):
         with tempfile.TemporaryDirectory() as cache:
             t = time.perf_counter()

@@ -17,7 +17,7 @@ from genrefusion.encoders import create_encoder
 from genrefusion.experiment import run_experiment
 from genrefusion.features import FeatureCache
 from genrefusion.images import load_poster
-from genrefusion.precision import CpuCapability, choose, probe_cpu, verdicts
+from genrefusion.precision import CpuCapability, choose, keeps_quality, probe_cpu, verdicts
 from genrefusion.predict import load_model
 
 AVX2 = CpuCapability(frozenset({"avx2"}), "AVX2", "fake AVX2")
@@ -57,6 +57,19 @@ def test_auto_picks_bf16_only_when_native_faster_and_quality_kept():
     assert choose(["minilm-l6", "mpnet-base"], BF16, table(["minilm-l6", "mpnet-base"])) == "bf16"
     why = verdicts(enc, AVX2, table(enc))["bf16"]["minilm-l6"]
     assert "no native bf16" in why and "avx512_bf16" in why
+
+
+def _row(macro, micro):
+    return {m: {"diff": d, "ci_low": lo, "ci_high": hi} for m, (d, lo, hi) in (("f1_macro", macro), ("f1_micro", micro))}
+
+
+def test_the_quality_rule_is_the_issues():
+    assert keeps_quality([_row((-0.008, -0.02, 0.004), (0.001, -0.01, 0.012))])  # within 0.01
+    assert keeps_quality([_row((-0.018, -0.04, 0.003), (0.0, -0.01, 0.01))])  # beyond 0.01, but 0 in the interval
+    assert not keeps_quality([_row((-0.018, -0.03, -0.006), (0.0, -0.01, 0.01))])  # reliably worse
+    assert not keeps_quality([_row((0.0, -0.01, 0.01), (0.0, -0.01, 0.01)), _row((0.0, -0.01, 0.01),
+                                                                                (-0.02, -0.03, -0.011))])
+    assert not keeps_quality([])  # no rows, no evidence
 
 
 def test_resolve_precision_asks_the_probe_on_a_cpu_and_keeps_explicit_choices(monkeypatch, tmp_path):

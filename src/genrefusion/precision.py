@@ -132,6 +132,15 @@ def verdicts(encoders: Iterable[str], cap: CpuCapability | None = None,
     return out
 
 
+def keeps_quality(rows: Iterable[dict[str, Any]], tolerance: float = TOLERANCE) -> bool:
+    """The issue's rule over grid rows compared with compare.compare (fp32 = A, the reduced precision = B): on every
+    row, for macro- and micro-F1, the difference of 5-seed mean scores is within `tolerance`, or zero lies inside
+    its paired bootstrap interval. No rows: no evidence, so False."""
+    rows = list(rows)
+    return bool(rows) and all(abs(r[m]["diff"]) <= tolerance or r[m]["ci_low"] <= 0.0 <= r[m]["ci_high"]
+                              for r in rows for m in ("f1_macro", "f1_micro"))
+
+
 def choose(encoders: Iterable[str], cap: CpuCapability | None = None, table: dict[str, Any] | None = None) -> str:
     """The precision `auto` gives features of `encoders` on this CPU: the fastest reduced precision eligible for
     every one of them (an encoder joined from parts gets one precision for all parts), else fp32."""
