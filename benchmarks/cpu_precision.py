@@ -55,7 +55,7 @@ def cmd_speed(args) -> int:
                  "load": bench.load_avg(), "items": args.limit,
                  "encoders": {e: {p: {k: round(v, 4) for k, v in r.items()
                                       if k in ("speedup", "min_cosine", "mean_cosine", "items_per_s")}
-                                  for p, r in rows.items() if p != "fp32"} for e, rows in measured.items()}}
+                                  for p, r in rows.items()} for e, rows in measured.items()}}
         table = load_table()
         table["speed"] = [e for e in table.get("speed", []) if sorted(e.get("native", [])) != sorted(cap.native)]
         table["speed"].append(entry)
