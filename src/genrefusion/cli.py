@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="default: $GENREFUSION_CACHE or ~/.cache/genrefusion")
     p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cuda, cuda:1, cpu")
     p.add_argument("--precision", choices=CHOICES["precision"], default="auto",
-                   help="autocast while encoding (auto: bf16 on a GPU, fp32 on the CPU); part of the cache key")
+                   help="autocast while encoding (auto: bf16 on a GPU; on a CPU fp32 unless the measured evidence shows "
+                        "bf16 native, faster and keeping quality, see README 'Fast on a CPU'); part of the cache key")
     p.add_argument("--num-workers", type=int, default=None,
                    help="processes preparing batches ahead of the encoder (default: 0 on CPU, up to 12 on GPU)")
     _add_data_options(p)

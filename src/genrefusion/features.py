@@ -20,8 +20,9 @@ damaged value. Shards written before checksums existed cannot be verified, so th
 movies are encoded once more (bit-identical features, the plan being the same). encoder.json only documents the
 folder (every shard names its own fingerprint); a damaged one is rewritten with a warning.
 
-On a GPU the encoder runs under bf16 autocast (fp16 where bf16 is missing; the precision is part of the cache key)
-and worker processes decode / tokenise upcoming batches into pinned memory. Under torchrun the ranks split the
+On a GPU the encoder runs under bf16 autocast (fp16 where bf16 is missing; the precision is part of the cache key);
+on a CPU `auto` picks per encoder what the measured evidence supports (precision.py: fp32 unless bf16 is native,
+faster and keeps downstream quality). On a GPU worker processes decode / tokenise upcoming batches into pinned memory. Under torchrun the ranks split the
 shards of that same plan and write them into the one cache folder; then every rank reads the whole table.
 """
 from __future__ import annotations
@@ -392,7 +393,7 @@ def dataset_features(dataset: MovieDataset, encoder, cache_dir: str | Path | Non
     """Features of every movie in `dataset` for `encoder` (text or image), encoding what the cache lacks.
 
     The encoder runs where it is (`encoder.to(device)` first); `precision` ('auto', 'fp32', 'bf16', 'fp16') is the
-    autocast used while encoding (auto: bf16 on a GPU, fp32 on the CPU). An encoder joined from parts
+    autocast used while encoding (auto: bf16 on a GPU, on the CPU precision.choose). An encoder joined from parts
     (`encoder.feature_parts()`, e.g. "a+b") is cached part by part and its table joined from theirs. Under torchrun
     the ranks share the work (see FeatureCache.extract) and every rank gets the whole table."""
     from . import distributed
@@ -401,6 +402,8 @@ def dataset_features(dataset: MovieDataset, encoder, cache_dir: str | Path | Non
     if parts:  # each part through its own cache folder, then joined
         if sequences:
             raise ValueError(f"encoder {encoder.name!r} concatenates pooled vectors only; sequences need one encoder")
+        # One precision for all parts (their tables are joined): auto resolves over every part's evidence.
+        precision = resolve_precision(precision, encoder.device, [p.name for p in parts])
         return join_tables(encoder, [dataset_features(dataset, part, cache_dir, batch_size=batch_size,
                                                       progress=progress, shard_batches=shard_batches,
                                                       precision=precision, num_workers=num_workers)

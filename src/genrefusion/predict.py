@@ -48,16 +48,50 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _decoded_chunks(predictor: Predictor, movies: list, chunk: int):
+    """(movies, posters, plots, skipped) per chunk of `chunk` movies, the posters of the next chunk decoded in a
+    background thread while the current one is encoded (decoding releases the GIL, so it overlaps the encoders).
+    A movie whose poster does not decode, or that the model cannot predict from, is skipped with its reason."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .images import load_poster
+
+    def decode(part: list):
+        ok, posters, plots, skipped = [], [], [], []
+        for m in part:
+            try:
+                poster = load_poster(m.poster) if m.poster else None
+                predictor.check(poster, m.plot)
+            except ValueError as e:  # one bad movie must not sink the catalog; it is named on stderr
+                skipped.append((m, e))
+                continue
+            ok.append(m)
+            posters.append(poster)
+            plots.append(m.plot)
+        return ok, posters, plots, skipped
+
+    parts = [movies[i:i + chunk] for i in range(0, len(movies), chunk)]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-posters") as pool:
+        pending = pool.submit(decode, parts[0]) if parts else None
+        for k in range(len(parts)):
+            done = pending.result()
+            pending = pool.submit(decode, parts[k + 1]) if k + 1 < len(parts) else None
+            yield done
+
+
 def _predict_catalog(predictor: Predictor, args) -> int:
-    """A CSV/JSONL catalog (data.load_catalog's format; labels optional) -> one prediction per movie."""
+    """A CSV/JSONL catalog (data.load_catalog's format; labels optional) -> one prediction per movie. Movies go
+    through the Predictor `--chunk` at a time, which encodes them in length-grouped batches (see
+    Predictor.features), while the next chunk's posters are decoded."""
     import csv
 
     from .data import load_catalog
-    from .images import load_poster
 
     ds = load_catalog(args.input, strict=args.strict, require_labels=False)
     for p in ds.report.problems:
         print(f"catalog: {p}", file=sys.stderr)
+    if args.batch_size is not None:
+        predictor.batch_sizes = {m: args.batch_size for m in predictor.modalities}
     out_path = Path(args.output) if args.output else None
     fmt = "csv" if out_path is not None and out_path.suffix.lower() == ".csv" else "jsonl"
     fh = open(out_path, "w", encoding="utf-8", newline="") if out_path else sys.stdout
@@ -67,20 +101,10 @@ def _predict_catalog(predictor: Predictor, args) -> int:
         if fmt == "csv":
             writer = csv.writer(fh)
             writer.writerow(["id", "predicted", *predictor.genres])
-        for start in range(0, len(ds.movies), args.batch_size):
-            chunk = ds.movies[start:start + args.batch_size]
-            ok, posters, plots = [], [], []
-            for m in chunk:
-                try:
-                    poster = load_poster(m.poster) if m.poster else None
-                    predictor.check(poster, m.plot)
-                except ValueError as e:  # one bad movie must not sink the catalog; it is named on stderr
-                    failed += 1
-                    print(f"skipped {m.id}: {e}", file=sys.stderr)
-                    continue
-                ok.append(m)
-                posters.append(poster)
-                plots.append(m.plot)
+        for ok, posters, plots, skipped in _decoded_chunks(predictor, ds.movies, args.chunk):
+            for m, e in skipped:
+                failed += 1
+                print(f"skipped {m.id}: {e}", file=sys.stderr)
             for m, r in zip(ok, predictor.predict(posters, plots) if ok else []):
                 if writer:  # CSV has no column for them: the warnings go to stderr, named by movie
                     for w in r["warnings"]:
@@ -100,6 +124,18 @@ def _predict_catalog(predictor: Predictor, args) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_cli(sub) -> None:
     p = sub.add_parser("predict", help="predict genres with a saved model (one movie or a whole catalog)")
     p.add_argument("--model", required=True, help="saved model folder (a run's model/)")
@@ -108,7 +144,11 @@ def add_cli(sub) -> None:
     p.add_argument("--plot-file", default=None, help="read the plot from this UTF-8 text file")
     p.add_argument("--input", default=None, help="CSV/JSONL catalog (id, plot, poster) to predict as a whole")
     p.add_argument("--output", default=None, help="catalog predictions file: .csv or .jsonl (default: JSONL to stdout)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=_positive, default=None,
+                   help="items per encoder call (default: the encoder's CPU batch, 128 on a GPU)")
+    p.add_argument("--chunk", type=_positive, default=256,
+                   help="catalog movies handed to the model at a time (their posters decoded while the previous "
+                        "chunk is encoded)")
     p.add_argument("--strict", action="store_true", help="stop at the first bad catalog row instead of skipping it")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.set_defaults(func=cmd_predict)

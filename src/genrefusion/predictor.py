@@ -66,6 +66,7 @@ class Predictor:
             self.languages = rec["languages"] if "languages" in rec else encoder_languages(rec["name"])
         self.precision: dict[str, str] = {}  # per modality, the autocast its features were computed under
         self._check_fingerprints()
+        self.batch_sizes: dict[str, int] = {}  # per modality, items per encoder call (default: batch_size)
         self.lock = threading.Lock()
 
     def _check_fingerprints(self) -> None:
@@ -168,9 +169,28 @@ class Predictor:
         seqs = [out.sequence[j, out.mask[j]].cpu() for j in range(len(items))] if self.sequences else None
         return pooled, seqs
 
+    def batch_size(self, modality: str) -> int:
+        """Items per encoder call: `batch_sizes[modality]` when set, else the feature cache's default batch (small
+        on a CPU, large on a GPU)."""
+        if modality in self.batch_sizes:
+            return self.batch_sizes[modality]
+        return 128 if self.device.type == "cuda" else spec(modality).cpu_batch_size
+
+    def _encoder_batches(self, modality: str, items: list, idx: list[int]) -> list[list[int]]:
+        """The encoder calls for the present items `idx`: batches of `batch_size`, plots grouped by token length
+        (longest first, as the feature cache plans them), so a catalog pays for almost no padding."""
+        enc, size = self.encoders[modality], self.batch_size(modality)
+        lengths = getattr(enc, "token_lengths", None)
+        if lengths is not None and len(idx) > 1:
+            n = lengths([items[i] for i in idx])
+            idx = [i for _, i in sorted(zip(n, idx), key=lambda t: -t[0])]  # stable: equal lengths keep order
+        return [idx[i:i + size] for i in range(0, len(idx), size)]
+
     def features(self, posters: list[Image.Image | None], plots: list[str | None], grad: bool = False) -> dict:
         """The head's input batch (batching.modality_inputs): encoder outputs for the items present, `<m>_present`
-        flags for the rest. Call under `self.lock`."""
+        flags for the rest. However many movies are given, each encoder runs on batches of `batch_size` items,
+        plots of similar length together (a whole catalog goes through at the encoder's throughput, never as one
+        huge padded batch). Call under `self.lock`."""
         import torch
 
         from .batching import modality_inputs
@@ -180,10 +200,9 @@ class Predictor:
         batch: dict[str, torch.Tensor] = {}
         for m in self.modalities:
             items = items_of[m]
-            idx = [i for i, x in enumerate(items) if x is not None]
             pooled = torch.zeros(n, self.encoders[m].dim)
             seqs: list = [None] * n
-            if idx:
+            for idx in self._encoder_batches(m, items, [i for i, x in enumerate(items) if x is not None]):
                 got, got_seqs = self.encode(m, [items[i] for i in idx], grad=grad)
                 pooled = pooled.index_copy(0, torch.tensor(idx), got)
                 for j, i in enumerate(idx if got_seqs is not None else ()):
