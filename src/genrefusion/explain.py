@@ -99,7 +99,7 @@ def word_attributions(predictor, plot: str, base: dict, target: int, steps: int 
     import torch
     from captum.attr import LayerIntegratedGradients
 
-    from .encoders.text import normalise_text
+    from .preprocessing import normalise_text
 
     enc = predictor.encoders["text"]
     # the text the encoder tokenises: normalised first when the encoder is configured to (TextEncoder.preprocess)

@@ -6,12 +6,12 @@ give the same vector for every plot; for CLIP "cls" therefore means CLIP's own s
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..preprocessing import normalise_text
 from .base import Encoder, EncoderOutput
 from .registry import checkpoint_sha256, load_config, load_pretrained, register_encoder, resolve_source
 
@@ -20,16 +20,6 @@ POOLINGS = ("cls", "mean")
 # These architectures number positions from pad_token_id + 1, so max_position_embeddings (514) overstates the
 # usable length by pad_token_id + 1.
 _OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text"})
-
-# The thesis' text normalisation: keep letters, digits, whitespace and basic punctuation; everything else
-# (including '_') becomes a space.
-_NOT_KEPT = re.compile(r"[^\w\s.,!?'\-]|_")
-
-
-def normalise_text(text: str) -> str:
-    """Lower-case, replace anything but letters/digits/whitespace/.,!?'- with a space, collapse whitespace."""
-    return " ".join(_NOT_KEPT.sub(" ", text.lower()).split())
-
 
 def _max_positions(config: Any, tokenizer: Any) -> int | None:
     limits = []
