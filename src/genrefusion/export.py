@@ -133,11 +133,50 @@ def _export_part(part, m: str, i: int, tmp: Path, sequences: bool, opset: int) -
     return record
 
 
+def _traceable_attention(mha):
+    """nn.MultiheadAttention's forward (eval: no dropout; one projection for q, k and v of d_model each, as the
+    cross-attention fusion builds it) written with shape-free reshapes. The module's own forward computes its head
+    reshapes from Python ints, which the tracer bakes into the graph: an export traced at one sequence length would
+    fail at every other one."""
+    import torch
+    from torch.nn import functional as F  # noqa: N812
+
+    if mha.bias_k is not None or mha.add_zero_attn or not mha._qkv_same_embed_dim or not mha.batch_first:
+        raise ExportError("cannot export this nn.MultiheadAttention (bias_k, add_zero_attn, separate kdim/vdim or "
+                          "batch_first=False)")
+
+    class Attention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = mha
+
+        def forward(self, query, key, value, key_padding_mask=None):
+            e, h = self.mha.embed_dim, self.mha.num_heads
+            w, b = self.mha.in_proj_weight, self.mha.in_proj_bias
+            heads = [F.linear(x, w[i * e:(i + 1) * e], None if b is None else b[i * e:(i + 1) * e])
+                     .unflatten(-1, (h, e // h)).transpose(1, 2) for i, x in enumerate((query, key, value))]
+            q, k, v = heads  # (B, heads, L, d)
+            scores = (q * (e // h) ** -0.5) @ k.transpose(-1, -2)
+            if key_padding_mask is not None:  # True where a key is padding
+                scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+            weights = scores.softmax(dim=-1)
+            out = self.mha.out_proj((weights @ v).transpose(1, 2).flatten(2))
+            return out, weights.mean(dim=1)  # the weights averaged over heads, as the module returns them
+
+    return Attention()
+
+
 def _export_head(predictor, tmp: Path, opset: int) -> dict[str, Any]:
     """The head -> head.onnx: its inputs are the batch keys it reads, its outputs the logits and its fusion weights."""
+    import copy
+
     import torch
 
-    head = predictor.head.eval()
+    head = copy.deepcopy(predictor.head).eval()  # a copy: its attention modules are swapped for traceable ones
+    for name, module in list(head.named_modules()):
+        if isinstance(module, torch.nn.MultiheadAttention):
+            parent, _, attr = name.rpartition(".")
+            setattr(head.get_submodule(parent) if parent else head, attr, _traceable_attention(module))
     mods = predictor.modalities
     keys = [k for m in mods for k in ((f"{m}_seq", f"{m}_seq_mask") if predictor.sequences else (m,))]
     keys += [f"{m}_present" for m in mods]
