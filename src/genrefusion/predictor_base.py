@@ -69,8 +69,6 @@ class PredictorBase:
 
     def predict(self, posters: list[Image.Image | None], plots: list[str | None]) -> list[dict[str, Any]]:
         """Predict a batch of movies (a None poster or plot = that modality is missing)."""
-        import torch
-
         if len(posters) != len(plots):
             raise ValueError(f"got {len(posters)} posters but {len(plots)} plots")
         used = [self.check(p, t) for p, t in zip(posters, plots)]
