@@ -270,7 +270,7 @@ def test_export_and_predict_commands(serving_cli, trained_run, tmp_path, capsys)
     assert "(threshold " in capsys.readouterr().out
     assert serving_cli(["export", "--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
     assert "no such model folder" in capsys.readouterr().err
-    assert serving_cli(["explain", "--model", str(out), "--plot", "ghost night"]) == 2
+    assert serving_cli(["explain", "--model", str(out), "--plot", "ghost night", "--out", str(tmp_path / "ex")]) == 2
     assert "cannot be explained" in capsys.readouterr().err
 
 
