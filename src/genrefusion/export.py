@@ -328,8 +328,9 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, opset: int = DEFA
             f"{out_dir} in {time.perf_counter() - t0:.1f} s; on {check['movies']} check movies the probabilities "
             f"differ from the torch model's (fp32) by at most {check['max_abs_diff']:.1e}")
     if "max_abs_diff_vs_trained_precision" in check:
-        line += (f", from the torch model at its training precision ({', '.join(sorted(set(check['trained_precision'].values())))}) "
-                 f"by {check['max_abs_diff_vs_trained_precision']:.1e} (the graphs compute in fp32)")
+        trained = ", ".join(sorted(set(check["trained_precision"].values())))
+        line += (f", from the torch model at its training precision ({trained}) by "
+                 f"{check['max_abs_diff_vs_trained_precision']:.1e} (the graphs compute in fp32)")
     if log:
         log(line)
     return manifest

@@ -98,7 +98,8 @@ def _predict_catalog(predictor: Predictor, args) -> int:
 
 def add_cli(sub) -> None:
     p = sub.add_parser("predict", help="predict genres with a saved model (one movie or a whole catalog)")
-    p.add_argument("--model", required=True, help="saved model folder (a run's model/), or one written by `genrefusion export` (onnxruntime, no torch)")
+    p.add_argument("--model", required=True,
+                   help="saved model folder (a run's model/), or one written by `genrefusion export` (no torch)")
     p.add_argument("--poster", default=None, help="poster image file")
     p.add_argument("--plot", default=None, help="plot text")
     p.add_argument("--plot-file", default=None, help="read the plot from this UTF-8 text file")
