@@ -286,7 +286,8 @@ def test_real_sample_movies_predict_alike_with_the_offline_encoders(sample_root,
     assert manifest["check"]["movies"] >= 16 and manifest["check"]["max_abs_diff"] <= CONTRACT
     from genrefusion.data import load_dataset
 
-    movies = [m for m in load_dataset(str(data)).movies if m.split == "test"]
+    ds = load_dataset(str(data))
+    movies = [ds.movies[i] for i in ds.splits["test"]]
     posters = [load_poster(m.poster) if m.poster else None for m in movies]
     plots = [m.plot for m in movies]
     n = assert_predicts_alike(load_model(tmp_path / "gmu" / "model"), load_model(tmp_path / "onnx"), posters, plots)
