@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 # `genrefusion --help` stays fast.
 PLUGIN_MODULES: tuple[str, ...] = ("genrefusion.report", "genrefusion.predict", "genrefusion.serving",
                                    "genrefusion.explain", "genrefusion.download", "genrefusion.robustness",
-                                   "genrefusion.distill")
+                                   "genrefusion.distill", "genrefusion.export")
 
 
 def cmd_train(args) -> int:
@@ -210,11 +210,13 @@ def cmd_grid(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .distributed import init_from_env, is_main  # after parsing: torch is not needed for --help
+    # Under torchrun (WORLD_SIZE > 1): join the process group; every rank runs the command, only rank 0 prints
+    # (errors still show). Otherwise torch is not imported here: not for --help, not for an exported model.
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        from .distributed import init_from_env, is_main
 
-    # Under torchrun: join the process group; every rank runs the command, only rank 0 prints (errors still show).
-    if init_from_env() and not is_main():
-        sys.stdout = open(os.devnull, "w")
+        if init_from_env() and not is_main():
+            sys.stdout = open(os.devnull, "w")
     try:
         return args.func(args)
     except BrokenPipeError:  # `genrefusion ... | head`: the reader left; say nothing more (Python's own advice)

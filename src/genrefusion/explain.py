@@ -36,6 +36,10 @@ def explain(predictor, poster: Image.Image | None, plot: str | None, genre: str 
 
     from .inputs import InputError
 
+    if getattr(predictor, "exported", False):
+        raise ValueError(f"{predictor.directory}: an exported (ONNX) model cannot be explained: Grad-CAM and "
+                         "integrated gradients need the torch model's gradients; explain the model folder it was "
+                         "exported from")
     result = predictor.predict_one(poster, plot)  # also checks the input
     # Default: the most probable genre the model predicts (what a person asks "why?" about), else the most probable.
     genre = genre or (result["predicted"] or [result["genres"][0]["genre"]])[0]

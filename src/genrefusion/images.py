@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
+from .preprocessing import eval_pixels
 from .posters import DECODE_SIDE, MAX_POSTER_PIXELS, POSTER_FORMATS, PosterError, decode_poster, load_poster
 
 __all__ = ["DECODE_SIDE", "IMAGENET_MEAN", "IMAGENET_STD", "MAX_POSTER_PIXELS", "POSTER_FORMATS", "PosterError",
@@ -83,13 +84,11 @@ class PosterTransform:
         self._std = torch.tensor(self.std).view(3, 1, 1)
 
     def __call__(self, img: Image.Image, generator: torch.Generator | random.Random | None = None) -> torch.Tensor:
+        if not self.train:  # the one eval transform, shared with the torch-free exported runtime
+            return torch.from_numpy(eval_pixels(img, self.size, self.mean, self.std))
         if img.mode != "RGB":
             img = img.convert("RGB")
-        if self.train:
-            rng = _Rng(generator if generator is not None else self.generator)
-            img = self._augment(img, rng)
-        else:
-            img = img.resize((self.size, self.size), Image.BILINEAR)
+        img = self._augment(img, _Rng(generator if generator is not None else self.generator))
         x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
         return (x - self._mean) / self._std
 

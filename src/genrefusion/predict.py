@@ -24,7 +24,7 @@ def _read_plot(args) -> str | None:
 
 
 def cmd_predict(args) -> int:
-    from .images import load_poster
+    from .posters import load_poster  # PIL only: an exported model runs without torch
 
     predictor = load_model(args.model)
     if args.input:
@@ -86,6 +86,7 @@ def _predict_catalog(predictor: Predictor, args) -> int:
     import csv
 
     from .data import load_catalog
+    from .posters import load_poster  # PIL only: an exported model runs without torch
 
     ds = load_catalog(args.input, strict=args.strict, require_labels=False)
     for p in ds.report.problems:
@@ -138,7 +139,8 @@ def _positive(text: str) -> int:
 
 def add_cli(sub) -> None:
     p = sub.add_parser("predict", help="predict genres with a saved model (one movie or a whole catalog)")
-    p.add_argument("--model", required=True, help="saved model folder (a run's model/)")
+    p.add_argument("--model", required=True,
+                   help="saved model folder (a run's model/), or one written by `genrefusion export` (no torch)")
     p.add_argument("--poster", default=None, help="poster image file")
     p.add_argument("--plot", default=None, help="plot text")
     p.add_argument("--plot-file", default=None, help="read the plot from this UTF-8 text file")

@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from .inputs import InputError
-from .modalities import spec
+from .predictor_base import PredictorBase
 
 
-class Predictor:
+class Predictor(PredictorBase):
     """A saved model ready to predict. Thread-safe: inference runs under one lock (on a CPU, parallel forward
     passes would only fight over the same cores, and a Hugging Face fast tokenizer must not be used concurrently)."""
 
@@ -94,64 +92,6 @@ class Predictor:
             self.precision[m] = precision
             self.meta["encoders"][m] = encoder_record(rec["name"], rec.get("kwargs", {}), got, precision)
         self.meta["format"] = 2
-
-    # -- what the model is ----------------------------------------------------------------------------------------
-    @property
-    def fusion(self) -> str:
-        return self.meta["model"]["name"]
-
-    def can_miss(self, modality: str) -> bool:
-        """Whether a movie may lack `modality`. Every model substitutes a learned stand-in, but that stand-in is only
-        learned when training saw movies without the modality (modalities=any) or dropped it (modality_dropout);
-        a unimodal model cannot do without the one input it reads."""
-        if len(self.modalities) < 2:
-            return False
-        cfg = self.meta.get("config", {})
-        return cfg.get("modalities", "any") == "any" or float(cfg.get("modality_dropout", 0.0)) > 0
-
-    def info(self) -> dict[str, Any]:
-        return {
-            "fusion": self.fusion,
-            "modalities": list(self.modalities),
-            "encoders": {m: self.meta["encoders"][m]["name"] for m in self.modalities},
-            "genres": list(self.genres),
-            "thresholds": dict(zip(self.genres, self.thresholds.tolist())),
-            "missing_modality_ok": {m: self.can_miss(m) for m in self.modalities},
-            "sequences": self.sequences,
-            "languages": self.languages,
-            "config": self.meta.get("config", {}),
-        }
-
-    def warnings(self, plot: str | None) -> list[dict[str, str]]:
-        """What a prediction from this plot should be read with: a plot mostly in a script the text encoder
-        cannot read (languages.script_warnings)."""
-        from .languages import script_warnings
-
-        if "text" not in self.modalities:
-            return []
-        return script_warnings(plot, self.languages, self.meta["encoders"]["text"]["name"])
-
-    # -- prediction -----------------------------------------------------------------------------------------------
-    def check(self, poster: Image.Image | None, plot: str | None) -> dict[str, bool]:
-        """Which modalities the model gets for this movie; InputError when it cannot predict without the missing one."""
-        items = self._items([poster], [plot])
-        given = {m: items[m][0] is not None for m in self.modalities}
-        if not any(given.values()):
-            need = " and/or ".join(spec(m).article for m in self.modalities)
-            raise InputError(f"nothing to predict from: this {self.fusion} model needs {need}")
-        for m in self.modalities:
-            if not given[m] and not self.can_miss(m):
-                what = spec(m).display
-                why = ("it reads only that" if len(self.modalities) < 2 else
-                       "it was trained only on movies with both (modalities=both, modality_dropout=0), so its "
-                       f"stand-in for a missing {what} was never learned")
-                raise InputError(f"this {self.fusion} model needs a {what}: {why}")
-        return given
-
-    @staticmethod
-    def _items(posters: list, plots: list) -> dict[str, list]:
-        """The raw items of the public signature (posters, plots) by modality name."""
-        return {"text": plots, "image": posters}
 
     def encode(self, modality: str, items: list, grad: bool = False) -> tuple:
         """Raw items of `modality` (none of them None) through its encoder, as training features were computed:
@@ -219,14 +159,10 @@ class Predictor:
             logits = self.head({k: v.to(self.device) for k, v in batch.items()})["logits"]
         return torch.sigmoid(logits).double().cpu().numpy()
 
-    def predict(self, posters: list[Image.Image | None], plots: list[str | None]) -> list[dict[str, Any]]:
-        """Predict a batch of movies (a None poster or plot = that modality is missing)."""
+    def _run(self, posters: list, plots: list) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
         import torch
 
-        if len(posters) != len(plots):
-            raise ValueError(f"got {len(posters)} posters but {len(plots)} plots")
-        used = [self.check(p, t) for p, t in zip(posters, plots)]
-        with self.lock, torch.inference_mode():
+        with torch.inference_mode():
             batch = self.features(posters, plots)
             out = self.head(batch)
             probs = torch.sigmoid(out["logits"]).double().cpu().numpy()
@@ -236,49 +172,13 @@ class Predictor:
                 for m in self.modalities:
                     b = dict(batch, **{f"{m}_present": torch.zeros_like(batch[f"{m}_present"])})
                     without[m] = torch.sigmoid(self.head(b)["logits"]).double().cpu().numpy()
-        return [{**self._result(i, probs[i], {m: w[i] for m, w in without.items()}, out, used[i]),
-                 "warnings": self.warnings(plots[i])} for i in range(len(posters))]
-
-    def predict_one(self, poster: Image.Image | None = None, plot: str | None = None) -> dict[str, Any]:
-        return self.predict([poster], [plot])[0]
-
-    def _result(self, i: int, p: np.ndarray, without: dict[str, np.ndarray], out: dict, used: dict) -> dict:
-        order = np.argsort(-p, kind="stable")
-        rows = [{"genre": self.genres[j], "probability": float(p[j]), "threshold": float(self.thresholds[j]),
-                 "predicted": bool(p[j] >= self.thresholds[j])} for j in order]
-        return {
-            "predicted": [r["genre"] for r in rows if r["predicted"]],
-            "genres": rows,  # every genre, most probable first
-            "probabilities": {g: float(x) for g, x in zip(self.genres, p)},  # vocabulary order
-            "used": used,
-            "contribution": self._contribution(p, without, used),
-            "without": {m: {g: float(x) for g, x in zip(self.genres, w)} for m, w in without.items()},
-            "fusion": self._fusion_weights(out, i),
-        }
-
-    def _contribution(self, p: np.ndarray, without: dict[str, np.ndarray], used: dict) -> dict[str, float]:
-        """Each modality's share of the total prediction change when it is occluded (mean |delta p| over genres).
-        A modality the movie lacks contributes nothing; a unimodal model's one modality contributes everything."""
-        if not without or not all(used.values()):
-            return {m: float(used[m]) for m in self.modalities}
-        delta = {m: float(np.abs(p - w).mean()) for m, w in without.items()}
-        total = sum(delta.values())
-        return {m: (d / total if total > 0 else 0.5) for m, d in delta.items()}
-
-    def _fusion_weights(self, out: dict, i: int) -> dict[str, Any] | None:
-        """The fusion's own view of the image/text balance, where it has one."""
-        if "gate" in out:  # GMU: z is the image's share of each hidden unit
-            return {"kind": "gmu_gate", "image": float(out["gate"][i].mean()), "text": float(1 - out["gate"][i].mean())}
-        if "modality_weights" in out:  # attention: softmax over (text, image)
-            w = out["modality_weights"][i]
-            return {"kind": "attention_weights", "text": float(w[0]), "image": float(w[1])}
-        if "alpha" in out:  # late fusion: one learned weight for the whole model, or one per genre (their mean)
-            a = out["alpha"]
-            a = float(a) if a.dim() == 0 else float(a[i].mean())
-            return {"kind": "late_alpha", "image": a, "text": 1 - a}
-        return None
-
+        return probs, without, out
 
 def load_model(directory: str | Path, device: str = "cpu") -> Predictor:
-    """Restore a saved model folder (a run's `model/`) as a ready-to-use Predictor."""
+    """Restore a saved model folder (a run's `model/`) as a ready-to-use Predictor. A folder written by
+    `genrefusion export --format onnx` is run with onnxruntime instead, without importing torch (exported.py)."""
+    from .exported import OnnxPredictor, is_exported
+
+    if is_exported(directory):
+        return OnnxPredictor(directory, device=device)
     return Predictor(directory, device=device)

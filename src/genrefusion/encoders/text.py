@@ -6,14 +6,13 @@ give the same vector for every plot; for CLIP "cls" therefore means CLIP's own s
 """
 from __future__ import annotations
 
-import unicodedata
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..languages import ENGLISH, PARAPHRASE_LANGUAGES, XLMR_LANGUAGES
+from ..preprocessing import normalise_text
 from .base import Encoder, EncoderOutput
 from .registry import checkpoint_sha256, load_config, load_pretrained, register_encoder, resolve_source
 
@@ -22,32 +21,6 @@ POOLINGS = ("cls", "mean")
 # These architectures number positions from pad_token_id + 1, so max_position_embeddings (514) overstates the
 # usable length by pad_token_id + 1.
 _OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text"})
-
-
-@lru_cache(maxsize=1)
-def _not_kept():
-    import regex
-
-    # The thesis' text normalisation keeps letters, digits, whitespace and basic punctuation; everything else
-    # (including '_') becomes a space. Its regex ([^\w\s.,!?'\-]|_) dropped combining marks, which are not \w:
-    # Devanagari and Thai vowel signs, Hangul or accents typed as a base letter + a combining mark. By Unicode
-    # category instead: letters (L), marks (M), numbers (N), whitespace, the thesis' .,!?'- and the sentence ends
-    # of other scripts (Sentence_Terminal: 。！？؟। ..., whose ASCII members are exactly . ! ?), so a Japanese
-    # plot keeps its full stops as an English one does.
-    return regex.compile(r"[^\p{L}\p{M}\p{N}\s.,!?'\-\p{Sentence_Terminal}]")
-
-
-def normalise_text(text: str) -> str:
-    """Lower-case, replace anything but letters, marks, digits, whitespace, .,!?'- and sentence ends with a
-    space, collapse whitespace. Unicode-aware: Hangul, kana, kanji and accented letters are kept.
-
-    The text is put in NFC first (lower-casing can decompose: 'İ' -> 'i' + U+0307), so an accent typed as a
-    combining mark and its precomposed letter give the same output. NFC, not NFKC: canonical composition changes
-    no character's meaning or look, whereas NFKC's compatibility folding (full-width forms, '½' -> '1⁄2', Hangul
-    compatibility jamo -> conjoining jamo) is each tokenizer's own business (XLM-R applies it, BERT does not).
-    English text comes out exactly as under the thesis' regex (checked on every plot of the MM-IMDb sample)."""
-    return " ".join(_not_kept().sub(" ", unicodedata.normalize("NFC", text.lower())).split())
-
 
 def _max_positions(config: Any, tokenizer: Any) -> int | None:
     limits = []

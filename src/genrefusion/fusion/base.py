@@ -141,5 +141,6 @@ def _fill_absent_sequences(x: torch.Tensor, mask: torch.Tensor, present: torch.T
     first[0] = True
     absent = ~present
     x = torch.where(absent[:, None, None], first[:, None].to(x.dtype) * token, x)
-    mask = torch.where(absent[:, None], first, mask)
+    # the same as torch.where(absent[:, None], first, mask), in logic ops: onnxruntime has no Where over booleans
+    mask = (absent[:, None] & first) | (~absent[:, None] & mask)
     return x.masked_fill(~mask[..., None], 0.0), mask

@@ -44,7 +44,7 @@ def create_app(predictor, limits: Limits | None = None, *, api_key: str | None =
     from ..inputs import InputError, check_plot, decode_poster, poster_decode_pixels
     from ..languages import scripts_of
     from . import schema
-    from .errors import install_handlers, short
+    from .errors import ServiceError, install_handlers, short
     from .limits import Guard, PixelBudget
 
     limits = dataclasses.replace(limits or Limits(), **overrides)
@@ -154,6 +154,7 @@ def create_app(predictor, limits: Limits | None = None, *, api_key: str | None =
         training: dict[str, Any] = Field(description="the settings the model was trained with (no paths)")
         limits: dict[str, Any] = Field(description="what the server refuses: see the README's limits table")
         api_key_required: bool
+        runtime: str = Field(description="torch, or onnxruntime for an exported model (no /explain)")
 
     info = predictor.info()
     cfg = info.get("config", {})
@@ -165,7 +166,8 @@ def create_app(predictor, limits: Limits | None = None, *, api_key: str | None =
         "languages": {"text": info["languages"]} if "text" in info["modalities"] else {},
         "scripts": ({"text": None if info["languages"] is None else scripts_of(info["languages"])}
                     if "text" in info["modalities"] else {}),
-        "limits": limits.public(), "api_key_required": authenticated}
+        "limits": limits.public(), "api_key_required": authenticated,
+        "runtime": "onnxruntime" if getattr(predictor, "exported", False) else "torch"}
 
     # No /docs or /redoc: FastAPI's Swagger UI and ReDoc pages load their scripts from a CDN, and nothing this
     # service shows may come from the internet. The schema itself is at /openapi.json.
@@ -294,10 +296,17 @@ def create_app(predictor, limits: Limits | None = None, *, api_key: str | None =
     genre_query = Query(None, description="genre to explain (default: the most probable predicted genre)")
     GenreName = Annotated[str, Field(json_schema_extra={"enum": list(predictor.genres)})]  # noqa: N806
 
-    @app.post("/explain", response_model=Explanation, responses=errors_for(True),
+    # An exported (ONNX) model has no gradients to explain with: /explain is left out of its schema and answers 501
+    # with the error body, which the page shows in place of the heat map.
+    exported = bool(getattr(predictor, "exported", False))
+
+    @app.post("/explain", response_model=Explanation, responses=errors_for(True), include_in_schema=not exported,
               dependencies=[query_params("genre", "steps")], openapi_extra={"requestBody": schema.form_body(predictor, limits)})
     async def explain_movie(request: Request, genre: GenreName | None = genre_query,
                             steps: int = Query(16, ge=1, le=64, description="integrated-gradients steps (plot)")):
+        if exported:
+            raise ServiceError(501, "explanations need the torch model: this server runs an exported (ONNX) model; "
+                                    "serve the model folder it was exported from to explain")
         from ..explain import explain
 
         if genre is not None and genre not in predictor.genres:

@@ -84,7 +84,8 @@ def add_cli(sub) -> None:
     p = sub.add_parser("serve", help="HTTP API and web page for a saved model",
                        description="Serve a saved model over HTTP. The limits are explained in the README "
                                    "('Serving'); GET /model shows the ones in force.")
-    p.add_argument("--model", required=True, help="saved model folder (a run's model/)")
+    p.add_argument("--model", required=True,
+                   help="saved model folder (a run's model/), or one written by `genrefusion export` (no torch)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default: loopback only; another address without an API key warns)")
     p.add_argument("--port", type=int, default=8000)

@@ -26,6 +26,7 @@ CODES = {  # status -> the code its body carries unless a more specific one is g
     415: "unsupported_media_type",  # wrong Content-Type, or a poster file that is not an image
     422: "invalid_input",           # a field that breaks the schema or cannot be used (corrupt poster, empty plot)
     500: "internal_error",
+    501: "not_implemented",         # /explain on an exported (ONNX) model: explanations need the torch model
     503: "busy",                    # the server is at its limit: retry after Retry-After seconds
 }
 MAX_ECHO = 120  # characters of a client-sent name (a field, an id) an error message may repeat
