@@ -54,7 +54,7 @@ def _decoded_chunks(predictor: Predictor, movies: list, chunk: int):
     A movie whose poster does not decode, or that the model cannot predict from, is skipped with its reason."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from .images import load_poster
+    from .posters import load_poster  # PIL only: an exported model runs without torch
 
     def decode(part: list):
         ok, posters, plots, skipped = [], [], [], []
@@ -86,7 +86,6 @@ def _predict_catalog(predictor: Predictor, args) -> int:
     import csv
 
     from .data import load_catalog
-    from .posters import load_poster  # PIL only: an exported model runs without torch
 
     ds = load_catalog(args.input, strict=args.strict, require_labels=False)
     for p in ds.report.problems:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .modalities import spec
 from .predictor_base import PredictorBase
 
 
