@@ -11,6 +11,8 @@ model.json, format 2:
                       fingerprint_sha256 (fingerprints.encoder_record)
     config            the run's resolved config
 
+Beside them, README.md is the folder's model card (modelcard.py), written in the same atomic step.
+
 `load_head` verifies the folder before anything in it is used: model.json parses and holds every key with the
 right type, the weights file matches its recorded SHA-256, every tensor fits the model model.json describes and is
 finite, and the thresholds fit the genres. A problem raises ModelFolderError (a ValueError) or FileNotFoundError,
@@ -47,9 +49,13 @@ class ModelFolderError(ValueError):
 
 
 def save_model(directory: str | Path, model: torch.nn.Module, cfg: Config, threshold: Any,
-               encoders: dict[str, dict[str, Any]]) -> Path:
-    """Write atomically: everything goes to a sibling temp folder which is then renamed into place.
-    `encoders`: per modality the record of fingerprints.encoder_record, what load_model rebuilds and checks."""
+               encoders: dict[str, dict[str, Any]], metrics: dict[str, Any] | None = None) -> Path:
+    """Write atomically: everything goes to a sibling temp folder which is then renamed into place, the model card
+    (README.md, modelcard.py) included. `encoders`: per modality the record of fingerprints.encoder_record, what
+    load_model rebuilds and checks; `metrics`: the run's metrics.json content, which the card reports (None: a
+    folder saved outside a run, whose card says that no evaluation was recorded)."""
+    from .modelcard import CARD_FILE, model_card
+
     for m, record in encoders.items():
         fingerprints.check_record(record, f"save_model: the {m} encoder record")
     directory = Path(directory)
@@ -66,6 +72,7 @@ def save_model(directory: str | Path, model: torch.nn.Module, cfg: Config, thres
             "config": cfg.to_dict(),
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        (tmp / CARD_FILE).write_text(model_card(meta, metrics, folder=str(directory)), encoding="utf-8")
     return directory
 
 

@@ -112,6 +112,25 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Config keys that say what is trained on what (data, model, encoders, where it runs), not how: a preset sets none
+# of them, so they are left out when a config is matched to its preset.
+NOT_RECIPE = ("data", "split", "modalities", "plot_mode", "split_seed", "strict", "model", "text_encoder",
+              "image_encoder", "seed", "device", "precision", "cache_dir", "out", "name")
+
+
+def describe_preset(values: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The preset a config's values (a run's `config`) come from, and the recipe keys it changed from it: the
+    preset it differs from in the fewest keys (a config records its values, not the preset it was made from)."""
+    best: tuple[int, str, dict[str, Any]] | None = None
+    for name in PRESETS:
+        base = load_config(preset=name).to_dict()
+        changed = {k: values[k] for k in base if k not in NOT_RECIPE and k in values and values[k] != base[k]}
+        if best is None or len(changed) < best[0]:
+            best = (len(changed), name, changed)
+    assert best is not None
+    return best[1], best[2]
+
+
 def _field_types() -> dict[str, Any]:
     return {f.name: f for f in dataclasses.fields(Config)}
 
