@@ -109,3 +109,20 @@ def read_front_matter_text(text: str) -> dict:
     import yaml
 
     return yaml.safe_load(text.split("---\n")[1])
+
+
+def test_per_genre_thresholds_and_scores_at_half_are_listed_by_genre(trained_run):
+    meta = json.loads((trained_run / "model" / "model.json").read_text())
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    thr = [round(0.05 + 0.04 * j, 2) for j in range(len(meta["genres"]))]
+    meta["thresholds"], metrics["thresholds"] = thr, thr
+    metrics["config"]["threshold_mode"] = meta["config"]["threshold_mode"] = "per_genre"
+    metrics["test_at_0.5"] = {**metrics["test"], "f1_macro": 0.123, "f1_micro": 0.456}
+    text = model_card(meta, metrics)
+    fm = read_front_matter_text(text)
+    assert fm["genrefusion"]["thresholds"] == dict(zip(meta["genres"], thr))
+    shown = {m["name"]: m["value"] for m in fm["model-index"][0]["results"][0]["metrics"]}
+    assert shown["F1 macro at threshold 0.5"] == 0.123 and shown["F1 micro at threshold 0.5"] == 0.456
+    assert "| F1 macro | " in text and " 0.1230 |" in text
+    assert f"| {meta['genres'][3]} |" in text and f"| {thr[3]:.2f} |" in text
+    assert "tuned on the validation split" in text

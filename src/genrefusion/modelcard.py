@@ -62,6 +62,14 @@ def _languages(meta: Mapping[str, Any]) -> list[str] | None:
     return list(langs) if isinstance(langs, list) else None
 
 
+def _threshold_source(meta: Mapping[str, Any], metrics: Mapping[str, Any] | None) -> str:
+    """What the thresholds were tuned on, as the run recorded it (fixed thresholds are tuned on nothing)."""
+    if metrics is not None and "threshold_source" in metrics:
+        return metrics["threshold_source"]
+    cfg = meta.get("config", {})
+    return cfg.get("threshold_source", "val") if cfg.get("threshold_mode", "fixed") != "fixed" else "val"
+
+
 def _encoder_line(modality: str, rec: Mapping[str, Any]) -> dict[str, Any]:
     line = {"name": rec.get("name"), "precision": rec.get("precision"),
             "fingerprint_sha256": rec.get("fingerprint_sha256")}
@@ -99,10 +107,11 @@ def front_matter(meta: Mapping[str, Any], metrics: Mapping[str, Any] | None) -> 
         "training_data": {"source": data.get("source", cfg.get("data")), "fingerprint": data.get("fingerprint"),
                           "split": data.get("split", cfg.get("split")),
                           "modalities": data.get("modalities", cfg.get("modalities"))},
-        "threshold_mode": cfg.get("threshold_mode"), "threshold_source": cfg.get("threshold_source", "val"),
+        "threshold_mode": cfg.get("threshold_mode"), "threshold_source": _threshold_source(meta, metrics),
     }
     if metrics is not None:
-        fm["datasets"] = ["mm-imdb"]
+        if Path(str(genrefusion["training_data"]["source"])).is_dir():  # an MM-IMDb folder, not a user's catalog
+            fm["datasets"] = ["mm-imdb"]
         fm["metrics"] = ["f1", "accuracy", "roc_auc"]
         test = metrics["test"]
         results = [{"type": t, "name": shown, "value": test[k]} for k, t, shown in CARD_METRICS
@@ -114,7 +123,8 @@ def front_matter(meta: Mapping[str, Any], metrics: Mapping[str, Any] | None) -> 
                             "value": metrics["test_at_0.5"]["f1_micro"]})
         fm["model-index"] = [{"name": name, "results": [{
             "task": {"type": "multi-label-classification", "name": "Movie genre classification"},
-            "dataset": {"type": "mm-imdb", "name": str(genrefusion["training_data"]["source"]), "split": "test"},
+            "dataset": {"type": "mm-imdb" if "datasets" in fm else "catalog",
+                        "name": str(genrefusion["training_data"]["source"]), "split": "test"},
             "metrics": results}]}]
         genrefusion["training_data"]["n"] = dict(data.get("n", {}))
         genrefusion["seed"] = metrics.get("seed")
@@ -138,7 +148,7 @@ def _limitations(meta: Mapping[str, Any], metrics: Mapping[str, Any] | None) -> 
         out.append("Not trained or scored on the full MM-IMDb benchmark with its official split: the test scores "
                    "below are not comparable with published MM-IMDb results.")
     n_dev = data.get("n", {}).get("dev")
-    if cfg.get("threshold_mode") == "per_genre" and cfg.get("threshold_source", "val") == "val" and n_dev:
+    if cfg.get("threshold_mode") == "per_genre" and _threshold_source(meta, metrics) == "val" and n_dev:
         out.append(f"Its 23 per-genre thresholds were tuned on {n_dev:,} validation movies; a rare genre has only a "
                    "few positives there, so its threshold is noisy (`threshold_source=oof` tunes them on "
                    "out-of-fold predictions over train + validation).")
@@ -176,9 +186,10 @@ def model_card(meta: Mapping[str, Any], metrics: Mapping[str, Any] | None = None
                + f"; fingerprint `{str(e['fingerprint_sha256'])[:16]}`)" for m, e in g["encoders"].items()),
              f"- Recipe: the `{g['preset']}` preset"
              + (" with " + ", ".join(f"{k}={v}" for k, v in g["preset_changes"].items()) if g["preset_changes"] else "")
-             + f"; thresholds: {g['threshold_mode']}, tuned on "
-             + ("out-of-fold predictions over train + validation" if g["threshold_source"] == "oof"
-                else "the validation split") + "."]
+             + f"; thresholds: {g['threshold_mode']}"
+             + ("" if g["threshold_mode"] == "fixed" else ", tuned on "
+                + ("out-of-fold predictions over train + validation" if g["threshold_source"] == "oof"
+                   else "the validation split")) + "."]
     if "teacher" in g:
         t = g["teacher"]
         lines.append(f"- Distilled from the teacher `{t.get('path', t) if isinstance(t, dict) else t}`"
