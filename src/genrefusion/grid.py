@@ -219,7 +219,8 @@ def choose_fusion_slots(results: list[dict[str, Any]], out: Path) -> dict[str, A
         if r["kind"] == "unimodal":
             (slot,) = r["slots"]
             scores[slot_modality(slot)][slot] = r["val_score"]
-    best = {m: max(s, key=lambda k: (s[k], k)) for m, s in scores.items()}
+    # a tie goes to the slot the thesis fused (identical scores say nothing against its choice)
+    best = {m: max(s, key=lambda k: (s[k], k in (FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT), k)) for m, s in scores.items()}
     return {**best, "by": "validation macro-F1, thresholds cross-fitted within validation", "scores": scores}
 
 
