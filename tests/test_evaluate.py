@@ -172,3 +172,18 @@ def test_a_catalog_without_labels_is_refused_with_its_name(two_runs, tmp_path, c
                "--split", "all", "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and "nolabels.csv" in err and "Traceback" not in err
+
+
+def test_another_modality_filter_on_a_stratified_split_is_refused(sample_root, tmp_path):
+    """The stratified split is drawn over the movies kept: another filter would redraw it and put training movies
+    in "test"."""
+    from genrefusion.evaluate import load_labelled
+
+    data = make_subset(sample_root, tmp_path / "data", {"train": 40, "dev": 0, "test": 20})
+    cfg = {"split": "stratified", "modalities": "any", "split_seed": 1234}
+    with pytest.raises(ValueError, match="would redraw"):
+        load_labelled(data, "test", cfg, modalities="both")
+    ds, idx = load_labelled(data, "test", cfg)  # its own filter: its own test split
+    assert [ds.movies[i].id for i in idx] == [ds.movies[i].id for i in ds.splits["test"]] and idx
+    ds, idx = load_labelled(data, "all", cfg, modalities="both")  # every movie: nothing to leak
+    assert len(idx) == len(ds.movies)

@@ -53,8 +53,15 @@ def load_labelled(data: str | Path, split: str, cfg: dict[str, Any], modalities:
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
-    modalities = modalities or cfg.get("modalities", "any")
+    trained = cfg.get("modalities", "any")
+    modalities = modalities or trained
     split_mode = split_mode or cfg.get("split", "official")
+    if split != "all" and split_mode == "stratified" and modalities != trained:
+        # the stratified split is drawn over the movies kept, so another filter draws another split: its "test"
+        # would hold movies this model was trained on
+        raise ValueError(f"--modalities {modalities}: the model was trained with modalities={trained} on a "
+                         "stratified split, which another filter would redraw (its test split would hold training "
+                         f"movies); use --modalities {trained}, or --split all on data it was not trained on")
     kw = dict(strict=False, plot_mode=cfg.get("plot_mode", "join"), seed=cfg.get("split_seed", 1234))
     try:
         ds = load_dataset(data, split_mode, modalities, **kw)
