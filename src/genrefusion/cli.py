@@ -12,6 +12,7 @@ from pathlib import Path
 from .config import CHOICES
 from .data import DataError
 from .download import DownloadError
+from .tracking import DEFAULT_EXPERIMENT, TRACKERS
 
 
 def _add_data_options(p: argparse.ArgumentParser, split_default: str = "official") -> None:
@@ -67,6 +68,18 @@ def cmd_features(args) -> int:
     return 0
 
 
+def _add_track_options(p: argparse.ArgumentParser) -> None:
+    """--track and friends (tracking.py; the trackers are the optional extra genrefusion[track])."""
+    p.add_argument("--track", choices=TRACKERS, default=None,
+                   help="log config, per-epoch curves, final metrics (and with mlflow the model folder) to an "
+                        "experiment tracker; needs pip install 'genrefusion[track]'")
+    p.add_argument("--track-uri", default=None, metavar="URI",
+                   help="mlflow: any tracking URI (default: a SQLite store sqlite:///<out>/mlflow.db); "
+                        "tensorboard: the log folder (default: each run folder's tensorboard/)")
+    p.add_argument("--track-experiment", default=DEFAULT_EXPERIMENT, metavar="NAME",
+                   help=f"mlflow experiment name (default {DEFAULT_EXPERIMENT})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genrefusion", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -98,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="YAML file of config keys (may name a preset)")
     p.add_argument("--preset", default=None, help="thesis (default) or recommended")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. model=gmu lr=1e-3 data=PATH")
+    _add_track_options(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("grid", help="the thesis grid: 4 unimodal + 5 fusion models, tables 6 and 7")
@@ -122,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run folder (default runs/grid-<preset>-<time>)")
     p.add_argument("--no-report", action="store_true")
     p.add_argument("overrides", nargs="*", help="key=value config overrides applied to every model")
+    _add_track_options(p)
     p.set_defaults(func=cmd_grid)
 
     p = sub.add_parser("compare", help="paired bootstrap CI of the macro/micro-F1 difference of two models on test")
@@ -143,19 +158,22 @@ def build_parser() -> argparse.ArgumentParser:
 # Each of these modules defines `add_cli(subparsers)` and imports its heavy dependencies inside its commands, so
 # `genrefusion --help` stays fast.
 PLUGIN_MODULES: tuple[str, ...] = ("genrefusion.report", "genrefusion.predict", "genrefusion.serving",
-                                   "genrefusion.explain", "genrefusion.download", "genrefusion.evaluate",
-                                   "genrefusion.demo")
+                                   "genrefusion.explain", "genrefusion.download", "genrefusion.robustness",
+                                   "genrefusion.evaluate", "genrefusion.demo")
 
 
 def cmd_train(args) -> int:
     from .config import load_config
-    from .experiment import run_experiment
+    from .distributed import is_main
+    from .tracking import open_tracker, tracked_experiment
 
     cfg = load_config(args.config, args.preset, args.overrides)
     if not cfg.data:
         raise SystemExit("error: no data: set `data:` in the config or pass data=PATH")
     run_dir = Path(cfg.out) / (cfg.name or f"{cfg.model}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
-    m = run_experiment(cfg, run_dir=run_dir)
+    # before any training: a tracker that cannot be used stops here (rank 0 alone tracks under torchrun)
+    tracker = open_tracker(args.track, args.track_uri, args.track_experiment, cfg.out) if is_main() else None
+    m = tracked_experiment(tracker, cfg, run_dir)
     t = m["test"]
     print(f"test: hamming acc {t['hamming_accuracy']:.4f}  F1 macro {t['f1_macro']:.4f}  micro {t['f1_micro']:.4f}"
           f"  weighted {t['f1_weighted']:.4f}  samples {t['f1_samples']:.4f}")
@@ -182,7 +200,8 @@ def cmd_grid(args) -> int:
     run_grid(args.data, preset=args.preset, split=args.split, modalities=args.modalities, encoders=args.encoders,
              slot_overrides=overrides, seeds=args.seeds, cache_dir=args.cache_dir, out=args.out,
              rows=args.rows.split(",") if args.rows else None, config_overrides=args.overrides,
-             report=not args.no_report, fuse=tuple(args.fuse.split(",")))
+             report=not args.no_report, fuse=tuple(args.fuse.split(",")), track=args.track,
+             track_uri=args.track_uri, track_experiment=args.track_experiment)
     return 0
 
 

@@ -130,8 +130,10 @@ def _subgroup_metrics(y, probs, thr, presence: dict[str, np.ndarray], test_idx, 
 
 def run_experiment(cfg: Config, dataset: MovieDataset | None = None,
                    features: Mapping[str, FeatureTable] | None = None, run_dir: str | Path | None = None,
-                   log: Callable[[str], None] | None = print, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                   log: Callable[[str], None] | None = print, extra: dict[str, Any] | None = None,
+                   on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Train and evaluate one model; returns the metrics dict that is also written to `run_dir/metrics.json`.
+    `on_epoch` is handed to train.fit (an experiment tracker's per-epoch logging, see tracking.py).
 
     In 'features' mode (default) the encoders are frozen and read through the feature cache (`features` may be
     passed in, by modality, to share it across models); in 'end-to-end' mode they run inside the loop (see
@@ -183,7 +185,8 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None,
     seed_everything(cfg.seed)
     model = build_model(cfg, dims)
     loss_fn = build_loss(cfg, y[train_idx])
-    result = fit(model, batch_fn, y, train_idx, val_idx, cfg, loss_fn, extra_param_groups=extra_groups, log=log)
+    result = fit(model, batch_fn, y, train_idx, val_idx, cfg, loss_fn, extra_param_groups=extra_groups, log=log,
+                 on_epoch=on_epoch)
     timings["train_s"] = result.seconds
 
     t = time.perf_counter()

@@ -15,12 +15,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import runs
+from . import runs, tracking
 from .config import load_config
 from .data import load_dataset
 from .distributed import is_main
 from .encoders.concat import SEPARATOR
-from .experiment import load_features, reads_sequences, run_experiment
+from .experiment import load_features, reads_sequences
 from .metrics import format_table
 from .modalities import spec
 from .report import write_report
@@ -80,11 +80,14 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
              cache_dir: str | None = None, out: str | Path | None = None, rows: list[str] | None = None,
              config_overrides: list[str] | None = None, log: Callable[[str], None] = print,
              report: bool = True, fuse: tuple[str, ...] = (FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT),
+             track: str | None = None, track_uri: str | None = None,
+             track_experiment: str = tracking.DEFAULT_EXPERIMENT,
              related: dict[str, str] | None = None) -> dict[str, Any]:
     """Train and evaluate the grid's rows. `fuse`: the (text, image) slots the fusion rows combine; the thesis
     fused BERT + ResNet50, its best text model with an image model. fuse=("auto",): the text and the image slot
     whose unimodal rows score best on VALIDATION (validation_score), chosen once those rows are trained (the test
-    split never enters the choice; grid.json records it under `fuse_choice`). `related`: {"label", "path"} of
+    split never enters the choice; grid.json records it under `fuse_choice`). `track` ('mlflow', 'tensorboard'):
+    one parent run for the grid with a child run per row and seed (tracking.py). `related`: {"label", "path"} of
     another grid folder (path relative to this one) that the report links to."""
     t_start = time.perf_counter()
     slots = resolve_slots(encoders, slot_overrides)
@@ -109,6 +112,8 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
                                           if r.kind == "unimodal"}:
         raise ValueError("fuse=auto chooses the fused slots from the unimodal rows: select a text and an image row")
     out = Path(out) if out else Path(base.out) / f"grid-{preset}-{datetime.now():%Y%m%d-%H%M%S}"
+    # Opened before any work, so that a store that cannot be used stops the grid at once; rank 0 alone tracks.
+    tracker = tracking.open_tracker(track, track_uri, track_experiment, default_dir=out.parent) if is_main() else None
     if is_main():
         out.mkdir(parents=True, exist_ok=True)
 
@@ -138,67 +143,74 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
             f"{tables[slot].encoded_now:,} newly encoded  [{time.perf_counter() - t_slot:.1f} s]")
     features_s = time.perf_counter() - t
 
-    t = time.perf_counter()
-    results: list[dict[str, Any]] = []
-    fuse_choice = None
-    for row in selected:
-        if auto and row.kind == "fusion":
-            if fuse_choice is None:
-                fuse_choice = choose_fusion_slots(results, out)
-                fuse = (fuse_choice["text"], fuse_choice["image"])
-                log(f"fusing {fuse[0]} + {fuse[1]}: the best text and image rows by validation macro-F1 "
-                    "(thresholds cross-fitted within validation)")
-            row = dataclasses.replace(row, text_slot=fuse[0], image_slot=fuse[1])
-        label = row_label(row, slots)
-        seed_metrics = []
-        run_dirs: list[str] = []
-        row_slots = [s for s in (row.text_slot, row.image_slot) if s]
-        for s in range(seeds):
-            cfg = base.replace(model=row.model, seed=base.seed + s, name=f"{_slug(row.name)}/seed-{base.seed + s}",
-                               **{spec(slot_modality(k)).encoder_config: slots[k] for k in row_slots})
-            feats = {slot_modality(k): tables[k] for k in row_slots}
-            run_dir = out / _slug(row.name) / f"seed-{base.seed + s}"
-            m = run_experiment(cfg, dataset, feats, run_dir, log=None,
-                               extra={"grid_row": row.name, "row_kind": row.kind, "row_label": label,
-                                      "slots": {k: slots[k] for k in row_slots}})
-            seed_metrics.append(m["test"])
-            run_dirs.append(str(run_dir.relative_to(out)))
-            log(f"{label:<48} seed {cfg.seed}: acc {m['test']['hamming_accuracy']:.4f}  "
-                f"F1 macro {m['test']['f1_macro']:.4f}  micro {m['test']['f1_micro']:.4f}  "
-                f"(best epoch {m['best_epoch']}, {m['timings']['train_s']:.1f} s)")
-        summary_metrics = seed_metrics[0] if seeds == 1 else mean_std(seed_metrics)
-        results.append({"row": row.name, "kind": row.kind, "model": row.model, "label": label,
-                        "encoders": {k: slots[k] for k in row_slots}, "slots": row_slots,
-                        "runs": run_dirs, "test": summary_metrics,
-                        "val_score": float(np.mean([validation_score(out / d) for d in run_dirs]))
-                        if is_main() else None})
-    train_s = time.perf_counter() - t
+    grid_params = {"grid": out.name, "preset": preset, "rows": [r.name for r in selected], "seeds": seeds,
+                   "slots": slots, "fuse": list(fuse), **base.to_dict()}
+    with tracking.maybe_run(tracker, out.name, grid_params, out) as parent:
+        t = time.perf_counter()
+        results: list[dict[str, Any]] = []
+        fuse_choice = None
+        for row in selected:
+            if auto and row.kind == "fusion":
+                if fuse_choice is None:
+                    fuse_choice = choose_fusion_slots(results, out)
+                    fuse = (fuse_choice["text"], fuse_choice["image"])
+                    log(f"fusing {fuse[0]} + {fuse[1]}: the best text and image rows by validation macro-F1 "
+                        "(thresholds cross-fitted within validation)")
+                row = dataclasses.replace(row, text_slot=fuse[0], image_slot=fuse[1])
+            label = row_label(row, slots)
+            seed_metrics = []
+            run_dirs: list[str] = []
+            row_slots = [s for s in (row.text_slot, row.image_slot) if s]
+            for s in range(seeds):
+                cfg = base.replace(model=row.model, seed=base.seed + s,
+                                   name=f"{_slug(row.name)}/seed-{base.seed + s}",
+                                   **{spec(slot_modality(k)).encoder_config: slots[k] for k in row_slots})
+                feats = {slot_modality(k): tables[k] for k in row_slots}
+                run_dir = out / _slug(row.name) / f"seed-{base.seed + s}"
+                m = tracking.tracked_experiment(tracker, cfg, run_dir, parent, dataset=dataset, features=feats,
+                                                log=None, extra={"grid_row": row.name, "row_kind": row.kind,
+                                                                 "row_label": label,
+                                                                 "slots": {k: slots[k] for k in row_slots}})
+                seed_metrics.append(m["test"])
+                run_dirs.append(str(run_dir.relative_to(out)))
+                log(f"{label:<48} seed {cfg.seed}: acc {m['test']['hamming_accuracy']:.4f}  "
+                    f"F1 macro {m['test']['f1_macro']:.4f}  micro {m['test']['f1_micro']:.4f}  "
+                    f"(best epoch {m['best_epoch']}, {m['timings']['train_s']:.1f} s)")
+            summary_metrics = seed_metrics[0] if seeds == 1 else mean_std(seed_metrics)
+            results.append({"row": row.name, "kind": row.kind, "model": row.model, "label": label,
+                            "encoders": {k: slots[k] for k in row_slots}, "slots": row_slots,
+                            "runs": run_dirs, "test": summary_metrics,
+                            "val_score": float(np.mean([validation_score(out / d) for d in run_dirs]))
+                            if is_main() else None})
+        train_s = time.perf_counter() - t
 
-    tables_txt = format_grid_tables(results)
-    grid = {
-        "preset": preset, "data": str(data), "split": split, "modalities": modalities, "seeds": seeds,
-        "encoders": encoders, "slots": slots, "fuse": list(fuse), "data_fingerprint": dataset.fingerprint(),
-        "n": {s: len(ix) for s, ix in dataset.splits.items()}, "rows": results,
-        "timings": {"features_s": features_s, "train_eval_s": train_s, "total_s": time.perf_counter() - t_start},
-        "config": base.to_dict(),
-    }
-    if fuse_choice is not None:
-        grid["fuse_choice"] = fuse_choice
-    if related:
-        grid["related"] = dict(related)
-    if not is_main():
+        tables_txt = format_grid_tables(results)
+        grid = {
+            "preset": preset, "data": str(data), "split": split, "modalities": modalities, "seeds": seeds,
+            "encoders": encoders, "slots": slots, "fuse": list(fuse), "data_fingerprint": dataset.fingerprint(),
+            "n": {s: len(ix) for s, ix in dataset.splits.items()}, "rows": results,
+            "timings": {"features_s": features_s, "train_eval_s": train_s, "total_s": time.perf_counter() - t_start},
+            "config": base.to_dict(),
+        }
+        if fuse_choice is not None:
+            grid["fuse_choice"] = fuse_choice
+        if related:
+            grid["related"] = dict(related)
+        if not is_main():
+            grid["out"] = str(out)
+            return grid
+        runs.write_grid(out, base, grid, tables_txt)
+        if parent:  # the grid's own numbers: every row's test macro/micro-F1, and grid.json + tables.txt
+            parent.log_grid(results, out)
+        log("")
+        log(tables_txt)
+        if report:
+            paths = write_report(out)
+            log(f"report: {paths['markdown']}  {paths['html']}")
+        log(f"\nresults: {out}  (features {features_s:.1f} s, training+evaluation {train_s:.1f} s, "
+            f"total {time.perf_counter() - t_start:.1f} s)")
         grid["out"] = str(out)
         return grid
-    runs.write_grid(out, base, grid, tables_txt)
-    log("")
-    log(tables_txt)
-    if report:
-        paths = write_report(out)
-        log(f"report: {paths['markdown']}  {paths['html']}")
-    log(f"\nresults: {out}  (features {features_s:.1f} s, training+evaluation {train_s:.1f} s, "
-        f"total {time.perf_counter() - t_start:.1f} s)")
-    grid["out"] = str(out)
-    return grid
 
 
 def validation_score(run_dir: str | Path) -> float:

@@ -134,34 +134,53 @@ class Predictor:
         """The raw items of the public signature (posters, plots) by modality name."""
         return {"text": plots, "image": posters}
 
+    def encode(self, modality: str, items: list, grad: bool = False) -> tuple:
+        """Raw items of `modality` (none of them None) through its encoder, as training features were computed:
+        the pooled vectors (n, D) float32 on the CPU, and per item its token/patch sequence when the head reads
+        sequences (else None). Call under `self.lock`."""
+        import torch
+
+        from .fingerprints import autocast
+
+        enc = self.encoders[modality]
+        with torch.set_grad_enabled(grad), autocast(self.device, self.precision[modality]):
+            out = enc.encode(enc.preprocess(list(items)), return_sequence=self.sequences)
+        # float32 as the cache stores them (under autocast the encoder returns bf16 / fp16)
+        pooled = out.pooled.float().cpu()
+        seqs = [out.sequence[j, out.mask[j]].cpu() for j in range(len(items))] if self.sequences else None
+        return pooled, seqs
+
     def features(self, posters: list[Image.Image | None], plots: list[str | None], grad: bool = False) -> dict:
         """The head's input batch (batching.modality_inputs): encoder outputs for the items present, `<m>_present`
         flags for the rest. Call under `self.lock`."""
         import torch
 
         from .batching import modality_inputs
-        from .fingerprints import autocast
 
         n = len(posters)
         items_of = self._items(posters, plots)
         batch: dict[str, torch.Tensor] = {}
         for m in self.modalities:
             items = items_of[m]
-            enc = self.encoders[m]
             idx = [i for i, x in enumerate(items) if x is not None]
-            pooled = torch.zeros(n, enc.dim)
+            pooled = torch.zeros(n, self.encoders[m].dim)
             seqs: list = [None] * n
             if idx:
-                with torch.set_grad_enabled(grad), autocast(self.device, self.precision[m]):
-                    out = enc.encode(enc.preprocess([items[i] for i in idx]), return_sequence=self.sequences)
-                # float32 as the cache stores them (under autocast the encoder returns bf16 / fp16)
-                pooled = pooled.index_copy(0, torch.tensor(idx), out.pooled.float().cpu())
-                if self.sequences:
-                    for j, i in enumerate(idx):
-                        seqs[i] = out.sequence[j, out.mask[j]].cpu()
+                got, got_seqs = self.encode(m, [items[i] for i in idx], grad=grad)
+                pooled = pooled.index_copy(0, torch.tensor(idx), got)
+                for j, i in enumerate(idx if got_seqs is not None else ()):
+                    seqs[i] = got_seqs[j]
             batch.update(modality_inputs(m, pooled, torch.tensor([x is not None for x in items]),
                                          seqs if self.sequences else None))
         return {k: v.to(self.device) for k, v in batch.items()}
+
+    def probabilities(self, batch: dict) -> np.ndarray:
+        """The head's genre probabilities (n, G) float64 for a batch of batching.modality_inputs entries."""
+        import torch
+
+        with torch.inference_mode():
+            logits = self.head({k: v.to(self.device) for k, v in batch.items()})["logits"]
+        return torch.sigmoid(logits).double().cpu().numpy()
 
     def predict(self, posters: list[Image.Image | None], plots: list[str | None]) -> list[dict[str, Any]]:
         """Predict a batch of movies (a None poster or plot = that modality is missing)."""

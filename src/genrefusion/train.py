@@ -138,8 +138,12 @@ def _val_loss_and_probs(model, batch_fn, idx, y, loss_fn, batch_size):
 
 def fit(model: nn.Module, batch_fn: BatchFn, y: torch.Tensor, train_idx: Iterable[int], val_idx: Iterable[int],
         cfg: Config, loss_fn: nn.Module, extra_param_groups: list[dict] | None = None,
-        log: Callable[[str], None] | None = None) -> TrainResult:
+        log: Callable[[str], None] | None = None,
+        on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
     """Train `model` in place; on return it holds the weights of the epoch with the lowest validation loss.
+
+    `on_epoch` (e.g. an experiment tracker) is called after every epoch with a copy of that epoch's history row
+    (epoch, train_loss, val_loss, val_f1_macro, val_f1_micro, lr, seconds); under torchrun on rank 0 only.
 
     The model, the loss and (when they can move, like FeatureBatches) the batches go to `cfg.device`. Under
     torchrun, call it on every rank with the same arguments; `extra_param_groups` (encoders trained end to end,
@@ -192,6 +196,7 @@ def fit(model: nn.Module, batch_fn: BatchFn, y: torch.Tensor, train_idx: Iterabl
     result = TrainResult()
     best_state, bad_epochs = None, 0
     log = log if distributed.is_main() else None
+    on_epoch = on_epoch if distributed.is_main() else None
     for epoch in range(1, cfg.epochs + 1):
         te = time.perf_counter()
         model.train()
@@ -226,6 +231,8 @@ def fit(model: nn.Module, batch_fn: BatchFn, y: torch.Tensor, train_idx: Iterabl
             "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - te,
         }
         result.history.append(row)
+        if on_epoch:
+            on_epoch(dict(row))
         if log:
             log(f"epoch {epoch:>2}  train {row['train_loss']:.4f}  val {val_loss:.4f}  "
                 f"val F1 macro {row['val_f1_macro']:.4f} micro {row['val_f1_micro']:.4f}")
