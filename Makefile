@@ -29,7 +29,7 @@ demo: $(VENV)/.installed
 	  if [ -d "$${GENREFUSION_SAMPLE:-$(SAMPLE)}" ]; then data="$${GENREFUSION_SAMPLE:-$(SAMPLE)}"; else \
 	    echo "No data. Get MM-IMDb (see README: 'Full benchmark') and run: make demo DATA=/path/to/mmimdb"; exit 2; fi; \
 	fi; \
-	$(PY) -m genrefusion grid --preset thesis --data "$$data" $(DEMO_ARGS)
+	$(PY) -m genrefusion demo --data "$$data" $(DEMO_ARGS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -14,6 +14,8 @@ model.json, format 2:
     teacher           (a distilled model only, see distill.py) the teacher it learned from: its path, kind,
                       fingerprint, members and its own test metrics
 
+Beside them, README.md is the folder's model card (modelcard.py), written in the same atomic step.
+
 `load_head` verifies the folder before anything in it is used: model.json parses and holds every key with the
 right type, the weights file matches its recorded SHA-256, every tensor fits the model model.json describes and is
 finite, and the thresholds fit the genres. A problem raises ModelFolderError (a ValueError) or FileNotFoundError,
@@ -50,11 +52,16 @@ class ModelFolderError(ValueError):
 
 
 def save_model(directory: str | Path, model: torch.nn.Module, cfg: Config, threshold: Any,
-               encoders: dict[str, dict[str, Any]], extra: dict[str, Any] | None = None) -> Path:
-    """Write atomically: everything goes to a sibling temp folder which is then renamed into place.
-    `encoders`: per modality the record of fingerprints.encoder_record, what load_model rebuilds and checks.
-    `extra`: further JSON-able entries for model.json that loading does not need (a distilled model's
-    "teacher"); they may not replace one of the format's own keys."""
+               encoders: dict[str, dict[str, Any]], metrics: dict[str, Any] | None = None,
+               extra: dict[str, Any] | None = None) -> Path:
+    """Write atomically: everything goes to a sibling temp folder which is then renamed into place, the model card
+    (README.md, modelcard.py) included. `encoders`: per modality the record of fingerprints.encoder_record, what
+    load_model rebuilds and checks; `metrics`: the run's metrics.json content, which the card reports (None: a
+    folder saved outside a run, whose card says that no evaluation was recorded). `extra`: further JSON-able
+    entries for model.json that loading does not need (a distilled model's "teacher"); they may not replace one
+    of the format's own keys."""
+    from .modelcard import CARD_FILE, model_card
+
     for m, record in encoders.items():
         fingerprints.check_record(record, f"save_model: the {m} encoder record")
     clash = sorted(set(extra or {}) & {"format", "model", "genres", "thresholds", "weights_sha256", "encoders",
@@ -77,6 +84,7 @@ def save_model(directory: str | Path, model: torch.nn.Module, cfg: Config, thres
             **(extra or {}),
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        (tmp / CARD_FILE).write_text(model_card(meta, metrics, folder=str(directory)), encoding="utf-8")
     return directory
 
 

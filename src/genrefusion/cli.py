@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fill an image slot (ResNet50 or ViT); a bare NAME fills ResNet50, the slot the fusions use")
     p.add_argument("--fuse", default="BERT,ResNet50", metavar="TEXT_SLOT,IMAGE_SLOT",
                    help="the slots the fusion rows combine (the thesis: BERT,ResNet50); slots of one modality joined "
-                        "by '+' are read side by side, e.g. RoBERTa,ResNet50+ViT")
+                        "by '+' are read side by side, e.g. RoBERTa,ResNet50+ViT; auto: the text and image slots "
+                        "whose unimodal rows score best on validation")
     p.add_argument("--rows", default=None, help="comma-separated subset of rows (names or model names)")
     p.add_argument("--seeds", type=int, default=1, help="train every model with this many seeds (mean ± std)")
     p.add_argument("--cache-dir", default=None)
@@ -162,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
 # `genrefusion --help` stays fast.
 PLUGIN_MODULES: tuple[str, ...] = ("genrefusion.report", "genrefusion.predict", "genrefusion.serving",
                                    "genrefusion.explain", "genrefusion.download", "genrefusion.robustness",
-                                   "genrefusion.distill", "genrefusion.export")
+                                   "genrefusion.distill", "genrefusion.export", "genrefusion.evaluate",
+                                   "genrefusion.demo")
 
 
 def cmd_train(args) -> int:

@@ -124,6 +124,26 @@ def load_features(cfg: Config, dataset: MovieDataset, modalities: tuple[str, ...
     return feats, time.perf_counter() - t0
 
 
+def oof_probabilities(cfg: Config, batch_fn, dims: dict[str, int], y: torch.Tensor, pool: list[int],
+                      folds: int) -> np.ndarray:
+    """Out-of-fold probabilities over the movies `pool` (threshold_source=oof): the pool is cut at random (seeded
+    by cfg.seed) into `folds` folds; for each, a fresh model of the configured kind is trained by train.fit on the
+    other folds, early-stopped on this one, and predicts it. Row i is pool[i]'s prediction by the model that never
+    trained on it."""
+    pool_arr = np.asarray(pool)
+    if len(pool_arr) < 2 * folds:
+        raise ValueError(f"threshold_source=oof: {len(pool_arr)} movies cannot be cut into {folds} folds")
+    fold_of = np.empty(len(pool_arr), dtype=int)
+    fold_of[np.random.default_rng(cfg.seed).permutation(len(pool_arr))] = np.arange(len(pool_arr)) % folds
+    probs = np.zeros((len(pool_arr), y.shape[1]), dtype=np.float32)
+    for f in range(folds):
+        held, rest = pool_arr[fold_of == f].tolist(), pool_arr[fold_of != f].tolist()
+        model = build_model(cfg, dims)
+        fit(model, batch_fn, y, rest, held, cfg, build_loss(cfg, y[rest]), log=None)
+        probs[fold_of == f] = predict(model, batch_fn, held)[0]
+    return probs
+
+
 def _subgroup_metrics(y, probs, thr, presence: dict[str, np.ndarray], test_idx, modalities) -> dict[str, Any]:
     """Test scores for movies with both modalities and with one only (missing-modality robustness)."""
     if len(modalities) < 2:
@@ -215,6 +235,18 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None,
     t = time.perf_counter()
     val_probs, _ = predict(model, batch_fn, val_idx)
     threshold = tune_thresholds(y[val_idx].numpy(), val_probs, cfg.threshold_mode)  # validation data only
+    oof: dict[str, Any] | None = None
+    if cfg.threshold_source == "oof" and cfg.threshold_mode != "fixed":
+        if cfg.mode != "features":
+            raise ValueError("threshold_source=oof trains threshold_folds extra heads over cached features: it "
+                             "needs mode=features")
+        t_oof = time.perf_counter()
+        pool = train_idx + val_idx  # never test
+        oof_probs = oof_probabilities(cfg, batch_fn, dims, y, pool, cfg.threshold_folds)
+        oof = {"folds": cfg.threshold_folds, "n": len(pool),
+               "val_thresholds": np.asarray(threshold).tolist()}  # what validation alone would have chosen
+        threshold = tune_thresholds(y[pool].numpy(), oof_probs, cfg.threshold_mode)
+        timings["oof_s"] = time.perf_counter() - t_oof
     test_probs, analysis = predict(model, batch_fn, test_idx, keep=ANALYSIS_KEYS)
     y_test = y[test_idx].numpy()
     metrics = {
@@ -231,7 +263,9 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None,
         },
         "encoders": encoders_meta,
         "threshold_mode": cfg.threshold_mode,
+        "threshold_source": cfg.threshold_source if oof is not None else "val",
         "thresholds": np.asarray(threshold).tolist(),
+        **({"oof": oof} if oof is not None else {}),
         "history": result.history,
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,

@@ -13,6 +13,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from . import runs, tracking
 from .config import load_config
 from .data import load_dataset
@@ -24,6 +26,8 @@ from .modalities import spec
 from .report import write_report
 from .stats import mean_std
 from .thesis import FUSION_IMAGE_SLOT, FUSION_TEXT_SLOT, ROWS, SLOTS, Row
+
+AUTO = "auto"  # fuse=("auto",): fuse the slots validation chooses
 
 # Named encoder sets: offline stand-ins (default), the thesis's hub models, and CLIP's two towers as the fused pair
 # (hub weights, for GPU users; the other two rows keep the thesis's models).
@@ -75,14 +79,23 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
              encoders: str = "offline", slot_overrides: list[str] | None = None, seeds: int = 1,
              cache_dir: str | None = None, out: str | Path | None = None, rows: list[str] | None = None,
              config_overrides: list[str] | None = None, log: Callable[[str], None] = print,
-             report: bool = True, fuse: tuple[str, str] = (FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT),
+             report: bool = True, fuse: tuple[str, ...] = (FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT),
              track: str | None = None, track_uri: str | None = None,
-             track_experiment: str = tracking.DEFAULT_EXPERIMENT) -> dict[str, Any]:
+             track_experiment: str = tracking.DEFAULT_EXPERIMENT,
+             related: dict[str, str] | None = None) -> dict[str, Any]:
     """Train and evaluate the grid's rows. `fuse`: the (text, image) slots the fusion rows combine; the thesis
-    fused BERT + ResNet50, its best text model with an image model. `track` ('mlflow', 'tensorboard'): one
-    parent run for the grid with a child run per row and seed (tracking.py)."""
+    fused BERT + ResNet50, its best text model with an image model. fuse=("auto",): the text and the image slot
+    whose unimodal rows score best on VALIDATION (validation_score), chosen once those rows are trained (the test
+    split never enters the choice; grid.json records it under `fuse_choice`). `track` ('mlflow', 'tensorboard'):
+    one parent run for the grid with a child run per row and seed (tracking.py). `related`: {"label", "path"} of
+    another grid folder (path relative to this one) that the report links to."""
     t_start = time.perf_counter()
     slots = resolve_slots(encoders, slot_overrides)
+    auto = tuple(fuse) == (AUTO,)
+    if auto and not is_main():  # the choice reads the runs' files, which only rank 0 writes
+        raise ValueError("fuse=auto runs in one process only (not under torchrun)")
+    if auto:
+        fuse = (FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT)  # replaced once the unimodal rows are scored
     if len(fuse) != 2 or slot_modality(fuse[0]) != "text" or slot_modality(fuse[1]) != "image":
         raise ValueError(f"fuse={fuse}: expected a text slot and an image slot from {list(SLOTS)} "
                          "(or slots of one modality joined by '+', e.g. ResNet50+ViT)")
@@ -100,6 +113,9 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
                                     image_encoder=slots.get(r.image_slot, base.image_encoder)),
                        tuple(m for m, s in (("text", r.text_slot), ("image", r.image_slot)) if s),
                        reads_sequences(base.replace(model=r.model)))
+    if auto and not {"text", "image"} <= {slot_modality(r.text_slot or r.image_slot) for r in selected
+                                          if r.kind == "unimodal"}:
+        raise ValueError("fuse=auto chooses the fused slots from the unimodal rows: select a text and an image row")
     out = Path(out) if out else Path(base.out) / f"grid-{preset}-{datetime.now():%Y%m%d-%H%M%S}"
     # Opened before any work, so that a store that cannot be used stops the grid at once; rank 0 alone tracks.
     tracker = tracking.open_tracker(track, track_uri, track_experiment, default_dir=out.parent) if is_main() else None
@@ -118,7 +134,8 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
     # Encode each slot's encoder once; every row that uses the slot shares the table.
     t = time.perf_counter()
     tables: dict[str, Any] = {}
-    for slot in dict.fromkeys(s for r in selected for s in (r.text_slot, r.image_slot) if s):
+    for slot in dict.fromkeys(s for r in selected if not (auto and r.kind == "fusion")
+                              for s in (r.text_slot, r.image_slot) if s):
         modality = slot_modality(slot)
         cfg = base.replace(**{spec(modality).encoder_config: slots[slot]})
         t_slot = time.perf_counter()
@@ -135,8 +152,16 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
                    "slots": slots, "fuse": list(fuse), **base.to_dict()}
     with tracking.maybe_run(tracker, out.name, grid_params, out) as parent:
         t = time.perf_counter()
-        results = []
+        results: list[dict[str, Any]] = []
+        fuse_choice = None
         for row in selected:
+            if auto and row.kind == "fusion":
+                if fuse_choice is None:
+                    fuse_choice = choose_fusion_slots(results, out)
+                    fuse = (fuse_choice["text"], fuse_choice["image"])
+                    log(f"fusing {fuse[0]} + {fuse[1]}: the best text and image rows by validation macro-F1 "
+                        "(thresholds cross-fitted within validation)")
+                row = dataclasses.replace(row, text_slot=fuse[0], image_slot=fuse[1])
             label = row_label(row, slots)
             seed_metrics = []
             run_dirs: list[str] = []
@@ -158,8 +183,10 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
                     f"(best epoch {m['best_epoch']}, {m['timings']['train_s']:.1f} s)")
             summary_metrics = seed_metrics[0] if seeds == 1 else mean_std(seed_metrics)
             results.append({"row": row.name, "kind": row.kind, "model": row.model, "label": label,
-                            "encoders": {k: slots[k] for k in row_slots},
-                            "runs": run_dirs, "test": summary_metrics})
+                            "encoders": {k: slots[k] for k in row_slots}, "slots": row_slots,
+                            "runs": run_dirs, "test": summary_metrics,
+                            "val_score": float(np.mean([validation_score(out / d) for d in run_dirs]))
+                            if is_main() else None})
         train_s = time.perf_counter() - t
 
         tables_txt = format_grid_tables(results)
@@ -170,6 +197,10 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
             "timings": {"features_s": features_s, "train_eval_s": train_s, "total_s": time.perf_counter() - t_start},
             "config": base.to_dict(),
         }
+        if fuse_choice is not None:
+            grid["fuse_choice"] = fuse_choice
+        if related:
+            grid["related"] = dict(related)
         if not is_main():
             grid["out"] = str(out)
             return grid
@@ -185,6 +216,29 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
             f"total {time.perf_counter() - t_start:.1f} s)")
         grid["out"] = str(out)
         return grid
+
+
+def validation_score(run_dir: str | Path) -> float:
+    """A run's macro-F1 on VALIDATION, honest for tuned thresholds: they are cross-fitted (tuned on one half of
+    the validation movies, scored on the other, both ways: metrics.cross_fitted_f1), since thresholds tuned on
+    all of validation would flatter the models whose thresholds are tuned over those whose are fixed."""
+    from .metrics import cross_fitted_f1
+
+    val = runs.read_predictions(run_dir, "val")
+    mode = runs.metric(runs.read_metrics(run_dir), "threshold_mode", run_dir)
+    return float(cross_fitted_f1(val.labels, val.probs, mode)["f1_macro"])
+
+
+def choose_fusion_slots(results: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    """The text and the image slot of the unimodal rows with the best validation score (fuse=auto)."""
+    scores: dict[str, dict[str, float]] = {"text": {}, "image": {}}
+    for r in results:
+        if r["kind"] == "unimodal":
+            (slot,) = r["slots"]
+            scores[slot_modality(slot)][slot] = r["val_score"]
+    # a tie goes to the slot the thesis fused (identical scores say nothing against its choice)
+    best = {m: max(s, key=lambda k: (s[k], k in (FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT), k)) for m, s in scores.items()}
+    return {**best, "by": "validation macro-F1, thresholds cross-fitted within validation", "scores": scores}
 
 
 def format_grid_tables(results: list[dict]) -> str:

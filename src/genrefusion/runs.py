@@ -106,7 +106,7 @@ def write_run(run_dir: str | Path, cfg, metrics: dict[str, Any], model, encoders
     write_predictions(run_dir / predictions_file("test"), test)
     if val is not None:
         write_predictions(run_dir / predictions_file("val"), val)
-    save_model(run_dir / MODEL_DIR, model, cfg, test.thresholds, encoders, extra=model_extra)
+    save_model(run_dir / MODEL_DIR, model, cfg, test.thresholds, encoders, metrics=metrics, extra=model_extra)
     atomic.write_json(run_dir / METRICS_FILE, metrics)
     return run_dir
 

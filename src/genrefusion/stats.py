@@ -34,6 +34,36 @@ def resampled_scores(y_true: np.ndarray, y_pred: np.ndarray, weights: np.ndarray
     return weights @ (y == p).mean(axis=1) / n_drawn  # hamming_accuracy
 
 
+def resample_weights(n: int, n_boot: int, seed: int, chunk: int = 256):
+    """The bootstrap's resamples of n movies as (b, n) draw counts, `chunk` resamples at a time (the count matrix
+    stays small even for MM-IMDb's ~7.8k test movies). The same (n, n_boot, seed) gives the same draws, so an
+    interval for one model and the paired interval for two are drawn from the same resamples."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        idx = rng.integers(0, n, size=(b, n))
+        flat = (np.arange(b)[:, None] * n + idx).ravel()
+        yield np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
+
+
+def bootstrap_interval(y_true, prob, threshold=0.5, metric: str = "f1_macro", n_boot: int = 1000, seed: int = 0,
+                       ci: float = 0.95) -> dict[str, Any]:
+    """Percentile bootstrap interval of one model's `metric` over its movies: {"metric", "estimate" (on every
+    movie), "ci_low", "ci_high", "n_boot", "seed", "ci"}."""
+    y_true, prob = check_inputs(y_true, prob, "bootstrap_interval")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if not 0.0 < ci < 1.0:
+        raise ValueError(f"ci must be in (0, 1), got {ci}")
+    pred = binarize(prob, threshold)
+    n = y_true.shape[0]
+    estimate = float(resampled_scores(y_true, pred, np.ones((1, n)), metric)[0])
+    scores = np.concatenate([resampled_scores(y_true, pred, w, metric) for w in resample_weights(n, n_boot, seed)])
+    lo, hi = np.quantile(scores, [(1 - ci) / 2, 1 - (1 - ci) / 2])
+    return {"metric": metric, "estimate": estimate, "ci_low": float(lo), "ci_high": float(hi),
+            "n_boot": int(n_boot), "seed": int(seed), "ci": float(ci)}
+
+
 def paired_bootstrap(
     y_true,
     prob_a,
@@ -74,16 +104,7 @@ def paired_bootstrap(
     full = np.ones((1, n))
     score_a, score_b = float(score(preds_a, full)[0]), float(score(preds_b, full)[0])
 
-    rng = np.random.default_rng(seed)
-    diffs = []
-    # Chunks keep the (chunk, N) count matrix small even for MM-IMDb's ~7.8k test movies.
-    for start in range(0, n_boot, 256):
-        b = min(256, n_boot - start)
-        idx = rng.integers(0, n, size=(b, n))
-        flat = (np.arange(b)[:, None] * n + idx).ravel()
-        weights = np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
-        diffs.append(score(preds_b, weights) - score(preds_a, weights))
-    diffs = np.concatenate(diffs)
+    diffs = np.concatenate([score(preds_b, w) - score(preds_a, w) for w in resample_weights(n, n_boot, seed)])
     lo, hi = np.quantile(diffs, [(1 - ci) / 2, 1 - (1 - ci) / 2])
     return {
         "metric": metric,
@@ -144,5 +165,5 @@ def mean_std(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
     return {k: seed_mean_std([float(r[k]) for r in runs]) for k in keys}
 
 
-__all__ = ["BOOTSTRAP_METRICS", "mean_std", "paired_bootstrap", "resampled_scores", "seed_mean_std",
+__all__ = ["BOOTSTRAP_METRICS", "bootstrap_interval", "mean_std", "paired_bootstrap", "resample_weights", "resampled_scores", "seed_mean_std",
            "seed_summary"]

@@ -131,6 +131,15 @@ def build_report(run: Grid, out: Path) -> Report:
         rep.add(Callout("**Not a reproduction of the thesis.** This run differs from the thesis's benchmark "
                         "setting (full MM-IMDb, official split, fine-tuned BERT / RoBERTa / ResNet50 / ViT); compare "
                         "its numbers with the thesis's as a sanity check, never as a replication:", reasons))
+    rel = g.get("related")
+    if isinstance(rel, dict) and isinstance(rel.get("path"), str):
+        # the report sits in <grid>/report/, the other grid's in <other>/report/
+        rep.add(Text("p", f"See also: [the {rel.get('label', 'related')} grid's report]"
+                          f"(../{rel['path']}/report/report.html) ([Markdown](../{rel['path']}/report/report.md))."))
+    choice = g.get("fuse_choice")
+    if isinstance(choice, dict):
+        rep.add(Text("p", f"The fusion rows fuse **{choice.get('text')} + {choice.get('image')}**, the best text and "
+                          f"image rows by {choice.get('by')}."))
     data_section(run, rep)
     avgs = results_section(run, rep, out)
     thesis_section(run, rep, avgs, out)

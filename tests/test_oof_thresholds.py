@@ -1,0 +1,89 @@
+"""threshold_source=oof: per-genre thresholds tuned on out-of-fold predictions over train + validation."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+
+def _cfg(catalog, tiny_bert, root, **kw):
+    from genrefusion.config import Config
+
+    kw = {"threshold_mode": "per_genre", **kw}
+    return Config(data=str(catalog), split="official", modalities="any", model="text", text_encoder=str(tiny_bert),
+                  pooling="mean", epochs=2, lr=3e-3, cache_dir=str(root / "cache"), out=str(root), **kw).validate()
+
+
+def test_oof_thresholds_are_tuned_on_out_of_fold_predictions_over_train_and_validation(
+        synthetic_catalog, tiny_bert, tmp_path, monkeypatch):
+    from genrefusion import experiment
+    from genrefusion.data import load_dataset
+    from genrefusion.metrics import tune_thresholds
+
+    seen = {}
+    real = experiment.oof_probabilities
+
+    def spy(cfg, batch_fn, dims, y, pool, folds):
+        seen["pool"], seen["folds"] = list(pool), folds
+        seen["probs"] = real(cfg, batch_fn, dims, y, pool, folds)
+        seen["y"] = y[pool].numpy()
+        return seen["probs"]
+
+    monkeypatch.setattr(experiment, "oof_probabilities", spy)
+    cfg = _cfg(synthetic_catalog, tiny_bert, tmp_path, threshold_source="oof", threshold_folds=3)
+    m = experiment.run_experiment(cfg, run_dir=tmp_path / "run", log=None)
+    ds = load_dataset(synthetic_catalog, "official", "any")
+    with_plot = {i for i, mv in enumerate(ds.movies) if mv.plot is not None}
+    train_dev = [i for s in ("train", "dev") for i in ds.splits[s] if i in with_plot]
+    assert sorted(seen["pool"]) == sorted(train_dev) and seen["folds"] == 3
+    assert not set(seen["pool"]) & set(ds.splits["test"])  # test never enters
+    assert m["threshold_source"] == "oof" and m["oof"]["n"] == len(train_dev) == m["data"]["n"]["train"] + \
+        m["data"]["n"]["dev"]
+    want = tune_thresholds(seen["y"], seen["probs"], "per_genre")
+    assert m["thresholds"] == pytest.approx(want.tolist())
+    assert m["oof"]["val_thresholds"] != m["thresholds"]  # validation alone would have chosen others
+    saved = json.loads((tmp_path / "run" / "model" / "model.json").read_text())
+    assert saved["thresholds"] == m["thresholds"]
+    card = (tmp_path / "run" / "model" / "README.md").read_text()
+    assert "tuned on out-of-fold predictions over train + validation" in card
+
+
+def test_every_fold_model_predicts_only_movies_it_never_trained_on(synthetic_catalog, tiny_bert, tmp_path,
+                                                                    monkeypatch):
+    from genrefusion import experiment
+
+    calls = []
+    real_fit = experiment.fit
+
+    def spy(model, batch_fn, y, train_idx, val_idx, cfg, loss_fn, **kw):
+        calls.append((list(train_idx), list(val_idx)))
+        return real_fit(model, batch_fn, y, train_idx, val_idx, cfg, loss_fn, **kw)
+
+    monkeypatch.setattr(experiment, "fit", spy)
+    cfg = _cfg(synthetic_catalog, tiny_bert, tmp_path, threshold_source="oof", threshold_folds=3)
+    experiment.run_experiment(cfg, run_dir=None, log=None)
+    final, *folds = calls
+    assert len(folds) == 3
+    held = [set(v) for _, v in folds]
+    assert set().union(*held) == set(final[0]) | set(final[1])  # the folds cover train + validation
+    assert sum(len(h) for h in held) == len(set().union(*held))  # each movie held out once
+    for train_idx, val_idx in folds:
+        assert not set(train_idx) & set(val_idx)
+
+
+def test_fixed_thresholds_are_tuned_on_nothing(synthetic_catalog, tiny_bert, tmp_path):
+    from genrefusion.experiment import run_experiment
+
+    m = run_experiment(_cfg(synthetic_catalog, tiny_bert, tmp_path, threshold_mode="fixed", threshold_source="oof"),
+                       log=None)
+    assert m["threshold_source"] == "val" and "oof" not in m and m["thresholds"] == 0.5
+
+
+def test_threshold_folds_must_be_at_least_two():
+    from genrefusion.config import Config
+
+    with pytest.raises(ValueError, match="threshold_folds"):
+        Config(threshold_folds=1).validate()
+    with pytest.raises(ValueError, match="config threshold_source="):
+        Config(threshold_source="test").validate()
