@@ -21,7 +21,6 @@ both) is counted and named in the result, never silently dropped. Labels are req
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
