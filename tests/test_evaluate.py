@@ -128,7 +128,7 @@ def test_evaluate_on_a_catalog_equals_sklearn_and_names_what_it_cannot_score(two
     r = evaluate(runs[0] / "model", cat, split="all", n_boot=N_BOOT, cache_dir=cache)
     assert r["n_movies"] == 61 and r["n_scored"] == 60
     assert r["unscorable"] == {"n": 1, "movies": [{"id": "poster-only",
-                                                   "reason": "has none of a plot, which this model reads"}]}
+                                                   "reason": "no plot"}]}
     _check_against_sklearn(r, *by_hand)
     folder = evaluate(runs[0] / "model", data, split="test", n_boot=N_BOOT, cache_dir=cache)
     assert r["metrics"] == folder["metrics"] and r["bootstrap"] == folder["bootstrap"]

@@ -74,36 +74,20 @@ def load_labelled(data: str | Path, split: str, cfg: dict[str, Any], modalities:
 
 
 def unscorable_reason(predictor, movie) -> str | None:
-    """Why `predictor` cannot score `movie` (None when it can): Predictor.check's rule, on a movie's fields."""
+    """Why `predictor` cannot score `movie` (None when it can): scoring.missing_reason on the movie's fields."""
     from .modalities import spec
+    from .scoring import missing_reason
 
-    given = {m: spec(m).present(movie) for m in predictor.modalities}
-    if not any(given.values()):
-        return "has none of " + " and ".join(spec(m).article for m in predictor.modalities) + ", which this model reads"
-    missing = [m for m, ok in given.items() if not ok and not predictor.can_miss(m)]
-    if missing:
-        return f"lacks {spec(missing[0]).article}, which this {predictor.fusion} model needs"
-    return None
+    return missing_reason(predictor, {m: spec(m).present(movie) for m in predictor.modalities})
 
 
 def model_probabilities(predictor, dataset, cache_dir: str | Path | None = None, progress: bool = False):
     """(N, G) probabilities of every movie of `dataset` (all scorable) and, per modality, how many were encoded
-    now (the rest came from the cache)."""
-    import torch
+    now (the rest came from the cache): scoring's batched path, through the feature cache."""
+    from .scoring import cached_inputs, probabilities
 
-    from .batching import FeatureBatches
-    from .features import dataset_features
-    from .train import predict
-
-    tables, encoded = {}, {}
-    for m in predictor.modalities:
-        tables[m] = dataset_features(dataset, predictor.encoders[m], cache_dir, sequences=predictor.sequences,
-                                     precision=predictor.precision[m], progress=progress)
-        encoded[m] = tables[m].encoded_now
-    batch_fn = FeatureBatches(**tables, sequences=predictor.sequences)
-    with torch.inference_mode():
-        probs, _ = predict(predictor.head, batch_fn, range(len(dataset.movies)))
-    return probs.astype(np.float64), encoded
+    inputs = cached_inputs(predictor, dataset, cache_dir, progress)
+    return probabilities(predictor, inputs), {m: x.encoded_now for m, x in inputs.items()}
 
 
 def _scores(y: np.ndarray, probs: np.ndarray, thresholds, genres, n_boot: int, seed: int) -> dict[str, Any]:

@@ -41,6 +41,7 @@ class ModalityInputs:
     pooled: torch.Tensor  # (N, D) float32, zeros where absent
     present: torch.Tensor  # (N,) bool
     sequences: list[torch.Tensor | None] | None = None
+    encoded_now: int = 0  # how many of them were encoded now (cached_inputs: the rest came from the cache)
 
     def without(self, drop: np.ndarray) -> "ModalityInputs":
         """The same movies with the modality removed where `drop` is True (the head's learned stand-in there)."""
@@ -108,7 +109,7 @@ def cached_inputs(predictor: Predictor, dataset: MovieDataset, cache_dir: str | 
     for m in modalities or predictor.modalities:
         table = dataset_features(dataset, predictor.encoders[m], cache_dir, sequences=predictor.sequences,
                                  precision=predictor.precision[m], progress=progress)
-        out[m] = ModalityInputs(table.pooled, table.present, table.sequences)
+        out[m] = ModalityInputs(table.pooled, table.present, table.sequences, table.encoded_now)
     return out
 
 
