@@ -71,6 +71,19 @@ class Encoder(torch.nn.Module):
 _SHA256_CACHE: dict[tuple[str, int, int], str] = {}
 
 
+def check_texts(texts) -> list[str]:
+    """A text encoder's input as a non-empty list of strings, or a TypeError/ValueError saying what it got."""
+    if isinstance(texts, str):  # a bare string would otherwise be read character by character
+        raise TypeError("expected a list of strings, got a single str")
+    texts = list(texts)
+    if not texts:
+        raise ValueError("expected at least one text")
+    bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"expected strings, got {bad[0]}")
+    return texts
+
+
 def file_sha256(path: str | PathLike) -> str:
     p = Path(path).resolve()
     st = p.stat()

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ..languages import USE_LANGUAGES, XLMR_LANGUAGES
-from .base import Encoder, EncoderOutput, files_sha256
+from .base import Encoder, EncoderOutput, check_texts, files_sha256
 from .registry import register_encoder
 from .text import normalise_text as normalise
 
@@ -92,15 +92,7 @@ class FrozenTextEncoder(Encoder):
         return normalise(text) if self.normalise_text else text
 
     def _texts(self, texts: list[str]) -> list[str]:
-        if isinstance(texts, str):  # a bare string would otherwise be read character by character
-            raise TypeError("expected a list of strings, got a single str")
-        texts = list(texts)
-        if not texts:
-            raise ValueError("expected at least one text")
-        bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
-        if bad:
-            raise TypeError(f"expected strings, got {bad[0]}")
-        return [self.prepare_text(t) for t in texts]
+        return [self.prepare_text(t) for t in check_texts(texts)]
 
     def count(self, text: str) -> int:
         """Tokens the encoder's tokenizer makes of a prepared text (special tokens and prefix included)."""

@@ -13,7 +13,7 @@ import torch
 
 from ..languages import ENGLISH, PARAPHRASE_LANGUAGES, XLMR_LANGUAGES
 from ..preprocessing import normalise_text
-from .base import Encoder, EncoderOutput
+from .base import Encoder, EncoderOutput, check_texts
 from .registry import checkpoint_sha256, load_config, load_pretrained, register_encoder, resolve_source
 
 POOLINGS = ("cls", "mean")
@@ -73,15 +73,7 @@ class TextEncoder(Encoder):
         return self.prefix + (normalise_text(text) if self.normalise_text else text)
 
     def _prepare(self, texts: list[str]) -> list[str]:
-        if isinstance(texts, str):  # a bare string would otherwise be encoded character by character
-            raise TypeError("expected a list of strings, got a single str")
-        texts = list(texts)
-        if not texts:
-            raise ValueError("expected at least one text")
-        bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
-        if bad:
-            raise TypeError(f"expected strings, got {bad[0]}")
-        return [self.prepare_text(t) for t in texts]
+        return [self.prepare_text(t) for t in check_texts(texts)]
 
     def preprocess(self, items: list[str], train: bool = False) -> dict[str, torch.Tensor]:
         """Tokenise with truncation to max_length, padded to the batch's own longest item (never to max_length)."""
