@@ -38,6 +38,7 @@ from safetensors.torch import save_file
 from . import fingerprints
 from .atomic import staging_dir
 from .config import Config
+from .files import read_json_object
 from .labels import GENRES
 
 FORMAT_VERSION = 2
@@ -118,14 +119,7 @@ def load_head(directory: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
 
 def read_meta(path: Path) -> dict[str, Any]:
     """model.json parsed, with its keys and their types checked."""
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise ModelFolderError(f"{path}: unreadable ({e})") from None
-    except json.JSONDecodeError as e:
-        raise ModelFolderError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(meta, dict):
-        raise ModelFolderError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    meta = read_json_object(path, ModelFolderError)
     fmt = meta.get("format")
     if fmt not in READABLE_FORMATS:
         raise ModelFolderError(f"{path}: unsupported format {fmt!r} (this genrefusion reads formats "

@@ -13,7 +13,6 @@ bad member stops the extraction with an error that names it, and nothing is left
 """
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -27,6 +26,8 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import BinaryIO
 
 from tqdm.auto import tqdm
+
+from .files import sha256_file
 
 DEFAULT_URL = "http://lisi1.unal.edu.co/mmimdb/mmimdb.tar.gz"
 URL_ENV, SHA256_ENV = "GENREFUSION_MMIMDB_URL", "GENREFUSION_MMIMDB_SHA256"
@@ -106,11 +107,6 @@ def _fetch_once(url: str, part: Path, meta_path: Path, progress: bool, timeout: 
             os.fsync(f.fileno())
     if total is not None and written != total:
         raise ConnectionError(f"{url}: connection closed after {written:,} of {total:,} bytes")
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def download(url: str, target: str | Path, sha256: str | None = None, *, retries: int = 5, progress: bool = True,

@@ -24,8 +24,6 @@ Imports numpy, PIL, onnxruntime and tokenizers only (never torch), inside functi
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import threading
 from pathlib import Path
@@ -33,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from .files import read_json_object, sha256_file  # noqa: F401  (sha256_file: export.py writes the digests)
 from .predictor_base import PredictorBase
 from .preprocessing import eval_pixels, normalise_text
 
@@ -52,22 +51,12 @@ def is_exported(directory: str | Path) -> bool:
     return (Path(directory) / MANIFEST).is_file()
 
 
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def read_manifest(directory: str | Path) -> dict[str, Any]:
     """export.json parsed, its keys and types checked, and every file it lists present with its recorded SHA-256."""
     directory = Path(directory)
     path = directory / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise ExportFolderError(f"{path}: unreadable ({e})") from None
-    except json.JSONDecodeError as e:
-        raise ExportFolderError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
+    manifest = read_json_object(path, ExportFolderError, " (is this a folder written by `genrefusion export`?)")
+    if manifest.get("kind") != KIND:
         raise ExportFolderError(f"{path}: not a genrefusion export manifest (no \"kind\": \"{KIND}\")")
     if manifest.get("format") != EXPORT_FORMAT:
         raise ExportFolderError(f"{path}: unsupported export format {manifest.get('format')!r} (this genrefusion "

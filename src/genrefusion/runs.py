@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import atomic
+from . import atomic, files
 from .labels import GENRES
 
 CONFIG_FILE, METRICS_FILE, MODEL_DIR = "config.yaml", "metrics.json", "model"
@@ -127,26 +127,12 @@ def write_grid(grid_dir: str | Path, cfg, grid: dict[str, Any], tables: str) -> 
 
 # -- reading -----------------------------------------------------------------------------------------------------
 def _read_text(path: Path, hint: str = "") -> str:
-    if not path.exists():
-        raise RunFileMissing(f"{path}: missing{hint}")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise RunFolderError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start:,})") from None
-    except OSError as e:  # a directory, no permission
-        raise RunFolderError(f"{path}: unreadable ({e.strerror or e})") from None
+    return files.read_text(path, RunFolderError, hint, missing=RunFileMissing)
 
 
 def read_json(path: str | Path, hint: str = "") -> dict[str, Any]:
     """A run folder's JSON file, which must hold an object."""
-    path = Path(path)
-    try:
-        obj = json.loads(_read_text(path, hint))
-    except json.JSONDecodeError as exc:
-        raise RunFolderError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(obj, dict):
-        raise RunFolderError(f"{path}: expected a JSON object, got {type(obj).__name__}")
-    return obj
+    return files.read_json_object(path, RunFolderError, hint, missing=RunFileMissing)
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:
