@@ -48,8 +48,38 @@ def test_warm_cache_returns_at_once_with_identical_features(tmp_path, tiny_bert)
     sub = ds.subset(range(10))
     assert dataset_features(sub, enc, tmp_path / "cache", progress=False).encoded_now == 0
     # other preprocessing is another cache entry
-    mean = dataset_features(ds, create_encoder(str(tiny_bert), pooling="mean"), tmp_path / "cache", progress=False)
-    assert mean.encoded_now == 50 and not torch.equal(mean.pooled, first.pooled)
+    short = dataset_features(ds, create_encoder(str(tiny_bert), max_length=8), tmp_path / "cache", progress=False)
+    assert short.encoded_now == 50 and not torch.equal(short.pooled, first.pooled)
+
+
+def test_the_other_pooling_is_cached_in_the_same_pass_bit_for_bit(tmp_path, tiny_bert):
+    """Encoding with CLS pooling fills the mean-pooling folder from the same forward pass (the thesis recipe, then
+    the recommended one, encode each plot once), with exactly what a mean-pooling run of its own writes."""
+    ds = load_catalog(_catalog(tmp_path, 40))
+    cls_enc = create_encoder(str(tiny_bert), pooling="cls")
+    calls = []
+    forward = cls_enc.model.forward
+    cls_enc.model.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    cls = dataset_features(ds, cls_enc, tmp_path / "shared", batch_size=8, progress=False)
+    assert cls.encoded_now == 40 and len(calls) == 5  # one forward per batch, for both poolings
+    mean_enc = create_encoder(str(tiny_bert), pooling="mean")
+    mean = dataset_features(ds, mean_enc, tmp_path / "shared", batch_size=8, progress=False)
+    assert mean.encoded_now == 0 and not torch.equal(mean.pooled, cls.pooled)
+    alone = dataset_features(ds, create_encoder(str(tiny_bert), pooling="mean"), tmp_path / "alone", batch_size=8,
+                             progress=False)
+    assert alone.encoded_now == 40 and torch.equal(alone.pooled, mean.pooled)
+    assert alone.fingerprint == mean.fingerprint
+    names = lambda root, enc: sorted(p.name for p in FeatureCache(enc, root).dir.glob("part-*"))  # noqa: E731
+    assert names(tmp_path / "shared", mean_enc) == names(tmp_path / "alone", mean_enc)  # the same plan and shards
+    # a subclass that replaces encode has no companions (the shared pass would bypass its encode)
+    class Custom(type(cls_enc)):
+        def encode(self, batch, return_sequence=False):
+            return super().encode(batch, return_sequence)
+
+    assert cls_enc.companions() and not Custom(str(tiny_bert)).companions()
+    patched = create_encoder(str(tiny_bert))
+    patched.encode = lambda batch, return_sequence=False: None
+    assert not patched.companions()
 
 
 def test_batches_are_grouped_by_length_and_padded_to_their_own_longest(tmp_path, tiny_bert):
@@ -120,7 +150,7 @@ _KILLED_RUN = textwrap.dedent("""
     ds = load_catalog(sys.argv[1])
     dataset_features(ds, create_encoder(sys.argv[2]), sys.argv[3], batch_size=2, shard_batches=1, progress=False)
 """)
-KILL_AFTER = 3
+KILL_AFTER = 5  # writes: 3 of the companion, 2 of the encoder's own
 
 
 def test_resume_after_kill_gives_identical_features(tmp_path, tiny_bert):
@@ -130,11 +160,13 @@ def test_resume_after_kill_gives_identical_features(tmp_path, tiny_bert):
     proc = subprocess.run([sys.executable, "-c", _KILLED_RUN, str(catalog), str(tiny_bert), str(killed_cache),
                            str(KILL_AFTER)], timeout=300)
     assert proc.returncode == -signal.SIGKILL, "the extraction finished before it could be killed"
-    done = len(list(killed_cache.glob("features/*/part-*.safetensors")))
-    assert done == KILL_AFTER and 3 <= done < 60  # 60 shards of 2 movies in all
+    # each step writes the mean-pooling companion's shard, then the encoder's own (60 shards of 2 movies each)
+    assert len(list(killed_cache.glob("features/*/part-*.safetensors"))) == KILL_AFTER
+    enc = create_encoder(str(tiny_bert))
+    done = len(list(FeatureCache(enc, killed_cache).dir.glob("part-*.safetensors")))
+    assert done == KILL_AFTER // 2 and done >= 1
     assert len(list(killed_cache.glob("features/*/.tmp-*"))) == 1  # the shard it died writing
 
-    enc = create_encoder(str(tiny_bert))
     unique = len({m.plot for m in ds.movies})  # identical plots share one cache entry
     resumed = dataset_features(ds, enc, killed_cache, batch_size=2, shard_batches=1, progress=False)
     assert resumed.encoded_now == unique - 2 * done  # only what the killed run had not finished
@@ -142,6 +174,11 @@ def test_resume_after_kill_gives_identical_features(tmp_path, tiny_bert):
     clean = dataset_features(ds, enc, tmp_path / "clean", batch_size=2, shard_batches=1, progress=False)
     assert clean.encoded_now == unique
     assert torch.equal(resumed.pooled, clean.pooled)  # bit-identical
+    mean = create_encoder(str(tiny_bert), pooling="mean")  # the companion too, resumed along with it
+    resumed_mean = dataset_features(ds, mean, killed_cache, batch_size=2, shard_batches=1, progress=False)
+    clean_mean = dataset_features(ds, mean, tmp_path / "clean", batch_size=2, shard_batches=1, progress=False)
+    assert resumed_mean.encoded_now == clean_mean.encoded_now == 0
+    assert torch.equal(resumed_mean.pooled, clean_mean.pooled)
 
 
 def test_features_cli_reports_and_second_run_encodes_nothing(tmp_path, tiny_bert, capsys):

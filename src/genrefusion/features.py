@@ -70,6 +70,7 @@ class FeatureTable:
     encoded_now: int = 0
     seconds: float = 0.0
     repaired: int = 0
+    backend: str | None = None  # what encoded the `encoded_now` items (feature_backends.py); None: none were
 
     @property
     def dim(self) -> int:
@@ -91,7 +92,8 @@ def join_tables(encoder, tables: Sequence[FeatureTable]) -> FeatureTable:
     p, fingerprint = precision.pop(), encoder.fingerprint()
     return FeatureTable(pooled, present, None, encoder.name, fingerprints.identity_sha256(fingerprint, p), p,
                         fingerprint, encoded_now=sum(t.encoded_now for t in tables),
-                        seconds=sum(t.seconds for t in tables), repaired=sum(t.repaired for t in tables))
+                        seconds=sum(t.seconds for t in tables), repaired=sum(t.repaired for t in tables),
+                        backend="+".join(dict.fromkeys(t.backend for t in tables if t.backend)) or None)
 
 
 def _slug(name: str) -> str:
@@ -103,6 +105,8 @@ class FeatureCache:
 
     def __init__(self, encoder, cache_dir: str | Path | None = None, precision: str | None = None):
         self.encoder = encoder
+        self.cache_dir = cache_dir
+        self.backend: str | None = None  # what the last extract() encoded with (None: nothing was encoded)
         self.precision = fingerprints.features_precision(encoder, precision)  # an encoder outside torch: its own
         fp = encoder.fingerprint()
         self.encoder_fingerprint = fp
@@ -233,12 +237,13 @@ class FeatureCache:
     def extract(self, keys: Sequence[str], load_item: Callable[[str], object], *, sequences: bool = False,
                 batch_size: int = 32, lengths: Callable[[list], list[int]] | None = None,
                 progress: bool = True, desc: str | None = None, shard_batches: int = SHARD_BATCHES,
-                num_workers: int | None = None) -> int:
+                num_workers: int | None = None, backend: str | None = None) -> int:
         """Encode the items among `keys` that are not cached yet. `load_item(key)` returns the raw item (plot string
         or PIL image). `lengths(items)` (text) lets batches be grouped by length. Returns the number encoded.
         `shard_batches` batches go into one shard (the unit of work a kill can lose). `num_workers`: processes
         that decode and preprocess upcoming batches while the GPU encodes (default: none on CPU, where the output
-        is the same either way, up to 12 on a GPU).
+        is the same either way, up to 12 on a GPU). `backend`: what runs the encoder (feature_backends.py: auto,
+        torch, onnxruntime); the one used is left in `self.backend`.
 
         Under torchrun every rank calls this with the same keys; rank r encodes the shards n with
         n % world_size == r of the shared plan, and on every rank the call returns once all ranks have written
@@ -247,7 +252,7 @@ class FeatureCache:
 
         return distributed.all_reduce_sum(  # also the barrier after which every rank can read every shard
             self._extract_local(keys, load_item, sequences, batch_size, lengths, progress, desc, shard_batches,
-                                num_workers))
+                                num_workers, backend))
 
     def _check_finite(self, tensors: dict[str, torch.Tensor], keys: list[str]) -> None:
         """Refuse to cache NaN / inf (fp16 autocast overflowing, a broken checkpoint): training on it would make
@@ -267,8 +272,8 @@ class FeatureCache:
                              f"nothing of them was cached{hint}")
 
     def _extract_local(self, keys, load_item, sequences, batch_size, lengths, progress, desc, shard_batches,
-                       num_workers) -> int:
-        from . import distributed
+                       num_workers, backend) -> int:
+        from . import distributed, feature_backends
 
         still_missing = set(self.missing(keys, sequences))
         if not still_missing:
@@ -289,14 +294,24 @@ class FeatureCache:
         bar = tqdm(total=sum(len(b) for _, shard in mine for b in shard), unit="movie", dynamic_ncols=True,
                    desc=(desc or f"encode {self.encoder.name}") + (f" [rank {rank}/{world}]" if world > 1 else ""),
                    disable=not progress or rank != 0)
-        work = []  # (target, batches) of the shards this rank still has to write
+        companions = self._companions(todo, sequences)
+        work = []  # (target, batches) of the shards this rank still has to write, for itself or a companion
         for n, shard in mine:
             target = self.dir / f"part-{plan}-{n:05d}.safetensors"
-            if target.exists() or not still_missing.intersection(k for b in shard for k in b):
-                bar.update(sum(len(b) for b in shard))  # written by an earlier (interrupted) run
-            else:
+            if (_needs(target, still_missing, shard)
+                    or any(_needs(c.dir / target.name, lacks, shard) for c, lacks in companions)):
                 work.append((target, shard))
+            else:
+                bar.update(sum(len(b) for b in shard))  # written by an earlier (interrupted) run
         device = self.encoder.device
+        run = None  # sequences: the encoder's own encode (torch)
+        if work and not sequences:
+            self.backend, run = feature_backends.runner(
+                feature_backends.resolve_backend(backend, self.encoder, self.precision, sequences), self.encoder,
+                tuple(c.encoder for c, _ in companions), self.cache_dir, explicit=backend == "onnxruntime")
+        elif work:
+            feature_backends.resolve_backend(backend, self.encoder, self.precision, sequences)  # refuses onnxruntime
+            self.backend = "torch"
         raw = (lambda k: items[k]) if items is not None else load_item  # noqa: E731
         inputs_of = _prefetched_inputs(self.encoder, [b for _, shard in work for b in shard], raw, num_workers)
         encoded = 0
@@ -304,12 +319,19 @@ class FeatureCache:
         try:
             for target, shard in work:
                 pooled, seqs, shard_keys = [], [], []
+                also: list[list[torch.Tensor]] = [[] for _ in companions]
                 for batch_keys in shard:
                     inputs = next(inputs_of)
                     with torch.inference_mode(), fingerprints.autocast(device, self.precision):
                         inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
-                        out = self.encoder.encode(inputs, return_sequence=sequences)
-                    pooled.append(out.pooled.float().cpu())
+                        if run is None:
+                            out = self.encoder.encode(inputs, return_sequence=sequences)
+                            batch_pooled, others = out.pooled, []
+                        else:
+                            batch_pooled, others = run(inputs)
+                    pooled.append(batch_pooled.float().cpu())
+                    for acc, o in zip(also, others):
+                        acc.append(o.float().cpu())
                     if sequences:  # one device-to-host copy per batch, then per-row slicing on the CPU
                         seq, mask = out.sequence.to(torch.float16).cpu(), out.mask.cpu()
                         seqs.extend(seq[row][mask[row]] for row in range(len(batch_keys)))
@@ -320,12 +342,40 @@ class FeatureCache:
                     tensors["sequence"] = torch.cat(seqs).contiguous()
                     tensors["offsets"] = torch.tensor(np.cumsum([0] + [len(s) for s in seqs]), dtype=torch.int64)
                 self._check_finite(tensors, shard_keys)
-                shard_io.write(target, shard_keys, tensors, self.encoder.name, self.fingerprint)
+                for (c, lacks), acc in zip(companions, also):  # first: a kill before this one's shard repeats it
+                    if _needs(c.dir / target.name, lacks, shard):
+                        c_tensors = {"pooled": torch.cat(acc).contiguous()}
+                        c._check_finite(c_tensors, shard_keys)
+                        shard_io.write(c.dir / target.name, shard_keys, c_tensors, c.encoder.name, c.fingerprint)
+                if _needs(target, still_missing, shard):
+                    shard_io.write(target, shard_keys, tensors, self.encoder.name, self.fingerprint)
                 encoded += len(still_missing.intersection(shard_keys))
         finally:
             inputs_of.close()
             bar.close()
         return encoded
+
+
+    def _companions(self, keys: Sequence[str], sequences: bool) -> list[tuple["FeatureCache", set[str]]]:
+        """(cache, keys it lacks) of each of the encoder's companions (Encoder.companions) that lacks some of
+        `keys`, at this cache's precision: this pass fills them too. Not when sequences are asked for (those are
+        this encoder's alone). Their shards carry this plan's names and batches, so they hold exactly what the
+        companion's own run would have written, and a resumed run finds them as an uninterrupted one would."""
+        if sequences:
+            return []
+        out = []
+        for c in self.encoder.companions():
+            cache = FeatureCache(c, self.cache_dir, self.precision)
+            lacks = set(cache.missing(keys))
+            if lacks:
+                remove_stale_tmp(cache.dir)
+                out.append((cache, lacks))
+        return out
+
+
+def _needs(target: Path, lacks: set[str], shard: list[list[str]]) -> bool:
+    """Whether shard file `target` still has to be written: it is not there and its cache lacks some of its items."""
+    return not target.exists() and bool(lacks.intersection(k for b in shard for k in b))
 
 
 class DamagedShards(KeyError):
@@ -389,13 +439,14 @@ def default_batch_size(modality: str, device: torch.device | str) -> int:
 def dataset_features(dataset: MovieDataset, encoder, cache_dir: str | Path | None = None, *,
                      sequences: bool = False, batch_size: int | None = None, progress: bool = True,
                      shard_batches: int = SHARD_BATCHES, precision: str | None = None,
-                     num_workers: int | None = None) -> FeatureTable:
+                     num_workers: int | None = None, backend: str | None = None) -> FeatureTable:
     """Features of every movie in `dataset` for `encoder` (text or image), encoding what the cache lacks.
 
     The encoder runs where it is (`encoder.to(device)` first); `precision` ('auto', 'fp32', 'bf16', 'fp16') is the
     autocast used while encoding (auto: bf16 on a GPU, on the CPU precision.choose). An encoder joined from parts
     (`encoder.feature_parts()`, e.g. "a+b") is cached part by part and its table joined from theirs. Under torchrun
-    the ranks share the work (see FeatureCache.extract) and every rank gets the whole table."""
+    the ranks share the work (see FeatureCache.extract) and every rank gets the whole table. `backend` (auto,
+    torch, onnxruntime) is what runs the encoder (feature_backends.py); the features are the same either way."""
     from . import distributed
 
     parts = encoder.feature_parts()
@@ -406,7 +457,8 @@ def dataset_features(dataset: MovieDataset, encoder, cache_dir: str | Path | Non
         precision = resolve_precision(precision, encoder.device, [p.name for p in parts])
         return join_tables(encoder, [dataset_features(dataset, part, cache_dir, batch_size=batch_size,
                                                       progress=progress, shard_batches=shard_batches,
-                                                      precision=precision, num_workers=num_workers)
+                                                      precision=precision, num_workers=num_workers,
+                                                      backend=backend)
                                      for part in parts])
     modality = spec(encoder.modality)
     cache = FeatureCache(encoder, cache_dir, precision)
@@ -425,7 +477,8 @@ def dataset_features(dataset: MovieDataset, encoder, cache_dir: str | Path | Non
         # extract encodes their items again. Every rank takes the same number of rounds (extract is collective).
         n += cache.extract([k for k in keys if k is not None], load_item, sequences=sequences,
                            batch_size=batch_size or default_batch_size(modality.name, encoder.device),
-                           lengths=lengths, progress=progress, shard_batches=shard_batches, num_workers=num_workers)
+                           lengths=lengths, progress=progress, shard_batches=shard_batches, num_workers=num_workers,
+                           backend=backend)
         try:
             table, damaged = cache.load(keys, sequences=sequences), 0
         except DamagedShards:
@@ -437,4 +490,5 @@ def dataset_features(dataset: MovieDataset, encoder, cache_dir: str | Path | Non
         raise ValueError(f"feature cache {cache.dir}: freshly written shards keep failing their checks "
                          f"({'; '.join(reasons)}); the disk or memory may be faulty")
     table.encoded_now, table.seconds, table.repaired = n, time.perf_counter() - t0, len(cache.discarded)
+    table.backend = cache.backend if n else None
     return table

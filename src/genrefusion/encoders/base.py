@@ -6,14 +6,12 @@ request, the token / patch sequence it pooled from (with a validity mask). Every
 """
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable
 from dataclasses import dataclass
-from os import PathLike
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
+
+from ..files import file_sha256, files_sha256  # noqa: F401  (public here: encoders fingerprint their weights)
 
 Modality = Literal["text", "image"]
 
@@ -55,6 +53,21 @@ class Encoder(torch.nn.Module):
         """The pooled vector (B, dim) from each of `feature_parts()`'s pooled vectors, in that order."""
         raise NotImplementedError(f"{type(self).__name__} is not joined from parts")
 
+    def companions(self) -> tuple["Encoder", ...]:
+        """Encoders whose pooled vectors come from this one's forward pass (a text encoder's other poolings). When
+        the feature cache encodes this encoder it fills their cache folders in the same pass, so a second recipe
+        over the same model (the thesis's CLS pooling, then the recommended mean pooling) costs no encoding.
+        Empty (the default): none."""
+        return ()
+
+    def encode_with_companions(self, batch: dict[str, torch.Tensor], companions: tuple["Encoder", ...],
+                               return_sequence: bool = False) -> tuple[EncoderOutput, list[torch.Tensor]]:
+        """This encoder's output for `batch` and each companion's pooled vectors, from one forward pass; each is
+        what that companion's own `encode` returns for the batch (bit for bit)."""
+        if companions:
+            raise NotImplementedError(f"{type(self).__name__} has no companions")
+        return self.encode(batch, return_sequence=return_sequence), []
+
     def forward(self, batch: dict[str, torch.Tensor], return_sequence: bool = False) -> EncoderOutput:
         return self.encode(batch, return_sequence=return_sequence)
 
@@ -62,13 +75,6 @@ class Encoder(torch.nn.Module):
     def device(self) -> torch.device:
         p = next(self.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
-
-
-# --- content hashes for fingerprints ------------------------------------------------------------------------------
-# Fingerprints key the feature cache on what the weights *are*, not where they live, so a re-downloaded or edited
-# checkpoint invalidates cached features. Hashing a few hundred MB takes seconds, so digests are cached per
-# (path, size, mtime): an unchanged file is hashed once per process.
-_SHA256_CACHE: dict[tuple[str, int, int], str] = {}
 
 
 def check_texts(texts) -> list[str]:
@@ -82,21 +88,3 @@ def check_texts(texts) -> list[str]:
     if bad:
         raise TypeError(f"expected strings, got {bad[0]}")
     return texts
-
-
-def file_sha256(path: str | PathLike) -> str:
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
-    if key not in _SHA256_CACHE:
-        with open(p, "rb") as f:
-            _SHA256_CACHE[key] = hashlib.file_digest(f, "sha256").hexdigest()
-    return _SHA256_CACHE[key]
-
-
-def files_sha256(paths: Iterable[str | PathLike]) -> str:
-    """One digest over several files: each file's name and content digest, in name order."""
-    h = hashlib.sha256()
-    for p in sorted((Path(p) for p in paths), key=lambda p: p.name):
-        h.update(f"{p.name}\0{file_sha256(p)}\n".encode())
-    return h.hexdigest()

@@ -6,6 +6,7 @@ give the same vector for every plot; for CLIP "cls" therefore means CLIP's own s
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -86,21 +87,43 @@ class TextEncoder(Encoder):
         ids = self.tokenizer(self._prepare(texts), truncation=True, max_length=self.max_length)["input_ids"]
         return [len(x) for x in ids]
 
+    def _pool(self, out: Any, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+        hidden = out.last_hidden_state
+        if pooling == "mean":
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            return ((hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)).float()
+        if self._is_clip:
+            return out.pooler_output.float()  # end-of-text token, after the final layer norm
+        return hidden[:, 0].float()
+
     def encode(self, batch: dict[str, torch.Tensor], return_sequence: bool = False) -> EncoderOutput:
+        return self.encode_with_companions(batch, (), return_sequence)[0]
+
+    def companions(self) -> tuple["TextEncoder", ...]:
+        """The same encoder with each other pooling: it shares this one's model and tokenizer (no second copy).
+        None when `encode` is replaced (by a subclass or on the instance): the shared pass would bypass it."""
+        if type(self).encode is not TextEncoder.encode or "encode" in vars(self):
+            return ()
+        out = []
+        for pooling in POOLINGS:
+            if pooling != self.pooling:
+                other = copy.copy(self)  # shallow: the nn.Module's parameters and the tokenizer are shared
+                other.pooling = pooling
+                out.append(other)
+        return tuple(out)
+
+    def encode_with_companions(self, batch: dict[str, torch.Tensor], companions: tuple["TextEncoder", ...] = (),
+                               return_sequence: bool = False) -> tuple[EncoderOutput, list[torch.Tensor]]:
+        for c in companions:
+            if not isinstance(c, TextEncoder) or c.model is not self.model:
+                raise ValueError(f"{c!r} is not a companion of text encoder {self.name!r} (see companions())")
         batch = {k: v.to(self.device) for k, v in batch.items()}
         out = self.model(**batch)
-        hidden = out.last_hidden_state
         mask = batch["attention_mask"].bool()
-        if self.pooling == "mean":
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-        elif self._is_clip:
-            pooled = out.pooler_output  # end-of-text token, after the final layer norm
-        else:
-            pooled = hidden[:, 0]
+        pooled, others = self._pool(out, mask, self.pooling), [self._pool(out, mask, c.pooling) for c in companions]
         if not return_sequence:
-            return EncoderOutput(pooled.float())
-        return EncoderOutput(pooled.float(), hidden.float(), mask)
+            return EncoderOutput(pooled), others
+        return EncoderOutput(pooled, out.last_hidden_state.float(), mask), others
 
     def fingerprint(self) -> dict[str, Any]:
         fp = {
