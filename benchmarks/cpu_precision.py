@@ -1,7 +1,8 @@
 """The evidence `--precision auto` reads on a CPU (src/genrefusion/cpu_precision.json), produced here, never by hand.
 
-    # speed and agreement of each precision on THIS CPU (replaces the entry for CPUs of its kind)
-    PYTHONPATH=src .venv/bin/python benchmarks/cpu_precision.py speed [--limit 48]
+    # speed and agreement of each precision (and of the onnxruntime backend) on THIS CPU, into the entry for CPUs of
+    # its kind (what is measured replaces its earlier measurement)
+    PYTHONPATH=src .venv/bin/python benchmarks/cpu_precision.py speed [--limit 48] [--precisions onnxruntime]
     # downstream quality: the recommended grid, 5 seeds, fp32 vs PRECISION features, paired bootstrap per row
     PYTHONPATH=src .venv/bin/python benchmarks/cpu_precision.py quality --precision bf16 [--seeds 5] [--out DIR]
     # what auto picks on this CPU, and why (reads the table only)
@@ -48,19 +49,27 @@ def cmd_speed(args) -> int:
     bench = _cpu_bench()
     cap = probe_cpu()
     measured: dict[str, Any] = {}
+    precisions = ["fp32", *args.precisions.split(",")]
     for name in args.encoders.split(","):
-        measured.update(bench.encoder_precisions(args.data, [name], limit=args.limit))
-        entry = {"cpu": cap.model, "torch_capability": cap.torch_capability, "flags": sorted(cap.flags),
-                 "native": list(cap.native), "measured": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                 "load": bench.load_avg(), "items": args.limit,
-                 "encoders": {e: {p: {k: round(v, 4) for k, v in r.items()
-                                      if k in ("speedup", "min_cosine", "mean_cosine", "items_per_s")}
-                                  for p, r in rows.items()} for e, rows in measured.items()}}
+        rows = bench.encoder_precisions(args.data, [name], precisions, limit=args.limit)[name]
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        measured[name] = rows
         table = load_table()
+        old = [e for e in table.get("speed", []) if sorted(e.get("native", [])) == sorted(cap.native)]
+        entry = old[0] if old else {"encoders": {}}
+        entry.update({"cpu": cap.model, "torch_capability": cap.torch_capability, "flags": sorted(cap.flags),
+                      "native": list(cap.native), "measured": now, "load": bench.load_avg(), "items": args.limit})
+        # Precisions measured now replace their earlier measurement; the others are kept, each with its own date.
+        for p, r in rows.items():
+            if p != "fp32":
+                entry["encoders"].setdefault(name, {})[p] = {
+                    **{k: round(v, 4) for k, v in r.items() if k in ("speedup", "min_cosine", "mean_cosine",
+                                                                    "items_per_s")},
+                    "measured": now, "load": bench.load_avg(), "items": args.limit}
         table["speed"] = [e for e in table.get("speed", []) if sorted(e.get("native", [])) != sorted(cap.native)]
         table["speed"].append(entry)
         print(f"written: {_write(table)} ({name})", flush=True)
-    print(bench.format_encoders(measured, args.limit))
+    print(bench.format_encoders(measured, args.limit, measured=precisions))
     return 0
 
 
@@ -122,6 +131,8 @@ def main(argv=None) -> int:
         p.set_defaults(func=fn)
         if name == "speed":
             p.add_argument("--limit", type=int, default=48)
+            p.add_argument("--precisions", default=",".join(bench.PRECISIONS[1:]),
+                           help="what to measure against fp32 (others already in the table are kept)")
         if name == "quality":
             p.add_argument("--precision", default="bf16", choices=["bf16", "fp16"])
             p.add_argument("--seeds", type=int, default=5)

@@ -22,6 +22,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "scheduler": ("plateau", "cosine"), "threshold_mode": ("fixed", "global", "per_genre"),
     "threshold_source": ("val", "oof"),
     "mode": ("features", "end-to-end"), "precision": ("auto", "fp32", "bf16", "fp16"),
+    "feature_backend": ("auto", "torch", "onnxruntime"),
 }
 
 
@@ -72,6 +73,8 @@ class Config:
     encoder_lr: float = 2e-5  # end-to-end fine-tuning learning rate for encoder weights
     device: str = "auto"  # auto (the GPU when there is one) | cpu | cuda | cuda:N
     precision: str = "auto"  # encoder autocast while extracting features: auto (bf16 on GPU) | fp32 | bf16 | fp16
+    # what runs the encoders while extracting fp32 features on a CPU (feature_backends.py); the same features
+    feature_backend: str = "auto"  # auto (by measured evidence) | torch | onnxruntime
     cache_dir: str | None = None
     out: str = "runs"
     name: str | None = None  # run folder name; default derived from model and seed
@@ -124,7 +127,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Config keys that say what is trained on what (data, model, encoders, where it runs), not how: a preset sets none
 # of them, so they are left out when a config is matched to its preset.
 NOT_RECIPE = ("data", "split", "modalities", "plot_mode", "split_seed", "strict", "model", "text_encoder",
-              "image_encoder", "seed", "device", "precision", "cache_dir", "out", "name")
+              "image_encoder", "seed", "device", "precision", "feature_backend", "cache_dir",
+              "out", "name")
 
 
 def describe_preset(values: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -19,16 +19,14 @@ Predictor answers); both differences are recorded in export.json and printed.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
+from .onnx_graphs import encoder_wrapper, trace
 from .exported import EXPORT_FORMAT, FUSION_OUTPUTS, HEAD_FILE, KIND, MANIFEST, sha256_file
 
 DEFAULT_OPSET = 17
@@ -47,16 +45,6 @@ class ExportError(ValueError):
     """A model that cannot be exported, or whose export does not predict like it."""
 
 
-def _quiet():
-    """The TorchScript exporter warns about tracing and about its own deprecation on every graph; the check at the
-    end of the export is what says whether the graphs are right."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(warnings.catch_warnings())
-    warnings.simplefilter("ignore")
-    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-    return stack
-
-
 def _io_records(path: Path) -> tuple[list[dict], list[dict]]:
     """A graph's inputs and outputs as export.json records them: name, shape (ints and dynamic axis names), type."""
     import onnxruntime as ort
@@ -65,30 +53,6 @@ def _io_records(path: Path) -> tuple[list[dict], list[dict]]:
     rec = [[{"name": a.name, "shape": list(a.shape), "type": a.type} for a in args]
            for args in (s.get_inputs(), s.get_outputs())]
     return rec[0], rec[1]
-
-
-def _export(module, args: tuple, path: Path, inputs: list[str], outputs: list[str], dynamic: dict, opset: int):
-    import torch
-
-    module.eval()  # the exporter restores the module's own mode afterwards: a wrapper must already be in eval mode
-    with _quiet(), torch.no_grad():
-        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs, dynamic_axes=dynamic,
-                          opset_version=opset, do_constant_folding=True, dynamo=False)
-
-
-def _encoder_wrapper(encoder, names: list[str], sequences: bool):
-    import torch
-
-    class Wrapped(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.encoder = encoder
-
-        def forward(self, *tensors):
-            out = self.encoder.encode(dict(zip(names, tensors)), return_sequence=sequences)
-            return (out.pooled.float(), out.sequence.float()) if sequences else out.pooled.float()
-
-    return Wrapped()
 
 
 def _export_part(part, m: str, i: int, tmp: Path, sequences: bool, opset: int) -> dict[str, Any]:
@@ -127,7 +91,7 @@ def _export_part(part, m: str, i: int, tmp: Path, sequences: bool, opset: int) -
     outputs = ["pooled", "sequence"] if sequences else ["pooled"]
     dynamic.update(pooled={0: "batch"}, **({"sequence": {0: "batch", 1: "tokens"}} if sequences else {}))
     path = tmp / record["file"]
-    _export(_encoder_wrapper(part, names, sequences), tuple(example[n] for n in names), path, names, outputs, dynamic,
+    trace(encoder_wrapper(part, names, sequences), tuple(example[n] for n in names), path, names, outputs, dynamic,
             opset)
     record["inputs"], record["outputs"] = _io_records(path)
     return record
@@ -205,7 +169,7 @@ def _export_head(predictor, tmp: Path, opset: int) -> dict[str, Any]:
 
     dynamic = {k: ({0: "batch", 1: f"{k.split('_')[0]}_length"} if "_seq" in k else {0: "batch"}) for k in keys}
     dynamic.update({k: {0: "batch"} for k in outputs if not (k == "alpha" and example_alpha_is_scalar(head))})
-    _export(Wrapped(), tuple(example[k] for k in keys), tmp / HEAD_FILE, keys, outputs, dynamic, opset)
+    trace(Wrapped(), tuple(example[k] for k in keys), tmp / HEAD_FILE, keys, outputs, dynamic, opset)
     inputs, outs = _io_records(tmp / HEAD_FILE)
     return {"file": HEAD_FILE, "inputs": inputs, "outputs": outs}
 

@@ -145,7 +145,9 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
         feats, _ = load_features(cfg, dataset, (modality,), sequences=sequences)
         tables[slot] = feats[modality]
         log(f"features {slot:<8} <- {slots[slot]:<20} {tables[slot].dim:>5}-d  "
-            f"{tables[slot].encoded_now:,} newly encoded  [{time.perf_counter() - t_slot:.1f} s]")
+            f"{tables[slot].encoded_now:,} newly encoded"
+            + (f" ({tables[slot].backend})" if tables[slot].backend else "")
+            + f"  [{time.perf_counter() - t_slot:.1f} s]")
     features_s = time.perf_counter() - t
 
     grid_params = {"grid": out.name, "preset": preset, "rows": [r.name for r in selected], "seeds": seeds,

@@ -11,7 +11,8 @@ The evidence is `cpu_precision.json` next to this module, written by benchmarks/
              /proc/cpuinfo flags of interest), with, per encoder and precision, the throughput ratio to fp32 and
              the worst item's cosine to fp32 features;
   "quality": per encoder and precision, the grid comparison and its verdict ("pass" / "fail").
-An encoder or precision the table does not cover stays at fp32, so `auto` never guesses.
+An encoder or precision the table does not cover stays at fp32, so `auto` never guesses. The speed entry also
+measures the onnxruntime feature backend (fp32, "onnxruntime" next to the precisions): `backend_for` reads it.
 
 `probe_cpu` reads what this CPU supports; tests swap it through `set_cpu_probe`. On a GPU `auto` keeps its rule
 (bf16 where supported, else fp16), see fingerprints.resolve_precision.
@@ -31,6 +32,10 @@ FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "avx512_fp16"
                      "avx_vnni", "amx_int8")
 NATIVE_FLAGS = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}
 TOLERANCE = 0.01  # largest accepted drop of the 5-seed mean test macro- / micro-F1
+# The onnxruntime feature backend (feature_backends.py) computes fp32 features too; it is used for an encoder when it
+# was measured faster than torch on a CPU of this kind and its features agreed with torch's on every measured item.
+BACKEND_MIN_SPEEDUP = 1.2  # below it the gain is within the noise of a shared 2-core machine
+BACKEND_MIN_COSINE = 0.9999
 
 
 @dataclass(frozen=True)
@@ -156,3 +161,25 @@ def choose(encoders: Iterable[str], cap: CpuCapability | None = None, table: dic
             if speedup > best_speedup:
                 best, best_speedup = p, speedup
     return best
+
+
+def backend_verdict(name: str, cap: CpuCapability | None = None, table: dict[str, Any] | None = None) -> str:
+    """Why the onnxruntime feature backend is or is not used for encoder `name` by `--backend auto` ("ok" or the
+    reason)."""
+    cap = cap or cpu_capability()
+    table = load_table() if table is None else table
+    measured = ((_speed_entry(table, cap) or {}).get("encoders", {}).get(name, {}).get("onnxruntime"))
+    if not measured:
+        return "not measured on a CPU of this kind"
+    if not measured.get("speedup", 0) >= BACKEND_MIN_SPEEDUP:
+        return f"not faster than torch (x{measured.get('speedup', 0):.2f})"
+    if not measured.get("min_cosine", 0) >= BACKEND_MIN_COSINE:
+        return f"features disagree with torch (min cosine {measured.get('min_cosine', 0):.4f})"
+    return "ok"
+
+
+def backend_for(name: str, cap: CpuCapability | None = None, table: dict[str, Any] | None = None) -> str:
+    """The feature backend `--backend auto` uses for encoder `name` on this CPU: onnxruntime where the evidence
+    supports it (backend_verdict), else torch."""
+    return "onnxruntime" if backend_verdict(name, cap, table) == "ok" else "torch"
+
