@@ -81,10 +81,14 @@ def resolve_backend(backend: str | None, encoder, precision: str, sequences: boo
 
 
 def torch_runner(encoder, companions: tuple) -> Runner:
-    if companions:
-        return lambda inputs: (lambda out: (out[0].pooled, out[1]))(encoder.encode_with_companions(inputs,
-                                                                                                     companions))
-    return lambda inputs: (encoder.encode(inputs).pooled, [])
+    """The encoder's own forward pass (`encode`, or `encode_with_companions` when companions are wanted)."""
+    def run(inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if companions:
+            out, others = encoder.encode_with_companions(inputs, companions)
+            return out.pooled, others
+        return encoder.encode(inputs).pooled, []
+
+    return run
 
 
 def _probe_inputs(encoder) -> dict[str, torch.Tensor]:
