@@ -87,3 +87,24 @@ def test_threshold_folds_must_be_at_least_two():
         Config(threshold_folds=1).validate()
     with pytest.raises(ValueError, match="config threshold_source="):
         Config(threshold_source="test").validate()
+
+
+def test_the_recommended_preset_tunes_on_oof_and_says_how_to_leave_it(synthetic_catalog, tiny_bert, tmp_path):
+    """The validation-only comparison (benchmarks/threshold_source.py) chose oof for the recommended preset; where
+    oof cannot apply the error names the way back to val."""
+    from genrefusion.config import load_config
+    from genrefusion.distill import student_config
+    from genrefusion.experiment import run_experiment
+
+    assert load_config(preset="recommended").threshold_source == "oof"
+    assert load_config(preset="thesis").threshold_source == "val"
+    e2e = _cfg(synthetic_catalog, tiny_bert, tmp_path, threshold_source="oof", mode="end-to-end")
+    with pytest.raises(ValueError, match="needs mode=features .*threshold_source=val"):
+        run_experiment(e2e, log=None)
+    # a distilled student keeps val: fold heads trained on the labels would not fit a student of its teacher
+    student = student_config(load_config(preset="recommended").to_dict(), "minilm-l6", "efficientnet-lite0",
+                             data=str(synthetic_catalog))
+    assert student.threshold_source == "val"
+    with pytest.raises(ValueError, match="distill: threshold_source=oof .* use threshold_source=val"):
+        student_config(load_config(preset="recommended").to_dict(), "minilm-l6", "efficientnet-lite0",
+                       ["threshold_source=oof"], data=str(synthetic_catalog))

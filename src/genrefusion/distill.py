@@ -152,8 +152,9 @@ def student_config(teacher_config: dict[str, Any], text_encoder: str, image_enco
 
     fields = {f.name for f in dataclasses.fields(Config)}
     base = apply_overrides(Config(), {k: v for k, v in teacher_config.items() if k in fields}, "the teacher's config")
+    # threshold_source=val: out-of-fold heads would learn the labels, not the teacher (experiment.run_experiment)
     base = dataclasses.replace(base, text_encoder=text_encoder, image_encoder=image_encoder, name=None,
-                               mode="features", finetune=False, seed=0)
+                               mode="features", finetune=False, seed=0, threshold_source="val")
     if data is not None:
         base = dataclasses.replace(base, data=str(data))
     if cache_dir is not None:
@@ -163,6 +164,9 @@ def student_config(teacher_config: dict[str, Any], text_encoder: str, image_enco
     cfg = apply_overrides(base, overrides, "overrides").validate()
     if cfg.mode != "features":
         raise ValueError("distill trains a head over cached features; mode=end-to-end is not supported")
+    if cfg.threshold_source == "oof" and cfg.threshold_mode != "fixed":
+        raise ValueError("distill: threshold_source=oof would tune the student's thresholds on fold heads trained on "
+                         "the labels, not on its teacher; use threshold_source=val")
     if not cfg.data:
         raise ValueError("no data: the teacher's config names none; pass --data PATH")
     return cfg

@@ -120,7 +120,8 @@ def load_features(cfg: Config, dataset: MovieDataset, modalities: tuple[str, ...
                   progress: bool = True) -> tuple[Features, float]:
     t0 = time.perf_counter()
     feats = {m: dataset_features(dataset, build_encoder(cfg, m), cfg.cache_dir, sequences=sequences,
-                                 progress=progress, precision=cfg.precision) for m in modalities}
+                                 progress=progress, precision=cfg.precision, backend=cfg.feature_backend)
+             for m in modalities}
     return feats, time.perf_counter() - t0
 
 
@@ -239,7 +240,10 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None,
     if cfg.threshold_source == "oof" and cfg.threshold_mode != "fixed":
         if cfg.mode != "features":
             raise ValueError("threshold_source=oof trains threshold_folds extra heads over cached features: it "
-                             "needs mode=features")
+                             "needs mode=features (add threshold_source=val to tune on validation instead)")
+        if targets is not None:  # the fold heads learn the labels, so their probabilities would not fit this model's
+            raise ValueError("threshold_source=oof: the fold heads are trained on the labels, not on these targets "
+                             "(distillation); use threshold_source=val")
         t_oof = time.perf_counter()
         pool = train_idx + val_idx  # never test
         oof_probs = oof_probabilities(cfg, batch_fn, dims, y, pool, cfg.threshold_folds)
