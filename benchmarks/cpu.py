@@ -188,15 +188,16 @@ def stored_encoders() -> tuple[dict[str, dict[str, dict]], str]:
 
 def format_auto(encoders: Sequence[str] = ENCODERS) -> str:
     from genrefusion.fingerprints import resolve_precision
-    from genrefusion.precision import TABLE, cpu_capability, verdicts
+    from genrefusion.precision import TABLE, backend_for, backend_verdict, cpu_capability, verdicts
 
     cap = cpu_capability()
     why = verdicts(encoders, cap)
-    lines = [f"--precision auto on this CPU (native reduced precisions: {', '.join(cap.native) or 'none'}; "
-             f"evidence: {TABLE.name})"]
+    lines = [f"--precision auto / --backend auto on this CPU (native reduced precisions: "
+             f"{', '.join(cap.native) or 'none'}; evidence: {TABLE.name})"]
     for name in encoders:
         reasons = "; ".join(f"{p}: {why[p][name]}" for p in why)
         lines.append(f"  {name:<20} -> {resolve_precision('auto', 'cpu', [name]):<5} ({reasons})")
+        lines.append(f"  {'':<20}    backend {backend_for(name)} ({backend_verdict(name)})")
     return "\n".join(lines)
 
 
