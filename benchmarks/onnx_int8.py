@@ -12,33 +12,26 @@ quality (precision.py), and the worst items here say whether that is worth testi
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
+import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
-
-
-def _cpu_bench():
-    spec = importlib.util.spec_from_file_location("benchmarks_cpu", HERE / "cpu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def main() -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from genrefusion.encoders import create_encoder
-    from genrefusion.feature_backends import _session, graph_dir, onnx_runner
+    from genrefusion.feature_backends import graph_dir, onnx_runner, ort_session
     from genrefusion.modalities import spec
 
-    bench = _cpu_bench()
+    sys.path.insert(0, str(HERE))  # benchmarks/ is no package: its cpu.py holds the shared measuring helpers
+    import cpu as bench
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(bench.DEFAULT_DATA))
     ap.add_argument("--encoders", default=",".join(bench.ENCODERS))
@@ -57,7 +50,7 @@ def main() -> None:
             q = os.path.join(tmp, f"{name}.int8.onnx")
             quantize_dynamic(str(graph), q, per_channel=True, weight_type=QuantType.QInt8,
                              op_types_to_quantize=["MatMul", "Gemm"], extra_options={"MatMulConstBOnly": True})
-            session = _session(Path(q))
+            session = ort_session(Path(q))
             inputs = [i.name for i in session.get_inputs()]
 
             def int8(batch):
@@ -80,5 +73,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=4)
     main()

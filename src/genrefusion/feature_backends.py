@@ -135,7 +135,7 @@ def _trace(encoder, companions: tuple, folder: Path, probe: dict[str, torch.Tens
     return record
 
 
-def _session(path: Path):
+def ort_session(path: Path):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -167,7 +167,7 @@ def onnx_runner(encoder, cache_dir: str | Path | None) -> Runner:
     probe = _probe_inputs(encoder)
     if record is None:
         record = _trace(encoder, companions, folder, probe)
-    session = _session(graph)
+    session = ort_session(graph)
     names = record["inputs"]
 
     def run(inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -180,9 +180,11 @@ def fit(model: nn.Module, batch_fn: BatchFn, y: torch.Tensor, train_idx: Iterabl
         # different masks on each rank's slice; rank 0 keeps the single-process random stream.
         if rank > 0:
             torch.manual_seed(cfg.seed + 1_000_003 * rank)
-    # On a GPU the fused kernel updates every parameter in one launch (heads are small: launches dominate).
+    # The fused kernel updates each parameter in one pass instead of a dozen tensor ops: on a GPU it saves launches,
+    # on a CPU memory traffic: benchmarks/fused_adamw.py measured x0.70 of the default's training time for the image
+    # and GMU heads on the 2-core development machine, with the same validation scores.
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  fused=True if device.type == "cuda" else None)
+                                  fused=True if device.type in ("cuda", "cpu") else None)
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
     if cfg.scheduler == "plateau":
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
