@@ -291,27 +291,25 @@ class FeatureCache:
         shards = [batches[i:i + shard_batches] for i in range(0, len(batches), shard_batches)]
         world, rank = distributed.world_size(), distributed.rank()
         mine = [(n, shard) for n, shard in enumerate(shards) if n % world == rank]
-        bar = tqdm(total=sum(len(b) for _, shard in mine for b in shard), unit="movie", dynamic_ncols=True,
-                   desc=(desc or f"encode {self.encoder.name}") + (f" [rank {rank}/{world}]" if world > 1 else ""),
-                   disable=not progress or rank != 0)
         companions = self._companions(todo, sequences)
-        work = []  # (target, batches) of the shards this rank still has to write, for itself or a companion
+        work, done = [], 0  # (target, batches) of the shards this rank still has to write, for itself or a companion
         for n, shard in mine:
             target = self.dir / f"part-{plan}-{n:05d}.safetensors"
             if (_needs(target, still_missing, shard)
                     or any(_needs(c.dir / target.name, lacks, shard) for c, lacks in companions)):
                 work.append((target, shard))
             else:
-                bar.update(sum(len(b) for b in shard))  # written by an earlier (interrupted) run
+                done += sum(len(b) for b in shard)  # written by an earlier (interrupted) run
         device = self.encoder.device
         run = None  # sequences: the encoder's own encode (torch)
-        if work and not sequences:
-            self.backend, run = feature_backends.runner(
-                feature_backends.resolve_backend(backend, self.encoder, self.precision, sequences), self.encoder,
-                tuple(c.encoder for c, _ in companions), self.cache_dir, explicit=backend == "onnxruntime")
-        elif work:
-            feature_backends.resolve_backend(backend, self.encoder, self.precision, sequences)  # refuses onnxruntime
-            self.backend = "torch"
+        if work:  # the backend first: one that cannot run (or a graph that disagrees) stops before any output
+            resolved = feature_backends.resolve_backend(backend, self.encoder, self.precision, sequences)
+            self.backend, run = ("torch", None) if sequences else feature_backends.runner(
+                resolved, self.encoder, tuple(c.encoder for c, _ in companions), self.cache_dir,
+                explicit=backend == "onnxruntime")
+        bar = tqdm(total=sum(len(b) for _, shard in mine for b in shard), initial=done, unit="movie",
+                   dynamic_ncols=True, disable=not progress or rank != 0,
+                   desc=(desc or f"encode {self.encoder.name}") + (f" [rank {rank}/{world}]" if world > 1 else ""))
         raw = (lambda k: items[k]) if items is not None else load_item  # noqa: E731
         inputs_of = _prefetched_inputs(self.encoder, [b for _, shard in work for b in shard], raw, num_workers)
         encoded = 0
@@ -354,7 +352,6 @@ class FeatureCache:
             inputs_of.close()
             bar.close()
         return encoded
-
 
     def _companions(self, keys: Sequence[str], sequences: bool) -> list[tuple["FeatureCache", set[str]]]:
         """(cache, keys it lacks) of each of the encoder's companions (Encoder.companions) that lacks some of
