@@ -89,6 +89,9 @@ def test_explicit_onnxruntime_refuses_what_it_cannot_compute(catalog, tiny_bert,
         dataset_features(catalog, enc, tmp_path, progress=False, precision="bf16", backend="onnxruntime")
     with pytest.raises(ValueError, match="feature backend must be one of"):
         dataset_features(catalog, enc, tmp_path, progress=False, precision="fp32", backend="tensorrt")
+    dataset_features(catalog, enc, tmp_path, progress=False, precision="fp32", backend="torch")
+    with pytest.raises(ValueError, match="feature backend must be one of"):  # also with everything cached
+        dataset_features(catalog, enc, tmp_path, progress=False, precision="fp32", backend="tensorrt")
 
 
 def _table(speedup: float, cosine: float) -> dict:

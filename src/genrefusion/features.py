@@ -445,7 +445,9 @@ def dataset_features(dataset: MovieDataset, encoder, cache_dir: str | Path | Non
     the ranks share the work (see FeatureCache.extract) and every rank gets the whole table. `backend` (auto,
     torch, onnxruntime) is what runs the encoder (feature_backends.py); the features are the same either way."""
     from . import distributed
+    from .feature_backends import check_backend
 
+    check_backend(backend)  # a misspelt backend fails even when everything is cached
     parts = encoder.feature_parts()
     if parts:  # each part through its own cache folder, then joined
         if sequences:
