@@ -1,10 +1,10 @@
 """How the feature cache runs an encoder: PyTorch, or, on a CPU, the same fp32 model traced to ONNX and run by
 ONNX Runtime, where that was measured faster on a CPU of this kind and to compute the same features.
 
-Why: PyTorch's eager CPU kernels are slow for some architectures. EfficientNet-Lite0's depthwise convolutions run
-about 5x faster in ONNX Runtime, BERT-like text encoders about 1.3x (ONNX Runtime fuses attention, GELU and
-LayerNorm), with features equal to PyTorch's within fp32 rounding (cosine 1.0000, differences ~1e-6; benchmarks/
-cpu_precision.py measures both). The backend therefore does not change what the features *are*: they are fp32
+Why: PyTorch's eager CPU kernels are slow for some architectures. On the 2-core AVX2 development machine
+(benchmarks/cpu_precision.py speed) EfficientNet-Lite0's depthwise convolutions ran x4.1 faster in ONNX Runtime and
+MPNet x1.7 (fused attention), while MiniLM and DINOv2 were no faster, with features equal to PyTorch's within fp32
+rounding (cosine 1.0000). The backend therefore does not change what the features *are*: they are fp32
 features under the same cache key and fingerprint, and the torch Predictor reproduces them at prediction time,
 just as fp32 features computed on another CPU (AVX2 vs AVX512 kernels) differ in the last bits.
 
@@ -14,14 +14,14 @@ for it (cpu_precision.json: faster than torch here, and agreeing), else torch.
 
 The traced graph is cached in `<cache_dir>/onnx/<encoder>-<key>/` (`encoder.onnx` + `graph.json`, written
 atomically; the key covers the encoder's fingerprint, the companion poolings the graph also outputs, the opset and
-the tracer). Before a graph is first used it is checked against the torch encoder on probe inputs; one that
-disagrees (over TOLERANCE) is not used (an error for backend=onnxruntime, a warning and torch for auto). A graph
+the tracer). Each time a graph is loaded for an extraction it is checked against the torch encoder on probe inputs
+(a few texts or images: one small batch, against a changed onnxruntime or a stale graph); one that disagrees (over
+TOLERANCE) is not used (an error for backend=onnxruntime, a warning and torch for auto). A graph
 file whose SHA-256 no longer matches graph.json is deleted with a warning and traced again.
 """
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -102,17 +102,13 @@ def _probe_inputs(encoder) -> dict[str, torch.Tensor]:
     return encoder.preprocess(images)
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[-48:] or "encoder"
-
-
 def graph_dir(encoder, companions: tuple, cache_dir: str | Path | None) -> Path:
-    from .paths import cache_root
+    from .paths import encoder_folder
 
     key = fingerprints.sha256_json({"encoder": encoder.fingerprint(),
                                     "companions": [c.fingerprint() for c in companions],
                                     "opset": OPSET, "format": GRAPH_FORMAT, "torch": torch.__version__})
-    return Path(cache_dir or cache_root()) / "onnx" / f"{_slug(encoder.name)}-{key[:16]}"
+    return encoder_folder(cache_dir, "onnx", encoder.name, key)
 
 
 def _trace(encoder, companions: tuple, folder: Path, probe: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -147,7 +143,7 @@ def ort_session(path: Path):
 def onnx_runner(encoder, cache_dir: str | Path | None) -> Runner:
     """A Runner computing the encoder's pooled vectors and those of all its companions (Encoder.companions: one
     graph per encoder, whichever companions a run needs) with ONNX Runtime from a cached traced graph, traced on
-    first use and checked against torch on probe inputs (see the module docstring)."""
+    first use and checked against torch on probe inputs each time it is loaded (see the module docstring)."""
     companions = encoder.companions()
     try:
         import onnxruntime  # noqa: F401

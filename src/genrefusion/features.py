@@ -20,6 +20,10 @@ damaged value. Shards written before checksums existed cannot be verified, so th
 movies are encoded once more (bit-identical features, the plan being the same). encoder.json only documents the
 folder (every shard names its own fingerprint); a damaged one is rewritten with a warning.
 
+Companions (Encoder.companions: a text encoder's other pooling) are filled from the same forward pass, shard by
+shard with this plan's names, so the second pooling costs no encoding. On a CPU the fp32 model may run in ONNX
+Runtime instead of torch (feature_backends.py; the same features, the same cache folder).
+
 On a GPU the encoder runs under bf16 autocast (fp16 where bf16 is missing; the precision is part of the cache key);
 on a CPU `auto` picks per encoder what the measured evidence supports (precision.py: fp32 unless bf16 is native,
 faster and keeps downstream quality). On a GPU worker processes decode / tokenise upcoming batches into pinned memory. Under torchrun the ranks split the
@@ -31,7 +35,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +50,7 @@ from .atomic import remove_stale_tmp
 from .data import Movie, MovieDataset
 from .fingerprints import PRECISIONS, resolve_precision  # noqa: F401  (public here since before fingerprints.py)
 from .modalities import spec
-from .paths import cache_root
+from .paths import encoder_folder
 
 SHARD_BATCHES = 8  # batches per shard: bounds the work lost to a kill and the number of files
 REPAIR_ATTEMPTS = 3  # extract + load rounds before a cache whose fresh shards still fail is reported as broken
@@ -96,10 +99,6 @@ def join_tables(encoder, tables: Sequence[FeatureTable]) -> FeatureTable:
                         backend="+".join(dict.fromkeys(t.backend for t in tables if t.backend)) or None)
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[-48:] or "encoder"
-
-
 class FeatureCache:
     """The cache folder of one encoder (weights + preprocessing) at one precision, see the module docstring."""
 
@@ -113,7 +112,7 @@ class FeatureCache:
         # Shards name the identity hash; the folder keeps the key of earlier releases (fp32 without precision).
         self.fingerprint = fingerprints.identity_sha256(fp, self.precision)
         key = fingerprints.cache_key(fp, self.precision)
-        self.dir = Path(cache_dir or cache_root()) / "features" / f"{_slug(encoder.name)}-{key[:16]}"
+        self.dir = encoder_folder(cache_dir, "features", encoder.name, key)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.discarded: list[tuple[Path, str]] = []  # shards found damaged and deleted, with the reason
         self._check_encoder_json(fp)
