@@ -355,3 +355,18 @@ def test_the_page_renders_in_headless_chromium(study, tmp_path):
     assert len(sizes) == len(res["corruptions"]) and all(ok and w > 500 for ok, w in sizes)
     assert headings == [e["title"] for e in res["corruptions"].values()]
     assert (tmp_path / "robustness.png").stat().st_size > 10_000
+
+
+def test_the_page_is_rebuilt_from_the_json_alone_and_a_bad_json_is_named(study, tmp_path):
+    from genrefusion.robustness.page import read_result, write_page
+
+    out, res = study
+    again = tmp_path / "again"
+    write_page(read_result(out), again)
+    assert (again / "robustness.md").read_text() == (out / "robustness.md").read_text()
+    with pytest.raises(FileNotFoundError, match=r"robustness\.json: missing \(run `genrefusion robustness` first\)"):
+        read_result(tmp_path / "nowhere")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "robustness.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"bad/robustness\.json: expected a JSON object, got list"):
+        read_result(tmp_path / "bad")

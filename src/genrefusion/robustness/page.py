@@ -4,11 +4,11 @@ as the grid report (report/blocks.py, report/render.py). Everything is written a
 rebuilt from robustness.json alone (`write_page`)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from ..atomic import write_json, write_text
+from ..files import read_json_object
 from ..report.blocks import Figure, Report, Table, Text, fmt
 
 RESULT_FILE = "robustness.json"
@@ -124,10 +124,7 @@ def write_page(result: dict[str, Any], out: str | Path) -> dict[str, Any]:
 
 
 def read_result(out: str | Path) -> dict[str, Any]:
-    path = Path(out) / RESULT_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: missing (run `genrefusion robustness` first)") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a robustness result ({e})") from None
+    """robustness.json of an output folder, what `write_page` rebuilds the page from; a missing file is a
+    FileNotFoundError, any other bad file a ValueError naming it."""
+    return read_json_object(Path(out) / RESULT_FILE, ValueError, " (run `genrefusion robustness` first)",
+                            missing=FileNotFoundError)
