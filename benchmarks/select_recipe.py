@@ -47,8 +47,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--knobs", default=None, help="comma-separated subset of knobs to search (default: all)")
     args = ap.parse_args()
+    # The score reads the final model's validation predictions only (cross-fitted thresholds), so the preset's
+    # out-of-fold fold heads (threshold_source=oof) would be trained for nothing.
     base = load_config(preset="recommended").replace(data=args.data, split="stratified", modalities="both",
-                                                     cache_dir=args.cache_dir)
+                                                     cache_dir=args.cache_dir, threshold_source="val")
     dataset = load_dataset(args.data, "stratified", "both")
     feats = {p: load_features(base.replace(pooling=p), dataset, ("text", "image"), progress=False)[0]
              for p in ("cls", "mean")}
@@ -61,6 +63,7 @@ def main() -> None:
         "modality_dropout": [0.2, 0.0, 0.4],
         "head_dropout": [[0.5, 0.3], [0.3, 0.2]],
         "epochs": [40, 20],
+        "batch_size": [16, 32, 64],
     }
     if args.knobs:
         grid = {k: grid[k] for k in args.knobs.split(",")}

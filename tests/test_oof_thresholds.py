@@ -61,7 +61,8 @@ def test_every_fold_model_predicts_only_movies_it_never_trained_on(synthetic_cat
         return real_fit(model, batch_fn, y, train_idx, val_idx, cfg, loss_fn, **kw)
 
     monkeypatch.setattr(experiment, "fit", spy)
-    cfg = _cfg(synthetic_catalog, tiny_bert, tmp_path, threshold_source="oof", threshold_folds=3)
+    # in this process, where the spy sees every call (test_workers.py covers the fold heads in worker processes)
+    cfg = _cfg(synthetic_catalog, tiny_bert, tmp_path, threshold_source="oof", threshold_folds=3, fold_workers=1)
     experiment.run_experiment(cfg, run_dir=None, log=None)
     final, *folds = calls
     assert len(folds) == 3

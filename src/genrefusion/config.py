@@ -66,6 +66,10 @@ class Config:
     # for the cost of threshold_folds more trainings. The final model is the same either way; test is never used.
     threshold_source: str = "val"
     threshold_folds: int = 5
+    # How the fold heads run on a CPU: side by side in up to this many single-thread worker processes (workers.py,
+    # Linux), 1 = one after the other in this process, 0 = one worker per thread torch may use. The
+    # same trainings either way; only the thread count each runs with differs.
+    fold_workers: int = 0
     seed: int = 0
     # -- execution
     mode: str = "features"  # features: frozen encoders through the cache | end-to-end: encoders in the loop
@@ -89,6 +93,8 @@ class Config:
             raise ValueError("config: aux_loss_weight must be >= 0")
         if self.threshold_folds < 2:
             raise ValueError("config: threshold_folds must be >= 2")
+        if self.fold_workers < 0:
+            raise ValueError("config: fold_workers must be >= 0 (0: as many as the CPU threads allow)")
         if not 0.0 <= self.modality_dropout < 1.0:
             raise ValueError("config: modality_dropout must be in [0, 1)")
         return self
@@ -131,7 +137,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Config keys that say what is trained on what (data, model, encoders, where it runs), not how: a preset sets none
 # of them, so they are left out when a config is matched to its preset.
 NOT_RECIPE = ("data", "split", "modalities", "plot_mode", "split_seed", "strict", "model", "text_encoder",
-              "image_encoder", "seed", "device", "precision", "feature_backend", "cache_dir",
+              "image_encoder", "seed", "device", "precision", "feature_backend", "fold_workers", "cache_dir",
               "out", "name")
 
 

@@ -125,23 +125,37 @@ def load_features(cfg: Config, dataset: MovieDataset, modalities: tuple[str, ...
     return feats, time.perf_counter() - t0
 
 
+def _fold_probabilities(job: tuple, f: int) -> np.ndarray:
+    """Fold f of oof_probabilities: a fresh head trained on the other folds, early-stopped on this one, predicting
+    it. A module-level function, so that a worker process (workers.py) can run it."""
+    cfg, batch_fn, dims, y, pool_arr, fold_of = job
+    held, rest = pool_arr[fold_of == f].tolist(), pool_arr[fold_of != f].tolist()
+    # Its own initialisation, whatever ran before it in this process (folds may run in any order, in any worker).
+    seed_everything(cfg.seed + 1000 * (f + 1))
+    model = build_model(cfg, dims)
+    fit(model, batch_fn, y, rest, held, cfg, build_loss(cfg, y[rest]), log=None)
+    return predict(model, batch_fn, held)[0]
+
+
 def oof_probabilities(cfg: Config, batch_fn, dims: dict[str, int], y: torch.Tensor, pool: list[int],
                       folds: int) -> np.ndarray:
     """Out-of-fold probabilities over the movies `pool` (threshold_source=oof): the pool is cut at random (seeded
     by cfg.seed) into `folds` folds; for each, a fresh model of the configured kind is trained by train.fit on the
     other folds, early-stopped on this one, and predicts it. Row i is pool[i]'s prediction by the model that never
-    trained on it."""
+    trained on it. The folds are independent: on a CPU they train side by side in cfg.fold_workers processes
+    (workers.py; 0 = one per thread torch may use)."""
+    from . import distributed, workers
+
     pool_arr = np.asarray(pool)
     if len(pool_arr) < 2 * folds:
         raise ValueError(f"threshold_source=oof: {len(pool_arr)} movies cannot be cut into {folds} folds")
     fold_of = np.empty(len(pool_arr), dtype=int)
     fold_of[np.random.default_rng(cfg.seed).permutation(len(pool_arr))] = np.arange(len(pool_arr)) % folds
+    n_workers = workers.plan(cfg.fold_workers, folds, distributed.resolve_device(cfg.device))
+    job = (cfg, batch_fn, dims, y, pool_arr, fold_of)
     probs = np.zeros((len(pool_arr), y.shape[1]), dtype=np.float32)
-    for f in range(folds):
-        held, rest = pool_arr[fold_of == f].tolist(), pool_arr[fold_of != f].tolist()
-        model = build_model(cfg, dims)
-        fit(model, batch_fn, y, rest, held, cfg, build_loss(cfg, y[rest]), log=None)
-        probs[fold_of == f] = predict(model, batch_fn, held)[0]
+    for f, p in enumerate(workers.run(_fold_probabilities, job, range(folds), n_workers)):
+        probs[fold_of == f] = p
     return probs
 
 

@@ -1,0 +1,69 @@
+"""Independent CPU trainings side by side in worker processes (threshold_source=oof's fold heads).
+
+Why: a head's training on cached features is a stream of small matrix products (batches of 16 rows), which the
+threads of one process share badly. On the 2-core development machine two single-thread processes train two fold
+heads in little more than the time one two-thread process trains one (benchmarks/fold_workers.py prints the
+ratio), so the fold heads of threshold_source=oof go to worker processes when the CPU has the threads for them.
+
+Workers are forked (Linux only) after the job is in place, so they inherit it (features included) without a copy
+or a pickle, and nothing of the caller's script runs again (a spawned worker would re-import `__main__`, which
+breaks scripts without an `if __name__ == "__main__"` guard). Each worker runs torch on one thread: that is what
+makes forking a process that has used OpenMP safe (as in torch's DataLoader workers), and what the small products
+want anyway. A task's result does not depend on which worker ran it; it can differ in the last bits from the same
+task run with more threads (a matrix product's sums are split differently), which is why the number of workers
+is part of the recorded config.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Callable, Sequence
+
+import torch
+
+from . import distributed
+
+_JOB: Any = None  # the job of the pool being started: forked workers inherit it
+
+
+def plan(requested: int, tasks: int, device: torch.device) -> int:
+    """How many worker processes run `tasks` independent trainings on `device`: 1 = in this process. requested:
+    1 = in this process, N = up to N processes (at most one per task), 0 = one per thread torch may use (on the
+    2-core development machine two workers and five finished five fold heads in the same time). Workers are used
+    on a Linux CPU only, outside torchrun."""
+    if requested < 0:
+        raise ValueError(f"workers={requested}: expected 0 (auto), 1 (in this process) or more")
+    if (requested == 1 or tasks < 2 or device.type != "cpu" or distributed.world_size() > 1
+            or not sys.platform.startswith("linux") or "fork" not in multiprocessing.get_all_start_methods()):
+        return 1
+    workers = min(tasks, torch.get_num_threads() if requested == 0 else requested)
+    return workers if workers >= 2 else 1
+
+
+def _start() -> None:
+    torch.set_num_threads(1)
+
+
+def _call(fn: Callable[[Any, Any], Any], task: Any) -> Any:
+    return fn(_JOB, task)
+
+
+def run(fn: Callable[[Any, Any], Any], job: Any, tasks: Sequence[Any], workers: int) -> list[Any]:
+    """[fn(job, task) for task in tasks], in order; in `workers` forked processes when workers > 1 (each task's
+    result is pickled back). `fn` must be a module-level function. An exception in a task is raised here; a worker
+    that dies (killed, out of memory) raises RuntimeError saying so."""
+    global _JOB
+    if workers <= 1:
+        return [fn(job, task) for task in tasks]
+    _JOB = job  # in place before the pool forks (a fork-context pool starts all its workers at the first submit)
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                 initializer=_start) as pool:
+            return list(pool.map(_call, [fn] * len(tasks), tasks))
+    except BrokenProcessPool as e:
+        raise RuntimeError(f"a worker process died before finishing its training ({e}); "
+                           "set fold_workers=1 to train in this process") from e
+    finally:
+        _JOB = None
