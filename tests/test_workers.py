@@ -25,6 +25,15 @@ def _dies(job, task):
     os._exit(3)
 
 
+def _fails_while_another_runs(job, task):
+    if task == 0:
+        raise ValueError("the first task fails")
+    import time
+
+    time.sleep(20)
+    (job / f"finished-{task}").write_text("a training nobody waits for")
+
+
 def test_plan_uses_workers_only_where_they_can_help(monkeypatch):
     from genrefusion import workers
 
@@ -75,6 +84,15 @@ def test_a_failing_task_raises_here_and_a_dead_worker_is_named():
         workers.run(_fails, None, [0, 1, 2], 2)
     with pytest.raises(RuntimeError, match="worker process died .* fold_workers=1"):
         workers.run(_dies, None, [0, 1], 2)
+
+
+@linux_only
+def test_a_failure_stops_the_other_workers_instead_of_waiting_for_them(tmp_path):
+    from genrefusion import workers
+
+    with pytest.raises(ValueError, match="the first task fails"):
+        workers.run(_fails_while_another_runs, tmp_path, [0, 1], 2)
+    assert not list(tmp_path.iterdir())  # task 1 was terminated, not run to its end
 
 
 @linux_only

@@ -52,18 +52,37 @@ def _call(fn: Callable[[Any, Any], Any], task: Any) -> Any:
 
 def run(fn: Callable[[Any, Any], Any], job: Any, tasks: Sequence[Any], workers: int) -> list[Any]:
     """[fn(job, task) for task in tasks], in order; in `workers` forked processes when workers > 1 (each task's
-    result is pickled back). `fn` must be a module-level function. An exception in a task is raised here; a worker
-    that dies (killed, out of memory) raises RuntimeError saying so."""
+    result is pickled back). `fn` must be a module-level function. An exception in a task is raised here, and so is
+    Ctrl-C, at once: the other workers are terminated, not waited for. A worker that dies (killed, out of memory)
+    raises RuntimeError saying so."""
     global _JOB
     if workers <= 1:
         return [fn(job, task) for task in tasks]
     _JOB = job  # in place before the pool forks (a fork-context pool starts all its workers at the first submit)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_start)
+    futures = []
     try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                 initializer=_start) as pool:
-            return list(pool.map(_call, [fn] * len(tasks), tasks))
+        futures = [pool.submit(_call, fn, task) for task in tasks]
+        return [f.result() for f in futures]
     except BrokenProcessPool as e:
         raise RuntimeError(f"a worker process died before finishing its training ({e}); "
                            "set fold_workers=1 to train in this process") from e
+    except BaseException:  # a failed task or Ctrl-C: the other trainings are not waited for
+        for f in futures:
+            f.cancel()
+        _stop_workers(pool)
+        raise
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         _JOB = None
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate the pool's processes at once (Python 3.14 has this as a method; before, the processes are only
+    reachable through the pool's own table)."""
+    if hasattr(pool, "terminate_workers"):
+        pool.terminate_workers()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        if process.is_alive():
+            process.terminate()
