@@ -104,6 +104,30 @@ def test_config_presets_yaml_and_overrides(tmp_path):
         load_config(preset="nope")
 
 
+@pytest.mark.parametrize("override, message", [
+    ("batch_size=2.5", "batch_size=2.5: expected a whole number"),
+    ("epochs=abc", "epochs='abc': expected a whole number"),
+    ("threshold_folds=true", "threshold_folds=True: expected a whole number"),
+    ("fold_workers=[2]", r"fold_workers=\[2\]: expected a whole number"),
+    ("strict=maybe", "strict='maybe': expected true or false"),
+    ("head_dropout=0.5", "head_dropout=0.5: expected a list of numbers"),
+    ("head_dropout=[0.5, x]", "expected a list of numbers"),
+    ("lr=.inf", "lr=inf: expected a finite number"),
+    ("lr=[1", "not valid YAML"),
+])
+def test_a_value_of_the_wrong_type_is_refused_naming_the_key(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(preset="recommended", overrides=[override])
+
+
+def test_values_are_read_as_their_keys_type():
+    cfg = load_config(overrides=["batch_size=32.0", "name=0012", "cache_dir=null", "strict=yes", "split_seed=7"])
+    assert (cfg.batch_size, cfg.name, cfg.cache_dir, cfg.strict, cfg.split_seed) == (32, "0012", None, True, 7)
+    assert isinstance(cfg.batch_size, int)
+    with pytest.raises(ValueError, match="fold_workers='two': expected a whole number"):
+        Config(fold_workers="two").validate()  # built in code, not parsed: the same check
+
+
 @pytest.mark.parametrize("weight", [0.0, 0.5])
 def test_aux_loss_adds_each_branchs_own_loss(weight):
     """With one batch per epoch, epoch 1's train loss is the loss at the initial weights: the fused loss plus

@@ -5,6 +5,7 @@ The resolved config is saved next to every run's results so a number can always 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,10 @@ class Config:
     name: str | None = None  # run folder name; default derived from model and seed
 
     def validate(self) -> "Config":
+        for f in dataclasses.fields(self):  # a wrong type gets a message naming the key, not a TypeError later
+            problem = _type_problem(f.type, getattr(self, f.name))
+            if problem:
+                raise ValueError(f"config {f.name}={getattr(self, f.name)!r}: expected {problem}")
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"config {key}={getattr(self, key)!r}: expected one of {allowed}")
@@ -156,6 +161,28 @@ def describe_preset(values: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return best[1], best[2]
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _type_problem(kind: str, value: Any) -> str | None:
+    """What a field of type `kind` (its annotation, as text) expects, when `value` is not that; None when it is."""
+    if kind == "str":
+        return None if isinstance(value, str) else "a string"
+    if kind == "str | None":
+        return None if value is None or isinstance(value, str) else "a string (or null)"
+    if kind == "int":
+        return None if isinstance(value, int) and not isinstance(value, bool) else "a whole number"
+    if kind == "float":
+        return None if _is_number(value) and math.isfinite(value) else "a finite number"
+    if kind == "bool":
+        return None if isinstance(value, bool) else "true or false"
+    if kind == "list[float]":
+        ok = isinstance(value, (list, tuple)) and all(_is_number(v) and math.isfinite(v) for v in value)
+        return None if ok else "a list of numbers"
+    return None
+
+
 def _field_types() -> dict[str, Any]:
     return {f.name: f for f in dataclasses.fields(Config)}
 
@@ -168,7 +195,12 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str) -> Conf
     values = {}
     for key, value in overrides.items():
         default = getattr(cfg, key)
+        kind = fields[key].type
         # YAML reads "1" as an int and "1e-3" (no dot) as a string; coerce numbers, leave the rest to validate().
+        if kind == "int" and isinstance(value, float) and value.is_integer():
+            value = int(value)  # "5.0" is five; "2.5" is left for validate() to refuse
+        elif kind in ("str", "str | None") and _is_number(value):
+            value = str(value)  # a YAML file's `name: 2024`
         if isinstance(default, float) and not isinstance(value, bool):
             if isinstance(value, int):
                 value = float(value)
@@ -185,7 +217,17 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ValueError(f"override {text!r}: expected key=value")
     key, raw = text.split("=", 1)
-    return key.strip().replace("-", "_"), yaml.safe_load(raw)
+    key = key.strip().replace("-", "_")
+    field_ = _field_types().get(key)
+    if field_ is not None and field_.type in ("str", "str | None"):  # text as typed: name=0012 is "0012", not 10
+        stripped = raw.strip()
+        if field_.type == "str | None" and stripped.lower() in ("", "null", "none", "~"):
+            return key, None
+        return key, stripped
+    try:
+        return key, yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ValueError(f"override {text!r}: the value is not valid YAML ({e.__class__.__name__})") from None
 
 
 def load_config(path: str | Path | None = None, preset: str | None = None,
