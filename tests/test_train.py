@@ -126,6 +126,11 @@ def test_values_are_read_as_their_keys_type():
     assert isinstance(cfg.batch_size, int)
     with pytest.raises(ValueError, match="fold_workers='two': expected a whole number"):
         Config(fold_workers="two").validate()  # built in code, not parsed: the same check
+    from pathlib import Path
+
+    in_code = Config(data=Path("/data/mmimdb"), cache_dir=Path("/tmp/cache")).validate()  # paths are kept as text
+    assert (in_code.data, in_code.cache_dir) == ("/data/mmimdb", "/tmp/cache")
+    assert in_code.replace(out=Path("runs")).out == "runs"
 
 
 @pytest.mark.parametrize("weight", [0.0, 0.5])

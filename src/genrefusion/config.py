@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,14 @@ class Config:
     cache_dir: str | None = None
     out: str = "runs"
     name: str | None = None  # run folder name; default derived from model and seed
+
+    def __post_init__(self) -> None:
+        # A path given in code (Config(data=Path(...)), run_grid(cache_dir=Path(...))) is kept as text, the form
+        # the config is saved in.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("str", "str | None") and isinstance(value, os.PathLike):
+                setattr(self, f.name, os.fspath(value))
 
     def validate(self) -> "Config":
         for f in dataclasses.fields(self):  # a wrong type gets a message naming the key, not a TypeError later
