@@ -203,14 +203,13 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], source: str) -> Conf
         raise ValueError(f"{source}: unknown config key(s) {unknown}; known: {sorted(fields)}")
     values = {}
     for key, value in overrides.items():
-        default = getattr(cfg, key)
         kind = fields[key].type
         # YAML reads "1" as an int and "1e-3" (no dot) as a string; coerce numbers, leave the rest to validate().
         if kind == "int" and isinstance(value, float) and value.is_integer():
             value = int(value)  # "5.0" is five; "2.5" is left for validate() to refuse
         elif kind in ("str", "str | None") and _is_number(value):
             value = str(value)  # a YAML file's `name: 2024`
-        if isinstance(default, float) and not isinstance(value, bool):
+        if kind == "float" and not isinstance(value, bool):
             if isinstance(value, int):
                 value = float(value)
             elif isinstance(value, str):

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from . import __version__, fingerprints
+from . import __version__, fingerprints, workers
 from .batching import FeatureBatches
 from .config import Config
 from .data import MovieDataset, load_dataset
@@ -144,14 +144,12 @@ def oof_probabilities(cfg: Config, batch_fn, dims: dict[str, int], y: torch.Tens
     other folds, early-stopped on this one, and predicts it. Row i is pool[i]'s prediction by the model that never
     trained on it. The folds are independent: on a CPU they train side by side in cfg.fold_workers processes
     (workers.py; 0 = one per thread torch may use)."""
-    from . import distributed, workers
-
     pool_arr = np.asarray(pool)
     if len(pool_arr) < 2 * folds:
         raise ValueError(f"threshold_source=oof: {len(pool_arr)} movies cannot be cut into {folds} folds")
     fold_of = np.empty(len(pool_arr), dtype=int)
     fold_of[np.random.default_rng(cfg.seed).permutation(len(pool_arr))] = np.arange(len(pool_arr)) % folds
-    n_workers = workers.plan(cfg.fold_workers, folds, distributed.resolve_device(cfg.device))
+    n_workers = workers.plan(cfg.fold_workers, folds, resolve_device(cfg.device))
     job = (cfg, batch_fn, dims, y, pool_arr, fold_of)
     probs = np.zeros((len(pool_arr), y.shape[1]), dtype=np.float32)
     for f, p in enumerate(workers.run(_fold_probabilities, job, range(folds), n_workers)):

@@ -36,7 +36,7 @@ def plan(requested: int, tasks: int, device: torch.device) -> int:
     if requested < 0:
         raise ValueError(f"workers={requested}: expected 0 (auto), 1 (in this process) or more")
     if (requested == 1 or tasks < 2 or device.type != "cpu" or distributed.world_size() > 1
-            or not sys.platform.startswith("linux") or "fork" not in multiprocessing.get_all_start_methods()):
+            or not sys.platform.startswith("linux")):
         return 1
     workers = min(tasks, torch.get_num_threads() if requested == 0 else requested)
     return workers if workers >= 2 else 1
