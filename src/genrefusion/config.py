@@ -133,7 +133,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # lr 3e-4 > 1e-3, LayerNorm >> none, ASL > BCE with pos_weight > BCE, per-genre >= global thresholds, 20 > 40
     # epochs; modality dropout 0.2 tied 0.0 (0.3533 vs 0.3535), so it stays for movies that lack a poster.
     # Batch 16 stays, although larger batches train faster on a CPU: 3 seeds, 1 December 2026, batch 16 / 32 / 64:
-    # 0.3607 / 0.3575 / 0.3503 (train time x1 / x0.71 / x0.63).
+    # 0.3607 / 0.3575 / 0.3503 (wall time of the candidate's runs x1 / x0.71 / x0.63).
     # Late fusion's auxiliary branch losses were chosen with benchmarks/select_fusion.py (out-of-fold scores over
     # train + validation, 3 seeds, MPNet + EfficientNet): aux 0.5 raised late fusion's macro-F1 0.4704 -> 0.4815;
     # per-genre late weights did not help (0.4668, and 0.4684 with aux), so late_weights stays scalar.
