@@ -24,9 +24,9 @@ def test_oof_thresholds_are_tuned_on_out_of_fold_predictions_over_train_and_vali
     seen = {}
     real = experiment.oof_probabilities
 
-    def spy(cfg, batch_fn, dims, y, pool, folds):
+    def spy(cfg, batch_fn, dims, y, pool, folds, final=None):
         seen["pool"], seen["folds"] = list(pool), folds
-        seen["probs"] = real(cfg, batch_fn, dims, y, pool, folds)
+        seen["probs"] = real(cfg, batch_fn, dims, y, pool, folds, final=final)
         seen["y"] = y[pool].numpy()
         return seen["probs"]
 
@@ -109,3 +109,40 @@ def test_the_recommended_preset_tunes_on_oof_and_says_how_to_leave_it(synthetic_
     with pytest.raises(ValueError, match="distill: threshold_source=oof .* use threshold_source=val"):
         student_config(load_config(preset="recommended").to_dict(), "minilm-l6", "efficientnet-lite0",
                        ["threshold_source=oof"], data=str(synthetic_catalog))
+
+
+def test_the_final_model_trained_beside_the_fold_heads_is_the_one_trained_in_the_process(
+        synthetic_catalog, tiny_bert, tmp_path):
+    """With fold workers the final model is one more task of theirs; on one thread it must come out exactly as when
+    everything trains in this process: the same weights, thresholds, history, and the same log lines and epoch rows
+    reaching the caller (replayed once it has finished)."""
+    import torch
+
+    from genrefusion import workers
+    from genrefusion.experiment import run_experiment
+    from safetensors.torch import load_file
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' one thread, so fold_workers=2 changes where, not how, it computes
+    runs = {}
+    try:
+        for fw in (1, 2):
+            lines, rows = [], []
+            cfg = _cfg(synthetic_catalog, tiny_bert, tmp_path, threshold_source="oof", threshold_folds=3,
+                       fold_workers=fw, name=f"fw{fw}")
+            assert workers.plan(fw, 4, torch.device("cpu")) == fw
+            m = run_experiment(cfg, run_dir=tmp_path / f"fw{fw}", log=lines.append, on_epoch=rows.append)
+            runs[fw] = (m, lines, rows)
+    finally:
+        torch.set_num_threads(threads)
+    (one, one_lines, one_rows), (two, two_lines, two_rows) = runs[1], runs[2]
+    assert one["oof"]["final_beside_folds"] is False and two["oof"]["final_beside_folds"] is True
+    assert one_lines and one_lines == two_lines  # the epoch lines, in order
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert strip(one_rows) == strip(two_rows) == strip(two["history"])
+    assert one["thresholds"] == two["thresholds"] and one["test"] == two["test"]
+    assert one["best_epoch"] == two["best_epoch"]
+    w1, w2 = (load_file(tmp_path / f"fw{fw}" / "model" / "model.safetensors") for fw in (1, 2))
+    assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
+    for m in (one, two):
+        assert m["timings"]["train_oof_s"] >= m["timings"]["oof_s"] > 0

@@ -7,6 +7,7 @@ and `model/` (weights + what is needed to rebuild the model).
 """
 from __future__ import annotations
 
+import io
 import platform
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from .modalities import MODALITIES, spec
 from .runs import Predictions, write_run
 from .runs import save_predictions  # noqa: F401  (public here since before runs.py)
 from .summary import data_summary, format_data_line, skipped_record
-from .train import encoder_precision, fit, predict, seed_everything
+from .train import TrainResult, encoder_precision, fit, predict, seed_everything
 
 ANALYSIS_KEYS = ("gate", "modality_weights", "alpha")  # GMU image share, attention weights, late-fusion a
 
@@ -116,6 +117,12 @@ class Targets:
     evaluate: Callable[[list[int], np.ndarray, Any], dict[str, Any]] | None = None
 
 
+def uses_fold_heads(cfg: Config) -> bool:
+    """Whether a run trains threshold_folds fold heads besides its model (thresholds tuned on their out-of-fold
+    predictions, threshold_source=oof)."""
+    return cfg.threshold_source == "oof" and cfg.threshold_mode != "fixed"
+
+
 def load_features(cfg: Config, dataset: MovieDataset, modalities: tuple[str, ...], sequences: bool = False,
                   progress: bool = True) -> tuple[Features, float]:
     t0 = time.perf_counter()
@@ -125,35 +132,85 @@ def load_features(cfg: Config, dataset: MovieDataset, modalities: tuple[str, ...
     return feats, time.perf_counter() - t0
 
 
-def _fold_probabilities(job: tuple, f: int) -> np.ndarray:
-    """Fold f of oof_probabilities: a fresh head trained on the other folds, early-stopped on this one, predicting
-    it. A module-level function, so that a worker process (workers.py) can run it."""
-    cfg, batch_fn, dims, y, pool_arr, fold_of = job
-    held, rest = pool_arr[fold_of == f].tolist(), pool_arr[fold_of != f].tolist()
+@dataclass
+class FinalFit:
+    """The model whose thresholds the fold heads tune, handed to oof_probabilities so that it can train as one more
+    task beside them: train.fit's arguments, and on return `result` (its TrainResult) with `model` holding the
+    trained weights."""
+
+    model: torch.nn.Module
+    train_idx: list[int]
+    val_idx: list[int]
+    loss_fn: torch.nn.Module
+    log: Callable[[str], None] | None = None
+    on_epoch: Callable[[dict], None] | None = None
+    result: TrainResult | None = None
+
+
+FINAL = "final"  # the task that trains the FinalFit among the fold tasks 0..folds-1
+
+
+def _fold_task(job: tuple, task: int | str) -> Any:
+    """One task of oof_probabilities. Fold f: a fresh head trained on the other folds, early-stopped on this one,
+    predicting it. FINAL: the final model trained as `fit` would in the caller (its log lines and epoch rows are
+    collected and handed back, with its weights, to be replayed there). A module-level function, so that a worker
+    process (workers.py) can run it."""
+    cfg, batch_fn, dims, y, pool_arr, fold_of, final = job
+    if task == FINAL:
+        lines: list[str] = []
+        rows: list[dict] = []
+        result = fit(final.model, batch_fn, y, final.train_idx, final.val_idx, cfg, final.loss_fn,
+                     log=lines.append if final.log else None, on_epoch=rows.append if final.on_epoch else None,
+                     val_labels=y)
+        # as bytes: a pickled tensor would travel through shared memory that the worker owns
+        buffer = io.BytesIO()
+        torch.save(final.model.state_dict(), buffer)
+        return buffer.getvalue(), result, lines, rows
+    held, rest = pool_arr[fold_of == task].tolist(), pool_arr[fold_of != task].tolist()
     # Its own initialisation, whatever ran before it in this process (folds may run in any order, in any worker).
-    seed_everything(cfg.seed + 1000 * (f + 1))
+    seed_everything(cfg.seed + 1000 * (task + 1))
     model = build_model(cfg, dims)
     fit(model, batch_fn, y, rest, held, cfg, build_loss(cfg, y[rest]), log=None)
     return predict(model, batch_fn, held)[0]
 
 
 def oof_probabilities(cfg: Config, batch_fn, dims: dict[str, int], y: torch.Tensor, pool: list[int],
-                      folds: int) -> np.ndarray:
+                      folds: int, final: FinalFit | None = None) -> np.ndarray:
     """Out-of-fold probabilities over the movies `pool` (threshold_source=oof): the pool is cut at random (seeded
     by cfg.seed) into `folds` folds; for each, a fresh model of the configured kind is trained by train.fit on the
     other folds, early-stopped on this one, and predicts it. Row i is pool[i]'s prediction by the model that never
     trained on it. The folds are independent: on a CPU they train side by side in cfg.fold_workers processes
-    (workers.py; 0 = one per thread torch may use)."""
+    (workers.py; 0 = one per thread torch may use).
+
+    `final`, when given, is trained too: in this process first when the folds train here, else as one more task of
+    the same workers, so that no worker waits for it (on the 2-core development machine, six trainings in three
+    rounds of two instead of one in the process and five in three rounds). Its log lines and epoch rows reach
+    final.log and final.on_epoch when it has finished."""
     pool_arr = np.asarray(pool)
     if len(pool_arr) < 2 * folds:
         raise ValueError(f"threshold_source=oof: {len(pool_arr)} movies cannot be cut into {folds} folds")
     fold_of = np.empty(len(pool_arr), dtype=int)
     fold_of[np.random.default_rng(cfg.seed).permutation(len(pool_arr))] = np.arange(len(pool_arr)) % folds
-    n_workers = workers.plan(cfg.fold_workers, folds, resolve_device(cfg.device))
-    job = (cfg, batch_fn, dims, y, pool_arr, fold_of)
+    tasks: list[int | str] = list(range(folds))
+    n_workers = workers.plan(cfg.fold_workers, folds + (final is not None), resolve_device(cfg.device))
+    if final is not None:
+        if n_workers > 1:
+            tasks.insert(0, FINAL)  # first: the caller needs it whatever the thresholds turn out to be
+        else:
+            final.result = fit(final.model, batch_fn, y, final.train_idx, final.val_idx, cfg, final.loss_fn,
+                               log=final.log, on_epoch=final.on_epoch, val_labels=y)
+    job = (cfg, batch_fn, dims, y, pool_arr, fold_of, final)
     probs = np.zeros((len(pool_arr), y.shape[1]), dtype=np.float32)
-    for f, p in enumerate(workers.run(_fold_probabilities, job, range(folds), n_workers)):
-        probs[fold_of == f] = p
+    for task, out in zip(tasks, workers.run(_fold_task, job, tasks, n_workers)):
+        if task == FINAL:
+            state, final.result, lines, rows = out
+            final.model.load_state_dict(torch.load(io.BytesIO(state), weights_only=True))
+            for line in lines:
+                final.log(line)
+            for row in rows:
+                final.on_epoch(row)
+        else:
+            probs[fold_of == task] = out
     return probs
 
 
@@ -186,6 +243,13 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None,
     modalities = model_modalities(cfg.model)
     sequences = reads_sequences(cfg)
     check_encoders(cfg, modalities, sequences)
+    use_oof = uses_fold_heads(cfg)
+    if use_oof and cfg.mode != "features":  # refused before any work
+        raise ValueError("threshold_source=oof trains threshold_folds extra heads over cached features: it "
+                         "needs mode=features (add threshold_source=val to tune on validation instead)")
+    if use_oof and targets is not None:  # the fold heads learn the labels, so their probabilities would not fit
+        raise ValueError("threshold_source=oof: the fold heads are trained on the labels, not on these targets "
+                         "(distillation); use threshold_source=val")
     t = time.perf_counter()
     if dataset is None:
         dataset = load_dataset(cfg.data, cfg.split, cfg.modalities, cfg.strict, cfg.plot_mode, cfg.split_seed)
@@ -241,28 +305,33 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None,
             raise ValueError(f"targets.y has {targets.y.shape[0]} rows for {len(dataset.movies)} movies")
         train_idx = train_idx + [i for i in targets.extra_train if usable[i]]
         loss_fn, y_fit = targets.loss_fn, targets.y
-    result = fit(model, batch_fn, y_fit, train_idx, val_idx, cfg, loss_fn, extra_param_groups=extra_groups,
-                 log=log, on_epoch=on_epoch, val_labels=y)
+    oof: dict[str, Any] | None = None
+    if use_oof:
+        # The fold heads and the final model are independent trainings: they run as one set of tasks (the final
+        # one beside the fold heads when they go to worker processes, see oof_probabilities).
+        t_oof = time.perf_counter()
+        pool = train_idx + val_idx  # never test
+        final = FinalFit(model, train_idx, val_idx, loss_fn, log=log, on_epoch=on_epoch)
+        oof_probs = oof_probabilities(cfg, batch_fn, dims, y, pool, cfg.threshold_folds, final=final)
+        assert final.result is not None
+        result = final.result
+        # train_oof_s: the wall time of all threshold_folds + 1 trainings; oof_s: what the fold heads added to the
+        # final model's training (all of it when the final one trained beside them)
+        timings["train_oof_s"] = time.perf_counter() - t_oof
+        beside = workers.plan(cfg.fold_workers, cfg.threshold_folds + 1, resolve_device(cfg.device)) > 1
+        timings["oof_s"] = timings["train_oof_s"] - (0.0 if beside else result.seconds)
+        oof = {"folds": cfg.threshold_folds, "n": len(pool), "final_beside_folds": beside}
+    else:
+        result = fit(model, batch_fn, y_fit, train_idx, val_idx, cfg, loss_fn, extra_param_groups=extra_groups,
+                     log=log, on_epoch=on_epoch, val_labels=y)
     timings["train_s"] = result.seconds
 
     t = time.perf_counter()
     val_probs, _ = predict(model, batch_fn, val_idx)
     threshold = tune_thresholds(y[val_idx].numpy(), val_probs, cfg.threshold_mode)  # validation data only
-    oof: dict[str, Any] | None = None
-    if cfg.threshold_source == "oof" and cfg.threshold_mode != "fixed":
-        if cfg.mode != "features":
-            raise ValueError("threshold_source=oof trains threshold_folds extra heads over cached features: it "
-                             "needs mode=features (add threshold_source=val to tune on validation instead)")
-        if targets is not None:  # the fold heads learn the labels, so their probabilities would not fit this model's
-            raise ValueError("threshold_source=oof: the fold heads are trained on the labels, not on these targets "
-                             "(distillation); use threshold_source=val")
-        t_oof = time.perf_counter()
-        pool = train_idx + val_idx  # never test
-        oof_probs = oof_probabilities(cfg, batch_fn, dims, y, pool, cfg.threshold_folds)
-        oof = {"folds": cfg.threshold_folds, "n": len(pool),
-               "val_thresholds": np.asarray(threshold).tolist()}  # what validation alone would have chosen
+    if oof is not None:
+        oof["val_thresholds"] = np.asarray(threshold).tolist()  # what validation alone would have chosen
         threshold = tune_thresholds(y[pool].numpy(), oof_probs, cfg.threshold_mode)
-        timings["oof_s"] = time.perf_counter() - t_oof
     test_probs, analysis = predict(model, batch_fn, test_idx, keep=ANALYSIS_KEYS)
     y_test = y[test_idx].numpy()
     metrics = {
