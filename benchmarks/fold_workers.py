@@ -1,9 +1,14 @@
-"""threshold_source=oof's fold heads one after the other in this process (fold_workers=1) vs side by side in
-single-thread worker processes (fold_workers=0, the default), on cached sample features: oof_s of the same
-recommended-preset runs side by side, interleaved over rounds (best of each), with the thresholds each chose (they
-should agree: the same trainings, each fold head seeded by its fold).
+"""threshold_source=oof's trainings (the final model and its fold heads) one after the other in this process
+(fold_workers=1) vs side by side in single-thread worker processes (fold_workers=0, the default: the final model
+trains beside its fold heads), on cached sample features: train_oof_s (the wall time of all the trainings) of the
+same recommended-preset runs side by side, interleaved over rounds (best of each), with the thresholds each chose
+(they should agree: the same trainings, each fold head seeded by its fold).
 
     PYTHONPATH=src .venv/bin/python benchmarks/fold_workers.py --data ../shared/data/mmimdb-sample [--models text,gmu]
+
+With --grid, instead: the thesis grid (whose rows have no fold heads, so the rows themselves go to the workers),
+training+evaluation time with its rows one after the other in this process vs side by side, and the largest
+difference of a row's test macro-F1 between the two.
 
 The features must be in the cache (e.g. after `make demo`, or `genrefusion features`).
 """
@@ -30,7 +35,10 @@ def main() -> None:
     ap.add_argument("--image-encoder", default="efficientnet-lite0")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--grid", action="store_true", help="time the thesis grid's rows instead of fold heads")
     args = ap.parse_args()
+    if args.grid:
+        return grid_rows(args)
     auto = workers.plan(0, 5, torch.device("cpu"))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fold_workers=0 -> {auto} worker(s), "
           f"load {os.getloadavg()[0]:.2f}")
@@ -50,13 +58,33 @@ def main() -> None:
                                                       cfg.plot_mode, cfg.split_seed)
                     feats, _ = load_features(cfg, dataset, model_modalities(cfg.model), progress=False)
                     m = run_experiment(cfg, dataset=dataset, features=feats, log=None)
-                    seconds[kind].append(m["timings"]["oof_s"])
+                    seconds[kind].append(m["timings"]["train_oof_s"])
                     thresholds[kind] = np.asarray(m["thresholds"])
             one, side = min(seconds["1"]), min(seconds["0"])
-            print(f"{model:<8} fold heads one after the other {one:6.1f} s  side by side {side:6.1f} s  "
+            print(f"{model:<8} final + fold heads one after the other {one:6.1f} s  side by side {side:6.1f} s  "
                   f"side/one x{side / one:.2f}  largest threshold difference "
                   f"{np.abs(thresholds['1'] - thresholds['0']).max():.3f}", flush=True)
     print(f"load at the end {os.getloadavg()[0]:.2f}")
+
+
+def grid_rows(args: argparse.Namespace) -> None:
+    from genrefusion.grid import run_grid
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}")
+    seconds: dict[str, list[float]] = {"1": [], "0": []}
+    macro: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as out:
+        for r in range(args.rounds):
+            for kind in seconds:
+                g = run_grid(args.data, preset="thesis", split="stratified", modalities="both",
+                             cache_dir=args.cache_dir, out=os.path.join(out, f"{kind}-{r}"), report=False,
+                             log=lambda *_: None, config_overrides=[f"fold_workers={kind}"])
+                seconds[kind].append(g["timings"]["train_eval_s"])
+                macro[kind] = [row["test"]["f1_macro"] for row in g["rows"]]
+    one, side = min(seconds["1"]), min(seconds["0"])
+    print(f"thesis grid, 9 rows: one after the other {one:6.1f} s  side by side {side:6.1f} s  side/one "
+          f"x{side / one:.2f}  largest test macro-F1 difference "
+          f"{np.abs(np.subtract(macro['1'], macro['0'])).max():.4f}  (load {os.getloadavg()[0]:.2f})")
 
 
 if __name__ == "__main__":

@@ -141,3 +141,53 @@ def test_end_to_end_mode_fine_tunes_the_encoders(synthetic_catalog, tiny_bert, t
         c, d = batches(idx, False)["image"], batches(idx, False)["image"]
     present = out["image_present"]
     assert not torch.allclose(a[present], b[present]) and torch.equal(c, d)
+
+
+def test_grid_rows_train_side_by_side_like_in_the_process(sample_root, tmp_path, tiny_bert, tiny_vit, monkeypatch):
+    """Rows without fold heads of their own train in worker processes (fold_workers); on one thread the grid comes
+    out exactly as when every row trains in this process, with the rows' lines logged in order. fuse=auto still
+    waits for the unimodal rows."""
+    import torch
+
+    from genrefusion import grid as grid_mod
+    from genrefusion import workers
+    from genrefusion.config import Config
+    from genrefusion.grid import AUTO, row_workers, run_grid
+
+    data = make_subset(sample_root, tmp_path / "subset", {"train": 40, "dev": 20, "test": 30})
+    slots = [f"BERT={tiny_bert}", f"RoBERTa={tiny_bert}", f"ResNet50={tiny_vit}", f"ViT={tiny_vit}"]
+    pools = []
+    real_run = workers.run
+    monkeypatch.setattr(workers, "run", lambda fn, job, tasks, n, **kw: (pools.append((fn, len(tasks), n)),
+                                                                         real_run(fn, job, tasks, n, **kw))[1])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' one thread, so only where the rows train differs
+    grids, lines = {}, {}
+    try:
+        for fw in (1, 2):
+            lines[fw] = []
+            grids[fw] = run_grid(str(data), split="stratified", modalities="both", slot_overrides=slots,
+                                 rows=["BERT", "ViT", "Early Fusion", "GMU"], seeds=2, fuse=(AUTO,),
+                                 cache_dir=str(tmp_path / "c"), out=tmp_path / f"o{fw}", report=False,
+                                 log=lines[fw].append, config_overrides=["epochs=2", f"fold_workers={fw}"])
+    finally:
+        torch.set_num_threads(threads)
+    # two pools with fold_workers=2 (unimodal rows, then the fusions fuse=auto chose from them), none with 1
+    assert [(fn, t, n) for fn, t, n in pools] == [(grid_mod._row_seed_task, 4, 2), (grid_mod._row_seed_task, 4, 2)]
+    one, two = grids[1], grids[2]
+    assert one["fuse_choice"] == two["fuse_choice"]
+    assert [r["row"] for r in two["rows"]] == ["ViT", "BERT", "Early Fusion", "GMU"]  # ROWS order
+    for a, b in zip(one["rows"], two["rows"]):
+        assert a["test"] == b["test"] and a["val_score"] == b["val_score"] and a["runs"] == b["runs"]
+    strip = lambda ls: [l.rsplit(", ", 1)[0] for l in ls if "seed" in l]  # noqa: E731  (drop the seconds)
+    assert strip(lines[1]) == strip(lines[2]) and len(strip(lines[2])) == 8
+    for r in two["rows"]:
+        for d in r["runs"]:
+            assert (tmp_path / "o2" / d / "metrics.json").exists()
+    # where rows stay in the process: fold heads of their own, tracking, end-to-end, one worker asked for
+    base = Config(fold_workers=2).validate()
+    assert row_workers(base, 4, False) == 2
+    assert row_workers(base.replace(threshold_source="oof", threshold_mode="per_genre"), 4, False) == 1
+    assert row_workers(base, 4, True) == 1
+    assert row_workers(base.replace(mode="end-to-end"), 4, False) == 1
+    assert row_workers(base.replace(fold_workers=1), 4, False) == 1

@@ -68,8 +68,9 @@ class Config:
     # for the cost of threshold_folds more trainings. The final model is the same either way; test is never used.
     threshold_source: str = "val"
     threshold_folds: int = 5
-    # How the fold heads run on a CPU: side by side in up to this many single-thread worker processes (workers.py,
-    # Linux), 1 = one after the other in this process, 0 = one worker per thread torch may use. The
+    # How independent head trainings run on a CPU (workers.py, Linux): side by side in up to this many single-thread
+    # worker processes, 1 = one after the other in this process, 0 = one worker per thread torch may use. They are a
+    # run's model and its fold heads (threshold_source=oof), or a grid's rows when those have no fold heads. The
     # same trainings either way; only the thread count each runs with differs.
     fold_workers: int = 0
     seed: int = 0

@@ -15,12 +15,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import runs, tracking
-from .config import load_config
+from . import runs, tracking, workers
+from .config import Config, load_config
 from .data import load_dataset
-from .distributed import is_main
+from .distributed import is_main, resolve_device
 from .encoders.concat import SEPARATOR
-from .experiment import check_encoders, load_features, reads_sequences
+from .experiment import check_encoders, load_features, reads_sequences, run_experiment, uses_fold_heads
 from .metrics import format_table
 from .modalities import spec
 from .report import write_report
@@ -156,39 +156,17 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
         t = time.perf_counter()
         results: list[dict[str, Any]] = []
         fuse_choice = None
-        for row in selected:
-            if auto and row.kind == "fusion":
-                if fuse_choice is None:
-                    fuse_choice = choose_fusion_slots(results, out)
-                    fuse = (fuse_choice["text"], fuse_choice["image"])
-                    log(f"fusing {fuse[0]} + {fuse[1]}: the best text and image rows by validation macro-F1 "
-                        "(thresholds cross-fitted within validation)")
-                row = dataclasses.replace(row, text_slot=fuse[0], image_slot=fuse[1])
-            label = row_label(row, slots)
-            seed_metrics = []
-            run_dirs: list[str] = []
-            row_slots = [s for s in (row.text_slot, row.image_slot) if s]
-            for s in range(seeds):
-                cfg = base.replace(model=row.model, seed=base.seed + s,
-                                   name=f"{_slug(row.name)}/seed-{base.seed + s}",
-                                   **{spec(slot_modality(k)).encoder_config: slots[k] for k in row_slots})
-                feats = {slot_modality(k): tables[k] for k in row_slots}
-                run_dir = out / _slug(row.name) / f"seed-{base.seed + s}"
-                m = tracking.tracked_experiment(tracker, cfg, run_dir, parent, dataset=dataset, features=feats,
-                                                log=None, extra={"grid_row": row.name, "row_kind": row.kind,
-                                                                 "row_label": label,
-                                                                 "slots": {k: slots[k] for k in row_slots}})
-                seed_metrics.append(m["test"])
-                run_dirs.append(str(run_dir.relative_to(out)))
-                log(f"{label:<48} seed {cfg.seed}: acc {m['test']['hamming_accuracy']:.4f}  "
-                    f"F1 macro {m['test']['f1_macro']:.4f}  micro {m['test']['f1_micro']:.4f}  "
-                    f"(best epoch {m['best_epoch']}, {m['timings']['train_s']:.1f} s)")
-            summary_metrics = seed_metrics[0] if seeds == 1 else mean_std(seed_metrics)
-            results.append({"row": row.name, "kind": row.kind, "model": row.model, "label": label,
-                            "encoders": {k: slots[k] for k in row_slots}, "slots": row_slots,
-                            "runs": run_dirs, "test": summary_metrics,
-                            "val_score": float(np.mean([validation_score(out / d) for d in run_dirs]))
-                            if is_main() else None})
+        # Rows train phase by phase: with fuse=auto the fusion rows wait for the unimodal rows' scores.
+        phases = ([[r for r in selected if r.kind != "fusion"], [r for r in selected if r.kind == "fusion"]]
+                  if auto else [selected])
+        for phase in filter(None, phases):
+            if auto and phase[0].kind == "fusion":
+                fuse_choice = choose_fusion_slots(results, out)
+                fuse = (fuse_choice["text"], fuse_choice["image"])
+                log(f"fusing {fuse[0]} + {fuse[1]}: the best text and image rows by validation macro-F1 "
+                    "(thresholds cross-fitted within validation)")
+                phase = [dataclasses.replace(r, text_slot=fuse[0], image_slot=fuse[1]) for r in phase]
+            results += _train_rows(phase, seeds, base, slots, tables, dataset, out, tracker, parent, log)
         train_s = time.perf_counter() - t
 
         tables_txt = format_grid_tables(results)
@@ -218,6 +196,69 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
             f"total {time.perf_counter() - t_start:.1f} s)")
         grid["out"] = str(out)
         return grid
+
+
+def _row_seed_task(job: tuple, task: tuple) -> dict[str, Any]:
+    """One (row, seed) of the grid in a worker process (workers.py): run_experiment over the inherited features."""
+    dataset, tables = job
+    cfg, run_dir, row_slots, extra = task
+    return run_experiment(cfg, dataset=dataset, features={slot_modality(k): tables[k] for k in row_slots},
+                          run_dir=run_dir, log=None, extra=extra)
+
+
+def row_workers(base: Config, tasks: int, tracking_on: bool) -> int:
+    """How many worker processes train a grid's (row, seed) runs side by side (workers.plan, under the config's
+    fold_workers): on a CPU, over cached features, untracked, and only when the rows have no fold heads of their own
+    (threshold_source=oof's fold heads already train side by side within each row)."""
+    if tracking_on or base.mode != "features" or uses_fold_heads(base):
+        return 1
+    return workers.plan(base.fold_workers, tasks, resolve_device(base.device))
+
+
+def _train_rows(phase: list[Row], seeds: int, base: Config, slots: dict[str, str], tables: dict[str, Any],
+                dataset, out: Path, tracker, parent, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Train every row of `phase` for every seed; the grid.json entry of each row, in order. Each run's line is
+    logged as soon as it and the runs before it are done."""
+    tasks, owners = [], []
+    for row in phase:
+        row_slots = [s for s in (row.text_slot, row.image_slot) if s]
+        label = row_label(row, slots)
+        for s in range(seeds):
+            cfg = base.replace(model=row.model, seed=base.seed + s, name=f"{_slug(row.name)}/seed-{base.seed + s}",
+                               **{spec(slot_modality(k)).encoder_config: slots[k] for k in row_slots})
+            run_dir = out / _slug(row.name) / f"seed-{base.seed + s}"
+            extra = {"grid_row": row.name, "row_kind": row.kind, "row_label": label,
+                     "slots": {k: slots[k] for k in row_slots}}
+            tasks.append((cfg, run_dir, row_slots, extra))
+            owners.append((row, label))
+
+    def line(i: int, m: dict[str, Any]) -> None:
+        log(f"{owners[i][1]:<48} seed {m['seed']}: acc {m['test']['hamming_accuracy']:.4f}  "
+            f"F1 macro {m['test']['f1_macro']:.4f}  micro {m['test']['f1_micro']:.4f}  "
+            f"(best epoch {m['best_epoch']}, {m['timings']['train_s']:.1f} s)")
+
+    n_workers = row_workers(base, len(tasks), tracker is not None)
+    if n_workers > 1:
+        metrics = workers.run(_row_seed_task, (dataset, tables), tasks, n_workers, each=line)
+    else:
+        metrics = []
+        for cfg, run_dir, row_slots, extra in tasks:
+            metrics.append(tracking.tracked_experiment(
+                tracker, cfg, run_dir, parent, dataset=dataset,
+                features={slot_modality(k): tables[k] for k in row_slots}, log=None, extra=extra))
+            line(len(metrics) - 1, metrics[-1])
+    results = []
+    for row in phase:
+        mine = [(t, m) for t, (r, _), m in zip(tasks, owners, metrics) if r is row]
+        row_slots = mine[0][0][2]
+        run_dirs = [str(t[1].relative_to(out)) for t, _ in mine]
+        seed_metrics = [m["test"] for _, m in mine]
+        results.append({"row": row.name, "kind": row.kind, "model": row.model, "label": mine[0][0][3]["row_label"],
+                        "encoders": {k: slots[k] for k in row_slots}, "slots": row_slots,
+                        "runs": run_dirs, "test": seed_metrics[0] if seeds == 1 else mean_std(seed_metrics),
+                        "val_score": float(np.mean([validation_score(out / d) for d in run_dirs]))
+                        if is_main() else None})
+    return results
 
 
 def validation_score(run_dir: str | Path) -> float:

@@ -1,4 +1,5 @@
-"""Independent CPU trainings side by side in worker processes (threshold_source=oof's fold heads).
+"""Independent CPU trainings side by side in worker processes (threshold_source=oof's fold heads and final model,
+a grid's rows when they have no fold heads).
 
 Why: a head's training on cached features is a stream of small matrix products (batches of 16 rows), which the
 threads of one process share badly. On the 2-core development machine two single-thread processes train two fold
@@ -50,20 +51,31 @@ def _call(fn: Callable[[Any, Any], Any], task: Any) -> Any:
     return fn(_JOB, task)
 
 
-def run(fn: Callable[[Any, Any], Any], job: Any, tasks: Sequence[Any], workers: int) -> list[Any]:
+def run(fn: Callable[[Any, Any], Any], job: Any, tasks: Sequence[Any], workers: int,
+        each: Callable[[int, Any], None] | None = None) -> list[Any]:
     """[fn(job, task) for task in tasks], in order; in `workers` forked processes when workers > 1 (each task's
-    result is pickled back). `fn` must be a module-level function. An exception in a task is raised here, and so is
+    result is pickled back). `fn` must be a module-level function. `each(i, result)` is called in task order as
+    soon as the results up to task i are in (progress lines). An exception in a task is raised here, and so is
     Ctrl-C, at once: the other workers are terminated, not waited for. A worker that dies (killed, out of memory)
     raises RuntimeError saying so."""
     global _JOB
+
+    def collect(results: Any) -> list[Any]:
+        out = []
+        for i, r in enumerate(results):
+            out.append(r)
+            if each is not None:
+                each(i, r)
+        return out
+
     if workers <= 1:
-        return [fn(job, task) for task in tasks]
+        return collect(fn(job, task) for task in tasks)
     _JOB = job  # in place before the pool forks (a fork-context pool starts all its workers at the first submit)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_start)
     futures = []
     try:
         futures = [pool.submit(_call, fn, task) for task in tasks]
-        return [f.result() for f in futures]
+        return collect(f.result() for f in futures)
     except BrokenProcessPool as e:
         raise RuntimeError(f"a worker process died before finishing its training ({e}); "
                            "set fold_workers=1 to train in this process") from e
