@@ -191,3 +191,12 @@ def test_grid_rows_train_side_by_side_like_in_the_process(sample_root, tmp_path,
     assert row_workers(base, 4, True) == 1
     assert row_workers(base.replace(mode="end-to-end"), 4, False) == 1
     assert row_workers(base.replace(fold_workers=1), 4, False) == 1
+
+
+@pytest.mark.parametrize("seeds", [0, -1, 1.5, True, "2"])
+def test_a_grid_refuses_a_seed_count_that_is_not_a_positive_whole_number(seeds, tmp_path):
+    from genrefusion.grid import run_grid
+
+    with pytest.raises(ValueError, match="seeds=.*expected a whole number >= 1"):
+        run_grid(str(tmp_path / "nowhere"), seeds=seeds, out=tmp_path / "o", log=lambda *_: None)
+    assert not (tmp_path / "o").exists()  # refused before any work

@@ -90,6 +90,8 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
     one parent run for the grid with a child run per row and seed (tracking.py). `related`: {"label", "path"} of
     another grid folder (path relative to this one) that the report links to."""
     t_start = time.perf_counter()
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds={seeds!r}: expected a whole number >= 1")
     slots = resolve_slots(encoders, slot_overrides)
     auto = tuple(fuse) == (AUTO,)
     if auto and not is_main():  # the choice reads the runs' files, which only rank 0 writes
@@ -219,7 +221,7 @@ def _train_rows(phase: list[Row], seeds: int, base: Config, slots: dict[str, str
                 dataset, out: Path, tracker, parent, log: Callable[[str], None]) -> list[dict[str, Any]]:
     """Train every row of `phase` for every seed; the grid.json entry of each row, in order. Each run's line is
     logged as soon as it and the runs before it are done."""
-    tasks, owners = [], []
+    tasks, labels = [], []  # one (config, run folder, slots, extra) per row and seed, row by row
     for row in phase:
         row_slots = [s for s in (row.text_slot, row.image_slot) if s]
         label = row_label(row, slots)
@@ -230,10 +232,10 @@ def _train_rows(phase: list[Row], seeds: int, base: Config, slots: dict[str, str
             extra = {"grid_row": row.name, "row_kind": row.kind, "row_label": label,
                      "slots": {k: slots[k] for k in row_slots}}
             tasks.append((cfg, run_dir, row_slots, extra))
-            owners.append((row, label))
+            labels.append(label)
 
     def line(i: int, m: dict[str, Any]) -> None:
-        log(f"{owners[i][1]:<48} seed {m['seed']}: acc {m['test']['hamming_accuracy']:.4f}  "
+        log(f"{labels[i]:<48} seed {m['seed']}: acc {m['test']['hamming_accuracy']:.4f}  "
             f"F1 macro {m['test']['f1_macro']:.4f}  micro {m['test']['f1_micro']:.4f}  "
             f"(best epoch {m['best_epoch']}, {m['timings']['train_s']:.1f} s)")
 
@@ -248,12 +250,12 @@ def _train_rows(phase: list[Row], seeds: int, base: Config, slots: dict[str, str
                 features={slot_modality(k): tables[k] for k in row_slots}, log=None, extra=extra))
             line(len(metrics) - 1, metrics[-1])
     results = []
-    for row in phase:
-        mine = [(t, m) for t, (r, _), m in zip(tasks, owners, metrics) if r is row]
-        row_slots = mine[0][0][2]
-        run_dirs = [str(t[1].relative_to(out)) for t, _ in mine]
-        seed_metrics = [m["test"] for _, m in mine]
-        results.append({"row": row.name, "kind": row.kind, "model": row.model, "label": mine[0][0][3]["row_label"],
+    for r, row in enumerate(phase):  # the row's seeds are tasks r * seeds ... r * seeds + seeds - 1
+        mine = range(r * seeds, (r + 1) * seeds)
+        row_slots = tasks[mine[0]][2]
+        run_dirs = [str(tasks[i][1].relative_to(out)) for i in mine]
+        seed_metrics = [metrics[i]["test"] for i in mine]
+        results.append({"row": row.name, "kind": row.kind, "model": row.model, "label": labels[mine[0]],
                         "encoders": {k: slots[k] for k in row_slots}, "slots": row_slots,
                         "runs": run_dirs, "test": seed_metrics[0] if seeds == 1 else mean_std(seed_metrics),
                         "val_score": float(np.mean([validation_score(out / d) for d in run_dirs]))
