@@ -21,6 +21,14 @@ def _fails(job, task):
     return task
 
 
+def _started_at(job, task):
+    import time
+
+    t = time.monotonic()
+    time.sleep(0.3)
+    return task, t
+
+
 def _dies(job, task):
     os._exit(3)
 
@@ -121,3 +129,16 @@ def test_fold_heads_in_workers_give_the_thresholds_of_fold_heads_in_this_process
     assert metrics[3]["thresholds"] == pytest.approx(metrics[1]["thresholds"])
     assert metrics[3]["config"]["fold_workers"] == 3  # recorded with the run
     assert np.isclose(metrics[3]["test"]["f1_macro"], metrics[1]["test"]["f1_macro"])
+
+
+@linux_only
+def test_tasks_start_in_the_order_asked_and_results_keep_the_tasks_order():
+    from genrefusion import workers
+
+    seen = []
+    out = workers.run(_started_at, None, [0, 1, 2, 3], 2, each=lambda i, r: seen.append(i), start_order=[3, 2, 1, 0])
+    assert [task for task, _ in out] == [0, 1, 2, 3] and seen == [0, 1, 2, 3]
+    started = {task: t for task, t in out}
+    assert max(started[3], started[2]) < min(started[1], started[0])  # the two asked first ran first
+    with pytest.raises(ValueError, match="not an order of the 4 tasks"):
+        workers.run(_started_at, None, [0, 1, 2, 3], 2, start_order=[0, 0, 1, 2])

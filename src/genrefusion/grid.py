@@ -20,7 +20,8 @@ from .config import Config, load_config
 from .data import load_dataset
 from .distributed import is_main, resolve_device
 from .encoders.concat import SEPARATOR
-from .experiment import check_encoders, load_features, reads_sequences, run_experiment, uses_fold_heads
+from .experiment import (build_model, check_encoders, load_features, reads_sequences, run_experiment,
+                         uses_fold_heads)
 from .metrics import format_table
 from .modalities import spec
 from .report import write_report
@@ -241,7 +242,12 @@ def _train_rows(phase: list[Row], seeds: int, base: Config, slots: dict[str, str
 
     n_workers = row_workers(base, len(tasks), tracker is not None)
     if n_workers > 1:
-        metrics = workers.run(_row_seed_task, (dataset, tables), tasks, n_workers, each=line)
+        # Largest heads first (their parameter count stands for their training time), so that the grid does not
+        # end with its slowest row (cross-attention, last in the thesis's order) training alone.
+        size = [sum(p.numel() for p in build_model(cfg, {slot_modality(k): tables[k].dim for k in row_slots})
+                    .parameters()) for cfg, _, row_slots, _ in tasks]
+        metrics = workers.run(_row_seed_task, (dataset, tables), tasks, n_workers, each=line,
+                              start_order=sorted(range(len(tasks)), key=lambda i: -size[i]))
     else:
         metrics = []
         for cfg, run_dir, row_slots, extra in tasks:

@@ -52,12 +52,13 @@ def _call(fn: Callable[[Any, Any], Any], task: Any) -> Any:
 
 
 def run(fn: Callable[[Any, Any], Any], job: Any, tasks: Sequence[Any], workers: int,
-        each: Callable[[int, Any], None] | None = None) -> list[Any]:
+        each: Callable[[int, Any], None] | None = None, start_order: Sequence[int] | None = None) -> list[Any]:
     """[fn(job, task) for task in tasks], in order; in `workers` forked processes when workers > 1 (each task's
     result is pickled back). `fn` must be a module-level function. `each(i, result)` is called in task order as
-    soon as the results up to task i are in (progress lines). An exception in a task is raised here, and so is
-    Ctrl-C, at once: the other workers are terminated, not waited for. A worker that dies (killed, out of memory)
-    raises RuntimeError saying so."""
+    soon as the results up to task i are in (progress lines). `start_order`: the order the workers take the tasks
+    in (longest first keeps a long last task from running alone at the end); results keep the tasks' order. An
+    exception in a task is raised here, and so is Ctrl-C, at once: the other workers are terminated, not waited
+    for. A worker that dies (killed, out of memory) raises RuntimeError saying so."""
     global _JOB
 
     def collect(results: Any) -> list[Any]:
@@ -68,13 +69,17 @@ def run(fn: Callable[[Any, Any], Any], job: Any, tasks: Sequence[Any], workers: 
                 each(i, r)
         return out
 
-    if workers <= 1:
+    order = list(range(len(tasks))) if start_order is None else list(start_order)
+    if sorted(order) != list(range(len(tasks))):
+        raise ValueError(f"start_order {order} is not an order of the {len(tasks)} tasks")
+    if workers <= 1:  # one after the other, in the tasks' order
         return collect(fn(job, task) for task in tasks)
     _JOB = job  # in place before the pool forks (a fork-context pool starts all its workers at the first submit)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_start)
     futures = []
     try:
-        futures = [pool.submit(_call, fn, task) for task in tasks]
+        by_task = {i: pool.submit(_call, fn, tasks[i]) for i in order}
+        futures = [by_task[i] for i in range(len(tasks))]
         return collect(f.result() for f in futures)
     except BrokenProcessPool as e:
         raise RuntimeError(f"a worker process died before finishing its training ({e}); "
