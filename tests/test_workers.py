@@ -29,6 +29,25 @@ def _started_at(job, task):
     return task, t
 
 
+def _sends_then_sleeps(job, task):
+    import time
+
+    from genrefusion import workers
+
+    workers.send((task, "started", time.monotonic()))
+    time.sleep(job)
+    return task
+
+
+def _slow_or_broken(job, task):
+    import time
+
+    if task == 1:
+        raise ValueError("task 1 is broken")
+    time.sleep(job)
+    return task
+
+
 def _dies(job, task):
     os._exit(3)
 
@@ -113,9 +132,9 @@ def test_fold_heads_in_workers_give_the_thresholds_of_fold_heads_in_this_process
     used = []
     real_run = workers.run
 
-    def spy(fn, job, tasks, n):
+    def spy(fn, job, tasks, n, **kw):
         used.append(n)
-        return real_run(fn, job, tasks, n)
+        return real_run(fn, job, tasks, n, **kw)
 
     monkeypatch.setattr(workers, "run", spy)
     metrics = {}
@@ -142,3 +161,32 @@ def test_tasks_start_in_the_order_asked_and_results_keep_the_tasks_order():
     assert max(started[3], started[2]) < min(started[1], started[0])  # the two asked first ran first
     with pytest.raises(ValueError, match="not an order of the 4 tasks"):
         workers.run(_started_at, None, [0, 1, 2, 3], 2, start_order=[0, 0, 1, 2])
+
+
+@linux_only
+@pytest.mark.parametrize("n_workers", [1, 2])
+def test_what_tasks_send_reaches_the_relay_while_they_run(n_workers):
+    import time
+
+    from genrefusion import workers
+
+    got = []
+    out = workers.run(_sends_then_sleeps, 1.0, [0, 1], n_workers, relay=lambda m: got.append((m, time.monotonic())))
+    finished = time.monotonic()
+    assert out == [0, 1] and sorted(m[0] for m, _ in got) == [0, 1]
+    for (task, what, sent), received in got:
+        assert what == "started" and received - sent < 0.9  # while the task still sleeps, not after the run
+    assert finished - max(received for _, received in got) > 0.5
+    workers.send("nobody listens")  # outside a run: dropped, no error
+
+
+@linux_only
+def test_a_failing_task_is_raised_without_waiting_for_the_tasks_before_it():
+    import time
+
+    from genrefusion import workers
+
+    t = time.monotonic()
+    with pytest.raises(ValueError, match="task 1 is broken"):
+        workers.run(_slow_or_broken, 20.0, [0, 1], 2)
+    assert time.monotonic() - t < 10  # task 0 sleeps 20 s and is terminated, not waited for

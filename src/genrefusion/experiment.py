@@ -152,20 +152,18 @@ FINAL = "final"  # the task that trains the FinalFit among the fold tasks 0..fol
 
 def _fold_task(job: tuple, task: int | str) -> Any:
     """One task of oof_probabilities. Fold f: a fresh head trained on the other folds, early-stopped on this one,
-    predicting it. FINAL: the final model trained as `fit` would in the caller (its log lines and epoch rows are
-    collected and handed back, with its weights, to be replayed there). A module-level function, so that a worker
-    process (workers.py) can run it."""
+    predicting it. FINAL: the final model trained as `fit` would in the caller (its log lines and epoch rows sent
+    to the caller as they come, its weights returned). A module-level function, so that a worker process
+    (workers.py) can run it."""
     cfg, batch_fn, dims, y, pool_arr, fold_of, final = job
-    if task == FINAL:
-        lines: list[str] = []
-        rows: list[dict] = []
+    if task == FINAL:  # its epoch lines and rows reach the caller as they come (workers.send -> relay)
         result = fit(final.model, batch_fn, y, final.train_idx, final.val_idx, cfg, final.loss_fn,
-                     log=lines.append if final.log else None, on_epoch=rows.append if final.on_epoch else None,
-                     val_labels=y)
+                     log=(lambda line: workers.send(("log", line))) if final.log else None,
+                     on_epoch=(lambda row: workers.send(("epoch", row))) if final.on_epoch else None, val_labels=y)
         # as bytes: a pickled tensor would travel through shared memory that the worker owns
         buffer = io.BytesIO()
         torch.save(final.model.state_dict(), buffer)
-        return buffer.getvalue(), result, lines, rows
+        return buffer.getvalue(), result
     held, rest = pool_arr[fold_of == task].tolist(), pool_arr[fold_of != task].tolist()
     # Its own initialisation, whatever ran before it in this process (folds may run in any order, in any worker).
     seed_everything(cfg.seed + 1000 * (task + 1))
@@ -185,7 +183,7 @@ def oof_probabilities(cfg: Config, batch_fn, dims: dict[str, int], y: torch.Tens
     `final`, when given, is trained too: in this process first when the folds train here, else as one more task of
     the same workers, so that no worker waits for it (on the 2-core development machine, six trainings in three
     rounds of two instead of one in the process and five in three rounds). Its log lines and epoch rows reach
-    final.log and final.on_epoch when it has finished."""
+    final.log and final.on_epoch as its epochs end, wherever it trains."""
     pool_arr = np.asarray(pool)
     if len(pool_arr) < 2 * folds:
         raise ValueError(f"threshold_source=oof: {len(pool_arr)} movies cannot be cut into {folds} folds")
@@ -200,15 +198,14 @@ def oof_probabilities(cfg: Config, batch_fn, dims: dict[str, int], y: torch.Tens
             final.result = fit(final.model, batch_fn, y, final.train_idx, final.val_idx, cfg, final.loss_fn,
                                log=final.log, on_epoch=final.on_epoch, val_labels=y)
     job = (cfg, batch_fn, dims, y, pool_arr, fold_of, final)
+    relay = None
+    if final is not None and (final.log or final.on_epoch):
+        relay = lambda m: (final.log if m[0] == "log" else final.on_epoch)(m[1])  # noqa: E731
     probs = np.zeros((len(pool_arr), y.shape[1]), dtype=np.float32)
-    for task, out in zip(tasks, workers.run(_fold_task, job, tasks, n_workers)):
+    for task, out in zip(tasks, workers.run(_fold_task, job, tasks, n_workers, relay=relay)):
         if task == FINAL:
-            state, final.result, lines, rows = out
+            state, final.result = out
             final.model.load_state_dict(torch.load(io.BytesIO(state), weights_only=True))
-            for line in lines:
-                final.log(line)
-            for row in rows:
-                final.on_epoch(row)
         else:
             probs[fold_of == task] = out
     return probs
@@ -311,6 +308,12 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None,
         # one beside the fold heads when they go to worker processes, see oof_probabilities).
         t_oof = time.perf_counter()
         pool = train_idx + val_idx  # never test
+        n_workers = workers.plan(cfg.fold_workers, cfg.threshold_folds + 1, resolve_device(cfg.device))
+        beside = n_workers > 1
+        if log:  # the fold heads train silently: say what the wait after the last epoch line is
+            log(f"threshold_source=oof: training the model and {cfg.threshold_folds} fold heads over the "
+                f"{len(pool):,} train + dev movies, "
+                + (f"side by side in {n_workers} worker processes" if beside else "one after the other"))
         final = FinalFit(model, train_idx, val_idx, loss_fn, log=log, on_epoch=on_epoch)
         oof_probs = oof_probabilities(cfg, batch_fn, dims, y, pool, cfg.threshold_folds, final=final)
         assert final.result is not None
@@ -318,8 +321,10 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None,
         # train_oof_s: the wall time of all threshold_folds + 1 trainings; oof_s: what the fold heads added to the
         # final model's training (all of it when the final one trained beside them)
         timings["train_oof_s"] = time.perf_counter() - t_oof
-        beside = workers.plan(cfg.fold_workers, cfg.threshold_folds + 1, resolve_device(cfg.device)) > 1
         timings["oof_s"] = timings["train_oof_s"] - (0.0 if beside else result.seconds)
+        if log:
+            log(f"thresholds ({cfg.threshold_mode}) tuned on the out-of-fold predictions  "
+                f"[{timings['train_oof_s']:.1f} s for all {cfg.threshold_folds + 1} trainings]")
         oof = {"folds": cfg.threshold_folds, "n": len(pool), "final_beside_folds": beside}
     else:
         result = fit(model, batch_fn, y_fit, train_idx, val_idx, cfg, loss_fn, extra_param_groups=extra_groups,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sys
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Sequence
 
@@ -27,6 +27,8 @@ import torch
 from . import distributed
 
 _JOB: Any = None  # the job of the pool being started: forked workers inherit it
+_QUEUE: Any = None  # in a worker: where send() writes (inherited too)
+_RELAY: Callable[[Any], None] | None = None  # tasks run in this process: where send() hands messages
 
 
 def plan(requested: int, tasks: int, device: torch.device) -> int:
@@ -51,36 +53,69 @@ def _call(fn: Callable[[Any, Any], Any], task: Any) -> Any:
     return fn(_JOB, task)
 
 
+def send(message: Any) -> None:
+    """From inside a task: hand `message` (picklable) to the `relay` of the run() that started the task, at once
+    (a worker writes it to a pipe that run() reads while it waits): live progress lines, epoch rows. Without a
+    relay it is dropped."""
+    if _QUEUE is not None:  # in a worker
+        _QUEUE.put(message)
+    elif _RELAY is not None:  # a task run in this process
+        _RELAY(message)
+
+
 def run(fn: Callable[[Any, Any], Any], job: Any, tasks: Sequence[Any], workers: int,
-        each: Callable[[int, Any], None] | None = None, start_order: Sequence[int] | None = None) -> list[Any]:
+        each: Callable[[int, Any], None] | None = None, start_order: Sequence[int] | None = None,
+        relay: Callable[[Any], None] | None = None) -> list[Any]:
     """[fn(job, task) for task in tasks], in order; in `workers` forked processes when workers > 1 (each task's
     result is pickled back). `fn` must be a module-level function. `each(i, result)` is called in task order as
     soon as the results up to task i are in (progress lines). `start_order`: the order the workers take the tasks
-    in (longest first keeps a long last task from running alone at the end); results keep the tasks' order. An
-    exception in a task is raised here, and so is Ctrl-C, at once: the other workers are terminated, not waited
-    for. A worker that dies (killed, out of memory) raises RuntimeError saying so."""
-    global _JOB
-
-    def collect(results: Any) -> list[Any]:
-        out = []
-        for i, r in enumerate(results):
-            out.append(r)
-            if each is not None:
-                each(i, r)
-        return out
-
+    in (longest first keeps a long last task from running alone at the end); results keep the tasks' order.
+    `relay(message)` receives what tasks send() while they run. An exception in a task is raised here as soon as
+    it happens, and so is Ctrl-C: the other workers are terminated, not waited for. A worker that dies (killed,
+    out of memory) raises RuntimeError saying so."""
+    global _JOB, _QUEUE, _RELAY
     order = list(range(len(tasks))) if start_order is None else list(start_order)
     if sorted(order) != list(range(len(tasks))):
         raise ValueError(f"start_order {order} is not an order of the {len(tasks)} tasks")
+    results: list[Any] = []
     if workers <= 1:  # one after the other, in the tasks' order
-        return collect(fn(job, task) for task in tasks)
-    _JOB = job  # in place before the pool forks (a fork-context pool starts all its workers at the first submit)
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_start)
+        _RELAY = relay
+        try:
+            for i, task in enumerate(tasks):
+                results.append(fn(job, task))
+                if each is not None:
+                    each(i, results[-1])
+            return results
+        finally:
+            _RELAY = None
+    context = multiprocessing.get_context("fork")
+    # In place before the pool forks (a fork-context pool starts all its workers at the first submit). A
+    # SimpleQueue writes in put() itself, so what a task sent is in the pipe before its result is.
+    _JOB, queue = job, context.SimpleQueue() if relay is not None else None
+    _QUEUE = queue
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start)
     futures = []
+
+    def drain() -> None:
+        while queue is not None and not queue.empty():
+            relay(queue.get())
+
     try:
         by_task = {i: pool.submit(_call, fn, tasks[i]) for i in order}
         futures = [by_task[i] for i in range(len(tasks))]
-        return collect(f.result() for f in futures)
+        pending = set(futures)
+        while len(results) < len(futures):
+            done, pending = wait(pending, timeout=0.1 if queue is not None else None, return_when=FIRST_COMPLETED)
+            drain()
+            for f in done:
+                if f.exception() is not None:
+                    raise f.exception()
+            while len(results) < len(futures) and futures[len(results)].done():
+                results.append(futures[len(results)].result())
+                if each is not None:
+                    each(len(results) - 1, results[-1])
+        drain()
+        return results
     except BrokenProcessPool as e:
         raise RuntimeError(f"a worker process died before finishing its training ({e}); "
                            "set fold_workers=1 to train in this process") from e
@@ -91,7 +126,9 @@ def run(fn: Callable[[Any, Any], Any], job: Any, tasks: Sequence[Any], workers: 
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-        _JOB = None
+        _JOB = _QUEUE = None
+        if queue is not None:
+            queue.close()
 
 
 def _stop_workers(pool: ProcessPoolExecutor) -> None:
