@@ -172,8 +172,10 @@ def test_grid_rows_train_side_by_side_like_in_the_process(sample_root, tmp_path,
                                  log=lines[fw].append, config_overrides=["epochs=2", f"fold_workers={fw}"])
     finally:
         torch.set_num_threads(threads)
-    # two pools with fold_workers=2 (unimodal rows, then the fusions fuse=auto chose from them), none with 1
-    assert [(fn, t, n) for fn, t, n in pools] == [(grid_mod._row_seed_task, 4, 2), (grid_mod._row_seed_task, 4, 2)]
+    # two phases each (unimodal rows, then the fusions fuse=auto chose from them): in this process with
+    # fold_workers=1, then in two workers with fold_workers=2
+    task = grid_mod._row_seed_task
+    assert pools == [(task, 4, 1), (task, 4, 1), (task, 4, 2), (task, 4, 2)]
     one, two = grids[1], grids[2]
     assert one["fuse_choice"] == two["fuse_choice"]
     assert [r["row"] for r in two["rows"]] == ["ViT", "BERT", "Early Fusion", "GMU"]  # ROWS order

@@ -135,8 +135,8 @@ def load_features(cfg: Config, dataset: MovieDataset, modalities: tuple[str, ...
 @dataclass
 class FinalFit:
     """The model whose thresholds the fold heads tune, handed to oof_probabilities so that it can train as one more
-    task beside them: train.fit's arguments, and on return `result` (its TrainResult) with `model` holding the
-    trained weights."""
+    task beside them: train.fit's arguments, and on return `result` (its TrainResult), `model` holding the trained
+    weights and `workers` the processes it trained among (1: in this process, before the fold heads)."""
 
     model: torch.nn.Module
     train_idx: list[int]
@@ -145,6 +145,7 @@ class FinalFit:
     log: Callable[[str], None] | None = None
     on_epoch: Callable[[dict], None] | None = None
     result: TrainResult | None = None
+    workers: int = 1
 
 
 FINAL = "final"  # the task that trains the FinalFit among the fold tasks 0..folds-1
@@ -160,6 +161,8 @@ def _fold_task(job: tuple, task: int | str) -> Any:
         result = fit(final.model, batch_fn, y, final.train_idx, final.val_idx, cfg, final.loss_fn,
                      log=(lambda line: workers.send(("log", line))) if final.log else None,
                      on_epoch=(lambda row: workers.send(("epoch", row))) if final.on_epoch else None, val_labels=y)
+        if not workers.in_worker():
+            return None, result  # trained in place
         # as bytes: a pickled tensor would travel through shared memory that the worker owns
         buffer = io.BytesIO()
         torch.save(final.model.state_dict(), buffer)
@@ -180,32 +183,34 @@ def oof_probabilities(cfg: Config, batch_fn, dims: dict[str, int], y: torch.Tens
     trained on it. The folds are independent: on a CPU they train side by side in cfg.fold_workers processes
     (workers.py; 0 = one per thread torch may use).
 
-    `final`, when given, is trained too: in this process first when the folds train here, else as one more task of
-    the same workers, so that no worker waits for it (on the 2-core development machine, six trainings in three
-    rounds of two instead of one in the process and five in three rounds). Its log lines and epoch rows reach
-    final.log and final.on_epoch as its epochs end, wherever it trains."""
+    `final`, when given, is trained too, as the first task: in this process before the folds when they train here,
+    else as one more task of the same workers, so that no worker waits for it (with six threads, the model and five
+    fold heads in one round instead of two). Its log lines and epoch rows reach final.log and final.on_epoch as its
+    epochs end, wherever it trains."""
     pool_arr = np.asarray(pool)
     if len(pool_arr) < 2 * folds:
         raise ValueError(f"threshold_source=oof: {len(pool_arr)} movies cannot be cut into {folds} folds")
     fold_of = np.empty(len(pool_arr), dtype=int)
     fold_of[np.random.default_rng(cfg.seed).permutation(len(pool_arr))] = np.arange(len(pool_arr)) % folds
-    tasks: list[int | str] = list(range(folds))
-    n_workers = workers.plan(cfg.fold_workers, folds + (final is not None), resolve_device(cfg.device))
-    if final is not None:
-        if n_workers > 1:
-            tasks.insert(0, FINAL)  # first: the caller needs it whatever the thresholds turn out to be
-        else:
-            final.result = fit(final.model, batch_fn, y, final.train_idx, final.val_idx, cfg, final.loss_fn,
-                               log=final.log, on_epoch=final.on_epoch, val_labels=y)
-    job = (cfg, batch_fn, dims, y, pool_arr, fold_of, final)
+    # The final model first: the caller needs it whatever the thresholds turn out to be.
+    tasks: list[int | str] = ([FINAL] if final is not None else []) + list(range(folds))
+    n_workers = workers.plan(cfg.fold_workers, len(tasks), resolve_device(cfg.device))
     relay = None
-    if final is not None and (final.log or final.on_epoch):
-        relay = lambda m: (final.log if m[0] == "log" else final.on_epoch)(m[1])  # noqa: E731
+    if final is not None:
+        final.workers = n_workers
+        if final.log:  # the fold heads train silently: say what the wait after the model's last epoch line is
+            final.log(f"threshold_source=oof: training the model and {folds} fold heads over the {len(pool_arr):,} "
+                      "train + dev movies, " + (f"side by side in {n_workers} worker processes" if n_workers > 1
+                                                 else "one after the other"))
+        if final.log or final.on_epoch:
+            relay = lambda m: (final.log if m[0] == "log" else final.on_epoch)(m[1])  # noqa: E731
+    job = (cfg, batch_fn, dims, y, pool_arr, fold_of, final)
     probs = np.zeros((len(pool_arr), y.shape[1]), dtype=np.float32)
     for task, out in zip(tasks, workers.run(_fold_task, job, tasks, n_workers, relay=relay)):
         if task == FINAL:
             state, final.result = out
-            final.model.load_state_dict(torch.load(io.BytesIO(state), weights_only=True))
+            if state is not None:  # trained in a worker
+                final.model.load_state_dict(torch.load(io.BytesIO(state), weights_only=True))
         else:
             probs[fold_of == task] = out
     return probs
@@ -308,16 +313,10 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None,
         # one beside the fold heads when they go to worker processes, see oof_probabilities).
         t_oof = time.perf_counter()
         pool = train_idx + val_idx  # never test
-        n_workers = workers.plan(cfg.fold_workers, cfg.threshold_folds + 1, resolve_device(cfg.device))
-        beside = n_workers > 1
-        if log:  # the fold heads train silently: say what the wait after the last epoch line is
-            log(f"threshold_source=oof: training the model and {cfg.threshold_folds} fold heads over the "
-                f"{len(pool):,} train + dev movies, "
-                + (f"side by side in {n_workers} worker processes" if beside else "one after the other"))
         final = FinalFit(model, train_idx, val_idx, loss_fn, log=log, on_epoch=on_epoch)
         oof_probs = oof_probabilities(cfg, batch_fn, dims, y, pool, cfg.threshold_folds, final=final)
         assert final.result is not None
-        result = final.result
+        result, beside = final.result, final.workers > 1
         # train_oof_s: the wall time of all threshold_folds + 1 trainings; oof_s: what the fold heads added to the
         # final model's training (all of it when the final one trained beside them)
         timings["train_oof_s"] = time.perf_counter() - t_oof

@@ -20,8 +20,7 @@ from .config import Config, load_config
 from .data import load_dataset
 from .distributed import is_main, resolve_device
 from .encoders.concat import SEPARATOR
-from .experiment import (build_model, check_encoders, load_features, reads_sequences, run_experiment,
-                         uses_fold_heads)
+from .experiment import build_model, check_encoders, load_features, reads_sequences, uses_fold_heads
 from .metrics import format_table
 from .modalities import spec
 from .report import write_report
@@ -202,11 +201,13 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
 
 
 def _row_seed_task(job: tuple, task: tuple) -> dict[str, Any]:
-    """One (row, seed) of the grid in a worker process (workers.py): run_experiment over the inherited features."""
-    dataset, tables = job
+    """One (row, seed) of the grid, in this process or a worker (workers.py; inheriting the features, never
+    tracked there): the tracked run_experiment over the grid's feature tables."""
+    dataset, tables, tracker, parent = job
     cfg, run_dir, row_slots, extra = task
-    return run_experiment(cfg, dataset=dataset, features={slot_modality(k): tables[k] for k in row_slots},
-                          run_dir=run_dir, log=None, extra=extra)
+    return tracking.tracked_experiment(tracker, cfg, run_dir, parent, dataset=dataset,
+                                       features={slot_modality(k): tables[k] for k in row_slots}, log=None,
+                                       extra=extra)
 
 
 def row_workers(base: Config, tasks: int, tracking_on: bool) -> int:
@@ -241,20 +242,15 @@ def _train_rows(phase: list[Row], seeds: int, base: Config, slots: dict[str, str
             f"(best epoch {m['best_epoch']}, {m['timings']['train_s']:.1f} s)")
 
     n_workers = row_workers(base, len(tasks), tracker is not None)
+    order = None
     if n_workers > 1:
         # Largest heads first (their parameter count stands for their training time), so that the grid does not
         # end with its slowest row (cross-attention, last in the thesis's order) training alone.
         size = [sum(p.numel() for p in build_model(cfg, {slot_modality(k): tables[k].dim for k in row_slots})
                     .parameters()) for cfg, _, row_slots, _ in tasks]
-        metrics = workers.run(_row_seed_task, (dataset, tables), tasks, n_workers, each=line,
-                              start_order=sorted(range(len(tasks)), key=lambda i: -size[i]))
-    else:
-        metrics = []
-        for cfg, run_dir, row_slots, extra in tasks:
-            metrics.append(tracking.tracked_experiment(
-                tracker, cfg, run_dir, parent, dataset=dataset,
-                features={slot_modality(k): tables[k] for k in row_slots}, log=None, extra=extra))
-            line(len(metrics) - 1, metrics[-1])
+        order = sorted(range(len(tasks)), key=lambda i: -size[i])
+    metrics = workers.run(_row_seed_task, (dataset, tables, tracker, parent), tasks, n_workers, each=line,
+                          start_order=order)
     results = []
     for r, row in enumerate(phase):  # the row's seeds are tasks r * seeds ... r * seeds + seeds - 1
         mine = range(r * seeds, (r + 1) * seeds)

@@ -29,6 +29,7 @@ from . import distributed
 _JOB: Any = None  # the job of the pool being started: forked workers inherit it
 _QUEUE: Any = None  # in a worker: where send() writes (inherited too)
 _RELAY: Callable[[Any], None] | None = None  # tasks run in this process: where send() hands messages
+_IN_WORKER = False  # set in each worker process as it starts
 
 
 def plan(requested: int, tasks: int, device: torch.device) -> int:
@@ -46,7 +47,14 @@ def plan(requested: int, tasks: int, device: torch.device) -> int:
 
 
 def _start() -> None:
+    global _IN_WORKER
+    _IN_WORKER = True
     torch.set_num_threads(1)
+
+
+def in_worker() -> bool:
+    """Whether this is a worker process of run() (a task's result must then travel back pickled)."""
+    return _IN_WORKER
 
 
 def _call(fn: Callable[[Any, Any], Any], task: Any) -> Any:
@@ -108,7 +116,7 @@ def run(fn: Callable[[Any, Any], Any], job: Any, tasks: Sequence[Any], workers: 
             done, pending = wait(pending, timeout=0.1 if queue is not None else None, return_when=FIRST_COMPLETED)
             drain()
             for f in done:
-                if f.exception() is not None:
+                if f.exception() is not None:  # at once, not when the tasks before it are done
                     raise f.exception()
             while len(results) < len(futures) and futures[len(results)].done():
                 results.append(futures[len(results)].result())
