@@ -11,7 +11,11 @@
 Quality rule (issue 12): a precision keeps downstream quality for an encoder when, on every grid row that reads
 that encoder, the 5-seed mean test macro-F1 and micro-F1 are within 0.01 of fp32's, or zero lies inside the paired
 bootstrap interval of the difference (compare.compare on the two row folders, seed-averaged scores). The verdict is
-written per encoder; the rows, seeds, differences and intervals behind it are written with it.
+written per encoder; the rows, seeds, differences and intervals behind it are written with it, and so is the CPU
+the features were computed on. The verdict needs no native support: where the CPU emulates the precision (bf16 on
+an AVX2 CPU, several times slower than fp32) the features are still the ones a CPU with native bf16 computes,
+which `matmul_agreement` checks (see reduced_matmul_agreement). Speed, by contrast, is only ever read for the kind
+of CPU it was measured on.
 """
 from __future__ import annotations
 
@@ -79,10 +83,38 @@ def args_tolerance() -> float:
     return TOLERANCE
 
 
+def reduced_matmul_agreement(precision: str, seed: int = 0) -> float:
+    """The share of reduced-precision matrix products' and convolutions' elements on THIS CPU that equal the exact
+    result for the same rounded inputs, rounded once to that precision: what hardware with native bf16 dot products and fp32
+    accumulation (AVX512-BF16, AMX) computes, up to the order of its fp32 sums. A share near 1 says features
+    computed here, even where the precision is emulated, are the features such a CPU computes, so the quality
+    verdict carries over (it is kept per encoder, not per CPU); the speed never does."""
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    g = torch.Generator().manual_seed(seed)
+    equal = total = 0
+    for m, k, n in ((16, 384, 1536), (257, 384, 384), (64, 1536, 384)):  # encoder-shaped products
+        a = torch.randn(m, k, generator=g).to(dtype)
+        b = torch.randn(k, n, generator=g).to(dtype)
+        reference = (a.double() @ b.double()).to(dtype)
+        equal += int(((a @ b) == reference).sum())
+        total += m * n
+    # and convolutions: a ViT's patch embedding, an EfficientNet's pointwise and depthwise layers
+    for c_in, c_out, kernel, stride, groups in ((3, 384, 14, 14, 1), (32, 96, 1, 1, 1), (96, 96, 3, 1, 96)):
+        x = torch.randn(2, c_in, 56, 56, generator=g).to(dtype)
+        w = torch.randn(c_out, c_in // groups, kernel, kernel, generator=g).to(dtype)
+        out = torch.nn.functional.conv2d(x, w, stride=stride, groups=groups)
+        reference = torch.nn.functional.conv2d(x.double(), w.double(), stride=stride, groups=groups).to(dtype)
+        equal += int((out == reference).sum())
+        total += out.numel()
+    return equal / total
+
+
 def cmd_quality(args) -> int:
     from genrefusion.compare import compare
     from genrefusion.grid import run_grid
-    from genrefusion.precision import keeps_quality, load_table
+    from genrefusion.precision import keeps_quality, load_table, probe_cpu
 
     out = Path(args.out)
     grids = {}
@@ -100,6 +132,11 @@ def cmd_quality(args) -> int:
         print(f"{row['row']:<18} " + "  ".join(
             f"{m} {r[m]['score_a']:.4f} -> {r[m]['score_b']:.4f} ({r[m]['diff']:+.4f}, CI [{r[m]['ci_low']:+.4f}, "
             f"{r[m]['ci_high']:+.4f}])" for m in ("f1_macro", "f1_micro")))
+    cap = probe_cpu()
+    agreement = reduced_matmul_agreement(args.precision)
+    print(f"features computed on {cap.model} ({', '.join(sorted(cap.flags)) or 'no flags of interest'}): "
+          f"{args.precision} {'native' if args.precision in cap.native else 'emulated'}; "
+          f"{agreement:.4%} of its matrix products' elements equal the once-rounded exact product")
     table = load_table()
     quality = table.setdefault("quality", {})
     for enc in sorted({e for r in per_row for e in r["encoders"]}):
@@ -109,6 +146,8 @@ def cmd_quality(args) -> int:
         quality.setdefault(enc, {})[args.precision] = {
             "verdict": "pass" if ok else "fail", "seeds": args.seeds, "rows": rows, "preset": "recommended",
             "split": "stratified", "modalities": "both", "tolerance": args_tolerance(),
+            "computed_on": {**cap.to_dict(), "emulated": args.precision not in cap.native,
+                            "matmul_agreement": round(agreement, 6)},
             "measured": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
         print(f"{enc}: {args.precision} {'keeps' if ok else 'does NOT keep'} downstream quality")
     print(f"written: {_write(table)}")

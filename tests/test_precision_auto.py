@@ -59,6 +59,21 @@ def test_auto_picks_bf16_only_when_native_faster_and_quality_kept():
     assert "no native bf16" in why and "avx512_bf16" in why
 
 
+@pytest.mark.parametrize("computed_on, chosen", [
+    ({"emulated": False, "native": ["bf16"]}, "bf16"),
+    ({"emulated": True, "matmul_agreement": 0.99998}, "bf16"),  # PyTorch's emulation on an AVX2 CPU
+    ({"emulated": True, "matmul_agreement": 0.62}, "fp32"),  # an emulation that does not compute like hardware
+    ({"emulated": True}, "fp32"),  # emulated, agreement never checked
+])
+def test_a_quality_verdict_from_an_emulating_cpu_counts_only_when_its_products_match_native(computed_on, chosen):
+    enc = ["minilm-l6"]
+    t = table(enc)
+    t["quality"]["minilm-l6"]["bf16"]["computed_on"] = computed_on
+    assert choose(enc, BF16, t) == chosen
+    if chosen == "fp32":
+        assert "emulated bf16" in verdicts(enc, BF16, t)["bf16"]["minilm-l6"]
+
+
 def _row(macro, micro):
     return {m: {"diff": d, "ci_low": lo, "ci_high": hi} for m, (d, lo, hi) in (("f1_macro", macro), ("f1_micro", micro))}
 
@@ -101,6 +116,8 @@ def test_the_committed_table_is_well_formed_and_names_the_machine_it_was_measure
     for name, by_p in t.get("quality", {}).items():
         for p, q in by_p.items():
             assert q["verdict"] in ("pass", "fail") and q["seeds"] >= 1 and q["rows"], (name, p)
+            assert {"flags", "native", "emulated", "matmul_agreement"} <= set(q["computed_on"]), (name, p)
+            assert q["computed_on"]["emulated"] == (p not in q["computed_on"]["native"]), (name, p)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,10 @@ The evidence is `cpu_precision.json` next to this module, written by benchmarks/
   "speed":   one entry per kind of CPU measured ("native": the precisions it computes natively, "flags": its
              /proc/cpuinfo flags of interest), with, per encoder and precision, the throughput ratio to fp32 and
              the worst item's cosine to fp32 features;
-  "quality": per encoder and precision, the grid comparison and its verdict ("pass" / "fail").
+  "quality": per encoder and precision, the grid comparison and its verdict ("pass" / "fail"), and the CPU the
+             features were computed on: a verdict from a CPU that emulates the precision counts when its matrix
+             products agree with native ones (`computed_on.matmul_agreement`), since native bf16 hardware rounds
+             the same inputs and accumulates in fp32 as PyTorch's emulation does; speed never carries over.
 An encoder or precision the table does not cover stays at fp32, so `auto` never guesses. The speed entry also
 measures the onnxruntime feature backend (fp32, "onnxruntime" next to the precisions): `backend_for` reads it.
 
@@ -36,6 +39,11 @@ TOLERANCE = 0.01  # largest accepted drop of the 5-seed mean test macro- / micro
 # was measured faster than torch on a CPU of this kind and its features agreed with torch's on every measured item.
 BACKEND_MIN_SPEEDUP = 1.2  # below it the gain is within the noise of a shared 2-core machine
 BACKEND_MIN_COSINE = 0.9999
+# A quality verdict measured on features of an emulated precision (bf16 on an AVX2 CPU) stands for native hardware
+# only when the emulation computes like it: this share of a matrix product's elements equal to the exact product of
+# the rounded inputs, rounded once (benchmarks/cpu_precision.py records it over products and convolutions;
+# PyTorch 2.13's emulation on the AVX2 development machine: 0.99998).
+MIN_MATMUL_AGREEMENT = 0.999
 
 
 @dataclass(frozen=True)
@@ -131,10 +139,23 @@ def verdicts(encoders: Iterable[str], cap: CpuCapability | None = None,
             elif quality.get("verdict") != "pass":
                 why = ("downstream quality not measured" if not quality else
                        f"downstream quality: {quality.get('verdict')}")
+            elif not _computes_like_native(quality):
+                why = (f"downstream quality was measured on emulated {p} features that do not compute like native "
+                       f"{p} (matmul agreement {quality['computed_on'].get('matmul_agreement')})")
             else:
                 why = "ok"
             out[p][name] = why
     return out
+
+
+def _computes_like_native(quality: dict[str, Any]) -> bool:
+    """Whether a quality entry's features are those native hardware computes: measured where the precision is
+    native (or before the table recorded where), or emulated with products that agree with native ones."""
+    where = quality.get("computed_on")
+    if not isinstance(where, dict) or not where.get("emulated"):
+        return True
+    agreement = where.get("matmul_agreement")
+    return isinstance(agreement, (int, float)) and agreement >= MIN_MATMUL_AGREEMENT
 
 
 def keeps_quality(rows: Iterable[dict[str, Any]], tolerance: float = TOLERANCE) -> bool:
