@@ -51,13 +51,25 @@ def _fingerprint_hash(fp: dict) -> str:  # features._fingerprint_hash
     return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()
 
 
+def _release_fingerprint(encoder) -> dict:
+    """encoder.fingerprint() as that release computed it: a local weights folder's path was its "source"."""
+    from genrefusion.encoders.concat import ConcatEncoder
+
+    if isinstance(encoder, ConcatEncoder):
+        return {"class": type(encoder).__name__, "parts": [_release_fingerprint(p) for p in encoder.parts]}
+    fp = encoder.fingerprint()
+    if "source" not in fp and getattr(encoder, "_folder", None) is not None:
+        fp["source"] = str(encoder.source)
+    return fp
+
+
 def _feature_table_fingerprint(encoder, precision: str) -> str:
     """FeatureTable.fingerprint as that release's dataset_features set it."""
     from genrefusion.encoders.concat import ConcatEncoder
 
     if isinstance(encoder, ConcatEncoder):  # concat_tables(..., _fingerprint_hash(encoder.fingerprint()))
-        return _fingerprint_hash(encoder.fingerprint())
-    fp = encoder.fingerprint()  # FeatureCache.__init__
+        return _fingerprint_hash(_release_fingerprint(encoder))
+    fp = _release_fingerprint(encoder)  # FeatureCache.__init__
     if precision != "fp32":
         fp = {**fp, "precision": precision}
     return _fingerprint_hash(fp)
@@ -72,7 +84,8 @@ def encoders(cfg: Config, modalities: tuple[str, ...], precision: str = "fp32") 
     out = {}
     for m in modalities:
         enc = create_encoder(encoder_name(cfg, m), modality=m, **encoder_kwargs(cfg, m))
-        fingerprint = _feature_table_fingerprint(enc, precision) if cfg.mode == "features" else enc.fingerprint()
+        fingerprint = (_feature_table_fingerprint(enc, precision) if cfg.mode == "features"
+                       else _release_fingerprint(enc))
         out[m] = {"name": encoder_name(cfg, m), "kwargs": encoder_kwargs(cfg, m), "fingerprint": fingerprint}
     return out
 

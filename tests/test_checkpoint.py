@@ -216,3 +216,77 @@ def test_a_format_1_folder_with_non_finite_weights_is_refused(trained_run, tmp_p
     save_file(state, str(d / "model.safetensors"))
     with pytest.raises(ValueError, match=r"model\.safetensors.*non-finite"):
         load_model(d)
+
+
+# --- the same encoder weights installed somewhere else (another venv, checkout, machine, cache folder) ------------
+@pytest.fixture
+def moved_text_encoder(tiny_bert, tmp_path, monkeypatch):
+    """A registered text encoder (as minilm-l6 is) whose weights folder can be moved: `move()` copies the weights to
+    a new folder and points the name at it, as another installation of the same package would."""
+    from genrefusion.encoders import registry
+    from genrefusion.encoders.text import TextEncoder
+
+    where = {"folder": tmp_path / "install-a" / "model"}
+    shutil.copytree(tiny_bert, where["folder"])
+    spec = registry.EncoderSpec("tiny-installed", "text",
+                                lambda **kw: TextEncoder(where["folder"], name="tiny-installed", **kw),
+                                "tiny BERT, installed in a folder", offline=True)
+    monkeypatch.setitem(registry._REGISTRY, "tiny-installed", spec)
+
+    def move(to: str):
+        new = tmp_path / to / "model"
+        shutil.copytree(where["folder"], new)
+        shutil.rmtree(where["folder"])  # nothing may read the old place
+        where["folder"] = new
+        return new
+
+    return move
+
+
+def test_features_and_models_do_not_depend_on_where_the_encoder_weights_are_installed(
+        moved_text_encoder, synthetic_catalog, tmp_path):
+    from genrefusion.encoders import create_encoder
+    from genrefusion.experiment import run_experiment
+    from genrefusion.features import FeatureCache
+
+    cache = tmp_path / "cache"
+    cfg = Config(data=str(synthetic_catalog), split="official", modalities="any", model="text",
+                 text_encoder="tiny-installed", pooling="mean", epochs=3, lr=3e-3, cache_dir=str(cache)).validate()
+    run_experiment(cfg, run_dir=tmp_path / "run", log=None)
+    before = FeatureCache(create_encoder("tiny-installed", modality="text", pooling="mean"), cache)
+    plots = [p for p in _inputs(synthetic_catalog)[1] if p]
+    probs = _probs(load_model(tmp_path / "run" / "model"), [None] * len(plots), plots)
+    assert "source" not in _meta(tmp_path / "run" / "model")["encoders"]["text"]["fingerprint"]
+
+    moved_text_encoder("install-b")  # the same weights, elsewhere; the first folder is gone
+    after = FeatureCache(create_encoder("tiny-installed", modality="text", pooling="mean"), cache)
+    assert after.dir == before.dir and after.fingerprint == before.fingerprint  # the cache is found again
+    assert np.array_equal(_probs(load_model(tmp_path / "run" / "model"), [None] * len(plots), plots), probs)
+
+
+def test_a_folder_that_recorded_its_weights_path_loads_where_they_are_installed_elsewhere(
+        moved_text_encoder, synthetic_catalog, tmp_path):
+    """Folders saved before 2 December 2026 recorded a local weights folder's path in the fingerprint ("source"):
+    they load on another installation of the same weights, and still refuse other weights."""
+    from genrefusion.experiment import run_experiment
+
+    cfg = Config(data=str(synthetic_catalog), split="official", modalities="any", model="text",
+                 text_encoder="tiny-installed", pooling="mean", epochs=3, lr=3e-3,
+                 cache_dir=str(tmp_path / "cache")).validate()
+    run_experiment(cfg, run_dir=tmp_path / "run", log=None)
+    d = tmp_path / "run" / "model"
+    plots = [p for p in _inputs(synthetic_catalog)[1] if p]
+    probs = _probs(load_model(d), [None] * len(plots), plots)
+    meta = _meta(d)
+    rec = meta["encoders"]["text"]
+    rec["fingerprint"] = {**rec["fingerprint"], "source": "/old/venv/lib/python3.11/site-packages/tiny/model"}
+    rec["fingerprint_sha256"] = identity_sha256(rec["fingerprint"], rec["precision"])  # self-consistent, as written
+    _write_meta(d, meta)
+    moved_text_encoder("install-b")
+    assert np.array_equal(_probs(load_model(d), [None] * len(plots), plots), probs)
+
+    rec["fingerprint"] = {**rec["fingerprint"], "weights_sha256": "0" * 64}  # other weights: refused as before
+    rec["fingerprint_sha256"] = identity_sha256(rec["fingerprint"], rec["precision"])
+    _write_meta(d, meta)
+    with pytest.raises(ValueError, match=r"text encoder 'tiny-installed' is not the one .*weights_sha256\)"):
+        load_model(d)

@@ -214,7 +214,8 @@ def test_fingerprint(ckpt, tmp_path):
     a, b = create_encoder(ckpt["bert"]), create_encoder(ckpt["bert"])
     fp = a.fingerprint()
     assert fp == b.fingerprint() and json.loads(json.dumps(fp)) == fp
-    assert fp["source"] == str(ckpt["bert"].resolve()) and len(fp["weights_sha256"]) == 64
+    # a local folder is identified by its content, not by where it is (another venv keeps it elsewhere)
+    assert "source" not in fp and len(fp["weights_sha256"]) == 64
     assert (fp["pooling"], fp["max_length"], fp["normalise_text"]) == ("cls", 64, False)
     batch = a.preprocess([SHORT, LONG])
     with torch.no_grad():  # equal fingerprints, identical features

@@ -116,7 +116,7 @@ def legacy_precision(recorded: Any, fingerprint: dict, hint: str | None = None) 
     if isinstance(recorded, dict):
         # End-to-end mode recorded the dict without a precision (training ran under bf16 autocast on a GPU, none on
         # a CPU). That release's Predictor encoded in fp32, and such folders keep predicting what they did.
-        return "fp32" if recorded == fingerprint else None
+        return "fp32" if same_features(recorded, fingerprint) else None
     if recorded == sha256_json(fingerprint):
         return hint if hint in PRECISIONS and fingerprint.get("class") == "ConcatEncoder" else "fp32"
     for p in PRECISIONS[1:]:
@@ -125,6 +125,38 @@ def legacy_precision(recorded: Any, fingerprint: dict, hint: str | None = None) 
     return None
 
 
+def content(fingerprint: Any) -> Any:
+    """What in a fingerprint decides the features: all of it but the "source" of weights that carry their content
+    hash. Releases before 2 December 2026 recorded a local folder's path there (this venv's site-packages, this
+    user's cache: encoders.registry.portable_source), so a model folder saved by one installation records where its
+    weights were, which another installation of the same weights does not share."""
+    if isinstance(fingerprint, dict):
+        return {k: content(v) for k, v in fingerprint.items() if not (k == "source" and "weights_sha256" in fingerprint)}
+    if isinstance(fingerprint, list):
+        return [content(v) for v in fingerprint]
+    return fingerprint
+
+
+def same_features(recorded: dict, actual: dict) -> bool:
+    """Whether a recorded fingerprint and an encoder's own describe the same features: equal, or equal but for
+    where the same weights (by content hash) were installed."""
+    return recorded == actual or content(recorded) == content(actual)
+
+
+def with_local_sources(fingerprint: dict, encoder) -> dict:
+    """`encoder`'s fingerprint in the form releases before 2 December 2026 hashed (a local folder's path as its
+    "source"), for model.json format 1, which recorded only a hash: such a folder still loads where it was made."""
+    parts = encoder.feature_parts()
+    if parts and isinstance(fingerprint.get("parts"), list):
+        return {**fingerprint, "parts": [with_local_sources(f, p) for f, p in zip(fingerprint["parts"], parts)]}
+    folder = getattr(encoder, "_folder", None)  # the Hugging Face encoders' local folder (None: a Hub id)
+    if folder is not None and "source" not in fingerprint and "weights_sha256" in fingerprint:
+        return {**fingerprint, "source": str(encoder.source)}
+    return fingerprint
+
+
 def differences(recorded: dict, actual: dict) -> list[str]:
-    """The top-level fields in which two fingerprints differ (what an error message names)."""
+    """The top-level fields in which two fingerprints differ (what an error message names), where the weights'
+    install location does not count (see `content`)."""
+    recorded, actual = content(recorded), content(actual)
     return sorted(k for k in set(recorded) | set(actual) if recorded.get(k) != actual.get(k))

@@ -73,17 +73,22 @@ class Predictor(PredictorBase):
         checkpoint behind the same name would silently shift every prediction), and learn the precision each
         modality's features were computed at. A format-1 record is upgraded in memory to a format-2 one, so
         `self.meta` always reads as format 2 (`self.source_format` says what the folder holds)."""
-        from .fingerprints import differences, encoder_record, identity_sha256, legacy_precision
+        from .fingerprints import (differences, encoder_record, identity_sha256, legacy_precision, same_features,
+                                   with_local_sources)
 
         for m in self.modalities:
             rec = self.meta["encoders"][m]
             got = self.encoders[m].fingerprint()  # hashes the weight files (once per process)
-            if self.source_format >= 2:
+            if self.source_format >= 2:  # the record's hash was checked against its fingerprint on loading
                 precision = rec["precision"]
-                ok = identity_sha256(got, precision) == rec["fingerprint_sha256"]
+                ok = (identity_sha256(got, precision) == rec["fingerprint_sha256"]
+                      or same_features(rec["fingerprint"], got))  # the same weights, installed elsewhere
                 differ = differences(rec["fingerprint"], got)
             else:  # one of format 1's forms: the cache's hash (with or without the precision) or the dict
-                precision = legacy_precision(rec["fingerprint"], got, self.meta["config"].get("precision"))
+                hint = self.meta["config"].get("precision")
+                precision = legacy_precision(rec["fingerprint"], got, hint)
+                if precision is None:  # hashed with the weights' local path, as that release did
+                    precision = legacy_precision(rec["fingerprint"], with_local_sources(got, self.encoders[m]), hint)
                 ok = precision is not None
                 differ = differences(rec["fingerprint"], got) if isinstance(rec["fingerprint"], dict) else []
             if not ok:

@@ -22,8 +22,8 @@ from torch import nn
 
 from ..images import IMAGENET_MEAN, IMAGENET_STD, PosterTransform
 from .base import Encoder, EncoderOutput, file_sha256
-from .registry import (checkpoint_sha256, load_config, load_pretrained, read_json_file, register_encoder,
-                       resolve_source)
+from .registry import (checkpoint_sha256, load_config, load_pretrained, portable_source, read_json_file,
+                       register_encoder, resolve_source)
 
 # EfficientNet-Lite was trained in TensorFlow on (pixel - 127) / 128 ("inception-style", chosen for int8
 # quantisation; see efficientnet/lite/efficientnet_lite_builder.py MEAN_RGB / STDDEV_RGB), not on ImageNet
@@ -173,7 +173,7 @@ class HFImageEncoder(ImageEncoder):
             hook.remove()
 
     def _weights_fingerprint(self) -> dict[str, Any]:
-        return {"name": self.name, "source": self.source,
+        return {"name": self.name, **portable_source(self.source, self._folder),
                 "weights_sha256": checkpoint_sha256(self.source, self._folder)}
 
 

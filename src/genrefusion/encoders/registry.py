@@ -202,6 +202,14 @@ def load_pretrained(model_cls: Any, source: str, folder: Path | None, config: An
     return model
 
 
+def portable_source(source: str, folder: Path | None) -> dict[str, str]:
+    """The "source" entry of a fingerprint: the Hub id, or nothing for a local folder. A folder's path says where
+    this installation keeps the weights (site-packages of this venv, this user's cache), not what they are; their
+    content hash (checkpoint_sha256) does. With the path in it, the same weights in another venv, checkout or
+    machine made other cache keys (everything encoded again) and refused every saved model."""
+    return {"source": source} if folder is None else {}
+
+
 def checkpoint_sha256(source: str, folder: Path | None) -> str:
     """Content hash of a checkpoint's config, weights and tokenizer/processor files (see _WEIGHT_FILES)."""
     if folder is None:  # a Hub id: hash the snapshot from_pretrained resolved in the local cache

@@ -15,7 +15,8 @@ import torch
 from ..languages import ENGLISH, PARAPHRASE_LANGUAGES, XLMR_LANGUAGES
 from ..preprocessing import normalise_text
 from .base import Encoder, EncoderOutput, check_texts
-from .registry import checkpoint_sha256, load_config, load_pretrained, register_encoder, resolve_source
+from .registry import (checkpoint_sha256, load_config, load_pretrained, portable_source, register_encoder,
+                       resolve_source)
 
 POOLINGS = ("cls", "mean")
 
@@ -129,7 +130,7 @@ class TextEncoder(Encoder):
         fp = {
             "class": type(self).__name__,
             "name": self.name,
-            "source": self.source,
+            **portable_source(self.source, self._folder),
             "weights_sha256": checkpoint_sha256(self.source, self._folder),
             "pooling": self.pooling,
             "max_length": self.max_length,
