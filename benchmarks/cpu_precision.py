@@ -85,10 +85,10 @@ def args_tolerance() -> float:
 
 def reduced_matmul_agreement(precision: str, seed: int = 0) -> float:
     """The share of reduced-precision matrix products' and convolutions' elements on THIS CPU that equal the exact
-    result for the same rounded inputs, rounded once to that precision: what hardware with native bf16 dot products and fp32
-    accumulation (AVX512-BF16, AMX) computes, up to the order of its fp32 sums. A share near 1 says features
-    computed here, even where the precision is emulated, are the features such a CPU computes, so the quality
-    verdict carries over (it is kept per encoder, not per CPU); the speed never does."""
+    result for the same rounded inputs, rounded once to that precision: what hardware with native bf16 dot
+    products and fp32 accumulation (AVX512-BF16, AMX) computes, up to the order of its fp32 sums. A share near 1
+    says features computed here, even where the precision is emulated, are the features such a CPU computes, so
+    the quality verdict carries over (it is kept per encoder, not per CPU); the speed never does."""
     import torch
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]

@@ -5,7 +5,9 @@ An encoder's `fingerprint()` is a JSON-able dict of its weights' content hash an
 depend on the autocast precision they were computed under (bf16 features differ from fp32 ones by ~1e-2), so the
 identity of a set of features is `{**fingerprint, "precision": p}`, and its hash is `identity_sha256`. A saved
 model (model.json format 2) records, per modality, the fingerprint dict, the precision and that hash
-(`encoder_record`); the loader rebuilds the encoder and compares with `check_encoder`.
+(`encoder_record`); the loader (predictor.Predictor) rebuilds the encoder and compares. Where the weights are
+installed is not part of it: a local folder's path is left out (encoders.registry.portable_source), and a record
+that still has one is compared by `content` (`same_features`).
 
 Two older forms are still understood, because files written by earlier releases use them:
 * the feature cache's folder key (`cache_key`) leaves the precision out for fp32, so existing cache folders keep
@@ -131,7 +133,8 @@ def content(fingerprint: Any) -> Any:
     user's cache: encoders.registry.portable_source), so a model folder saved by one installation records where its
     weights were, which another installation of the same weights does not share."""
     if isinstance(fingerprint, dict):
-        return {k: content(v) for k, v in fingerprint.items() if not (k == "source" and "weights_sha256" in fingerprint)}
+        hashed = "weights_sha256" in fingerprint
+        return {k: content(v) for k, v in fingerprint.items() if not (k == "source" and hashed)}
     if isinstance(fingerprint, list):
         return [content(v) for v in fingerprint]
     return fingerprint
