@@ -133,10 +133,11 @@ def cmd_quality(args) -> int:
             f"{m} {r[m]['score_a']:.4f} -> {r[m]['score_b']:.4f} ({r[m]['diff']:+.4f}, CI [{r[m]['ci_low']:+.4f}, "
             f"{r[m]['ci_high']:+.4f}])" for m in ("f1_macro", "f1_micro")))
     cap = probe_cpu()
+    emulated = args.precision not in cap.native
     agreement = reduced_matmul_agreement(args.precision)
     print(f"features computed on {cap.model} ({', '.join(sorted(cap.flags)) or 'no flags of interest'}): "
-          f"{args.precision} {'native' if args.precision in cap.native else 'emulated'}; "
-          f"{agreement:.4%} of its matrix products' elements equal the once-rounded exact product")
+          f"{args.precision} {'emulated' if emulated else 'native'}; {agreement:.4%} of its matrix products' and "
+          "convolutions' elements equal the once-rounded exact result")
     table = load_table()
     quality = table.setdefault("quality", {})
     for enc in sorted({e for r in per_row for e in r["encoders"]}):
@@ -146,8 +147,7 @@ def cmd_quality(args) -> int:
         quality.setdefault(enc, {})[args.precision] = {
             "verdict": "pass" if ok else "fail", "seeds": args.seeds, "rows": rows, "preset": "recommended",
             "split": "stratified", "modalities": "both", "tolerance": args_tolerance(),
-            "computed_on": {**cap.to_dict(), "emulated": args.precision not in cap.native,
-                            "matmul_agreement": round(agreement, 6)},
+            "computed_on": {**cap.to_dict(), "emulated": emulated, "matmul_agreement": round(agreement, 6)},
             "measured": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
         print(f"{enc}: {args.precision} {'keeps' if ok else 'does NOT keep'} downstream quality")
     print(f"written: {_write(table)}")
