@@ -49,7 +49,7 @@ def load_avg() -> str:
 def machine() -> dict[str, Any]:
     import torch
 
-    from genrefusion.precision import probe_cpu
+    from genrefusion.features.precision import probe_cpu
 
     return {**probe_cpu().to_dict(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "interop_threads": torch.get_num_interop_threads(), "load": load_avg()}
@@ -58,8 +58,8 @@ def machine() -> dict[str, Any]:
 # --- raw items from the sample ---------------------------------------------------------------------------------
 def sample_items(data: str, modality: str, n: int, seed: int = 0) -> list:
     """n real sample items of `modality` (plots or decoded posters), a fixed random draw."""
-    from genrefusion.data import load_dataset
-    from genrefusion.modalities import spec
+    from genrefusion.data.loader import load_dataset
+    from genrefusion.data.modalities import spec
 
     ds = load_dataset(data)
     m = spec(modality)
@@ -69,7 +69,7 @@ def sample_items(data: str, modality: str, n: int, seed: int = 0) -> list:
 
 
 def sample_dataset(data: str, n: int, seed: int = 0):
-    from genrefusion.data import load_dataset
+    from genrefusion.data.loader import load_dataset
 
     ds = load_dataset(data, modalities="both")
     return ds.subset(sorted(random.Random(seed).sample(range(len(ds)), min(n, len(ds)))))
@@ -95,7 +95,7 @@ def encode_items(encoder, items: list, precision: str, batch_size: int, run=None
     what computes a batch's pooled vectors instead of the encoder (the onnxruntime backend's runner)."""
     import torch
 
-    from genrefusion.fingerprints import autocast
+    from genrefusion.features.fingerprints import autocast
 
     order = list(range(len(items)))
     lengths = getattr(encoder, "token_lengths", None)
@@ -122,7 +122,7 @@ def encoder_precisions(data: str, encoders: Sequence[str] = ENCODERS, precisions
     import torch
 
     from genrefusion.encoders import create_encoder
-    from genrefusion.modalities import spec
+    from genrefusion.data.modalities import spec
 
     result: dict[str, dict[str, dict]] = {}
     for name in encoders:
@@ -136,7 +136,7 @@ def encoder_precisions(data: str, encoders: Sequence[str] = ENCODERS, precisions
             if p == "fp32":
                 continue
             if p == "onnxruntime":  # the graph is traced (or found in the cache) before the clock starts
-                from genrefusion.feature_backends import onnx_runner
+                from genrefusion.features.backends import onnx_runner
 
                 run = onnx_runner(enc, None)
                 encode_items(enc, items[:bs], "fp32", bs, run)  # its warm-up
@@ -175,7 +175,7 @@ def format_encoders(table: dict[str, dict[str, dict]], limit: int, title: str | 
 
 def stored_encoders() -> tuple[dict[str, dict[str, dict]], str]:
     """This CPU kind's entry of the evidence table (cpu_precision.py speed wrote it with encoder_precisions)."""
-    from genrefusion.precision import cpu_capability, load_table
+    from genrefusion.features.precision import cpu_capability, load_table
 
     native = sorted(cpu_capability().native)
     for entry in load_table().get("speed", []):
@@ -187,8 +187,8 @@ def stored_encoders() -> tuple[dict[str, dict[str, dict]], str]:
 
 
 def format_auto(encoders: Sequence[str] = ENCODERS) -> str:
-    from genrefusion.fingerprints import resolve_precision
-    from genrefusion.precision import TABLE, backend_for, backend_verdict, cpu_capability, verdicts
+    from genrefusion.features.fingerprints import resolve_precision
+    from genrefusion.features.precision import TABLE, backend_for, backend_verdict, cpu_capability, verdicts
 
     cap = cpu_capability()
     why = verdicts(encoders, cap)
@@ -207,7 +207,7 @@ def _cold_features(ds, enc, root: str, precision: str, backend: str):
     backend traced before are kept: a machine traces each encoder once)."""
     import shutil
 
-    from genrefusion.features import dataset_features
+    from genrefusion.features.cache import dataset_features
 
     shutil.rmtree(os.path.join(root, "features"), ignore_errors=True)
     t = time.perf_counter()
@@ -223,9 +223,9 @@ def features_vs_peer(data: str, limit: int = 192, log: Callable[[str], None] = p
     import torch
 
     from genrefusion.encoders import create_encoder
-    from genrefusion.features import default_batch_size
-    from genrefusion.fingerprints import resolve_precision
-    from genrefusion.precision import backend_for
+    from genrefusion.features.cache import default_batch_size
+    from genrefusion.features.fingerprints import resolve_precision
+    from genrefusion.features.precision import backend_for
 
     ds = sample_dataset(data, limit)
     enc = create_encoder("minilm-l6")
@@ -297,11 +297,11 @@ def format_features(r: dict[str, Any]) -> str:
 # --- catalog path --------------------------------------------------------------------------------------------------
 def catalog_throughput(model: str, data: str, limit: int = 64) -> dict[str, Any]:
     """Predictor on `limit` sample movies: all at once (length-grouped encoder batches) vs one at a time."""
-    from genrefusion.predict import load_model
+    from genrefusion.cli.predict import load_model
 
     predictor = load_model(model)
     ds = sample_dataset(data, limit)
-    from genrefusion.modalities import spec
+    from genrefusion.data.modalities import spec
 
     posters = [spec("image").load_raw(m) for m in ds.movies]
     plots = [m.plot for m in ds.movies]
@@ -366,7 +366,7 @@ def onnx_section(args) -> str:
 
 def demo_section(args) -> str:
     """The thesis grid cold on the sample, as `make demo` runs it, in a fresh cache."""
-    from genrefusion.grid import run_grid
+    from genrefusion.training.grid import run_grid
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()

@@ -39,7 +39,7 @@ def _cpu_bench():
 
 def _write(table: dict[str, Any]) -> Path:
     from genrefusion import atomic
-    from genrefusion.precision import TABLE
+    from genrefusion.features.precision import TABLE
 
     atomic.write_text(TABLE, json.dumps(table, indent=1, sort_keys=True) + "\n")
     return TABLE
@@ -48,7 +48,7 @@ def _write(table: dict[str, Any]) -> Path:
 def cmd_speed(args) -> int:
     """Measure encoder by encoder, writing this CPU's entry after each one (a long run stopped midway keeps what
     it measured)."""
-    from genrefusion.precision import load_table, probe_cpu
+    from genrefusion.features.precision import load_table, probe_cpu
 
     bench = _cpu_bench()
     cap = probe_cpu()
@@ -78,7 +78,7 @@ def cmd_speed(args) -> int:
 
 
 def args_tolerance() -> float:
-    from genrefusion.precision import TOLERANCE
+    from genrefusion.features.precision import TOLERANCE
 
     return TOLERANCE
 
@@ -112,9 +112,9 @@ def reduced_matmul_agreement(precision: str, seed: int = 0) -> float:
 
 
 def cmd_quality(args) -> int:
-    from genrefusion.compare import compare
-    from genrefusion.grid import run_grid
-    from genrefusion.precision import keeps_quality, load_table, probe_cpu
+    from genrefusion.evaluation.compare import compare
+    from genrefusion.training.grid import run_grid
+    from genrefusion.features.precision import keeps_quality, load_table, probe_cpu
 
     out = Path(args.out)
     grids = {}

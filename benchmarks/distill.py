@@ -8,7 +8,7 @@ teacher), quality over several seeds and single-movie latency, side by side in o
    recommended preset, late fusion of MPNet + EfficientNet-Lite0+DINOv2 (`--teacher-*` to change it), on
    `--modalities both` of the official split, one run per seed under OUT/teacher/seed-<n>/ (finished seeds are
    reused when the benchmark is run again; `--teacher-text-encoder`/`--teacher-image-encoder` change its encoders).
-2. The students (MiniLM-L6 + EfficientNet-Lite0 by default), through `genrefusion.distill.run_distill`, N seeds each:
+2. The students (MiniLM-L6 + EfficientNet-Lite0 by default), through `genrefusion.training.distill.run_distill`, N seeds each:
    `alone`, alpha=1 and no unlabelled movies (the same student without the teacher: the labels' loss only), and
    `distilled` with --alpha/--temperature and the --unlabelled movies (the sample folder itself gives its 1,911 dev
    movies without a poster: with `modalities=both` they are in none of the labelled splits, and the dev/test/train
@@ -42,9 +42,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from genrefusion import runs  # noqa: E402
-from genrefusion.compare import compare  # noqa: E402
-from genrefusion.stats import seed_mean_std  # noqa: E402
+from genrefusion.evaluation import runs  # noqa: E402
+from genrefusion.evaluation.compare import compare  # noqa: E402
+from genrefusion.evaluation.stats import seed_mean_std  # noqa: E402
 
 TEACHER = {"model": "late", "text_encoder": "mpnet-base", "image_encoder": "efficientnet-lite0+dinov2-vits14",
            "modalities": "both", "split": "official"}
@@ -56,8 +56,8 @@ def train_teacher(data: str, out: Path, seeds: int, cache_dir: str | None, overr
                   log=print) -> Path:
     """A grid-row-like folder out/seed-<n>/ of the recommended preset's teacher; finished seeds are reused."""
     from genrefusion.config import load_config
-    from genrefusion.data import load_dataset
-    from genrefusion.experiment import load_features, model_modalities, run_experiment
+    from genrefusion.data.loader import load_dataset
+    from genrefusion.training.experiment import load_features, model_modalities, run_experiment
 
     dataset = features = None  # read and encoded once, shared by the seeds (as the grid does)
     for s in range(seeds):
@@ -88,8 +88,8 @@ def _row_metrics(path: Path) -> dict[str, Any]:
 
 def _test_movies(data: str, n: int):
     """n test movies with a poster and a plot, spread over plot lengths (sorted by length, evenly spaced)."""
-    from genrefusion.data import load_dataset
-    from genrefusion.images import load_poster
+    from genrefusion.data.loader import load_dataset
+    from genrefusion.data.images import load_poster
 
     ds = load_dataset(data, TEACHER["split"], "both")
     movies = sorted((ds.movies[i] for i in ds.splits["test"] if ds.movies[i].poster and ds.movies[i].plot),
@@ -101,7 +101,7 @@ def _test_movies(data: str, n: int):
 def latency(models: dict[str, Path], movies: Sequence[tuple[Any, str]], warmup: int = 3) -> dict[str, dict]:
     """Single-movie Predictor.predict_one latency per model, the models interleaved movie by movie (alternating who
     goes first) so that load on a shared machine hits them alike."""
-    from genrefusion.predictor import load_model
+    from genrefusion.inference.predictor import load_model
 
     predictors = {name: load_model(d) for name, d in models.items()}
     times: dict[str, list[float]] = {name: [] for name in predictors}
@@ -123,7 +123,7 @@ def sweep(teacher: str | Path, out: Path, levers: Sequence[str], seeds: int, com
           unlabelled: Sequence[str], log=print) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Try each lever `alpha,temperature[,unlabelled][,key=value...]` (e.g. "0.5,1", "0,2,u", "0.5,2,u,model=gmu")
     with `seeds` seeds and pick the one with the best mean VALIDATION macro-F1 (test never enters the choice)."""
-    from genrefusion.distill import run_distill
+    from genrefusion.training.distill import run_distill
 
     tried = []
     for i, lever in enumerate(levers):
@@ -148,7 +148,7 @@ def distill_benchmark(data: str, out: str | Path, teacher: str | Path | None = N
                       levers: Sequence[str] = (), sweep_seeds: int = 2, log=print) -> dict[str, Any]:
     """With `levers`, alpha, temperature, unlabelled-or-not and extra overrides of the distilled student are chosen
     by `sweep` (validation only) instead of being the given ones."""
-    from genrefusion.distill import run_distill
+    from genrefusion.training.distill import run_distill
 
     out = Path(out)
     t0 = time.perf_counter()

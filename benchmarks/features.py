@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from genrefusion.data import load_dataset
+from genrefusion.data.loader import load_dataset
 from genrefusion.encoders import create_encoder
-from genrefusion.features import dataset_features
+from genrefusion.features.cache import dataset_features
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mmimdb-sample"
 

@@ -21,10 +21,10 @@ import tempfile
 import numpy as np
 import torch
 
-from genrefusion import workers
+from genrefusion.training import workers
 from genrefusion.config import load_config
-from genrefusion.data import load_dataset
-from genrefusion.experiment import load_features, model_modalities, run_experiment
+from genrefusion.data.loader import load_dataset
+from genrefusion.training.experiment import load_features, model_modalities, run_experiment
 
 
 def main() -> None:
@@ -68,7 +68,7 @@ def main() -> None:
 
 
 def grid_rows(args: argparse.Namespace) -> None:
-    from genrefusion.grid import run_grid
+    from genrefusion.training.grid import run_grid
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}")
     seconds: dict[str, list[float]] = {"1": [], "0": []}

@@ -15,10 +15,10 @@ import tempfile
 
 import torch
 
-import genrefusion.train as train_module
+import genrefusion.training.train as train_module
 from genrefusion.config import load_config
-from genrefusion.data import load_dataset
-from genrefusion.experiment import load_features, model_modalities, run_experiment
+from genrefusion.data.loader import load_dataset
+from genrefusion.training.experiment import load_features, model_modalities, run_experiment
 
 
 def main() -> None:

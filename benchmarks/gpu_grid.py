@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genrefusion.labels import GENRES
+from genrefusion.data.labels import GENRES
 
 MMIMDB_SPLIT = {"train": 15_552, "dev": 2_608, "test": 7_799}  # 25,959 movies
 SLOTS = ("BERT", "RoBERTa", "ResNet50", "ViT")
@@ -157,11 +157,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder for models, data, feature cache and grid runs (reused by a second run)")
     args = parser.parse_args(argv)
 
-    from genrefusion.data import load_dataset
+    from genrefusion.data.loader import load_dataset
     from genrefusion.distributed import resolve_device
     from genrefusion.encoders import create_encoder
-    from genrefusion.features import dataset_features, resolve_precision
-    from genrefusion.grid import run_grid
+    from genrefusion.features.cache import dataset_features, resolve_precision
+    from genrefusion.training.grid import run_grid
 
     t_start = time.perf_counter()
     device = resolve_device(args.device)

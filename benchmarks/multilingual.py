@@ -38,16 +38,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genrefusion.checkpoint import load_head
-from genrefusion.compare import compare
+from genrefusion.inference.checkpoint import load_head
+from genrefusion.evaluation.compare import compare
 from genrefusion.config import load_config
-from genrefusion.data import load_catalog, load_dataset
-from genrefusion.experiment import build_encoder, load_features, run_experiment
-from genrefusion.features import dataset_features
-from genrefusion.labels import GENRES
-from genrefusion.metrics import compute_metrics
-from genrefusion.runs import read_metrics, read_predictions
-from genrefusion.train import FeatureBatches, predict
+from genrefusion.data.loader import load_catalog, load_dataset
+from genrefusion.training.experiment import build_encoder, load_features, run_experiment
+from genrefusion.features.cache import dataset_features
+from genrefusion.data.labels import GENRES
+from genrefusion.evaluation.metrics import compute_metrics
+from genrefusion.evaluation.runs import read_metrics, read_predictions
+from genrefusion.training.train import FeatureBatches, predict
 
 ENGLISH = ("minilm-l6", "mpnet-base")
 MULTILINGUAL = ("multilingual-e5-small", "use-multilingual")

@@ -26,8 +26,8 @@ def main() -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from genrefusion.encoders import create_encoder
-    from genrefusion.feature_backends import graph_dir, onnx_runner, ort_session
-    from genrefusion.modalities import spec
+    from genrefusion.features.backends import graph_dir, onnx_runner, ort_session
+    from genrefusion.data.modalities import spec
 
     sys.path.insert(0, str(HERE))  # benchmarks/ is no package: its cpu.py holds the shared measuring helpers
     import cpu as bench

@@ -45,8 +45,8 @@ def onnx_vs_torch(model_dir: str | Path, onnx_dir: str | Path, poster, plot: str
                   warmup: int = 5) -> dict:
     """In-process single-movie latency of the torch Predictor and the OnnxPredictor, interleaved; plus their largest
     probability difference on this movie."""
-    from genrefusion.exported import OnnxPredictor
-    from genrefusion.predictor import Predictor
+    from genrefusion.inference.onnx_predictor import OnnxPredictor
+    from genrefusion.inference.predictor import Predictor
 
     models = {"torch": Predictor(model_dir), "onnxruntime": OnnxPredictor(onnx_dir)}
     times: dict[str, list[float]] = {k: [] for k in models}
@@ -112,7 +112,7 @@ def train_reference(sample: Path, work: Path, movies: int) -> Path:
     from conftest import make_subset
 
     from genrefusion.config import Config
-    from genrefusion.experiment import run_experiment
+    from genrefusion.training.experiment import run_experiment
 
     data = make_subset(sample, work / "data", {"train": movies, "dev": movies // 4, "test": movies // 4})
     cfg = Config(data=str(data), split="official", modalities="any", epochs=3, out=str(work), name="ref",
@@ -139,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from serve import sample_movie
 
-    from genrefusion.export import export_onnx
-    from genrefusion.posters import load_poster
+    from genrefusion.inference.export import export_onnx
+    from genrefusion.data.posters import load_poster
 
     work = Path(tempfile.mkdtemp(prefix="onnx-latency-"))
     model = Path(args.model) if args.model else train_reference(Path(args.sample), work, args.train_movies)
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     inproc = onnx_vs_torch(model, onnx_dir, poster, plot, args.requests)
     http = None if args.no_http else http_vs(str(model), str(onnx_dir), poster_path, plot, args.requests)
 
-    from genrefusion.predictor import load_model
+    from genrefusion.inference.predictor import load_model
 
     info = load_model(onnx_dir).info()
     print(f"model: {info['fusion']} over {info['encoders']}; movie {mid} ({len(plot)} characters of plot)")

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from genrefusion.compare import compare
-from genrefusion.grid import run_grid
-from genrefusion.runs import read_metrics
+from genrefusion.evaluation.compare import compare
+from genrefusion.training.grid import run_grid
+from genrefusion.evaluation.runs import read_metrics
 
 
 def _fmt(m: dict, key: str) -> str:

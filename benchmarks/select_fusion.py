@@ -17,13 +17,13 @@ import numpy as np
 import torch
 
 from genrefusion.config import load_config
-from genrefusion.data import load_dataset
-from genrefusion.experiment import Features, build_loss, build_model, load_features
-from genrefusion.grid import resolve_slots, slot_encoder, slot_modality
-from genrefusion.labels import GENRES
-from genrefusion.metrics import cross_fitted_f1
-from genrefusion.modalities import spec
-from genrefusion.train import FeatureBatches, fit, predict
+from genrefusion.data.loader import load_dataset
+from genrefusion.training.experiment import Features, build_loss, build_model, load_features
+from genrefusion.training.grid import resolve_slots, slot_encoder, slot_modality
+from genrefusion.data.labels import GENRES
+from genrefusion.evaluation.metrics import cross_fitted_f1
+from genrefusion.data.modalities import spec
+from genrefusion.training.train import FeatureBatches, fit, predict
 
 # name -> (model, text slot, image slot, config overrides on top of the recommended preset)
 RECIPE = {"late_weights": "scalar", "aux_loss_weight": 0.0}  # the preset's values before this selection

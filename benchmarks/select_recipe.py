@@ -16,10 +16,10 @@ import time
 import numpy as np
 
 from genrefusion.config import load_config
-from genrefusion.data import load_dataset
-from genrefusion.experiment import load_features, run_experiment
-from genrefusion.metrics import cross_fitted_f1
-from genrefusion.runs import read_predictions
+from genrefusion.data.loader import load_dataset
+from genrefusion.training.experiment import load_features, run_experiment
+from genrefusion.evaluation.metrics import cross_fitted_f1
+from genrefusion.evaluation.runs import read_predictions
 
 MODELS = ("text", "image", "early", "gmu")
 TIE = 0.001

@@ -64,8 +64,8 @@ def tiny_model(dest: Path) -> Path:
     import conftest
 
     from genrefusion.config import Config
-    from genrefusion.experiment import run_experiment
-    from genrefusion.runs import read_run
+    from genrefusion.training.experiment import run_experiment
+    from genrefusion.evaluation.runs import read_run
 
     catalog = conftest.build_synthetic_catalog(dest / "catalog")
     cfg = Config(data=str(catalog), split="official", modalities="any", model="gmu",

@@ -22,12 +22,12 @@ import time
 import numpy as np
 import torch
 
-from genrefusion.batching import FeatureBatches
+from genrefusion.fusion.batching import FeatureBatches
 from genrefusion.config import load_config
-from genrefusion.data import load_dataset
-from genrefusion.experiment import load_features, model_modalities, oof_probabilities, run_experiment
-from genrefusion.metrics import compute_metrics, cross_fitted_f1, tune_thresholds
-from genrefusion.runs import read_predictions
+from genrefusion.data.loader import load_dataset
+from genrefusion.training.experiment import load_features, model_modalities, oof_probabilities, run_experiment
+from genrefusion.evaluation.metrics import compute_metrics, cross_fitted_f1, tune_thresholds
+from genrefusion.evaluation.runs import read_predictions
 
 DRACULA = ("0021814", "0051554", "0103874")  # Dracula (1931), Horror of Dracula (1958), Bram Stoker's Dracula
 
@@ -88,7 +88,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as run:
                 m = run_experiment(cfg, ds, feats, run_dir=run, log=None)
                 test = read_predictions(run, "test")
-                from genrefusion.predictor import load_model
+                from genrefusion.inference.predictor import load_model
 
                 dracula = []
                 if model == "gmu":
@@ -97,7 +97,7 @@ def main() -> None:
                         movie = next((mv for mv in ds.movies if mv.id == mid), None)
                         if movie is None:
                             continue
-                        from genrefusion.posters import load_poster
+                        from genrefusion.data.posters import load_poster
 
                         r = pred.predict_one(poster=load_poster(movie.poster), plot=movie.plot)
                         where = next(s for s, idx in ds.splits.items() if ds.movies.index(movie) in idx)

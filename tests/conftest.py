@@ -113,7 +113,7 @@ def synthetic_catalog(tmp_path_factory) -> Path:
 def trained_run(tmp_path_factory, synthetic_catalog, tiny_bert, tiny_vit) -> Path:
     """A finished run folder (model/ inside): a GMU over tiny encoders, 20 epochs (seconds; features are cached)."""
     from genrefusion.config import Config
-    from genrefusion.experiment import run_experiment
+    from genrefusion.training.experiment import run_experiment
 
     root = tmp_path_factory.mktemp("trained-run")
     cfg = Config(data=str(synthetic_catalog), split="official", modalities="any", model="gmu",
@@ -123,13 +123,13 @@ def trained_run(tmp_path_factory, synthetic_catalog, tiny_bert, tiny_vit) -> Pat
     return root / "gmu"
 
 
-SERVING_MODULES = ("genrefusion.predict", "genrefusion.serving", "genrefusion.explain")
+SERVING_MODULES = ("genrefusion.cli.predict", "genrefusion.serving", "genrefusion.inference.explain")
 
 
 @pytest.fixture
 def serving_cli(monkeypatch):
-    """genrefusion.cli.main with the serving layer's commands (predict, serve, explain) registered."""
-    from genrefusion import cli
+    """genrefusion.cli.commands.main with the serving layer's commands (predict, serve, explain) registered."""
+    from genrefusion.cli import commands as cli
 
     monkeypatch.setattr(cli, "PLUGIN_MODULES", tuple(dict.fromkeys((*cli.PLUGIN_MODULES, *SERVING_MODULES))))
     return cli.main

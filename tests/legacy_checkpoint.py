@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from genrefusion.atomic import staging_dir
 from genrefusion.config import Config
-from genrefusion.labels import GENRES
+from genrefusion.data.labels import GENRES
 
 FORMAT_VERSION = 1
 
@@ -79,7 +79,7 @@ def encoders(cfg: Config, modalities: tuple[str, ...], precision: str = "fp32") 
     """run_experiment's `encoders` argument of save_model, for cfg.mode 'features' (the cache ran under
     `precision`) or 'end-to-end'."""
     from genrefusion.encoders import create_encoder
-    from genrefusion.experiment import encoder_kwargs, encoder_name
+    from genrefusion.training.experiment import encoder_kwargs, encoder_name
 
     out = {}
     for m in modalities:
@@ -96,7 +96,7 @@ def probabilities(directory: str | Path, posters: list, plots: list) -> np.ndarr
     Predictor.features (fp32, no autocast) and the head, as that release did it."""
     from genrefusion.encoders import create_encoder
     from genrefusion.fusion import create_model
-    from genrefusion.train import pad_sequences
+    from genrefusion.training.train import pad_sequences
 
     directory = Path(directory)
     meta = json.loads((directory / "model.json").read_text(encoding="utf-8"))

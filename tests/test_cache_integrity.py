@@ -15,10 +15,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from genrefusion.data import load_catalog
+from genrefusion.data.loader import load_catalog
 from genrefusion.encoders import create_encoder
-from genrefusion.features import FeatureCache, dataset_features
-from genrefusion.shards import shard_checksums
+from genrefusion.features.cache import FeatureCache, dataset_features
+from genrefusion.features.shards import shard_checksums
 
 from conftest import WORDS
 
@@ -73,7 +73,7 @@ def _rewrite(path: Path, change) -> None:
 
 def _reread(ds, cache, tiny_bert, caplog, **kw):
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="genrefusion.features"):
+    with caplog.at_level(logging.WARNING, logger="genrefusion.features.cache"):
         return _features(ds, tiny_bert, cache, **kw)
 
 

@@ -9,11 +9,11 @@ import math
 
 import pytest
 
-from genrefusion.data import load_catalog
+from genrefusion.data.loader import load_catalog
 from genrefusion.encoders.image import ImageEncoder
 from genrefusion.encoders.text import TextEncoder
-from genrefusion.images import load_poster
-from genrefusion.predict import load_model
+from genrefusion.data.images import load_poster
+from genrefusion.cli.predict import load_model
 
 
 def _count_calls(monkeypatch, cls) -> list[int]:

@@ -16,13 +16,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import legacy_checkpoint as legacy
-from genrefusion.checkpoint import ModelFolderError, load_head, save_model
+from genrefusion.inference.checkpoint import ModelFolderError, load_head, save_model
 from genrefusion.config import Config
-from genrefusion.data import load_catalog
-from genrefusion.experiment import model_modalities
-from genrefusion.fingerprints import identity_sha256
-from genrefusion.images import load_poster
-from genrefusion.predict import load_model
+from genrefusion.data.loader import load_catalog
+from genrefusion.training.experiment import model_modalities
+from genrefusion.features.fingerprints import identity_sha256
+from genrefusion.data.images import load_poster
+from genrefusion.cli.predict import load_model
 
 
 @pytest.fixture
@@ -246,8 +246,8 @@ def moved_text_encoder(tiny_bert, tmp_path, monkeypatch):
 def test_features_and_models_do_not_depend_on_where_the_encoder_weights_are_installed(
         moved_text_encoder, synthetic_catalog, tmp_path):
     from genrefusion.encoders import create_encoder
-    from genrefusion.experiment import run_experiment
-    from genrefusion.features import FeatureCache
+    from genrefusion.training.experiment import run_experiment
+    from genrefusion.features.cache import FeatureCache
 
     cache = tmp_path / "cache"
     cfg = Config(data=str(synthetic_catalog), split="official", modalities="any", model="text",
@@ -268,7 +268,7 @@ def test_a_folder_that_recorded_its_weights_path_loads_where_they_are_installed_
         moved_text_encoder, synthetic_catalog, tmp_path):
     """Folders saved before 2 December 2026 recorded a local weights folder's path in the fingerprint ("source"):
     they load on another installation of the same weights, and still refuse other weights."""
-    from genrefusion.experiment import run_experiment
+    from genrefusion.training.experiment import run_experiment
 
     cfg = Config(data=str(synthetic_catalog), split="official", modalities="any", model="text",
                  text_encoder="tiny-installed", pooling="mean", epochs=3, lr=3e-3,

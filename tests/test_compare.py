@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from genrefusion.compare import compare, model_predictions
-from genrefusion.labels import GENRES
-from genrefusion.metrics import compute_metrics, tune_thresholds
-from genrefusion.runs import save_predictions
+from genrefusion.evaluation.compare import compare, model_predictions
+from genrefusion.data.labels import GENRES
+from genrefusion.evaluation.metrics import compute_metrics, tune_thresholds
+from genrefusion.evaluation.runs import save_predictions
 
 
 def _row(root, rng, y_val, y_test, noise, mode="per_genre", seeds=3):

@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 
 import tiny_models
-from genrefusion.data import load_dataset
+from genrefusion.data.loader import load_dataset
 from genrefusion.encoders import ConcatEncoder, create_encoder
-from genrefusion.features import dataset_features
-from genrefusion.grid import slot_modality
+from genrefusion.features.cache import dataset_features
+from genrefusion.training.grid import slot_modality
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_features_reuse_each_parts_cache(synthetic_catalog, tiny_vit, tiny_resne
     assert torch.equal(joined.present, parts[0].present & parts[1].present)
     assert not joined.present.all()  # the catalog has poster-less movies; they stay absent (zeros), not dropped
     torch.testing.assert_close(joined.pooled, torch.cat([p.pooled for p in parts], 1) * joined.present[:, None])
-    from genrefusion.fingerprints import identity_sha256
+    from genrefusion.features.fingerprints import identity_sha256
 
     # what a saved model records and checks: the joined encoder's fingerprint at the parts' precision
     assert joined.fingerprint == identity_sha256(joined_encoder.fingerprint(), "fp32")
@@ -106,8 +106,8 @@ def test_a_model_trained_on_a_joined_slot_predicts_like_its_features(synthetic_c
     from safetensors import safe_open
 
     from genrefusion.config import Config
-    from genrefusion.experiment import run_experiment
-    from genrefusion.predict import load_model
+    from genrefusion.training.experiment import run_experiment
+    from genrefusion.cli.predict import load_model
 
     # late fusion with one weight per genre and auxiliary branch losses (the recommended preset's late fusion)
     cfg = Config(data=str(synthetic_catalog), split="official", modalities="both", model="late",
@@ -134,7 +134,7 @@ def test_grid_slots_join_within_one_modality():
 
 
 def test_grid_fuses_a_joined_slot(synthetic_catalog, tiny_bert, tiny_vit, tiny_resnet, tmp_path):
-    from genrefusion.grid import run_grid
+    from genrefusion.training.grid import run_grid
 
     slots = [f"BERT={tiny_bert}", f"ResNet50={tiny_resnet}", f"ViT={tiny_vit}"]
     g = run_grid(str(synthetic_catalog), split="official", modalities="both", slot_overrides=slots, rows=["early"],

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genrefusion.cli import main
-from genrefusion.data import DataError, load_catalog, load_dataset, load_mmimdb
-from genrefusion.labels import GENRES
-from genrefusion.splits import stratified_split
-from genrefusion.summary import data_summary
+from genrefusion.cli.commands import main
+from genrefusion.data.loader import DataError, load_catalog, load_dataset, load_mmimdb
+from genrefusion.data.labels import GENRES
+from genrefusion.data.splits import stratified_split
+from genrefusion.data.summary import data_summary
 
 
 # -- the real sample -------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from genrefusion.data import DataError, load_catalog, load_dataset
+from genrefusion.data.loader import DataError, load_catalog, load_dataset
 
 
 def _jsonl(path: Path, rows: list, tail: str = "") -> Path:

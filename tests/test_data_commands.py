@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from genrefusion.cli import main
-from genrefusion.data import load_dataset
-from genrefusion.summary import data_summary, format_data_line
+from genrefusion.cli.commands import main
+from genrefusion.data.loader import load_dataset
+from genrefusion.data.summary import data_summary, format_data_line
 
 from conftest import build_synthetic_catalog
 
@@ -56,7 +56,7 @@ def test_train_logs_and_records_what_was_skipped(flawed_catalog, tiny_bert, tiny
 
 
 def test_grid_logs_what_was_skipped(flawed_catalog, tiny_bert, tiny_vit, tmp_path):
-    from genrefusion.grid import run_grid
+    from genrefusion.training.grid import run_grid
 
     lines: list[str] = []
     run_grid(str(flawed_catalog), slot_overrides=[f"BERT={tiny_bert}", f"ResNet50={tiny_vit}"], rows=["gmu"],

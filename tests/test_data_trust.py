@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from genrefusion.cli import main
-from genrefusion.data import DataError, MovieDataset, load_dataset, load_mmimdb
-from genrefusion.summary import data_summary
+from genrefusion.cli.commands import main
+from genrefusion.data.loader import DataError, MovieDataset, load_dataset, load_mmimdb
+from genrefusion.data.summary import data_summary
 
 GOOD = {"plot": ["A plot."], "genres": ["Drama"]}
 
@@ -204,9 +204,9 @@ def test_the_split_invariant_is_asserted(tmp_path, monkeypatch):
     with pytest.raises(AssertionError, match="twice"):
         MovieDataset(ds.movies, {"train": [0, 0], "dev": [], "test": []}, ds.report, ds.root)
     # load_dataset checks the split it hands out, whichever way it was drawn
-    import genrefusion.splits
+    import genrefusion.data.splits
 
-    monkeypatch.setattr(genrefusion.splits, "stratified_split", lambda y, seed: {"train": [0, 1], "dev": [1],
+    monkeypatch.setattr(genrefusion.data.splits, "stratified_split", lambda y, seed: {"train": [0, 1], "dev": [1],
                                                                                  "test": [2]})
     with pytest.raises(AssertionError, match="0000001"):
         load_dataset(root, split="stratified")
@@ -264,9 +264,9 @@ def test_empty_dataset_folder_and_nothing_usable(tmp_path):
 
 
 def test_a_huge_movie_json_is_refused_before_it_is_read(tmp_path, monkeypatch):
-    import genrefusion.data
+    import genrefusion.data.loader
 
-    monkeypatch.setattr(genrefusion.data, "MAX_MOVIE_JSON_BYTES", 1000)
+    monkeypatch.setattr(genrefusion.data.loader, "MAX_MOVIE_JSON_BYTES", 1000)
     root = make_root(tmp_path, {"0000001": GOOD, "0000002": {**GOOD, "plot": ["x" * 5000]}},
                      {"train": ["0000001", "0000002"], "dev": [], "test": []})
     ds = load_mmimdb(root)
@@ -295,8 +295,8 @@ def test_a_poster_declaring_a_huge_size_is_refused(tmp_path):
 
 
 def test_reader_features_and_predict_agree_on_a_truncated_jpeg(tmp_path):
-    from genrefusion.images import PosterError, load_poster
-    from genrefusion.predict import InputError, decode_poster
+    from genrefusion.data.images import PosterError, load_poster
+    from genrefusion.cli.predict import InputError, decode_poster
 
     data = _jpeg_bytes((200, 300))
     cut = data[: len(data) * 2 // 3]

@@ -17,7 +17,7 @@ QUIET = lambda *_: None  # noqa: E731
 @pytest.fixture(scope="module")
 def tiny_grid(tmp_path_factory, sample_root, tiny_bert, tiny_vit):
     """The recommended preset's unimodal rows and one fusion (GMU) with fuse=auto, on real sample movies."""
-    from genrefusion.grid import AUTO, run_grid
+    from genrefusion.training.grid import AUTO, run_grid
 
     root = tmp_path_factory.mktemp("demo")
     data = make_subset(sample_root, root / "data", {"train": 90, "dev": 0, "test": 50})
@@ -32,9 +32,9 @@ def tiny_grid(tmp_path_factory, sample_root, tiny_bert, tiny_vit):
 
 
 def test_fuse_auto_fuses_the_best_slots_on_validation_never_test(tiny_grid, monkeypatch):
-    from genrefusion import runs
-    from genrefusion.grid import validation_score
-    from genrefusion.metrics import cross_fitted_f1
+    from genrefusion.evaluation import runs
+    from genrefusion.training.grid import validation_score
+    from genrefusion.evaluation.metrics import cross_fitted_f1
 
     data, out, g = tiny_grid
     choice = g["fuse_choice"]
@@ -61,7 +61,7 @@ def test_fuse_auto_fuses_the_best_slots_on_validation_never_test(tiny_grid, monk
 
 
 def test_fuse_auto_needs_both_modalities_rows(tiny_grid, tmp_path):
-    from genrefusion.grid import AUTO, run_grid
+    from genrefusion.training.grid import AUTO, run_grid
 
     data, _, _ = tiny_grid
     with pytest.raises(ValueError, match="select a text and an image row"):
@@ -74,7 +74,7 @@ def _grid(rows):
 
 
 def test_the_side_by_side_table_and_its_reading_come_from_the_grids():
-    from genrefusion.demo import side_by_side
+    from genrefusion.cli.demo import side_by_side
 
     thesis = _grid([("BERT", "minilm-l6", 0.30, 0.50), ("RoBERTa", "mpnet-base", 0.10, 0.20),
                     ("GMU", "minilm-l6 + efficientnet-lite0", 0.35, 0.55)])
@@ -92,8 +92,8 @@ def test_the_side_by_side_table_and_its_reading_come_from_the_grids():
 
 
 def test_the_best_model_and_its_commands(tiny_grid, tmp_path):
-    from genrefusion.demo import best_model, example_movie, usage_commands
-    from genrefusion.grid import validation_score
+    from genrefusion.cli.demo import best_model, example_movie, usage_commands
+    from genrefusion.training.grid import validation_score
 
     data, out, g = tiny_grid
     best = best_model({"recommended": out})
@@ -107,13 +107,13 @@ def test_the_best_model_and_its_commands(tiny_grid, tmp_path):
     assert argv[:2] == ["genrefusion", "predict"]
     assert argv[argv.index("--plot") + 1] == movie.plot and argv[argv.index("--poster") + 1] == str(movie.poster)
     # the printed predict command runs as printed
-    from genrefusion.cli import main
+    from genrefusion.cli.commands import main
 
     assert main(argv[1:]) == 0
 
 
 def test_the_report_links_the_other_grid(tiny_grid):
-    from genrefusion.report import write_report
+    from genrefusion.evaluation.report import write_report
 
     _, out, _ = tiny_grid
     md = write_report(out)["markdown"].read_text()

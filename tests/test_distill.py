@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from genrefusion import runs
-from genrefusion.data import load_catalog
-from genrefusion.distill import agreement, distill_loss, pack_targets, run_distill, unlabelled_movies
-from genrefusion.images import load_poster
-from genrefusion.losses import create_loss
-from genrefusion.predictor import load_model
-from genrefusion.teacher import TeacherError, load_teacher
+from genrefusion.evaluation import runs
+from genrefusion.data.loader import load_catalog
+from genrefusion.training.distill import agreement, distill_loss, pack_targets, run_distill, unlabelled_movies
+from genrefusion.data.images import load_poster
+from genrefusion.fusion.losses import create_loss
+from genrefusion.inference.predictor import load_model
+from genrefusion.training.teacher import TeacherError, load_teacher
 
 from conftest import build_synthetic_catalog
 
@@ -218,7 +218,7 @@ def test_the_student_folder_loads_and_names_its_teacher(students, trained_run, s
 
 
 def test_several_seeds_make_a_row_that_compare_reads(trained_run, tmp_path):
-    from genrefusion.compare import compare
+    from genrefusion.evaluation.compare import compare
 
     out = tmp_path / "row"
     encoders = json.loads((trained_run / "model" / "model.json").read_text())["encoders"]
@@ -241,7 +241,7 @@ def test_several_seeds_make_a_row_that_compare_reads(trained_run, tmp_path):
     (["--teacher", "{run}", "no_such_key=1"], "unknown config key"),
 ])
 def test_command_line_errors_are_one_line(args, message, trained_run, tmp_path, capsys):
-    from genrefusion.cli import main
+    from genrefusion.cli.commands import main
 
     args = [a.format(tmp=tmp_path, run=trained_run) for a in args]
     assert main(["distill", *args, "--out", str(tmp_path / "out"), "--cache-dir",
@@ -252,7 +252,7 @@ def test_command_line_errors_are_one_line(args, message, trained_run, tmp_path, 
 
 
 def test_the_command_writes_a_student(trained_run, tmp_path, capsys):
-    from genrefusion.cli import main
+    from genrefusion.cli.commands import main
 
     text = json.loads((trained_run / "model" / "model.json").read_text())["encoders"]["text"]["name"]
     assert main(["distill", "--teacher", str(trained_run / "model"), "--text-encoder", text, "--out",

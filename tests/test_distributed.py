@@ -21,12 +21,12 @@ from safetensors.torch import load_file
 
 from genrefusion import distributed
 from genrefusion.config import Config
-from genrefusion.data import load_catalog
+from genrefusion.data.loader import load_catalog
 from genrefusion.encoders import create_encoder
-from genrefusion.features import FeatureCache, dataset_features
+from genrefusion.features.cache import FeatureCache, dataset_features
 from genrefusion.fusion import create_model
-from genrefusion.losses import create_loss
-from genrefusion.train import FeatureBatches, fit, predict
+from genrefusion.fusion.losses import create_loss
+from genrefusion.training.train import FeatureBatches, fit, predict
 
 from conftest import WORDS
 
@@ -49,7 +49,7 @@ def _problem():
     n = N_TRAIN + N_VAL
     text, image = torch.randn(n, DIM, generator=g), torch.randn(n, DIM, generator=g)
     y = ((text + image) @ torch.randn(DIM, 23, generator=g) > 0.3).float()
-    from genrefusion.features import FeatureTable
+    from genrefusion.features.cache import FeatureTable
 
     tables = [FeatureTable(t, torch.rand(n, generator=g) > 0.15, encoder="synthetic", fingerprint="0")
               for t in (text, image)]
@@ -60,7 +60,7 @@ def _problem():
 
 def _finetune(catalog, encoder_dir):
     """End-to-end fine-tuning of a text model: the encoder's weights live outside the DDP-wrapped head."""
-    from genrefusion.endtoend import EncoderBatches
+    from genrefusion.training.endtoend import EncoderBatches
 
     ds = load_catalog(catalog)
     torch.manual_seed(0)
@@ -94,9 +94,9 @@ WORKER = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])  # tests/, for the helpers above
     from safetensors.torch import save_file
     from genrefusion import distributed
-    from genrefusion.data import load_catalog
+    from genrefusion.data.loader import load_catalog
     from genrefusion.encoders import create_encoder
-    from genrefusion.features import dataset_features
+    from genrefusion.features.cache import dataset_features
     from test_distributed import _finetune, _problem, _train
 
     assert distributed.init_from_env() and distributed.world_size() == 2
@@ -203,7 +203,7 @@ def test_two_ranks_fine_tune_an_encoder_end_to_end_like_one_process(two_ranks, t
 
 
 def test_slices_tile_the_batch_and_weights_restore_the_global_mean():
-    from genrefusion.train import _local_slice
+    from genrefusion.training.train import _local_slice
 
     for n in (1, 2, 7, 16, 17):
         b = torch.arange(100, 100 + n)

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from genrefusion import download as dl
-from genrefusion.data import load_mmimdb
-from genrefusion.labels import GENRES
+from genrefusion.data import download as dl
+from genrefusion.data.loader import load_mmimdb
+from genrefusion.data.labels import GENRES
 
 MOVIES = {  # id -> (genres, has poster)
     "0000001": (["Drama"], True), "0000002": (["Comedy", "Romance"], True), "0000003": (["Horror"], False),

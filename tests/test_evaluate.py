@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score, hamming_loss, precision_score, recall_score, roc_auc_score
 
 from conftest import make_subset
-from genrefusion.labels import GENRES, multi_hot
+from genrefusion.data.labels import GENRES, multi_hot
 
 N_BOOT = 300
 
@@ -20,7 +20,7 @@ def two_runs(tmp_path_factory, sample_root, tiny_bert):
     """Two text models trained on real sample movies (official split: 80 train, 40 dev, 60 test), thresholds
     tuned per genre, sharing one feature cache."""
     from genrefusion.config import Config
-    from genrefusion.experiment import run_experiment
+    from genrefusion.training.experiment import run_experiment
 
     root = tmp_path_factory.mktemp("evaluate")
     data = make_subset(sample_root, root / "data", {"train": 80, "dev": 40, "test": 60})
@@ -36,7 +36,7 @@ def two_runs(tmp_path_factory, sample_root, tiny_bert):
 
 @pytest.fixture(scope="module")
 def test_movies(two_runs):
-    from genrefusion.data import load_dataset
+    from genrefusion.data.loader import load_dataset
 
     ds = load_dataset(two_runs[0], "official", "any")
     return [ds.movies[i] for i in ds.splits["test"]]
@@ -49,7 +49,7 @@ def by_hand(two_runs, test_movies):
 
 def _by_hand(model_dir, movies):
     """Each movie through the Predictor one at a time (no cache, no batching), then sklearn."""
-    from genrefusion.predictor import load_model
+    from genrefusion.inference.predictor import load_model
 
     predictor = load_model(model_dir)
     probs = np.array([[predictor.predict_one(plot=m.plot)["probabilities"][g] for g in GENRES] for m in movies])
@@ -80,8 +80,8 @@ def _check_against_sklearn(r, y, probs, pred):
 
 
 def test_evaluate_on_a_folder_equals_sklearn_by_hand(two_runs, test_movies, by_hand):
-    from genrefusion.evaluate import evaluate
-    from genrefusion.runs import read_predictions
+    from genrefusion.evaluation.evaluate import evaluate
+    from genrefusion.evaluation.runs import read_predictions
 
     data, runs, cache = two_runs
     r = evaluate(runs[0] / "model", data, split="test", n_boot=N_BOOT, cache_dir=cache)
@@ -96,7 +96,7 @@ def test_evaluate_on_a_folder_equals_sklearn_by_hand(two_runs, test_movies, by_h
 
 
 def test_the_bootstrap_interval_covers_the_estimate(two_runs):
-    from genrefusion.evaluate import evaluate
+    from genrefusion.evaluation.evaluate import evaluate
 
     data, runs, cache = two_runs
     r = evaluate(runs[0], data, split="test", n_boot=N_BOOT, cache_dir=cache)  # a run folder works too
@@ -120,7 +120,7 @@ def _catalog(path, movies, extra_rows=()):
 
 def test_evaluate_on_a_catalog_equals_sklearn_and_names_what_it_cannot_score(two_runs, test_movies, by_hand,
                                                                              tmp_path):
-    from genrefusion.evaluate import evaluate
+    from genrefusion.evaluation.evaluate import evaluate
 
     data, runs, cache = two_runs
     poster = next(m.poster for m in test_movies if m.poster)
@@ -135,8 +135,8 @@ def test_evaluate_on_a_catalog_equals_sklearn_and_names_what_it_cannot_score(two
 
 
 def test_compare_reproduces_genrefusion_compare(two_runs):
-    from genrefusion.compare import compare
-    from genrefusion.evaluate import evaluate
+    from genrefusion.evaluation.compare import compare
+    from genrefusion.evaluation.evaluate import evaluate
 
     data, runs, cache = two_runs
     r = evaluate(runs[0] / "model", data, split="test", n_boot=N_BOOT, seed=3, compare_with=runs[1] / "model",
@@ -150,7 +150,7 @@ def test_compare_reproduces_genrefusion_compare(two_runs):
 
 
 def test_the_cli_prints_the_tables_and_writes_json(two_runs, tmp_path, capsys):
-    from genrefusion.cli import main
+    from genrefusion.cli.commands import main
 
     data, runs, cache = two_runs
     out = tmp_path / "eval.json"
@@ -164,7 +164,7 @@ def test_the_cli_prints_the_tables_and_writes_json(two_runs, tmp_path, capsys):
 
 
 def test_a_catalog_without_labels_is_refused_with_its_name(two_runs, tmp_path, capsys):
-    from genrefusion.cli import main
+    from genrefusion.cli.commands import main
 
     data, runs, cache = two_runs
     (tmp_path / "nolabels.csv").write_text("id,plot\nm1,A man walks into a bar\n")
@@ -177,7 +177,7 @@ def test_a_catalog_without_labels_is_refused_with_its_name(two_runs, tmp_path, c
 def test_another_modality_filter_on_a_stratified_split_is_refused(sample_root, tmp_path):
     """The stratified split is drawn over the movies kept: another filter would redraw it and put training movies
     in "test"."""
-    from genrefusion.evaluate import load_labelled
+    from genrefusion.evaluation.evaluate import load_labelled
 
     data = make_subset(sample_root, tmp_path / "data", {"train": 40, "dev": 0, "test": 20})
     cfg = {"split": "stratified", "modalities": "any", "split_seed": 1234}

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from genrefusion.explain import explain, grad_cam
-from genrefusion.predict import InputError, load_model
+from genrefusion.inference.explain import explain, grad_cam
+from genrefusion.cli.predict import InputError, load_model
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_explain_command_writes_pngs(serving_cli, trained_run, tmp_path, capsys)
 def test_every_fusion_model_is_served_and_explained(trained_run, synthetic_catalog, tmp_path, model, options,
                                                     fusion_kind):
     from genrefusion.config import Config
-    from genrefusion.experiment import run_experiment
+    from genrefusion.training.experiment import run_experiment
 
     base = json.loads((trained_run / "model" / "model.json").read_text())["config"]
     cfg = Config(**{**base, "model": model, "epochs": 2, **options}).validate()  # the GMU run's cache: no re-encoding

@@ -16,12 +16,12 @@ from PIL import Image
 
 from conftest import REPO, make_subset
 from genrefusion.config import Config
-from genrefusion.data import load_catalog
-from genrefusion.experiment import run_experiment
-from genrefusion.export import ExportError, export_onnx
-from genrefusion.exported import MANIFEST, ExportFolderError, OnnxPredictor, pad_sequences
-from genrefusion.posters import load_poster
-from genrefusion.predict import load_model
+from genrefusion.data.loader import load_catalog
+from genrefusion.training.experiment import run_experiment
+from genrefusion.inference.export import ExportError, export_onnx
+from genrefusion.inference.onnx_predictor import MANIFEST, ExportFolderError, OnnxPredictor, pad_sequences
+from genrefusion.data.posters import load_poster
+from genrefusion.cli.predict import load_model
 
 CONTRACT = 1e-3  # the issue's: probabilities within 1e-3 of the torch model
 
@@ -178,7 +178,7 @@ def test_a_damaged_export_is_refused_naming_the_file(exported, tmp_path):
 def test_numpy_padding_is_the_torch_padding():
     import torch
 
-    from genrefusion.batching import pad_sequences as torch_pad
+    from genrefusion.fusion.batching import pad_sequences as torch_pad
 
     rng = np.random.default_rng(0)
     seqs = [rng.normal(size=(3, 4)).astype(np.float32), None, rng.normal(size=(5, 4)).astype(np.float32)]
@@ -209,7 +209,7 @@ def test_predict_cli_runs_an_export_without_torch(exported, synthetic_catalog, t
     out = tmp_path / "pred.csv"
     code = """
         import json, sys
-        from genrefusion.cli import main
+        from genrefusion.cli.commands import main
         assert main(["predict", "--model", sys.argv[1], "--poster", sys.argv[2], "--plot", "ghost night", "--json"]) == 0
         assert main(["predict", "--model", sys.argv[1], "--input", sys.argv[3], "--output", sys.argv[4]]) == 0
         assert "torch" not in sys.modules, "torch was imported"
@@ -228,7 +228,7 @@ def test_the_service_runs_an_export_without_torch(exported):
         import base64, io, json, sys
         import httpx2
         from PIL import Image
-        from genrefusion.predict import load_model
+        from genrefusion.cli.predict import load_model
         from genrefusion.serving import create_app
         from serving_helpers import LoopbackServer
         predictor = load_model(sys.argv[1])
@@ -284,7 +284,7 @@ def test_real_sample_movies_predict_alike_with_the_offline_encoders(sample_root,
     manifest = export_onnx(tmp_path / "gmu" / "model", tmp_path / "onnx", check_data=str(data), check_movies=16,
                            log=None)
     assert manifest["check"]["movies"] >= 16 and manifest["check"]["max_abs_diff"] <= CONTRACT
-    from genrefusion.data import load_dataset
+    from genrefusion.data.loader import load_dataset
 
     ds = load_dataset(str(data))
     movies = [ds.movies[i] for i in ds.splits["test"]]

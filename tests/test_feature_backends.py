@@ -8,12 +8,12 @@ import logging
 import pytest
 import torch
 
-from genrefusion import feature_backends
-from genrefusion.data import load_catalog
+from genrefusion.features import backends as feature_backends
+from genrefusion.data.loader import load_catalog
 from genrefusion.encoders import create_encoder
-from genrefusion.feature_backends import BackendError
-from genrefusion.features import FeatureCache, dataset_features
-from genrefusion.precision import CpuCapability, backend_for, backend_verdict
+from genrefusion.features.backends import BackendError
+from genrefusion.features.cache import FeatureCache, dataset_features
+from genrefusion.features.precision import CpuCapability, backend_for, backend_verdict
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_the_graph_is_traced_once_and_a_damaged_one_is_traced_again(catalog, tin
     graph.write_bytes(graph.read_bytes()[:-10] + b"0123456789")  # a flipped tail: a damaged file
     for shard in (tmp_path / "c" / "features").rglob("part-*"):
         shard.unlink()
-    with caplog.at_level(logging.WARNING, logger="genrefusion.feature_backends"):
+    with caplog.at_level(logging.WARNING, logger="genrefusion.features.backends"):
         repaired = _features(catalog, tiny_bert, tmp_path / "c", "onnxruntime")
     assert len(traced) == 3 and "SHA-256" in caplog.text and str(graph) in caplog.text
     assert torch.equal(repaired.pooled, first.pooled)
@@ -75,7 +75,7 @@ def test_a_graph_that_disagrees_with_torch_is_never_used(catalog, tiny_bert, tmp
         _features(catalog, tiny_bert, tmp_path / "a", "onnxruntime")
     assert not list((tmp_path / "a" / "features").rglob("part-*"))  # nothing cached from it
     monkeypatch.setattr(feature_backends, "resolve_backend", lambda *a: "onnxruntime")  # as auto on evidence
-    with caplog.at_level(logging.WARNING, logger="genrefusion.feature_backends"):
+    with caplog.at_level(logging.WARNING, logger="genrefusion.features.backends"):
         table = _features(catalog, tiny_bert, tmp_path / "b", "auto")
     assert table.backend == "torch" and "onnxruntime is not used" in caplog.text
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from genrefusion.data import load_catalog
+from genrefusion.data.loader import load_catalog
 from genrefusion.encoders import create_encoder
-from genrefusion.features import FeatureCache, dataset_features
+from genrefusion.features.cache import FeatureCache, dataset_features
 
 from conftest import WORDS
 
@@ -132,10 +132,11 @@ def test_half_written_files_are_ignored_and_cleaned(tmp_path, tiny_bert):
 # that shard's temporary file half written (what a kill -9 or a power cut mid-write leaves behind).
 _KILLED_RUN = textwrap.dedent("""
     import os, signal, sys
-    from genrefusion import atomic, shards
-    from genrefusion.data import load_catalog
+    from genrefusion import atomic
+    from genrefusion.features import shards
+    from genrefusion.data.loader import load_catalog
     from genrefusion.encoders import create_encoder
-    from genrefusion.features import dataset_features
+    from genrefusion.features.cache import dataset_features
 
     kill_after, write, written = int(sys.argv[4]), shards.write, []
 
@@ -182,7 +183,7 @@ def test_resume_after_kill_gives_identical_features(tmp_path, tiny_bert):
 
 
 def test_features_cli_reports_and_second_run_encodes_nothing(tmp_path, tiny_bert, capsys):
-    from genrefusion.cli import main
+    from genrefusion.cli.commands import main
 
     catalog = _catalog(tmp_path, 10)
     args = ["features", "--data", str(catalog), "--split", "stratified", "--text", str(tiny_bert), "--image", "",

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from genrefusion.config import Config
-from genrefusion.experiment import model_kwargs, reads_sequences
+from genrefusion.training.experiment import model_kwargs, reads_sequences
 from genrefusion.fusion import (ClassifierHead, GenreModel, ModelSpec, create_model, get_model_spec, list_models,
                                 register_model, registry)
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from genrefusion.cli import main
-from genrefusion.grid import ROWS, resolve_slots
-from genrefusion.metrics import compute_metrics
+from genrefusion.cli.commands import main
+from genrefusion.training.grid import ROWS, resolve_slots
+from genrefusion.evaluation.metrics import compute_metrics
 
 from conftest import make_subset
 
@@ -26,7 +26,7 @@ def test_slots_default_to_offline_stand_ins_and_accept_overrides():
 
 
 def test_fusion_rows_can_fuse_other_slots(sample_root, tmp_path, tiny_bert, tiny_vit):
-    from genrefusion.grid import run_grid
+    from genrefusion.training.grid import run_grid
 
     data = make_subset(sample_root, tmp_path / "subset", {"train": 40, "dev": 0, "test": 30})
     slots = [f"BERT={tiny_bert}", f"RoBERTa={tmp_path / 'other-bert'}", f"ResNet50={tiny_vit}", f"ViT={tiny_vit}"]
@@ -105,7 +105,7 @@ def test_train_command_from_a_yaml_config(synthetic_catalog, tiny_bert, tiny_vit
     assert len(m["thresholds"]) == 23 and m["test_at_0.5"] is not None
     assert set(m["test_by_modality"]) >= {"both", "text_only"}  # the catalog has movies without posters
     # the run's threshold is the one its VALIDATION predictions give, applied unchanged to test
-    from genrefusion.metrics import tune_thresholds
+    from genrefusion.evaluation.metrics import tune_thresholds
 
     with safe_open(str(run / "val_predictions.safetensors"), "np") as f:
         assert m["thresholds"] == tune_thresholds(f.get_tensor("labels"), f.get_tensor("probs"), "per_genre").tolist()
@@ -118,9 +118,9 @@ def test_end_to_end_mode_fine_tunes_the_encoders(synthetic_catalog, tiny_bert, t
 
     from genrefusion.config import Config
     from genrefusion.encoders import create_encoder
-    from genrefusion.endtoend import EncoderBatches
-    from genrefusion.data import load_dataset
-    from genrefusion.experiment import run_experiment
+    from genrefusion.training.endtoend import EncoderBatches
+    from genrefusion.data.loader import load_dataset
+    from genrefusion.training.experiment import run_experiment
 
     ds = load_dataset(synthetic_catalog)
     cfg = Config(data=str(synthetic_catalog), model="early", text_encoder=str(tiny_bert),
@@ -149,10 +149,10 @@ def test_grid_rows_train_side_by_side_like_in_the_process(sample_root, tmp_path,
     waits for the unimodal rows."""
     import torch
 
-    from genrefusion import grid as grid_mod
-    from genrefusion import workers
+    from genrefusion.training import grid as grid_mod
+    from genrefusion.training import workers
     from genrefusion.config import Config
-    from genrefusion.grid import AUTO, row_workers, run_grid
+    from genrefusion.training.grid import AUTO, row_workers, run_grid
 
     data = make_subset(sample_root, tmp_path / "subset", {"train": 40, "dev": 20, "test": 30})
     slots = [f"BERT={tiny_bert}", f"RoBERTa={tiny_bert}", f"ResNet50={tiny_vit}", f"ViT={tiny_vit}"]
@@ -197,7 +197,7 @@ def test_grid_rows_train_side_by_side_like_in_the_process(sample_root, tmp_path,
 
 @pytest.mark.parametrize("seeds", [0, -1, 1.5, True, "2"])
 def test_a_grid_refuses_a_seed_count_that_is_not_a_positive_whole_number(seeds, tmp_path):
-    from genrefusion.grid import run_grid
+    from genrefusion.training.grid import run_grid
 
     with pytest.raises(ValueError, match="seeds=.*expected a whole number >= 1"):
         run_grid(str(tmp_path / "nowhere"), seeds=seeds, out=tmp_path / "o", log=lambda *_: None)

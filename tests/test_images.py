@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from genrefusion.images import IMAGENET_MEAN, IMAGENET_STD, PosterError, PosterTransform, load_poster
+from genrefusion.data.images import IMAGENET_MEAN, IMAGENET_STD, PosterError, PosterTransform, load_poster
 
 
 def _photo(h: int = 300, w: int = 200) -> Image.Image:
@@ -112,7 +112,7 @@ def test_train_transform_is_reproducible_and_random():
 def test_train_transform_components():
     t = PosterTransform(train=True)
     rng = random.Random(0)
-    from genrefusion.images import _Rng
+    from genrefusion.data.images import _Rng
 
     for width, height in ((200, 300), (300, 200), (500, 60)):  # poster, landscape, extreme strip (fallback)
         for _ in range(50):

@@ -9,7 +9,7 @@ import unicodedata
 import pytest
 
 from genrefusion.encoders import normalise_text
-from genrefusion.languages import (ENGLISH, USE_LANGUAGES, XLMR_LANGUAGES, letter_scripts, script_warnings,
+from genrefusion.data.languages import (ENGLISH, USE_LANGUAGES, XLMR_LANGUAGES, letter_scripts, script_warnings,
                                    scripts_of)
 
 KOREAN = "한강 둔치에서 아버지의 매점 일을 돕고 있는 강두는 한강 다리에 매달린 괴물을 발견한다."
@@ -45,7 +45,7 @@ def _thesis(text: str) -> str:
 def test_english_sample_plots_normalise_exactly_as_before(sample_root):
     """The feature cache keys on the text an encoder reads: a changed English normalisation would silently
     re-encode the dataset and shift results. Every plot of the real sample (all its paragraphs) comes out the same."""
-    from genrefusion.data import load_dataset
+    from genrefusion.data.loader import load_dataset
 
     plots = [m.plot for m in load_dataset(sample_root, "official", "any", plot_mode="join").movies if m.plot]
     assert len(plots) > 3000 and any(any(ord(c) > 127 for c in p) for p in plots)  # accents among them
@@ -86,7 +86,7 @@ def test_script_warnings():
 @pytest.fixture(scope="module")
 def english_run(tmp_path_factory, synthetic_catalog):
     from genrefusion.config import load_config
-    from genrefusion.experiment import run_experiment
+    from genrefusion.training.experiment import run_experiment
 
     root = tmp_path_factory.mktemp("english-run")
     cfg = load_config(preset="recommended", overrides={
@@ -98,7 +98,7 @@ def english_run(tmp_path_factory, synthetic_catalog):
 
 @pytest.fixture(scope="module")
 def english_model(english_run):
-    from genrefusion.predict import load_model
+    from genrefusion.cli.predict import load_model
 
     return load_model(english_run / "model")
 
@@ -117,7 +117,7 @@ def test_a_korean_plot_into_an_english_model_is_warned(english_model, english_ru
 def test_languages_recorded_in_model_json_are_checked(english_run, tmp_path):
     import shutil
 
-    from genrefusion.checkpoint import ModelFolderError, load_head
+    from genrefusion.inference.checkpoint import ModelFolderError, load_head
 
     folder = tmp_path / "model"
     shutil.copytree(english_run / "model", folder)
@@ -128,7 +128,7 @@ def test_languages_recorded_in_model_json_are_checked(english_run, tmp_path):
         load_head(folder)
     del meta["encoders"]["text"]["languages"]  # a folder from before: the registry says
     (folder / "model.json").write_text(json.dumps(meta))
-    from genrefusion.predict import load_model
+    from genrefusion.cli.predict import load_model
 
     assert load_model(folder).languages == ["en"]
 

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from genrefusion.losses import create_loss, list_losses, pos_weight_from_labels
+from genrefusion.fusion.losses import create_loss, list_losses, pos_weight_from_labels
 
 LOGITS = [[0.5, -1.0, 3.0], [2.0, 0.0, -4.0]]
 TARGETS = [[1, 0, 0], [0, 1, 0]]

@@ -12,7 +12,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from genrefusion.metrics import (
+from genrefusion.evaluation.metrics import (
     THRESHOLD_GRID,
     compute_metrics,
     expected_calibration_error,
@@ -220,7 +220,7 @@ def test_format_table():
 
 
 def test_cross_fitted_f1_scores_each_half_with_the_other_halfs_thresholds():
-    from genrefusion.metrics import cross_fitted_f1
+    from genrefusion.evaluation.metrics import cross_fitted_f1
 
     rng = np.random.default_rng(3)
     y = (rng.random((50, 4)) < 0.35).astype(int)

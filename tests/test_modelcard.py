@@ -6,7 +6,7 @@ from numbers import Real
 
 import pytest
 
-from genrefusion.modelcard import CARD_FILE, model_card, read_front_matter
+from genrefusion.inference.modelcard import CARD_FILE, model_card, read_front_matter
 
 
 def _numbers(value, path=()):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from genrefusion.encoders import create_encoder, encoder_languages, encoder_spec
-from genrefusion.languages import ENGLISH, USE_LANGUAGES, XLMR_LANGUAGES
+from genrefusion.data.languages import ENGLISH, USE_LANGUAGES, XLMR_LANGUAGES
 
 MULTILINGUAL = ("multilingual-e5-small", "use-multilingual")
 
@@ -110,8 +110,8 @@ def test_fingerprint_is_the_packages_weight_files_and_preprocessing(encoder):
 
 
 def test_feature_cache_reuse_and_one_precision(encoder, tmp_path, sample_root):
-    from genrefusion.data import load_dataset
-    from genrefusion.features import FeatureCache, dataset_features
+    from genrefusion.data.loader import load_dataset
+    from genrefusion.features.cache import FeatureCache, dataset_features
 
     ds = load_dataset(sample_root, "official", "any")
     ds = ds.subset(range(12))
@@ -173,8 +173,8 @@ def test_registered_languages():
 
 def test_capability_checks_fail_before_any_work(tmp_path, capsys):
     from genrefusion.config import load_config
-    from genrefusion.experiment import run_experiment
-    from genrefusion.grid import run_grid
+    from genrefusion.training.experiment import run_experiment
+    from genrefusion.training.grid import run_grid
 
     missing = str(tmp_path / "no-such-data")  # nothing is read: the checks come first
     cfg = load_config(preset="recommended", overrides={"data": missing, "model": "cross-attention",
@@ -191,7 +191,7 @@ def test_capability_checks_fail_before_any_work(tmp_path, capsys):
         run_grid(missing, preset="recommended", slot_overrides=["BERT=use-multilingual"], rows=["cross-attention"],
                  config_overrides=["cross_attention=sequence"], out=tmp_path / "grid", log=lambda *_: None)
     assert not (tmp_path / "grid").exists()
-    from genrefusion.cli import main
+    from genrefusion.cli.commands import main
 
     assert main(["features", "--data", missing, "--text", "use-multilingual", "--sequences"]) != 0
     assert "needs a token sequence" in capsys.readouterr().err
@@ -234,7 +234,7 @@ def test_a_prefix_changes_only_prefixed_fingerprints(tiny_bert):
 def e5_run(tmp_path_factory, synthetic_catalog, tiny_vit):
     """A GMU fusion of multilingual-e5-small (text) and a tiny ViT (image), trained on the synthetic catalog."""
     from genrefusion.config import load_config
-    from genrefusion.experiment import run_experiment
+    from genrefusion.training.experiment import run_experiment
 
     root = tmp_path_factory.mktemp("e5-run")
     cfg = load_config(preset="recommended", overrides={
@@ -247,7 +247,7 @@ def e5_run(tmp_path_factory, synthetic_catalog, tiny_vit):
 
 @pytest.fixture(scope="module")
 def e5_model(e5_run):
-    from genrefusion.predict import load_model
+    from genrefusion.cli.predict import load_model
 
     return load_model(e5_run / "model")
 
@@ -255,8 +255,8 @@ def e5_model(e5_run):
 def test_saved_model_round_trips_and_predicts_a_korean_plot(e5_run, e5_model, synthetic_catalog):
     from safetensors import safe_open
 
-    from genrefusion.data import load_dataset
-    from genrefusion.images import load_poster
+    from genrefusion.data.loader import load_dataset
+    from genrefusion.data.images import load_poster
 
     text = json.loads((e5_run / "model" / "model.json").read_text())["encoders"]["text"]
     assert text["name"] == "multilingual-e5-small" and text["languages"] == list(XLMR_LANGUAGES)
@@ -307,7 +307,7 @@ def test_korean_plots_round_trip_through_the_api(e5_model):
 
 
 def test_explain_scores_sentences_for_an_encoder_without_gradients(e5_model):
-    from genrefusion.explain import explain
+    from genrefusion.inference.explain import explain
 
     plot = "한 형사가 연쇄 살인범을 쫓는다. 그는 비 내리는 밤에 유령을 본다! A ghost haunts the house."
     e = explain(e5_model, None, plot, genre="Horror")

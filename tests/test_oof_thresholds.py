@@ -17,9 +17,9 @@ def _cfg(catalog, tiny_bert, root, **kw):
 
 def test_oof_thresholds_are_tuned_on_out_of_fold_predictions_over_train_and_validation(
         synthetic_catalog, tiny_bert, tmp_path, monkeypatch):
-    from genrefusion import experiment
-    from genrefusion.data import load_dataset
-    from genrefusion.metrics import tune_thresholds
+    from genrefusion.training import experiment
+    from genrefusion.data.loader import load_dataset
+    from genrefusion.evaluation.metrics import tune_thresholds
 
     seen = {}
     real = experiment.oof_probabilities
@@ -51,7 +51,7 @@ def test_oof_thresholds_are_tuned_on_out_of_fold_predictions_over_train_and_vali
 
 def test_every_fold_model_predicts_only_movies_it_never_trained_on(synthetic_catalog, tiny_bert, tmp_path,
                                                                     monkeypatch):
-    from genrefusion import experiment
+    from genrefusion.training import experiment
 
     calls = []
     real_fit = experiment.fit
@@ -74,7 +74,7 @@ def test_every_fold_model_predicts_only_movies_it_never_trained_on(synthetic_cat
 
 
 def test_fixed_thresholds_are_tuned_on_nothing(synthetic_catalog, tiny_bert, tmp_path):
-    from genrefusion.experiment import run_experiment
+    from genrefusion.training.experiment import run_experiment
 
     m = run_experiment(_cfg(synthetic_catalog, tiny_bert, tmp_path, threshold_mode="fixed", threshold_source="oof"),
                        log=None)
@@ -94,8 +94,8 @@ def test_the_recommended_preset_tunes_on_oof_and_says_how_to_leave_it(synthetic_
     """The validation-only comparison (benchmarks/threshold_source.py) chose oof for the recommended preset; where
     oof cannot apply the error names the way back to val."""
     from genrefusion.config import load_config
-    from genrefusion.distill import student_config
-    from genrefusion.experiment import run_experiment
+    from genrefusion.training.distill import student_config
+    from genrefusion.training.experiment import run_experiment
 
     assert load_config(preset="recommended").threshold_source == "oof"
     assert load_config(preset="thesis").threshold_source == "val"
@@ -118,8 +118,8 @@ def test_the_final_model_trained_beside_the_fold_heads_is_the_one_trained_in_the
     reaching the caller (sent from the worker as each epoch ends)."""
     import torch
 
-    from genrefusion import workers
-    from genrefusion.experiment import run_experiment
+    from genrefusion.training import workers
+    from genrefusion.training.experiment import run_experiment
     from safetensors.torch import load_file
 
     threads = torch.get_num_threads()

@@ -10,12 +10,12 @@ import pytest
 from safetensors import safe_open
 
 import legacy_checkpoint as legacy
-from genrefusion.checkpoint import load_head
+from genrefusion.inference.checkpoint import load_head
 from genrefusion.config import Config
-from genrefusion.data import load_catalog
-from genrefusion.experiment import model_modalities, run_experiment
-from genrefusion.images import load_poster
-from genrefusion.predict import load_model
+from genrefusion.data.loader import load_catalog
+from genrefusion.training.experiment import model_modalities, run_experiment
+from genrefusion.data.images import load_poster
+from genrefusion.cli.predict import load_model
 
 # Largest |probability - the run's saved probability| over the test movies. The run encoded them in the cache's
 # length-sorted batches, the Predictor in one batch, which may change the last bits (measured on this CPU: 0.0 at

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from genrefusion import fingerprints, precision
+from genrefusion.features import fingerprints, precision
 from genrefusion.config import Config
-from genrefusion.data import load_catalog
+from genrefusion.data.loader import load_catalog
 from genrefusion.encoders import create_encoder
-from genrefusion.experiment import run_experiment
-from genrefusion.features import FeatureCache
-from genrefusion.images import load_poster
-from genrefusion.precision import CpuCapability, choose, keeps_quality, probe_cpu, verdicts
-from genrefusion.predict import load_model
+from genrefusion.training.experiment import run_experiment
+from genrefusion.features.cache import FeatureCache
+from genrefusion.data.images import load_poster
+from genrefusion.features.precision import CpuCapability, choose, keeps_quality, probe_cpu, verdicts
+from genrefusion.cli.predict import load_model
 
 AVX2 = CpuCapability(frozenset({"avx2"}), "AVX2", "fake AVX2")
 BF16 = CpuCapability(frozenset({"avx2", "avx512f", "avx512_bf16", "avx512_vnni"}), "AVX512", "fake AVX512-BF16")

@@ -11,12 +11,12 @@ import pytest
 from PIL import Image
 from safetensors import safe_open
 
-from genrefusion.checkpoint import save_model
+from genrefusion.inference.checkpoint import save_model
 from genrefusion.config import Config
-from genrefusion.data import load_catalog
-from genrefusion.fingerprints import identity_sha256
-from genrefusion.images import load_poster
-from genrefusion.predict import (InputError, InputTooLarge, UnsupportedInput, check_plot, decode_poster,
+from genrefusion.data.loader import load_catalog
+from genrefusion.features.fingerprints import identity_sha256
+from genrefusion.data.images import load_poster
+from genrefusion.cli.predict import (InputError, InputTooLarge, UnsupportedInput, check_plot, decode_poster,
                                  load_model)
 
 from conftest import SERVING_MODULES
@@ -203,7 +203,7 @@ def test_cli_catalog_skips_and_names_a_bad_poster(serving_cli, trained_run, tmp_
 
 def test_load_model_is_public_and_the_commands_are_registered():
     import genrefusion
-    from genrefusion import cli
+    from genrefusion.cli import commands as cli
 
     assert genrefusion.load_model is load_model
     assert set(SERVING_MODULES) <= set(cli.PLUGIN_MODULES)

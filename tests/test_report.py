@@ -20,9 +20,9 @@ import pytest
 from PIL import Image
 from safetensors import safe_open
 
-from genrefusion import cli
-from genrefusion.cli import main
-from genrefusion.report import (
+from genrefusion.cli import commands as cli
+from genrefusion.cli.commands import main
+from genrefusion.evaluation.report import (
     THESIS_SPLIT, THESIS_TABLE6, THESIS_TABLE7, THESIS_TABLE8, add_cli, load_run, not_benchmark_reasons,
     write_report,
 )
@@ -43,7 +43,7 @@ def grid_run(sample_root, tiny_bert, tiny_vit, tmp_path_factory) -> Path:
     data = make_subset(sample_root, tmp / "subset", {"train": 50, "dev": 0, "test": 30})
     out = tmp / "run-2seeds"
     printed = []
-    from genrefusion.grid import run_grid
+    from genrefusion.training.grid import run_grid
 
     run_grid(str(data), split="stratified", modalities="both", seeds=2, cache_dir=str(tmp / "cache"), out=out,
              slot_overrides=[f"BERT={tiny_bert}", f"ResNet50={tiny_vit}"], rows=ROWS.split(","),
@@ -129,7 +129,7 @@ def seeds_metrics(run: Path, grid: dict, row: dict) -> list[dict]:
 # --- tests ------------------------------------------------------------------------------------------------------
 
 def test_thesis_constants_are_the_thesis_tables():
-    from genrefusion import metrics, report
+    from genrefusion.evaluation import metrics, report
 
     assert report.METRICS == metrics.THESIS_COLUMNS == METRICS
     rows6, rows7 = np.array(list(THESIS_TABLE6.values())), np.array(list(THESIS_TABLE7.values()))
@@ -343,7 +343,7 @@ def test_full_benchmark_setting_has_no_warning(grid_run):
     run = load_run(grid_run)
     assert not_benchmark_reasons(run)  # the sample run is flagged
     full = copy.deepcopy(run)
-    from genrefusion.grid import resolve_slots
+    from genrefusion.training.grid import resolve_slots
 
     full.grid.update(split="official", modalities="any", n=dict(THESIS_SPLIT), slots=resolve_slots("thesis"))
     full.grid["config"] = {**full.grid["config"], "mode": "end-to-end", "finetune": True}
@@ -358,7 +358,7 @@ def test_unimodal_only_run_and_cli(grid_run, tmp_path, capsys):
 
     run = _rewrite_grid(grid_run, tmp_path / "uni", keep_unimodal)
     argv = ["report", str(run), "--out", str(tmp_path / "out")]
-    if "genrefusion.report" in cli.PLUGIN_MODULES:
+    if "genrefusion.evaluation.report" in cli.PLUGIN_MODULES:
         assert main(argv) == 0
     else:  # not registered with the CLI yet: the subcommand as add_cli defines it
         parser = argparse.ArgumentParser()

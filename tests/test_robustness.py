@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genrefusion.robustness import corruptions as C
-from genrefusion.robustness.measure import parse_levels, relative_robustness
+from genrefusion.evaluation.robustness import corruptions as C
+from genrefusion.evaluation.robustness.measure import parse_levels, relative_robustness
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 PLOT = ("A retired detective returns to the dark city where his brother was killed, and finds the police, the "
@@ -79,8 +79,8 @@ def test_one_movie_generator_is_stable_and_its_own():
     assert [a.random() for _ in range(5)] == [b.random() for _ in range(5)]
     assert rng("typos").random() != rng("blur").random() != C.movie_rng(0, "blur", "tt2").random()
     # not Python's salted hash(): the same draw in another interpreter
-    code = "from genrefusion.robustness.corruptions import movie_rng; print(movie_rng(0, 'x', 'tt0000001').random())"
-    env = {**os.environ, "PYTHONHASHSEED": "123", "PYTHONPATH": str(Path(C.__file__).parents[2])}
+    code = "from genrefusion.evaluation.robustness.corruptions import movie_rng; print(movie_rng(0, 'x', 'tt0000001').random())"
+    env = {**os.environ, "PYTHONHASHSEED": "123", "PYTHONPATH": str(Path(C.__file__).parents[3])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert float(out.stdout) == rng().random()
 
@@ -214,7 +214,7 @@ def text_run(tmp_path_factory, synthetic_catalog, tiny_bert, trained_run) -> Pat
     """A text-only model on the same catalog as `trained_run` (the GMU), so both go on one chart; its plots are
     already in the GMU's feature cache."""
     from genrefusion.config import Config
-    from genrefusion.experiment import run_experiment
+    from genrefusion.training.experiment import run_experiment
 
     root = tmp_path_factory.mktemp("text-run")
     cfg = Config(data=str(synthetic_catalog), split="official", modalities="any", model="text",
@@ -238,7 +238,7 @@ def _run(cli, models, catalog, out, *extra):
 
 @pytest.fixture(scope="module")
 def study(trained_run, text_run, synthetic_catalog, tmp_path_factory):
-    from genrefusion.cli import main
+    from genrefusion.cli.commands import main
 
     out = tmp_path_factory.mktemp("robustness") / "out"
     cache = trained_run.parent / "cache"
@@ -247,7 +247,7 @@ def study(trained_run, text_run, synthetic_catalog, tmp_path_factory):
 
 def test_the_clean_score_is_the_runs_own_test_score(trained_run, synthetic_catalog, tmp_path):
     """One model on its own test split, clean features from the run's cache: exactly metrics.json's numbers."""
-    from genrefusion.cli import main
+    from genrefusion.cli.commands import main
 
     got = _run(main, [trained_run], synthetic_catalog, tmp_path / "one", "--cache-dir",
                str(trained_run.parent / "cache"), "--corruptions", "blur", "--levels", "0.5")
@@ -285,7 +285,7 @@ def test_models_share_movies_and_flat_lines_where_they_do_not_read(study):
 
 def test_a_rerun_gives_the_same_numbers_and_another_seed_others(study, trained_run, text_run, synthetic_catalog,
                                                                tmp_path):
-    from genrefusion.cli import main
+    from genrefusion.cli.commands import main
 
     _, first = study
     cache, some = str(trained_run.parent / "cache"), ("typos", "occlusion")
@@ -301,7 +301,7 @@ def test_a_rerun_gives_the_same_numbers_and_another_seed_others(study, trained_r
 
 
 def test_no_cache_leaves_the_feature_cache_alone(trained_run, synthetic_catalog, tmp_path):
-    from genrefusion.cli import main
+    from genrefusion.cli.commands import main
 
     res = _run(main, [trained_run], synthetic_catalog, tmp_path / "out", "--cache-dir", str(tmp_path / "cache"),
                "--no-cache", "--corruptions", "typos", "--limit", "6")
@@ -326,7 +326,7 @@ def test_the_page_shows_the_jsons_numbers_and_a_chart_per_corruption(study):
 
 
 def test_bad_arguments_are_one_line_errors(trained_run, synthetic_catalog, tmp_path, capsys):
-    from genrefusion.cli import main
+    from genrefusion.cli.commands import main
 
     base = ["robustness", "--model", str(trained_run / "model"), "--data", str(synthetic_catalog), "--out",
             str(tmp_path / "o"), "--quiet"]
@@ -358,7 +358,7 @@ def test_the_page_renders_in_headless_chromium(study, tmp_path):
 
 
 def test_the_page_is_rebuilt_from_the_json_alone_and_a_bad_json_is_named(study, tmp_path):
-    from genrefusion.robustness.page import read_result, write_page
+    from genrefusion.evaluation.robustness.page import read_result, write_page
 
     out, res = study
     again = tmp_path / "again"

@@ -1,4 +1,4 @@
-"""Run folders (genrefusion.runs): what a finished run holds reads back as written, and every missing or damaged file
+"""Run folders (genrefusion.evaluation.runs): what a finished run holds reads back as written, and every missing or damaged file
 is named, a RunFileMissing (FileNotFoundError) or a RunFolderError (ValueError) that the CLI prints as one line."""
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from genrefusion import runs
-from genrefusion.labels import GENRES
-from genrefusion.runs import Predictions, RunFileMissing, RunFolderError
+from genrefusion.evaluation import runs
+from genrefusion.data.labels import GENRES
+from genrefusion.evaluation.runs import Predictions, RunFileMissing, RunFolderError
 
 
 def _preds(n: int = 6, seed: int = 0, **analysis) -> Predictions:
@@ -198,7 +198,7 @@ def test_a_grid_reads_every_runs_metrics(tmp_path):
 
 
 def test_compare_prints_one_line_for_a_damaged_run(trained_run, tmp_path, capsys):
-    from genrefusion.cli import main
+    from genrefusion.cli.commands import main
 
     damaged = tmp_path / "damaged"
     shutil.copytree(trained_run, damaged)

@@ -13,7 +13,7 @@ import httpx2
 import pytest
 from PIL import Image
 
-from genrefusion.predict import load_model
+from genrefusion.cli.predict import load_model
 from genrefusion.serving import create_app
 from serving_helpers import LoopbackServer
 from serving_helpers import jpeg as _jpeg
@@ -321,7 +321,7 @@ def test_serve_command_starts_the_server(trained_run, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code = ("import sys; from genrefusion import cli; "
+    code = ("import sys; from genrefusion.cli import commands as cli; "
             "cli.PLUGIN_MODULES = tuple(dict.fromkeys(cli.PLUGIN_MODULES + ('genrefusion.serving',))); "
             "sys.exit(cli.main(sys.argv[1:]))")
     proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--model", str(trained_run / "model"),

@@ -12,7 +12,7 @@ import httpx2
 import pytest
 from PIL import Image
 
-from genrefusion.predict import load_model
+from genrefusion.cli.predict import load_model
 from genrefusion.serving import create_app
 from serving_helpers import LoopbackServer, connect, jpeg, png, read_response
 
@@ -145,7 +145,7 @@ def test_decoding_waits_for_the_pixel_budget(predictor):
 
 
 def test_the_pixel_cost_is_read_from_the_header():
-    from genrefusion.predict import poster_decode_pixels
+    from genrefusion.cli.predict import poster_decode_pixels
 
     big_png = png(Image.new("RGB", (3000, 2000)))
     assert poster_decode_pixels(big_png) == 6_000_000
@@ -246,7 +246,7 @@ def test_concurrent_huge_posters_stay_within_memory(trained_run, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code = ("import sys; from genrefusion import cli; "
+    code = ("import sys; from genrefusion.cli import commands as cli; "
             "cli.PLUGIN_MODULES = tuple(dict.fromkeys(cli.PLUGIN_MODULES + ('genrefusion.serving',))); "
             "sys.exit(cli.main(sys.argv[1:]))")
     proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--model", str(trained_run / "model"),

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from genrefusion.predict import load_model
+from genrefusion.cli.predict import load_model
 from genrefusion.serving import create_app
 from serving_helpers import LoopbackServer
 

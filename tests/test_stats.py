@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, hamming_loss
 
-from genrefusion.metrics import compute_metrics
-from genrefusion.stats import BOOTSTRAP_METRICS, mean_std, paired_bootstrap, resampled_scores
+from genrefusion.evaluation.metrics import compute_metrics
+from genrefusion.evaluation.stats import BOOTSTRAP_METRICS, mean_std, paired_bootstrap, resampled_scores
 
 
 def _case(seed=0, n=200, n_labels=6):
@@ -118,7 +118,7 @@ def test_paired_bootstrap_averages_seeds_within_each_resample():
                                   n_boot=200, seed=1)
     assert same_twice["diff"] == pytest.approx(single["diff"]) and same_twice["ci_low"] == pytest.approx(single["ci_low"])
     two = paired_bootstrap(y, [a1, a2], b, threshold_a=[0.5, 0.5], n_boot=200, seed=1)
-    from genrefusion.metrics import compute_metrics
+    from genrefusion.evaluation.metrics import compute_metrics
 
     mean_a = np.mean([compute_metrics(y, a, 0.5)["f1_macro"] for a in (a1, a2)])
     assert two["score_a"] == pytest.approx(mean_a) and two["n_seeds_a"] == 2

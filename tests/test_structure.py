@@ -108,7 +108,7 @@ def test_no_import_cycle_inside_the_package():
     cycles = import_cycles(graph)
     assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
     # the graph is read at all: lazy and relative imports are edges
-    assert {"genrefusion.experiment", "genrefusion.report"} <= graph["genrefusion.grid"]
+    assert {"genrefusion.training.experiment", "genrefusion.evaluation.report"} <= graph["genrefusion.training.grid"]
     assert "genrefusion.fusion.gmu" in graph["genrefusion.fusion"]
 
 
@@ -135,7 +135,7 @@ def test_help_imports_no_heavy_library():
     """`genrefusion --help` (and building the parser every command starts with) stays fast: no torch, scikit-learn,
     matplotlib or transformers at parse time, nor the optional trackers; each command imports what it needs when it
     runs."""
-    code = ("import sys\nfrom genrefusion.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+    code = ("import sys\nfrom genrefusion.cli.commands import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'sklearn', 'matplotlib', "
             "'transformers', 'safetensors', 'captum', 'mlflow', 'tensorboardX'})\n"
             "print('HEAVY', heavy, file=sys.stderr)")
@@ -146,13 +146,13 @@ def test_help_imports_no_heavy_library():
 
 
 def test_the_thesis_numbers_live_in_thesis_py():
-    from genrefusion import thesis
+    from genrefusion.evaluation import thesis
 
     published = {v for table in (thesis.THESIS_TABLE6, thesis.THESIS_TABLE7) for row in table.values() for v in row}
     published |= {v for key in ("unimodal", "fusion") for v in thesis.THESIS_TABLE8[key]}
     published |= set(thesis.THESIS_SPLIT.values())
     elsewhere = [f"{path.relative_to(REPO)}:{node.lineno} ({node.value})" for name, path in MODULES.items()
-                 if name != "genrefusion.thesis" for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                 if name != "genrefusion.evaluation.thesis" for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
                  if isinstance(node, ast.Constant) and type(node.value) in (int, float) and node.value in published
                  and not (isinstance(node.value, int) and node.value < 10000)]
     assert not elsewhere, f"thesis numbers outside thesis.py: {elsewhere}"
@@ -162,7 +162,7 @@ def test_cli_choices_are_the_config_choices():
     """One table of choices (config.CHOICES) serves Config.validate() and every CLI option named like a config key."""
     import argparse
 
-    from genrefusion.cli import build_parser
+    from genrefusion.cli.commands import build_parser
     from genrefusion.config import CHOICES, Config
 
     seen = set()
@@ -185,7 +185,7 @@ def test_cli_choices_are_the_config_choices():
 
 def test_explain_uses_only_public_encoder_attributes():
     """explain.py reads encoders (and models) through their public interface: no `obj._private` outside `self`."""
-    path = PACKAGE / "explain.py"
+    path = PACKAGE / "inference" / "explain.py"
     private = [f"line {n.lineno}: .{n.attr}" for n in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
                if isinstance(n, ast.Attribute) and n.attr.startswith("_") and not n.attr.startswith("__")
                and not (isinstance(n.value, ast.Name) and n.value.id == "self")]
@@ -229,23 +229,23 @@ def test_inference_imports_nothing_from_training():
     built by batching.py for both."""
     graph = {name: _imports(name, path) for name, path in MODULES.items()}
     serving = {n for n in MODULES if n == "genrefusion.serving" or n.startswith("genrefusion.serving.")}
-    reached = _reachable(graph, {"genrefusion.predictor", "genrefusion.inputs", *serving})
-    training = {"genrefusion.train", "genrefusion.experiment", "genrefusion.grid", "genrefusion.endtoend",
-                "genrefusion.features"}
-    assert {"genrefusion.batching", "genrefusion.checkpoint", "genrefusion.predictor"} <= reached  # read at all
+    reached = _reachable(graph, {"genrefusion.inference.predictor", "genrefusion.inference.inputs", *serving})
+    training = {"genrefusion.training.train", "genrefusion.training.experiment", "genrefusion.training.grid", "genrefusion.training.endtoend",
+                "genrefusion.features.cache"}
+    assert {"genrefusion.fusion.batching", "genrefusion.inference.checkpoint", "genrefusion.inference.predictor"} <= reached  # read at all
     assert not reached & training, f"inference reaches training code: {sorted(reached & training)}"
 
 
 def test_only_runs_py_names_run_folder_files():
     """runs.py is the one module that knows a run or grid folder's file names (and so the one that writes and reads
     them); docstrings may mention them."""
-    from genrefusion import runs
+    from genrefusion.evaluation import runs
 
     names = {runs.CONFIG_FILE, runs.METRICS_FILE, runs.GRID_FILE, runs.TABLES_FILE, runs.SUMMARY_FILE,
              *(runs.predictions_file(s) for s in runs.PREDICTION_SPLITS)}
     found = []
     for name, path in MODULES.items():
-        if name == "genrefusion.runs":
+        if name == "genrefusion.evaluation.runs":
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         docstrings = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
@@ -260,9 +260,9 @@ def test_the_feature_cache_special_cases_no_encoder():
     carry what producing them took as fields: no encoder class named, no attribute patched onto an object."""
     import dataclasses
 
-    from genrefusion.features import FeatureTable
+    from genrefusion.features.cache import FeatureTable
 
-    tree = ast.parse((PACKAGE / "features.py").read_text(encoding="utf-8"))
+    tree = ast.parse((PACKAGE / "features" / "cache.py").read_text(encoding="utf-8"))
     named = sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id.endswith("Encoder")}
                    | {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names
                       if a.name.endswith("Encoder")})
@@ -285,8 +285,8 @@ def test_the_modality_table_names_real_fields():
 
     from genrefusion.config import Config
     from genrefusion.fusion.base import MODALITIES as FUSION_MODALITIES
-    from genrefusion.modalities import MODALITIES, SPECS, spec
-    from genrefusion.records import Movie
+    from genrefusion.data.modalities import MODALITIES, SPECS, spec
+    from genrefusion.data.records import Movie
 
     movie = Movie("m1", "A plot.", ("Drama",), None, None)
     config_keys = {f.name for f in dataclasses.fields(Config)}

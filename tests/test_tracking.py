@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from genrefusion.cli import main
+from genrefusion.cli.commands import main
 
 # MLflow's SQLite store, on SQLAlchemy 2.1 (its code, not ours)
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
@@ -139,7 +139,7 @@ def test_a_missing_extra_is_one_line_naming_it(kind, module, monkeypatch, tmp_pa
 
 def test_a_tracker_failing_mid_run_warns_once_and_training_goes_on(store, tracked_train, tmp_path, synthetic_catalog,
                                                                   tiny_bert, tiny_vit, monkeypatch, capsys):
-    from genrefusion import tracking
+    from genrefusion.training import tracking
 
     _, uri = store
     calls = []

@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from genrefusion.config import Config, load_config
-from genrefusion.features import FeatureTable
+from genrefusion.features.cache import FeatureTable
 from genrefusion.fusion import create_model
-from genrefusion.losses import create_loss
-from genrefusion.train import FeatureBatches, fit, pad_sequences, predict
+from genrefusion.fusion.losses import create_loss
+from genrefusion.training.train import FeatureBatches, fit, pad_sequences, predict
 
 
 def _separable(n=240, d=16, labels=23, seed=0):

@@ -32,7 +32,7 @@ def _started_at(job, task):
 def _sends_then_sleeps(job, task):
     import time
 
-    from genrefusion import workers
+    from genrefusion.training import workers
 
     workers.send((task, "started", time.monotonic()))
     time.sleep(job)
@@ -62,7 +62,7 @@ def _fails_while_another_runs(job, task):
 
 
 def test_plan_uses_workers_only_where_they_can_help(monkeypatch):
-    from genrefusion import workers
+    from genrefusion.training import workers
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(workers.sys, "platform", "linux")
@@ -91,7 +91,7 @@ def test_fold_workers_is_validated_and_is_not_part_of_the_recipe():
 
 @linux_only
 def test_tasks_run_in_single_thread_worker_processes_in_order():
-    from genrefusion import workers
+    from genrefusion.training import workers
 
     job = {"features": torch.arange(6.0)}
     out = workers.run(_pid_and_threads, job, list(range(5)), 2)
@@ -105,7 +105,7 @@ def test_tasks_run_in_single_thread_worker_processes_in_order():
 
 @linux_only
 def test_a_failing_task_raises_here_and_a_dead_worker_is_named():
-    from genrefusion import workers
+    from genrefusion.training import workers
 
     with pytest.raises(ValueError, match="task 1 is broken"):
         workers.run(_fails, None, [0, 1, 2], 2)
@@ -115,7 +115,7 @@ def test_a_failing_task_raises_here_and_a_dead_worker_is_named():
 
 @linux_only
 def test_a_failure_stops_the_other_workers_instead_of_waiting_for_them(tmp_path):
-    from genrefusion import workers
+    from genrefusion.training import workers
 
     with pytest.raises(ValueError, match="the first task fails"):
         workers.run(_fails_while_another_runs, tmp_path, [0, 1], 2)
@@ -126,7 +126,7 @@ def test_a_failure_stops_the_other_workers_instead_of_waiting_for_them(tmp_path)
 def test_fold_heads_in_workers_give_the_thresholds_of_fold_heads_in_this_process(synthetic_catalog, tiny_bert,
                                                                                 tmp_path, monkeypatch):
     """The same trainings: each fold head is seeded by its fold, whichever worker trains it, in whatever order."""
-    from genrefusion import experiment, workers
+    from genrefusion.training import experiment, workers
     from genrefusion.config import Config
 
     used = []
@@ -152,7 +152,7 @@ def test_fold_heads_in_workers_give_the_thresholds_of_fold_heads_in_this_process
 
 @linux_only
 def test_tasks_start_in_the_order_asked_and_results_keep_the_tasks_order():
-    from genrefusion import workers
+    from genrefusion.training import workers
 
     seen = []
     out = workers.run(_started_at, None, [0, 1, 2, 3], 2, each=lambda i, r: seen.append(i), start_order=[3, 2, 1, 0])
@@ -168,7 +168,7 @@ def test_tasks_start_in_the_order_asked_and_results_keep_the_tasks_order():
 def test_what_tasks_send_reaches_the_relay_while_they_run(n_workers):
     import time
 
-    from genrefusion import workers
+    from genrefusion.training import workers
 
     got = []
     out = workers.run(_sends_then_sleeps, 1.0, [0, 1], n_workers, relay=lambda m: got.append((m, time.monotonic())))
@@ -184,7 +184,7 @@ def test_what_tasks_send_reaches_the_relay_while_they_run(n_workers):
 def test_a_failing_task_is_raised_without_waiting_for_the_tasks_before_it():
     import time
 
-    from genrefusion import workers
+    from genrefusion.training import workers
 
     t = time.monotonic()
     with pytest.raises(ValueError, match="task 1 is broken"):

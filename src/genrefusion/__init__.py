@@ -10,7 +10,7 @@ Layout (each a module with a small public surface):
 """
 __version__ = "0.1.0"
 
-from .labels import GENRES  # noqa: E402
+from .data.labels import GENRES  # noqa: E402
 
 __all__ = ["GENRES", "__version__", "create_encoder", "create_model", "load_dataset", "load_model"]
 
@@ -25,11 +25,11 @@ def __getattr__(name):  # lazy: `import genrefusion` stays cheap (no torch impor
 
         return create_model
     if name == "load_dataset":
-        from .data import load_dataset
+        from .data.loader import load_dataset
 
         return load_dataset
     if name == "load_model":
-        from .predictor import load_model
+        from .inference.predictor import load_model
 
         return load_model
     raise AttributeError(name)

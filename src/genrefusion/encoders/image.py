@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..images import IMAGENET_MEAN, IMAGENET_STD, PosterTransform
+from ..data.images import IMAGENET_MEAN, IMAGENET_STD, PosterTransform
 from .base import Encoder, EncoderOutput, file_sha256
 from .registry import (checkpoint_sha256, load_config, load_pretrained, portable_source, read_json_file,
                        register_encoder, resolve_source)

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..languages import USE_LANGUAGES, XLMR_LANGUAGES
+from ..data.languages import USE_LANGUAGES, XLMR_LANGUAGES
 from .base import Encoder, EncoderOutput, check_texts, files_sha256
 from .registry import register_encoder
 from .text import normalise_text as normalise

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from ..languages import ENGLISH, PARAPHRASE_LANGUAGES, XLMR_LANGUAGES
-from ..preprocessing import normalise_text
+from ..data.languages import ENGLISH, PARAPHRASE_LANGUAGES, XLMR_LANGUAGES
+from ..data.preprocessing import normalise_text
 from .base import Encoder, EncoderOutput, check_texts
 from .registry import (checkpoint_sha256, load_config, load_pretrained, portable_source, register_encoder,
                        resolve_source)

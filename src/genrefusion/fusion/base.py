@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from ..modalities import MODALITIES
+from ..data.modalities import MODALITIES
 from .heads import HEAD_DROPOUT, HEAD_HIDDEN, ClassifierHead
 INPUT_NORMS = ("none", "layernorm")
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from .limits import Limits
 
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+WEB_DIR = Path(__file__).resolve().parent / "web"
 TRAINING_KEYS = ("model", "mode", "split", "modalities", "plot_mode", "pooling", "cross_attention", "late_weights",
                  "modality_dropout", "loss", "threshold_mode", "epochs", "seed")  # settings, never paths
 
@@ -41,8 +41,8 @@ def create_app(predictor, limits: Limits | None = None, *, api_key: str | None =
     from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
     from .. import __version__
-    from ..inputs import InputError, check_plot, decode_poster, poster_decode_pixels
-    from ..languages import scripts_of
+    from ..inference.inputs import InputError, check_plot, decode_poster, poster_decode_pixels
+    from ..data.languages import scripts_of
     from . import schema
     from .errors import ServiceError, install_handlers, short
     from .limits import Guard, PixelBudget
@@ -307,7 +307,7 @@ def create_app(predictor, limits: Limits | None = None, *, api_key: str | None =
         if exported:
             raise ServiceError(501, "explanations need the torch model: this server runs an exported (ONNX) model; "
                                     "serve the model folder it was exported from to explain")
-        from ..explain import explain
+        from ..inference.explain import explain
 
         if genre is not None and genre not in predictor.genres:
             raise InputError(f"genre: unknown genre {genre[:100]!r}; the model's genres are "

@@ -49,7 +49,7 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, device: 
     """Load a saved model and serve it until interrupted."""
     import uvicorn
 
-    from ..predictor import load_model
+    from ..inference.predictor import load_model
     from .app import create_app
     from .protocol import uvicorn_config
 

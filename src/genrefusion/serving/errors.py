@@ -106,7 +106,7 @@ def install_handlers(app) -> None:
     from starlette.requests import ClientDisconnect
     from starlette.responses import Response
 
-    from ..inputs import InputError
+    from ..inference.inputs import InputError
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request, exc: StarletteHTTPException):

@@ -21,8 +21,8 @@ import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
-from ..posters import MAX_POSTER_PIXELS
-from ..inputs import MAX_PLOT_CHARS
+from ..data.posters import MAX_POSTER_PIXELS
+from ..inference.inputs import MAX_PLOT_CHARS
 from .errors import ServiceError, error_response
 
 # Routes that decode posters and run the model, with the content types each accepts.

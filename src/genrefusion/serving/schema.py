@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..modalities import SPECS
+from ..data.modalities import SPECS
 from .errors import CODES
 from .limits import Limits
 

@@ -1,0 +1,240 @@
+"""The `genrefusion` command line. Each subcommand is a thin shell over a library function."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from ..config import CHOICES
+from ..data.loader import DataError
+from ..data.download import DownloadError
+from ..training.tracking import DEFAULT_EXPERIMENT, TRACKERS
+
+
+def _add_data_options(p: argparse.ArgumentParser, split_default: str = "official") -> None:
+    p.add_argument("--split", choices=CHOICES["split"], default=split_default,
+                   help="official: split.json; stratified: Arevalo et al.'s sampling (rarest genre first, 0.6/0.1/0.3)")
+    p.add_argument("--modalities", choices=CHOICES["modalities"], default="any",
+                   help="any: every movie (missing poster/plot masked); both: only movies with a poster and a plot")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad input instead of skipping it")
+    p.add_argument("--plot-mode", choices=CHOICES["plot_mode"], default="join",
+                   help="join all plot paragraphs, or keep the longest one (Arevalo et al.)")
+    p.add_argument("--split-seed", type=int, default=1234, help="seed of the stratified split")
+
+
+def _load(args):
+    from ..data.loader import load_dataset
+
+    return load_dataset(args.data, split=args.split, modalities=args.modalities, strict=args.strict,
+                        plot_mode=args.plot_mode, seed=args.split_seed)
+
+
+def cmd_data_summary(args) -> int:
+    from ..data.summary import data_summary, format_summary
+
+    ds = _load(args)
+    summary = data_summary(ds)
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
+
+
+def cmd_features(args) -> int:
+    from ..encoders import check_encoder_use, create_encoder
+    from ..distributed import resolve_device
+    from ..features.cache import dataset_features
+    from ..data.modalities import SPECS
+    from ..paths import cache_root
+    from ..data.summary import data_summary, format_data_line
+
+    for name, modality in ((args.text, "text"), (args.image, "image")):  # --sequences from a pooled-only encoder
+        if name:
+            check_encoder_use(name, modality, sequences=args.sequences)
+    ds = _load(args)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else cache_root()
+    print(f"{format_data_line(data_summary(ds), args.modalities)}\ncache: {cache_dir}")
+    for modality in SPECS.values():  # --text / --image name the encoders; their options (--pooling) are shared
+        name = getattr(args, modality.name)
+        if not name:
+            continue
+        kwargs = {k: getattr(args, k) for k in modality.encoder_options}
+        t0 = time.perf_counter()
+        encoder = create_encoder(name, **kwargs).to(resolve_device(args.device))
+        table = dataset_features(ds, encoder, cache_dir, sequences=args.sequences, batch_size=args.batch_size,
+                                 precision=args.precision, num_workers=args.num_workers, backend=args.backend)
+        dt = time.perf_counter() - t0
+        print(f"{encoder.modality:>5} {name}: {int(table.present.sum()):,} movies x {table.dim}, "
+              f"{table.encoded_now:,} newly encoded" + (f" ({table.backend}, {table.precision})" if table.backend
+                                                        else "") + f", {dt:.1f} s")
+    return 0
+
+
+def _add_track_options(p: argparse.ArgumentParser) -> None:
+    """--track and friends (tracking.py; the trackers are the optional extra genrefusion[track])."""
+    p.add_argument("--track", choices=TRACKERS, default=None,
+                   help="log config, per-epoch curves, final metrics (and with mlflow the model folder) to an "
+                        "experiment tracker; needs pip install 'genrefusion[track]'")
+    p.add_argument("--track-uri", default=None, metavar="URI",
+                   help="mlflow: any tracking URI (default: a SQLite store sqlite:///<out>/mlflow.db); "
+                        "tensorboard: the log folder (default: each run folder's tensorboard/)")
+    p.add_argument("--track-experiment", default=DEFAULT_EXPERIMENT, metavar="NAME",
+                   help=f"mlflow experiment name (default {DEFAULT_EXPERIMENT})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genrefusion", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="dataset utilities").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("summary", help="counts per split, modalities, skipped input, per-genre distribution")
+    p.add_argument("data", help="MM-IMDb folder (split.json + dataset/) or a CSV/JSONL catalog")
+    _add_data_options(p)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_data_summary)
+
+    p = sub.add_parser("features", help="encode every movie once into the feature cache")
+    p.add_argument("--data", required=True)
+    p.add_argument("--text", default="minilm-l6", help="text encoder name, HF id or folder ('' to skip)")
+    p.add_argument("--image", default="efficientnet-lite0", help="image encoder name, HF id or folder ('' to skip)")
+    p.add_argument("--pooling", choices=CHOICES["pooling"], default="cls")
+    p.add_argument("--sequences", action="store_true", help="also store fp16 token/patch sequences")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--cache-dir", default=None, help="default: $GENREFUSION_CACHE or ~/.cache/genrefusion")
+    p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cuda, cuda:1, cpu")
+    p.add_argument("--precision", choices=CHOICES["precision"], default="auto",
+                   help="autocast while encoding (auto: bf16 on a GPU; on a CPU fp32 unless the measured evidence shows "
+                        "bf16 native, faster and keeping quality, see README 'Fast on a CPU'); part of the cache key")
+    p.add_argument("--backend", choices=CHOICES["feature_backend"], default="auto",
+                   help="what runs the encoders on a CPU: torch, or the same fp32 model in ONNX Runtime (auto: where "
+                        "measured faster here and agreeing with torch; the features and cache entry are the same)")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="processes preparing batches ahead of the encoder (default: 0 on CPU, up to 12 on GPU)")
+    _add_data_options(p)
+    p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("train", help="train and evaluate one model")
+    p.add_argument("--config", default=None, help="YAML file of config keys (may name a preset)")
+    p.add_argument("--preset", default=None, help="thesis (default) or recommended")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. model=gmu lr=1e-3 data=PATH")
+    _add_track_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("grid", help="the thesis grid: 4 unimodal + 5 fusion models, tables 6 and 7")
+    p.add_argument("--preset", default="thesis")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", choices=CHOICES["split"], default="official")
+    p.add_argument("--modalities", choices=CHOICES["modalities"], default="any")
+    p.add_argument("--encoders", choices=["offline", "thesis", "clip"], default="offline",
+                   help="offline: pretrained stand-ins that ship on PyPI; thesis: BERT/RoBERTa/ResNet50/ViT from the "
+                        "hub; clip: CLIP ViT-B/32 text and image towers (hub) as the fused pair")
+    p.add_argument("--text-encoder", action="append", default=[], metavar="[SLOT=]NAME",
+                   help="fill a text slot (BERT or RoBERTa); a bare NAME fills BERT, the slot the fusions use")
+    p.add_argument("--image-encoder", action="append", default=[], metavar="[SLOT=]NAME",
+                   help="fill an image slot (ResNet50 or ViT); a bare NAME fills ResNet50, the slot the fusions use")
+    p.add_argument("--fuse", default="BERT,ResNet50", metavar="TEXT_SLOT,IMAGE_SLOT",
+                   help="the slots the fusion rows combine (the thesis: BERT,ResNet50); slots of one modality joined "
+                        "by '+' are read side by side, e.g. RoBERTa,ResNet50+ViT; auto: the text and image slots "
+                        "whose unimodal rows score best on validation")
+    p.add_argument("--rows", default=None, help="comma-separated subset of rows (names or model names)")
+    p.add_argument("--seeds", type=int, default=1, help="train every model with this many seeds (mean ± std)")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--out", default=None, help="run folder (default runs/grid-<preset>-<time>)")
+    p.add_argument("--no-report", action="store_true")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides applied to every model")
+    _add_track_options(p)
+    p.set_defaults(func=cmd_grid)
+
+    p = sub.add_parser("compare", help="paired bootstrap CI of the macro/micro-F1 difference of two models on test")
+    p.add_argument("run_a", help="run folder, or a grid row folder with seed-*/ subfolders")
+    p.add_argument("run_b")
+    p.add_argument("--n-boot", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ensemble", action="store_true",
+                   help="compare each row's seed ensemble (probabilities averaged over seeds, thresholds re-tuned on "
+                        "the averaged validation probabilities) instead of its seed-averaged score")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compare)
+
+    for module in PLUGIN_MODULES:  # later layers (reports, serving, download) add their own subcommands
+        importlib.import_module(module).add_cli(sub)
+    return parser
+
+
+# Each of these modules defines `add_cli(subparsers)` and imports its heavy dependencies inside its commands, so
+# `genrefusion --help` stays fast.
+PLUGIN_MODULES: tuple[str, ...] = ("genrefusion.evaluation.report", "genrefusion.cli.predict", "genrefusion.serving",
+                                   "genrefusion.inference.explain", "genrefusion.data.download", "genrefusion.evaluation.robustness",
+                                   "genrefusion.training.distill", "genrefusion.inference.export", "genrefusion.evaluation.evaluate",
+                                   "genrefusion.cli.demo")
+
+
+def cmd_train(args) -> int:
+    from ..config import load_config
+    from ..distributed import is_main
+    from ..training.tracking import open_tracker, tracked_experiment
+
+    cfg = load_config(args.config, args.preset, args.overrides)
+    if not cfg.data:
+        raise SystemExit("error: no data: set `data:` in the config or pass data=PATH")
+    run_dir = Path(cfg.out) / (cfg.name or f"{cfg.model}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+    # before any training: a tracker that cannot be used stops here (rank 0 alone tracks under torchrun)
+    tracker = open_tracker(args.track, args.track_uri, args.track_experiment, cfg.out) if is_main() else None
+    m = tracked_experiment(tracker, cfg, run_dir)
+    t = m["test"]
+    print(f"test: hamming acc {t['hamming_accuracy']:.4f}  F1 macro {t['f1_macro']:.4f}  micro {t['f1_micro']:.4f}"
+          f"  weighted {t['f1_weighted']:.4f}  samples {t['f1_samples']:.4f}")
+    print(f"results: {run_dir}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from ..evaluation.compare import compare, format_comparison
+
+    result = compare(args.run_a, args.run_b, n_boot=args.n_boot, seed=args.seed, ensemble=args.ensemble)
+    print(json.dumps(result, indent=2) if args.json else format_comparison(result))
+    return 0
+
+
+def _slot_items(values: list[str], default_slot: str) -> list[str]:
+    return [v if "=" in v else f"{default_slot}={v}" for v in values]
+
+
+def cmd_grid(args) -> int:
+    from ..training.grid import run_grid
+
+    overrides = _slot_items(args.text_encoder, "BERT") + _slot_items(args.image_encoder, "ResNet50")
+    run_grid(args.data, preset=args.preset, split=args.split, modalities=args.modalities, encoders=args.encoders,
+             slot_overrides=overrides, seeds=args.seeds, cache_dir=args.cache_dir, out=args.out,
+             rows=args.rows.split(",") if args.rows else None, config_overrides=args.overrides,
+             report=not args.no_report, fuse=tuple(args.fuse.split(",")), track=args.track,
+             track_uri=args.track_uri, track_experiment=args.track_experiment)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Under torchrun (WORLD_SIZE > 1): join the process group; every rank runs the command, only rank 0 prints
+    # (errors still show). Otherwise torch is not imported here: not for --help, not for an exported model.
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        from ..distributed import init_from_env, is_main
+
+        if init_from_env() and not is_main():
+            sys.stdout = open(os.devnull, "w")
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # `genrefusion ... | head`: the reader left; say nothing more (Python's own advice)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (DataError, ValueError, OSError, DownloadError) as exc:  # OSError: FileNotFoundError, PermissionError,
+        print(f"error: {exc}", file=sys.stderr)                     # a full disk ... named by their message
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
