@@ -98,6 +98,66 @@ def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+# The layers, lowest first: a module imports only modules of its own layer or of a lower one. The top-level modules
+# (atomic, config, ...) are the lowest layer; the package root re-exports the public API and so sits above them all.
+LAYERS = ("", "data", "encoders", "features", "fusion", "inference", "evaluation", "training", "serving", "cli")
+FACADE = {"genrefusion", "genrefusion.__main__"}
+
+
+def layer_of(module: str) -> int:
+    """The layer of a dotted module name: its subpackage's position in LAYERS (a top-level module is layer 0)."""
+    parts = module.split(".")
+    if module in FACADE:
+        return len(LAYERS)
+    if len(parts) == 2 and parts[1] not in LAYERS:
+        return 0  # a top-level module
+    if parts[1] not in LAYERS:
+        raise AssertionError(f"{module}: subpackage {parts[1]!r} is in no layer; add it to LAYERS")
+    return LAYERS.index(parts[1])
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{a} -> {b}" for a, deps in graph.items() for b in deps if layer_of(b) > layer_of(a))
+
+
+def test_the_layer_check_finds_an_upward_import():
+    assert upward_imports({"genrefusion.data.loader": {"genrefusion.training.grid"}}) == \
+        ["genrefusion.data.loader -> genrefusion.training.grid"]
+    assert upward_imports({"genrefusion.cli.commands": {"genrefusion.data.loader", "genrefusion.atomic"}}) == []
+
+
+def test_no_layer_imports_a_higher_one():
+    graph = {name: _imports(name, path) for name, path in MODULES.items()}
+    assert not upward_imports(graph), "upward imports: " + "; ".join(upward_imports(graph))
+    # the root docstring draws the same layers in the same order
+    import genrefusion
+
+    drawn = [line.split()[0] for line in genrefusion.__doc__.splitlines() if line.startswith("    ")]
+    assert drawn[1:] == list(LAYERS[1:]), drawn
+
+
+def test_the_layout_stays_small():
+    """At most 10 modules at the top of the package and 16 in any subpackage, so the layout shows the layers."""
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= 10, f"{len(top)} modules at the top of the package: {top}"
+    for folder in sorted({p.parent for p in PACKAGE.rglob("*.py")}):
+        n = len(list(folder.glob("*.py")))
+        assert n <= 16, f"{folder.relative_to(REPO)} has {n} modules (at most 16)"
+
+
+def test_every_subpackage_says_what_it_does_and_exports_a_surface():
+    import importlib
+
+    for folder in sorted(p.parent for p in PACKAGE.rglob("__init__.py")):
+        name = ".".join(folder.relative_to(PACKAGE.parent).parts)
+        module = importlib.import_module(name)
+        assert (module.__doc__ or "").strip(), f"{name} has no docstring"
+        if folder.parent == PACKAGE and folder.name in LAYERS:
+            assert module.__all__, f"{name} exports nothing"
+            for attr in module.__all__:
+                assert getattr(module, attr) is not None, f"{name}.{attr}"
+
+
 def test_the_cycle_check_finds_a_cycle():
     assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert import_cycles({"a": {"b"}, "b": set()}) == []

@@ -1,35 +1,32 @@
 """genrefusion: movie genre prediction from posters and plots, unimodal encoders vs multimodal fusion.
 
-Layout (each a module with a small public surface):
-    data / splits / summary  ->  encoders  ->  features (cache)  ->  fusion (heads)  ->  train / experiment / grid
-    ->  metrics / stats  ->  runs (the run folder)  ->  report / compare
-    modalities (each modality's field, cache key and name) is read by data, cache, batches and the predictor;
-    batching (a head's input batch) by training and inference alike;
-    inference: inputs (checks)  ->  predictor (Predictor, load_model)  ->  predict (CLI) / serving / explain;
-    thesis (the thesis's rows, slots and published numbers) is read by grid and report alike.
+The layers, lowest first (a layer imports only those before it; tests/test_structure.py checks it):
+
+    atomic, config, distributed, files, lazy, paths, version   the few things every layer needs
+    data         movies from the MM-IMDb folder or a catalog, splits, labels, the one poster decoder
+    encoders     plot text / poster image -> vectors (a registry behind create_encoder)
+    features     every movie encoded once per encoder, in a checksummed cache
+    fusion       the heads over cached features (a registry behind create_model), batches, losses
+    inference    saved model folders, predictors (torch or onnxruntime), input checks, explanations
+    evaluation   metrics, statistics, run folders, scoring a saved model, reports, robustness
+    training     the one training loop, experiments, the thesis grid, distillation
+    serving      the HTTP service and its page
+    cli          the `genrefusion` command line and the demo
+
+The root re-exports the public API; each name loads its layer on first use, so `import genrefusion` stays cheap.
 """
-__version__ = "0.1.0"
+from .lazy import lazy_exports
+from .version import __version__
 
-from .data.labels import GENRES  # noqa: E402
-
-__all__ = ["GENRES", "__version__", "create_encoder", "create_model", "load_dataset", "load_model"]
-
-
-def __getattr__(name):  # lazy: `import genrefusion` stays cheap (no torch import) for the CLI's --help
-    if name == "create_encoder":
-        from .encoders import create_encoder
-
-        return create_encoder
-    if name == "create_model":
-        from .fusion import create_model
-
-        return create_model
-    if name == "load_dataset":
-        from .data.loader import load_dataset
-
-        return load_dataset
-    if name == "load_model":
-        from .inference.predictor import load_model
-
-        return load_model
-    raise AttributeError(name)
+_EXPORTS = {
+    "GENRES": ".data.labels", "load_dataset": ".data.loader", "Movie": ".data.records", "MovieDataset": ".data.records",
+    "create_encoder": ".encoders", "list_encoders": ".encoders",
+    "dataset_features": ".features.cache",
+    "create_model": ".fusion", "list_models": ".fusion",
+    "load_model": ".inference.predictor", "Predictor": ".inference.predictor",
+    "compute_metrics": ".evaluation.metrics", "evaluate": ".evaluation.evaluate", "compare": ".evaluation.compare",
+    "Config": ".config", "load_config": ".config",
+    "run_experiment": ".training.experiment", "run_grid": ".training.grid",
+}
+__all__ = sorted([*_EXPORTS, "__version__"])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -245,7 +245,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, opset: int = DEFA
     import onnxruntime
     import torch
 
-    from .. import __version__
+    from ..version import __version__
     from ..atomic import staging_dir
     from .onnx_predictor import OnnxPredictor
     from .predictor import Predictor

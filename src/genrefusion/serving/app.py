@@ -40,7 +40,7 @@ def create_app(predictor, limits: Limits | None = None, *, api_key: str | None =
     from fastapi.staticfiles import StaticFiles
     from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-    from .. import __version__
+    from ..version import __version__
     from ..inference.inputs import InputError, check_plot, decode_poster, poster_decode_pixels
     from ..data.languages import scripts_of
     from . import schema

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from .. import __version__
+from ..version import __version__
 from ..features import fingerprints
 from . import workers
 from ..fusion.batching import FeatureBatches

@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from .. import __version__
+from ..version import __version__
 from ..evaluation import runs
 
 TRACKERS = ("mlflow", "tensorboard")
