@@ -71,13 +71,26 @@ def write_json(target: str | os.PathLike, obj: Any, indent: int | None = 2, **kw
 
 
 def save_safetensors(tensors: dict, target: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
-    """safetensors.torch.save_file, atomically."""
-    from safetensors.torch import save_file
+    """safetensors.torch.save_file, atomically. A write that fails (a full disk) is an OSError naming `target`."""
+    from safetensors import SafetensorError  # lazy: safetensors.torch imports torch, which the atomic text writes
+    from safetensors.torch import save_file  # of a torch-free command must not pay for
 
     target = Path(target)
     with _replacing(target) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as exc:
+            raise _os_error(exc, target) from None
     return target
+
+
+def _os_error(exc: Exception, target: Path) -> OSError:
+    """safetensors reports an I/O failure as its own error with the OS's code in the text ("... (os error 28)"); the
+    commands name OSErrors in one line, so give it back as one, with the file it was writing."""
+    code = re.search(r"\(os error (\d+)\)", str(exc))
+    if code:
+        return OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(target))
+    return OSError(f"could not write {target}: {exc}")
 
 
 @contextmanager

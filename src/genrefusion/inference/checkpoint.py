@@ -33,10 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load as load_safetensors
-from safetensors.torch import save_file
 
 from ..features import fingerprints
-from ..atomic import staging_dir
+from ..atomic import save_safetensors, staging_dir
 from ..config import Config
 from ..files import read_json_object
 from ..data.labels import GENRES
@@ -73,7 +72,7 @@ def save_model(directory: str | Path, model: torch.nn.Module, cfg: Config, thres
     directory = Path(directory)
     with staging_dir(directory) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS_FILE))
+        save_safetensors(state, tmp / WEIGHTS_FILE)
         meta = {
             "format": FORMAT_VERSION,
             "model": model.config,

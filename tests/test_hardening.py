@@ -1,0 +1,67 @@
+"""What an adversarial pass broke (issue 27), each case pinned: a full disk, run names that escape `out`."""
+from __future__ import annotations
+
+import subprocess
+import uuid
+
+import pytest
+import torch
+
+from genrefusion import atomic
+from genrefusion.cli.commands import main
+from genrefusion.config import Config
+
+FULL = "Error while serializing: I/O error: No space left on device (os error 28)"
+
+
+def test_a_full_disk_is_an_oserror_naming_the_file(tmp_path, monkeypatch):
+    """safetensors reports ENOSPC as its own error type, which the commands would show as a traceback."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(*args, **kwargs):
+        raise SafetensorError(FULL)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    target = tmp_path / "w.safetensors"
+    with pytest.raises(OSError) as err:
+        atomic.save_safetensors({"w": torch.zeros(3)}, target)
+    assert err.value.errno == 28 and err.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written left behind
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 64 KiB tmpfs: a real full disk. Mounting needs root (CI runs as root); elsewhere the test is skipped."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", f"tmpfs-{uuid.uuid4().hex[:8]}", str(mount)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip() or res.returncode}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_train_on_a_full_disk_ends_in_one_line(tiny_tmpfs, synthetic_catalog, tiny_bert, tiny_vit, tmp_path, capsys):
+    args = ["train", f"data={synthetic_catalog}", "model=gmu", f"text_encoder={tiny_bert}",
+            f"image_encoder={tiny_vit}", "epochs=1", f"cache_dir={tmp_path / 'cache'}", f"out={tiny_tmpfs}",
+            "name=run", "threshold_source=val"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error")]  # progress bars share stderr
+    assert "Traceback" not in err and len(errors) == 1 and "No space left on device" in errors[0], err[-2000:]
+    assert str(tiny_tmpfs) in errors[0]  # the file it could not write is named
+    assert not [p for p in tiny_tmpfs.rglob("*") if ".tmp" in p.name]  # nothing half-written
+
+
+@pytest.mark.parametrize("name", ["../../escape", "a/b", "..", ".", "", "a\\b"])
+def test_a_run_name_stays_inside_out(name, tmp_path):
+    with pytest.raises(ValueError, match="config name=.*one folder name inside out"):
+        Config(name=name, out=str(tmp_path)).validate()
+
+
+def test_train_refuses_an_escaping_name_before_any_work(tmp_path, capsys):
+    assert main(["train", f"data={tmp_path / 'nothing.csv'}", f"out={tmp_path / 'runs'}", "name=../../escape"]) == 2
+    assert "config name='../../escape'" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
