@@ -112,6 +112,9 @@ class Config:
             raise ValueError("config: fold_workers must be >= 0 (0: as many as the CPU threads allow)")
         if not 0.0 <= self.modality_dropout < 1.0:
             raise ValueError("config: modality_dropout must be in [0, 1)")
+        if self.name is not None and not is_folder_name(self.name):  # name=../../x would write outside `out`
+            raise ValueError(f"config name={self.name!r}: expected one folder name inside out={self.out!r} "
+                             "(no '/', '\\', '.' or '..')")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,6 +122,11 @@ class Config:
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes).validate()
+
+
+def is_folder_name(name: str) -> bool:
+    """Whether `name` is one folder name, so that `out / name` stays inside `out` on every platform."""
+    return name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
 
 
 # The thesis code's settings: frozen encoders, heads at lr 2e-5, batch 16, 10 epochs, threshold 0.5, CLS pooling,
