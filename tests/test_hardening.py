@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import uuid
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,3 +66,52 @@ def test_train_refuses_an_escaping_name_before_any_work(tmp_path, capsys):
     assert main(["train", f"data={tmp_path / 'nothing.csv'}", f"out={tmp_path / 'runs'}", "name=../../escape"]) == 2
     assert "config name='../../escape'" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_output_folder_under_a_file_is_refused_naming_it(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(OSError, match="cannot write into the output folder") as err:
+        atomic.check_writable(blocker / "runs")
+    assert err.value.filename == str(blocker / "runs")
+
+
+@pytest.fixture
+def read_only_mount(tmp_path):
+    """A read-only tmpfs: root ignores permission bits, so chmod cannot make an unwritable folder for root."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=16k", f"ro-{uuid.uuid4().hex[:8]}", str(mount)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip() or res.returncode}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_read_only_output_folder_is_refused(read_only_mount):
+    with pytest.raises(OSError, match="cannot write into the output folder.*Read-only"):
+        atomic.check_writable(read_only_mount / "runs")
+
+
+_HOLD = "import sys, time\nfrom genrefusion import atomic\nwith atomic.exclusive(sys.argv[1], 'grid'):\n" \
+        "    print('held', flush=True)\n    time.sleep(60)\n"
+
+
+def test_a_second_writer_into_one_folder_is_refused_until_the_first_dies(tmp_path):
+    import os
+    import signal
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path / "out")], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(Path(atomic.__file__).parents[1])})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OSError, match="another grid is writing into this folder"):
+            with atomic.exclusive(tmp_path / "out", "grid"):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    with atomic.exclusive(tmp_path / "out", "grid"):  # the lock died with its process
+        pass

@@ -13,10 +13,13 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 TMP_PREFIX = ".tmp-"
 
@@ -145,3 +148,35 @@ def remove_stale_tmp(directory: str | os.PathLike) -> int:
         except PermissionError:
             pass  # alive, owned by another user
     return removed
+
+
+def check_writable(folder: str | os.PathLike) -> Path:
+    """Create `folder` (and its parents) and check that a file can be written in it, so that a command whose output
+    folder is read-only or unwritable stops before any work instead of after hours of it. Raises OSError naming
+    the folder."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=TMP_PREFIX + "probe-"):
+            pass
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write into the output folder ({exc.strerror or exc})", str(folder)) from None
+    return folder
+
+
+@contextmanager
+def exclusive(folder: str | os.PathLike, what: str) -> Iterator[Path]:
+    """Hold `folder`'s lock for the block: a second writer into the same folder (two grids with one --out) is
+    refused at once instead of silently overwriting the first one's results. The lock is an flock, so it dies with
+    its process: a killed run leaves no lock behind."""
+    folder = check_writable(folder)
+    lock = FileLock(folder / ".genrefusion.lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise OSError(f"{folder}: another {what} is writing into this folder; wait for it to finish or choose "
+                      "another output folder") from None
+    try:
+        yield folder
+    finally:
+        lock.release()
