@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from .labels import GENRES, canonical_genre, multi_hot
+from .visible import is_blank
 
 SPLITS = ("train", "dev", "test")
 CATALOG_COLUMNS = {"id", "plot", "genres", "poster", "split", "title", "year"}
@@ -343,7 +344,8 @@ def _encodable(texts: list[str], name: str) -> list[str]:
 
 def _plot_text(raw: Any, plot_mode: str) -> str | None:
     """MM-IMDb stores `plot` as a list of paragraphs or summaries. 'join' keeps all of them; 'longest' keeps only
-    the longest one, as Arevalo et al.'s make_dataset.py did."""
+    the longest one, as Arevalo et al.'s make_dataset.py did. A paragraph with no visible character (whitespace,
+    U+200B ..., see visible.py) is dropped, so a plot made only of them is a missing plot (None), counted as such."""
     if raw is None:
         return None
     if isinstance(raw, str):
@@ -352,7 +354,7 @@ def _plot_text(raw: Any, plot_mode: str) -> str | None:
         parts = raw
     else:
         raise FieldError(f"`plot` must be a string or a list of strings, got {describe(raw)}")
-    parts = [p.strip() for p in _encodable(parts, "plot") if p.strip()]
+    parts = [p.strip() for p in _encodable(parts, "plot") if not is_blank(p)]  # U+200B alone is no plot either
     if not parts:
         return None
     return max(parts, key=len) if plot_mode == "longest" else " ".join(parts)
@@ -376,7 +378,8 @@ def _optional_text(raw: Any, name: str) -> str | None:
     if raw is None:
         return None
     if isinstance(raw, str):
-        return _encodable([raw], name)[0].strip() or None
+        text = _encodable([raw], name)[0].strip()
+        return None if is_blank(text) else text
     raise FieldError(f"`{name}` must be a string, got {describe(raw)}")
 
 
