@@ -3,12 +3,14 @@ catalog posters outside the catalog's folder, an over-large split.json, posters 
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from genrefusion.data.loader import load_catalog, load_mmimdb
+from genrefusion.data.loader import MovieDataset, load_catalog, load_mmimdb
+from genrefusion.data.records import LoadReport, Movie, id_key
 from genrefusion.data.summary import data_summary
 from genrefusion.data.visible import is_blank
 from genrefusion.inference.inputs import InputError, check_plot
@@ -90,3 +92,52 @@ def test_predict_refuses_an_invisible_plot_like_a_blank_one(serving_cli, trained
         assert serving_cli(["predict", "--model", model, "--plot", plot]) == 2
         errors.append(capsys.readouterr().err.strip())
     assert errors[0] == errors[1] == "error: plot: is empty"
+
+
+# -- 14: ids compared after Unicode normalisation -------------------------------------------------------------------
+NFC, NFD = unicodedata.normalize("NFC", "été"), unicodedata.normalize("NFD", "été")
+
+
+def test_id_key_normalises_form_width_and_case():
+    assert NFC != NFD and id_key(NFC) == id_key(NFD)
+    assert id_key("\uff11\uff12\uff13") == id_key("123")  # full-width digits
+    assert id_key("\uff34\uff34\uff10\uff11") == id_key("tt01") == id_key("TT01")
+    assert id_key(" tt01 ") == id_key("tt01")
+    assert id_key("tt01") != id_key("tt1")
+
+
+def test_catalog_ids_differing_only_by_unicode_form_are_duplicates(tmp_path):
+    cat = _jsonl(tmp_path / "c.jsonl", [
+        {"id": NFC, "plot": "a", "genres": "Drama"}, {"id": NFD, "plot": "b", "genres": "Drama"},
+        {"id": "123", "plot": "c", "genres": "Drama"}, {"id": "\uff11\uff12\uff13", "plot": "d", "genres": "Drama"},
+    ])
+    ds = load_catalog(cat)
+    assert [m.id for m in ds.movies] == [NFC, "123"]
+    assert _kinds(ds) == {"duplicate_id": 2}
+    assert all("Unicode form" in m for m in _messages(ds, "duplicate_id"))
+
+
+def test_an_id_in_two_splits_under_two_unicode_forms_reaches_neither(tmp_path):
+    cat = _jsonl(tmp_path / "c.jsonl", [
+        {"id": NFC, "plot": "a", "genres": "Drama", "split": "train"},
+        {"id": NFD, "plot": "a", "genres": "Drama", "split": "test"},
+        {"id": "x", "plot": "b", "genres": "Drama", "split": "train"},
+        {"id": "y", "plot": "c", "genres": "Drama", "split": "test"},
+    ])
+    ds = load_catalog(cat)
+    assert [m.id for m in ds.movies] == ["x", "y"] and _kinds(ds) == {"ambiguous_split": 1}
+
+
+def test_mmimdb_split_listing_one_movie_in_nfc_and_nfd_is_ambiguous(tmp_path):
+    (tmp_path / "dataset").mkdir()
+    for mid in (NFC, NFD, "a", "b"):
+        (tmp_path / "dataset" / f"{mid}.json").write_text(json.dumps({"plot": "p", "genres": ["Drama"]}))
+    (tmp_path / "split.json").write_text(json.dumps({"train": [NFC, "a"], "dev": [], "test": [NFD, "b"]}))
+    ds = load_mmimdb(tmp_path)
+    assert sorted(m.id for m in ds.movies) == ["a", "b"] and _kinds(ds) == {"ambiguous_split": 1}
+
+
+def test_the_dataset_invariant_compares_normalised_ids(tmp_path):
+    movies = [Movie(NFC, "a", ("Drama",), None), Movie(NFD, "b", ("Drama",), None)]
+    with pytest.raises(AssertionError, match="appears 2 times"):
+        MovieDataset(movies, {}, LoadReport("x"), tmp_path, "none")

@@ -2,7 +2,8 @@
 types, the problems found in input, and the checks every file, id and field goes through.
 
 Nothing here trusts its input: a field of the wrong type is named and its movie skipped, an id that is not a plain
-file name is refused, an id listed twice is used once, and an id listed in two splits reaches neither.
+file name is refused, an id listed twice is used once, and an id listed in two splits reaches neither. Ids are
+compared by `id_key` (Unicode NFKC, case folded), so a duplicate cannot hide behind a normalisation form.
 """
 from __future__ import annotations
 
@@ -106,9 +107,10 @@ class MovieDataset:
         return len(self.movies)
 
     def check_invariants(self) -> None:
-        """No movie twice (ids compared case-insensitively), none listed twice in a split, none in two splits: a
-        movie in train and test would leak into the test score. Raises AssertionError (a bug, not bad input)."""
-        counts = Counter(m.id.casefold() for m in self.movies)
+        """No movie twice (ids compared by id_key: Unicode NFKC, case-insensitively), none listed twice in a split,
+        none in two splits: a movie in train and test would leak into the test score. Raises AssertionError (a bug,
+        not bad input)."""
+        counts = Counter(id_key(m.id) for m in self.movies)
         twice = next((k for k, n in counts.items() if n > 1), None)
         if twice is not None:
             raise AssertionError(f"movie id {twice!r} appears {counts[twice]} times in the dataset")
@@ -283,6 +285,17 @@ def id_problem(mid: str) -> str | None:
     return None
 
 
+def id_key(mid: str) -> str:
+    """What two ids are compared by: the same key means the same movie. The id is stripped of surrounding
+    whitespace, brought to Unicode NFKC (compatibility composition: 'é' written as one code point (NFC) or as 'e'
+    plus a combining accent (NFD) become one; full-width digits and letters '１２３' become '123'; ligatures and
+    other compatibility forms such as 'ﬁ' become 'fi'), then case folded ('TT01' is 'tt01', 'ß' is 'ss') and
+    brought to NFKC again (folding can undo it). Only for comparing: a movie keeps its id as written, since on
+    MM-IMDb's layout the id names its file, byte for byte."""
+    key = unicodedata.normalize("NFKC", mid.strip()).casefold()
+    return unicodedata.normalize("NFKC", key)
+
+
 def show_id(mid: str) -> str:
     text = repr(mid)
     return text if len(text) <= 60 else text[:57] + "...'"
@@ -300,18 +313,20 @@ class Entry:
 
 
 def dedupe(entries: list[Entry], problem: Callable[..., None]) -> list[Entry]:
-    """One entry per movie, ids compared case-insensitively (tt01.json and TT01.json are one file on a
-    case-insensitive file system). An id listed again in the same split is used once and each extra listing counted
-    (duplicate_id). An id listed in two splits is ambiguous and would carry a training movie into the test score,
-    so it is excluded from every split and counted once (ambiguous_split)."""
+    """One entry per movie, ids compared by id_key: case-insensitively (tt01.json and TT01.json are one file on a
+    case-insensitive file system) and after Unicode normalisation (NFKC: 'été' in NFC and in NFD, '１２３' and
+    '123' are one movie; macOS file systems store names in a decomposed form). An id listed again in the same split
+    is used once and each extra listing counted (duplicate_id). An id listed in two splits is ambiguous and would
+    carry a training movie into the test score, so it is excluded from every split and counted once
+    (ambiguous_split)."""
     groups: dict[str, list[Entry]] = {}
     for e in entries:
-        groups.setdefault(e.id.casefold(), []).append(e)
+        groups.setdefault(id_key(e.id), []).append(e)
     kept = []
     for group in groups.values():  # in order of first listing
         first = group[0]
-        case = (" (ids that differ only by case name the same file on case-insensitive file systems)"
-                if len({e.id for e in group}) > 1 else "")
+        case = (" (ids that differ only by case or Unicode form are one movie: they name the same file on "
+                "case-insensitive or normalising file systems)" if len({e.id for e in group}) > 1 else "")
         splits = list(dict.fromkeys(e.split for e in group))
         if len(splits) > 1:
             listed = ", ".join(f"{show_id(e.id)} in {e.split or 'no split'} ({e.ref})" for e in group)
