@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from genrefusion.data.loader import MovieDataset, load_catalog, load_mmimdb
+from genrefusion.cli.commands import build_parser, main
+from genrefusion.data.catalog import ALLOW_OUTSIDE_POSTERS_ENV, outside_posters_allowed
+from genrefusion.data.loader import DataError, MovieDataset, load_catalog, load_dataset, load_mmimdb
 from genrefusion.data.records import LoadReport, Movie, id_key
 from genrefusion.data.summary import data_summary
 from genrefusion.data.visible import is_blank
@@ -141,3 +143,83 @@ def test_the_dataset_invariant_compares_normalised_ids(tmp_path):
     movies = [Movie(NFC, "a", ("Drama",), None), Movie(NFD, "b", ("Drama",), None)]
     with pytest.raises(AssertionError, match="appears 2 times"):
         MovieDataset(movies, {}, LoadReport("x"), tmp_path, "none")
+
+
+# -- 15: a catalog's posters stay inside its folder -----------------------------------------------------------------
+@pytest.fixture
+def outside_catalog(tmp_path):
+    """cat/c.jsonl whose posters are: inside, '../outside.jpg', an absolute path, '../../..' to /etc/passwd, and a
+    symlink inside the folder that leads outside; plus a symlink that stays inside."""
+    folder = tmp_path / "cat"
+    _jpeg(folder / "posters" / "in.jpg")
+    outside = _jpeg(tmp_path / "outside.jpg")
+    (folder / "link.jpg").symlink_to(outside)
+    (folder / "inner-link.jpg").symlink_to(folder / "posters" / "in.jpg")
+    climb = "../" * (len(folder.resolve().parts) + 2) + "etc/passwd"
+    rows = [("inside", "posters/in.jpg"), ("parent", "../outside.jpg"), ("absolute", "/etc/hostname"),
+            ("climb", climb), ("symlink", "link.jpg"), ("inner-symlink", "inner-link.jpg"),
+            ("absolute-inside", str(folder / "posters" / "in.jpg"))]
+    return _jsonl(folder / "c.jsonl", [{"id": i, "poster": p, "genres": "Drama"} for i, p in rows])
+
+
+def test_posters_outside_the_catalogs_folder_are_skipped_counted_and_named(outside_catalog):
+    ds = load_catalog(outside_catalog)
+    assert sorted(m.id for m in ds.movies) == ["absolute-inside", "inner-symlink", "inside"]
+    assert _kinds(ds) == {"poster_outside": 4}
+    named = {p.movie_id: str(p) for p in ds.report.problems}
+    assert set(named) == {"parent", "absolute", "climb", "symlink"}
+    for message in named.values():
+        assert "outside the catalog's folder" in message and "--allow-outside-posters" in message
+    assert "resolves to /etc/passwd" in named["climb"] and "resolves to /etc/hostname" in named["absolute"]
+    assert "through a symlink" in named["symlink"] and "through a symlink" not in named["parent"]
+    summary = data_summary(ds)
+    assert summary["skipped"] == {"poster_outside": 4} and len(summary["problems"]) == 4
+    with pytest.raises(DataError, match="outside the catalog's folder"):
+        load_catalog(outside_catalog, strict=True)
+
+
+def test_posters_outside_are_read_when_the_user_opts_in(outside_catalog, monkeypatch):
+    def check(ds):
+        assert {"parent", "symlink", "inside"} <= {m.id for m in ds.movies}
+        assert "poster_outside" not in _kinds(ds)
+        assert {p.movie_id: p.kind for p in ds.report.problems} == {"absolute": "bad_poster", "climb": "bad_poster"}
+
+    check(load_catalog(outside_catalog, allow_outside_posters=True))
+    with outside_posters_allowed():
+        check(load_catalog(outside_catalog))
+        assert _kinds(load_catalog(outside_catalog, allow_outside_posters=False)) == {"poster_outside": 4}
+    assert _kinds(load_catalog(outside_catalog)) == {"poster_outside": 4}  # the block's setting ended with it
+    monkeypatch.setenv(ALLOW_OUTSIDE_POSTERS_ENV, "1")
+    check(load_dataset(outside_catalog, split="stratified"))
+
+
+def test_the_cli_confines_posters_unless_told_otherwise(outside_catalog, capsys):
+    assert main(["data", "summary", str(outside_catalog), "--split", "stratified"]) == 0
+    out = capsys.readouterr().out
+    assert "poster_outside 4" in out and "--allow-outside-posters" in out
+    assert main(["data", "summary", str(outside_catalog), "--split", "stratified", "--allow-outside-posters"]) == 0
+    out = capsys.readouterr().out
+    assert "poster_outside" not in out and "bad_poster 2" in out
+    assert main(["data", "summary", str(outside_catalog), "--split", "stratified"]) == 0  # not left switched on
+    assert "poster_outside 4" in capsys.readouterr().out
+
+
+def test_every_command_that_reads_data_takes_the_option():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    for name in ("features", "train", "grid", "evaluate", "robustness", "distill", "export", "demo", "predict"):
+        assert "--allow-outside-posters" in sub[name]._option_string_actions, name
+    data = next(a for a in sub["data"]._actions if a.dest == "data_command").choices
+    assert "--allow-outside-posters" in data["summary"]._option_string_actions
+
+
+def test_predict_input_confines_posters_unless_told_otherwise(serving_cli, trained_run, outside_catalog, capsys):
+    model = str(trained_run / "model")
+    assert serving_cli(["predict", "--model", model, "--input", str(outside_catalog)]) == 0
+    out, err = capsys.readouterr()
+    assert sorted(json.loads(line)["id"] for line in out.splitlines()) == ["absolute-inside", "inner-symlink", "inside"]
+    assert err.count("outside the catalog's folder") == 4 and "--allow-outside-posters" in err
+    assert serving_cli(["predict", "--model", model, "--input", str(outside_catalog), "--allow-outside-posters"]) == 0
+    out, err = capsys.readouterr()
+    assert {"parent", "symlink"} <= {json.loads(line)["id"] for line in out.splitlines()}
+    assert "outside the catalog's folder" not in err

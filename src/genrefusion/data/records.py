@@ -33,7 +33,7 @@ MAX_POSTER_BYTES = 64 * 2**20  # a poster file larger than this is refused befor
 #   missing_file  unreadable  file_too_large  empty_file  not_utf8  malformed_json   (the file itself)
 #   bad_field (a field's type or value)  bad_id (not a plain file name)  no_split (catalog row without a split)
 #   duplicate_id (an id listed again in the same split)  ambiguous_split (an id listed in two splits)
-#   bad_poster  poster_too_large
+#   bad_poster  poster_too_large  poster_outside (a catalog's poster outside the catalog's folder, see catalog.py)
 NOTICE_KINDS = frozenset({"unknown_column", "unknown_key"})
 
 
