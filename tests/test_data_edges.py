@@ -3,6 +3,8 @@ catalog posters outside the catalog's folder, an over-large split.json, posters 
 from __future__ import annotations
 
 import json
+import os
+import time
 import unicodedata
 from pathlib import Path
 
@@ -223,3 +225,27 @@ def test_predict_input_confines_posters_unless_told_otherwise(serving_cli, train
     out, err = capsys.readouterr()
     assert {"parent", "symlink"} <= {json.loads(line)["id"] for line in out.splitlines()}
     assert "outside the catalog's folder" not in err
+
+
+# -- 16: split.json has a size limit --------------------------------------------------------------------------------
+def test_an_over_large_split_json_is_refused_unread_naming_the_file_and_the_limit(tmp_path):
+    (tmp_path / "dataset").mkdir()
+    split = tmp_path / "split.json"
+    with open(split, "wb") as fh:  # sparse: 42 MB on paper, nothing on disk
+        fh.truncate(42 * 2**20)
+    t0 = time.perf_counter()
+    with pytest.raises(DataError) as e:
+        load_mmimdb(tmp_path)
+    assert time.perf_counter() - t0 < 2
+    message = str(e.value)
+    assert str(split) in message and "44,040,192 bytes" in message and "over the limit of 8,388,608" in message
+
+
+def test_a_split_json_under_the_limit_is_read(tmp_path):
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "a.json").write_text(json.dumps({"plot": "p", "genres": ["Drama"]}))
+    ids = [f"{i:0190d}" for i in range(20_000)]  # ~4 MB (long ids: few lookups), far above MM-IMDb's 0.5 MB
+    (tmp_path / "split.json").write_text(json.dumps({"train": ["a"], "dev": [], "test": ids}))
+    assert os.path.getsize(tmp_path / "split.json") > 3_800_000
+    ds = load_mmimdb(tmp_path)
+    assert [m.id for m in ds.movies] == ["a"] and _kinds(ds) == {"missing_file": 20_000}
