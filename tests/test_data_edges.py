@@ -2,10 +2,13 @@
 catalog posters outside the catalog's folder, an over-large split.json, posters over PIL's own pixel limit."""
 from __future__ import annotations
 
+import io
 import json
 import os
+import struct
 import time
 import unicodedata
+import zlib
 from pathlib import Path
 
 import pytest
@@ -14,10 +17,12 @@ from PIL import Image
 from genrefusion.cli.commands import build_parser, main
 from genrefusion.data.catalog import ALLOW_OUTSIDE_POSTERS_ENV, outside_posters_allowed
 from genrefusion.data.loader import DataError, MovieDataset, load_catalog, load_dataset, load_mmimdb
+from genrefusion.data.posters import PosterError, decode_poster
 from genrefusion.data.records import LoadReport, Movie, id_key
 from genrefusion.data.summary import data_summary
 from genrefusion.data.visible import is_blank
-from genrefusion.inference.inputs import InputError, check_plot
+from genrefusion.inference.inputs import InputError, InputTooLarge, check_plot
+from genrefusion.inference.inputs import decode_poster as decode_upload
 
 INVISIBLE_PLOTS = ("\u200b", "\u200b\u200c\u200d\u2060", "\ufeff \u200b\n", "\u00ad\u180e", "\u3164\u2800",
                    "\U000e0041\U000e0042", "\x00\x1b")
@@ -249,3 +254,51 @@ def test_a_split_json_under_the_limit_is_read(tmp_path):
     assert os.path.getsize(tmp_path / "split.json") > 3_800_000
     ds = load_mmimdb(tmp_path)
     assert [m.id for m in ds.movies] == ["a"] and _kinds(ds) == {"missing_file": 20_000}
+
+
+# -- 17: a poster over PIL's own pixel limit gets the project's message ---------------------------------------------
+def _png_header(width: int, height: int) -> bytes:
+    """A few dozen bytes of PNG declaring width x height pixels (1-bit grey): what PIL's Image.open reads."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
+
+
+def test_a_poster_over_pils_own_limit_is_refused_in_the_projects_words():
+    bomb = _png_header(20_000, 20_000)  # 400 megapixels: over PIL's 179M, which PIL checks inside Image.open
+    with pytest.raises(PosterError) as e:
+        decode_poster(bomb, "bomb.png")
+    assert e.value.kind == "too_large"
+    assert str(e.value) == ("bomb.png: image is 20000x20000 = 400,000,000 pixels, over the limit of 40,000,000 "
+                            "(refused as a possible decompression bomb)")
+    assert "DOS attack" not in str(e.value)
+    under_pils = _png_header(8_000, 8_000)  # 64 megapixels: refused by our own check, in the same words
+    with pytest.raises(PosterError, match=r"image is 8000x8000 = 64,000,000 pixels, over the limit of 40,000,000"):
+        decode_poster(under_pils, "big.png")
+    with pytest.raises(InputTooLarge, match="image is 20000x20000") as e:  # the service: 413, same words
+        decode_upload(bomb)
+    assert e.value.status == 413 and "DOS attack" not in str(e.value)
+
+
+def test_a_gif_over_pils_own_limit_names_its_size():
+    buf = io.BytesIO()
+    Image.new("P", (4, 4)).save(buf, "GIF")
+    gif = bytearray(buf.getvalue())
+    gif[6:10] = struct.pack("<HH", 60_000, 60_000)  # the logical screen size
+    with pytest.raises(PosterError, match=r"image is 60000x60000 = 3,600,000,000 pixels, over the limit") as e:
+        decode_poster(bytes(gif), "bomb.gif")
+    assert "DOS attack" not in str(e.value)
+
+
+def test_a_catalog_poster_over_pils_own_limit_is_a_poster_too_large_skip(tmp_path):
+    (tmp_path / "bomb.png").write_bytes(_png_header(30_000, 30_000))
+    _jpeg(tmp_path / "ok.jpg")
+    cat = _jsonl(tmp_path / "c.jsonl", [{"id": "bomb", "poster": "bomb.png", "genres": "Drama"},
+                                        {"id": "ok", "poster": "ok.jpg", "genres": "Drama"}])
+    ds = load_catalog(cat)
+    assert [m.id for m in ds.movies] == ["ok"] and _kinds(ds) == {"poster_too_large": 1}
+    (message,) = _messages(ds, "poster_too_large")
+    assert "image is 30000x30000 = 900,000,000 pixels, over the limit of 40,000,000" in message
+    assert "DOS attack" not in message
