@@ -148,6 +148,7 @@ BAD_REQUESTS = {
     "empty plot": (dict(data={"plot": ""}, files={"poster": ("p.jpg", _jpeg(), "image/jpeg")}), 422, "plot: is empty",
                    "plot"),
     "blank plot": (dict(data={"plot": "   \n"}), 422, "plot: is empty", "plot"),
+    "invisible plot": (dict(data={"plot": "\u200b\u2060\ufeff \u200b"}), 422, "plot: is empty", "plot"),
     "oversized plot": (dict(data={"plot": "word " * 5000}), 422, "over the limit of 20,000", "plot"),
     "unknown field": (dict(files={"other": ("x.txt", b"x", "text/plain")}), 422, "other: unknown field", "other"),
     "plot twice": (dict(data={"plot": ["a", "b"]}), 422, "plot: given 2 times", "plot"),
@@ -267,14 +268,26 @@ def test_the_schema_follows_the_model():
 
 
 def test_blank_means_the_same_to_the_schema_and_the_server():
-    """The plot pattern's idea of blank is check_plot's (str.strip), for every regex engine reading it."""
+    """The plot pattern's idea of blank is check_plot's (no visible character: whitespace and invisible characters
+    such as U+200B), for every regex engine reading it."""
     import re
 
+    from genrefusion.data.visible import is_blank
     from genrefusion.serving.schema import NOT_BLANK_PATTERN
 
     pattern = re.compile(NOT_BLANK_PATTERN)
-    for text in (" ", "\t\n", "\x1c\x1f", "\u3000\u00a0", "\u2028", "a", " b ", "\ufeff", "\x00", "\u200b"):
-        assert bool(pattern.search(text)) == bool(text.strip()), repr(text)
+    blank = (" ", "\t\n", "\x1c\x1f", "\u3000\u00a0", "\u2028", "\ufeff", "\x00", "\u200b", "\u200b\u2060\u00ad",
+             "\u3164\u2800", "\ufe0f")
+    for text in blank + ("a", " b ", "\u200bx", "é", "\U0001f600"):
+        assert bool(pattern.search(text)) == (not is_blank(text)) == (text not in blank), repr(text)
+
+
+def test_an_invisible_plot_in_a_batch_is_refused_like_a_blank_one(client, openapi):
+    for plot in ("   ", "\u200b\u200b"):
+        r = client.post("/predict/batch", json={"movies": [{"plot": plot}]})
+        body = assert_error(r, 422, "movies[0].plot", openapi, "/predict/batch")
+        assert body["field"] == "movies[0].plot"
+    assert r.json()["message"] == client.post("/predict/batch", json={"movies": [{"plot": "  "}]}).json()["message"]
 
 
 def test_a_streamed_body_is_cut_off_at_the_limit(client):

@@ -26,6 +26,22 @@ def _add_data_options(p: argparse.ArgumentParser, split_default: str = "official
     p.add_argument("--split-seed", type=int, default=1234, help="seed of the stratified split")
 
 
+# Every command that reads an MM-IMDb folder or a catalog (besides `data summary` and `predict`, which add it
+# themselves): a catalog's posters must be inside its folder unless the user passes this (data/catalog.py).
+READS_DATA = ("features", "train", "grid", "evaluate", "robustness", "distill", "export", "demo")
+
+
+def add_outside_posters_option(p: argparse.ArgumentParser) -> None:
+    from ..data.catalog import ALLOW_OUTSIDE_POSTERS_ENV, ALLOW_OUTSIDE_POSTERS_OPTION
+
+    if ALLOW_OUTSIDE_POSTERS_OPTION in p._option_string_actions:  # the command added it itself
+        return
+    p.add_argument(ALLOW_OUTSIDE_POSTERS_OPTION, action="store_true",
+                   help="read a catalog's `poster` paths wherever they lead (by default a poster must be inside the "
+                        f"catalog's folder, symlinks resolved, and a row whose poster is not is skipped and named; "
+                        f"also ${ALLOW_OUTSIDE_POSTERS_ENV}=1)")
+
+
 def _load(args):
     from ..data.loader import load_dataset
 
@@ -93,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="MM-IMDb folder (split.json + dataset/) or a CSV/JSONL catalog")
     _add_data_options(p)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_outside_posters_option(p)
     p.set_defaults(func=cmd_data_summary)
 
     p = sub.add_parser("features", help="encode every movie once into the feature cache")
@@ -160,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in PLUGIN_MODULES:  # later layers (reports, serving, download) add their own subcommands
         importlib.import_module(module).add_cli(sub)
+    for name in READS_DATA:
+        if name in sub.choices:
+            add_outside_posters_option(sub.choices[name])
     return parser
 
 
@@ -224,6 +244,11 @@ def main(argv: list[str] | None = None) -> int:
         if init_from_env() and not is_main():
             sys.stdout = open(os.devnull, "w")
     try:
+        if getattr(args, "allow_outside_posters", False):  # for whichever function reads the catalog
+            from ..data.catalog import outside_posters_allowed
+
+            with outside_posters_allowed(True):
+                return args.func(args)
         return args.func(args)
     except BrokenPipeError:  # `genrefusion ... | head`: the reader left; say nothing more (Python's own advice)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

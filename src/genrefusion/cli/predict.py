@@ -87,7 +87,8 @@ def _predict_catalog(predictor: Predictor, args) -> int:
 
     from ..data.loader import load_catalog
 
-    ds = load_catalog(args.input, strict=args.strict, require_labels=False)
+    ds = load_catalog(args.input, strict=args.strict, require_labels=False,
+                      allow_outside_posters=getattr(args, "allow_outside_posters", False) or None)
     for p in ds.report.problems:
         print(f"catalog: {p}", file=sys.stderr)
     if args.batch_size is not None:
@@ -151,5 +152,9 @@ def add_cli(sub) -> None:
                    help="catalog movies handed to the model at a time (their posters decoded while the previous "
                         "chunk is encoded)")
     p.add_argument("--strict", action="store_true", help="stop at the first bad catalog row instead of skipping it")
+    p.add_argument("--allow-outside-posters", action="store_true",
+                   help="read the --input catalog's `poster` paths wherever they lead (by default a poster must be "
+                        "inside the catalog's folder, symlinks resolved; a row whose poster is not is skipped and "
+                        "named)")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.set_defaults(func=cmd_predict)

@@ -7,21 +7,69 @@ makes the header name an `id` column. Column names are matched without regard to
 
 What makes the whole file unusable (no `id` or `genres` column, a column named twice, not UTF-8, no rows, every
 row skipped) is a DataError; a bad row is a counted, named skip (see records.py).
+
+A `poster` must be inside the catalog's folder (or a folder below it): a catalog is data, and data should not be
+able to make a command open any file on the machine ('../../../etc/passwd', '/etc/hostname'). The path is
+resolved first, so a symlink that leads out of the folder is outside too. A row whose poster is outside is
+skipped, counted and named (problem kind `poster_outside`), unless the user opts in: `allow_outside_posters=True`,
+the `--allow-outside-posters` option of every command that reads data, or GENREFUSION_ALLOW_OUTSIDE_POSTERS=1.
 """
 from __future__ import annotations
 
 import csv
 import io
+import os
 from collections import Counter
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from .records import (CATALOG_COLUMNS, Collector, DataError, Entry, FieldError, LoadReport, Movie, MovieDataset,
                       ReadError, assemble, decode_utf8, dedupe, describe, id_problem, make_movie, parse_json_object,
-                      parse_split, read_bytes, show_id)
+                      parse_split, printable, read_bytes, show_id)
 
 CSV_SUFFIXES = (".csv", ".tsv")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 DELIMITERS = (",", ";", "\t")
+ALLOW_OUTSIDE_POSTERS_ENV = "GENREFUSION_ALLOW_OUTSIDE_POSTERS"
+ALLOW_OUTSIDE_POSTERS_OPTION = "--allow-outside-posters"
+_ALLOW_OUTSIDE_POSTERS: ContextVar[bool | None] = ContextVar("allow_outside_posters", default=None)
+
+
+@contextmanager
+def outside_posters_allowed(allow: bool = True):
+    """Within this block, catalogs read without an explicit `allow_outside_posters` use `allow` (the CLI sets it
+    from --allow-outside-posters for the whole command, whichever function ends up reading the catalog)."""
+    token = _ALLOW_OUTSIDE_POSTERS.set(allow)
+    try:
+        yield
+    finally:
+        _ALLOW_OUTSIDE_POSTERS.reset(token)
+
+
+def _outside_allowed(explicit: bool | None) -> bool:
+    """The argument if given, else the enclosing outside_posters_allowed block, else the environment variable."""
+    if explicit is not None:
+        return explicit
+    scoped = _ALLOW_OUTSIDE_POSTERS.get()
+    if scoped is not None:
+        return scoped
+    return os.environ.get(ALLOW_OUTSIDE_POSTERS_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def _poster_outside(folder: Path, poster: Path) -> str | None:
+    """Why `poster` is outside the catalog's `folder`, or None when it is inside. Both are resolved ('..',
+    absolute paths and symlinks followed, as opening the file would), so a symlink inside the folder that leads
+    out of it is outside."""
+    try:
+        base, target = folder.resolve(), poster.resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL: the file cannot be opened either, and
+        return None                              # read_bytes names why
+    if target == base or base in target.parents:
+        return None
+    lexical = Path(os.path.normpath(poster.absolute()))
+    via = " through a symlink" if folder.absolute() in lexical.parents else ""
+    return f"it resolves to {printable(str(target))}{via}, outside the catalog's folder {printable(str(base))}"
 
 
 def _header(path: Path, first_line: str, require_labels: bool) -> tuple[str, list[str]]:
@@ -130,9 +178,12 @@ def _entry(path: Path, line: int, rec: dict, problem: Collector) -> Entry | None
 
 
 def load_catalog(path: str | Path, strict: bool = False, plot_mode: str = "join",
-                 require_labels: bool = True) -> MovieDataset:
+                 require_labels: bool = True, *, allow_outside_posters: bool | None = None) -> MovieDataset:
     """Read a user's CSV/TSV or JSONL catalog (see the module docstring). require_labels=False (predict) reads
-    catalogs without genres."""
+    catalogs without genres. allow_outside_posters: read posters from anywhere, not only from inside the catalog's
+    folder (None: as the enclosing outside_posters_allowed block or $GENREFUSION_ALLOW_OUTSIDE_POSTERS say; by
+    default not)."""
+    allow_outside = _outside_allowed(allow_outside_posters)
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in CSV_SUFFIXES + JSONL_SUFFIXES:
@@ -170,6 +221,11 @@ def load_catalog(path: str | Path, strict: bool = False, plot_mode: str = "join"
                     e.id)
             continue
         poster = path.parent / raw_poster.strip() if raw_poster and raw_poster.strip() else None
+        if poster is not None and not allow_outside and (why := _poster_outside(path.parent, poster)) is not None:
+            problem(e.where, "poster_outside", f"`poster` {show_id(raw_poster.strip())}: {why}; not read (posters "
+                                               f"must be inside the catalog's folder; {ALLOW_OUTSIDE_POSTERS_OPTION} "
+                                               "reads them from anywhere); skipped", e.id)
+            continue
         movie = make_movie(e.id, e.record, poster, e.where, report, problem, plot_mode, require_labels)
         if movie is not None:
             found.append((movie, e.split))

@@ -21,15 +21,20 @@ __all__ = ["CATALOG_COLUMNS", "POSTER_SUFFIXES", "SPLITS", "DataError", "LoadRep
 
 POSTER_SUFFIXES = (".jpeg", ".jpg", ".png")
 MAX_MOVIE_JSON_BYTES = 16 * 2**20  # MM-IMDb's largest is ~100 KB; a larger "movie" is refused unread
+# MM-IMDb's split.json is 0.5 MB (25,959 ids); 8 MB lists ~700,000 ids. A larger one is refused unread: every listed
+# id costs a file lookup and a record, so a 42 MB split.json took 86 s and 2 GB before anything else was checked.
+MAX_SPLIT_JSON_BYTES = 8 * 2**20
 
 
 def _split_lists(split_file: Path, problem: Collector) -> list[Entry]:
     """split.json -> one Entry per listing. Anything but an object of id lists is a DataError naming the key:
     a split that cannot be read cannot be trusted to keep train and test apart."""
     try:
-        raw = parse_json_object(decode_utf8(read_bytes(split_file)))
+        raw = parse_json_object(decode_utf8(read_bytes(split_file, MAX_SPLIT_JSON_BYTES)))
     except ReadError as exc:
-        raise DataError(f"{split_file}: {exc.message}") from None
+        hint = (" for a split file (MM-IMDb's is 0.5 MB: it lists ids only); refused unread"
+                if exc.kind == "file_too_large" else "")
+        raise DataError(f"{split_file}: {exc.message}{hint}") from None
     if "dev" in raw and "val" in raw:
         raise DataError(f"{split_file}: has both `dev` and `val`; they name the same split, keep one")
     keys = {"train": "train", "dev": "val" if "val" in raw else "dev", "test": "test"}

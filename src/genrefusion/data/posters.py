@@ -13,6 +13,7 @@ PIL only (no torch), so the CLI and the service can import it cheaply.
 from __future__ import annotations
 
 import io
+import re
 import threading
 from contextlib import contextmanager
 from os import PathLike
@@ -78,8 +79,7 @@ def decode_poster(source: bytes | str | PathLike, name: str | None = None, *,
         with _strict_decoding(), Image.open(io.BytesIO(data), formats=POSTER_FORMATS) as img:
             w, h = img.size
             if w * h > max_pixels:
-                raise PosterError(name, f"image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,} "
-                                        "(refused as a possible decompression bomb)", "too_large")
+                raise _too_large(name, w * h, max_pixels, (w, h))
             if img.format == "JPEG":  # DCT scaling: decodes at 1/2, 1/4 or 1/8 while staying >= max_side
                 img.draft("RGB", (max_side, max_side))
             img.load()  # Image.open reads only the header; load() decodes every byte, so truncation shows now
@@ -89,8 +89,8 @@ def decode_poster(source: bytes | str | PathLike, name: str | None = None, *,
     except UnidentifiedImageError:
         raise PosterError(name, f"not an image PIL can read (supported: {', '.join(POSTER_FORMATS)})",
                           "not_image") from None
-    except Image.DecompressionBombError as e:
-        raise PosterError(name, str(e), "too_large") from None
+    except Image.DecompressionBombError as e:  # over PIL's own limit, checked inside Image.open: our words, not PIL's
+        raise _pil_bomb(name, data, e, max_pixels) from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:  # PIL raises all of these for bad data
         raise PosterError(name, f"truncated or corrupt image ({e})", "corrupt") from None
     if max(out.size) > max_side:  # non-JPEG formats, or a JPEG draft mode could not shrink far enough
@@ -98,6 +98,44 @@ def decode_poster(source: bytes | str | PathLike, name: str | None = None, *,
         out = out.resize((max(1, round(out.width * scale)), max(1, round(out.height * scale))), Image.BILINEAR,
                          reducing_gap=2.0)
     return out
+
+
+def _too_large(name: str, pixels: int, limit: int, size: tuple[int, int] | None = None) -> PosterError:
+    """The one message for a poster that declares too many pixels (kind too_large: problem kind poster_too_large
+    in the data readers, 413 in the service)."""
+    shown = f"{size[0]}x{size[1]} = {pixels:,}" if size else f"{pixels:,}"
+    return PosterError(name, f"image is {shown} pixels, over the limit of {limit:,} (refused as a possible "
+                             "decompression bomb)", "too_large")
+
+
+def _pil_bomb(name: str, data: bytes, error: Exception, max_pixels: int) -> PosterError:
+    """PIL refuses, inside Image.open, an image declaring more than twice its Image.MAX_IMAGE_PIXELS, with its own
+    words ("... could be decompression bomb DOS attack."). Say it as for any other over-large poster: the declared
+    size (read from the header by the format's own reader, which decodes nothing) and the limit that applied, ours
+    or PIL's where it is lower."""
+    size = None
+    for fmt in POSTER_FORMATS:  # as Image.open finds the format, without its size check
+        factory, accept = Image.OPEN.get(fmt, (None, None))
+        try:
+            accepted = accept is None or accept(data[:16])
+            if factory is None or isinstance(accepted, str) or not accepted:  # a str: PIL's "maybe" warning
+                continue
+            with factory(io.BytesIO(data), "") as img:
+                size = img.size
+                break
+        except Exception:  # noqa: BLE001 - the size is only for the message; PIL's own count below will do
+            continue
+    if size is not None:
+        pixels: int | None = size[0] * size[1]
+    else:
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        pixels = int(found.group(1)) if found else None
+    pil_limit = 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else max_pixels
+    limit = min(max_pixels, pil_limit)
+    if pixels is None:  # not expected: PIL's message has always carried the count
+        return PosterError(name, f"image declares more than {limit:,} pixels, the limit (refused as a possible "
+                                 "decompression bomb)", "too_large")
+    return _too_large(name, pixels, limit, size)
 
 
 def load_poster(path: str | PathLike) -> Image.Image:

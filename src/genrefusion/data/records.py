@@ -2,7 +2,8 @@
 types, the problems found in input, and the checks every file, id and field goes through.
 
 Nothing here trusts its input: a field of the wrong type is named and its movie skipped, an id that is not a plain
-file name is refused, an id listed twice is used once, and an id listed in two splits reaches neither.
+file name is refused, an id listed twice is used once, and an id listed in two splits reaches neither. Ids are
+compared by `id_key` (Unicode NFKC, case folded), so a duplicate cannot hide behind a normalisation form.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from .labels import GENRES, canonical_genre, multi_hot
+from .visible import is_blank
 
 SPLITS = ("train", "dev", "test")
 CATALOG_COLUMNS = {"id", "plot", "genres", "poster", "split", "title", "year"}
@@ -31,7 +33,7 @@ MAX_POSTER_BYTES = 64 * 2**20  # a poster file larger than this is refused befor
 #   missing_file  unreadable  file_too_large  empty_file  not_utf8  malformed_json   (the file itself)
 #   bad_field (a field's type or value)  bad_id (not a plain file name)  no_split (catalog row without a split)
 #   duplicate_id (an id listed again in the same split)  ambiguous_split (an id listed in two splits)
-#   bad_poster  poster_too_large
+#   bad_poster  poster_too_large  poster_outside (a catalog's poster outside the catalog's folder, see catalog.py)
 NOTICE_KINDS = frozenset({"unknown_column", "unknown_key"})
 
 
@@ -105,9 +107,10 @@ class MovieDataset:
         return len(self.movies)
 
     def check_invariants(self) -> None:
-        """No movie twice (ids compared case-insensitively), none listed twice in a split, none in two splits: a
-        movie in train and test would leak into the test score. Raises AssertionError (a bug, not bad input)."""
-        counts = Counter(m.id.casefold() for m in self.movies)
+        """No movie twice (ids compared by id_key: Unicode NFKC, case-insensitively), none listed twice in a split,
+        none in two splits: a movie in train and test would leak into the test score. Raises AssertionError (a bug,
+        not bad input)."""
+        counts = Counter(id_key(m.id) for m in self.movies)
         twice = next((k for k, n in counts.items() if n > 1), None)
         if twice is not None:
             raise AssertionError(f"movie id {twice!r} appears {counts[twice]} times in the dataset")
@@ -282,6 +285,17 @@ def id_problem(mid: str) -> str | None:
     return None
 
 
+def id_key(mid: str) -> str:
+    """What two ids are compared by: the same key means the same movie. The id is stripped of surrounding
+    whitespace, brought to Unicode NFKC (compatibility composition: 'é' written as one code point (NFC) or as 'e'
+    plus a combining accent (NFD) become one; full-width digits and letters '１２３' become '123'; ligatures and
+    other compatibility forms such as 'ﬁ' become 'fi'), then case folded ('TT01' is 'tt01', 'ß' is 'ss') and
+    brought to NFKC again (folding can undo it). Only for comparing: a movie keeps its id as written, since on
+    MM-IMDb's layout the id names its file, byte for byte."""
+    key = unicodedata.normalize("NFKC", mid.strip()).casefold()
+    return unicodedata.normalize("NFKC", key)
+
+
 def show_id(mid: str) -> str:
     text = repr(mid)
     return text if len(text) <= 60 else text[:57] + "...'"
@@ -299,18 +313,20 @@ class Entry:
 
 
 def dedupe(entries: list[Entry], problem: Callable[..., None]) -> list[Entry]:
-    """One entry per movie, ids compared case-insensitively (tt01.json and TT01.json are one file on a
-    case-insensitive file system). An id listed again in the same split is used once and each extra listing counted
-    (duplicate_id). An id listed in two splits is ambiguous and would carry a training movie into the test score,
-    so it is excluded from every split and counted once (ambiguous_split)."""
+    """One entry per movie, ids compared by id_key: case-insensitively (tt01.json and TT01.json are one file on a
+    case-insensitive file system) and after Unicode normalisation (NFKC: 'été' in NFC and in NFD, '１２３' and
+    '123' are one movie; macOS file systems store names in a decomposed form). An id listed again in the same split
+    is used once and each extra listing counted (duplicate_id). An id listed in two splits is ambiguous and would
+    carry a training movie into the test score, so it is excluded from every split and counted once
+    (ambiguous_split)."""
     groups: dict[str, list[Entry]] = {}
     for e in entries:
-        groups.setdefault(e.id.casefold(), []).append(e)
+        groups.setdefault(id_key(e.id), []).append(e)
     kept = []
     for group in groups.values():  # in order of first listing
         first = group[0]
-        case = (" (ids that differ only by case name the same file on case-insensitive file systems)"
-                if len({e.id for e in group}) > 1 else "")
+        case = (" (ids that differ only by case or Unicode form are one movie: they name the same file on "
+                "case-insensitive or normalising file systems)" if len({e.id for e in group}) > 1 else "")
         splits = list(dict.fromkeys(e.split for e in group))
         if len(splits) > 1:
             listed = ", ".join(f"{show_id(e.id)} in {e.split or 'no split'} ({e.ref})" for e in group)
@@ -343,7 +359,8 @@ def _encodable(texts: list[str], name: str) -> list[str]:
 
 def _plot_text(raw: Any, plot_mode: str) -> str | None:
     """MM-IMDb stores `plot` as a list of paragraphs or summaries. 'join' keeps all of them; 'longest' keeps only
-    the longest one, as Arevalo et al.'s make_dataset.py did."""
+    the longest one, as Arevalo et al.'s make_dataset.py did. A paragraph with no visible character (whitespace,
+    U+200B ..., see visible.py) is dropped, so a plot made only of them is a missing plot (None), counted as such."""
     if raw is None:
         return None
     if isinstance(raw, str):
@@ -352,7 +369,7 @@ def _plot_text(raw: Any, plot_mode: str) -> str | None:
         parts = raw
     else:
         raise FieldError(f"`plot` must be a string or a list of strings, got {describe(raw)}")
-    parts = [p.strip() for p in _encodable(parts, "plot") if p.strip()]
+    parts = [p.strip() for p in _encodable(parts, "plot") if not is_blank(p)]  # U+200B alone is no plot either
     if not parts:
         return None
     return max(parts, key=len) if plot_mode == "longest" else " ".join(parts)
@@ -376,7 +393,8 @@ def _optional_text(raw: Any, name: str) -> str | None:
     if raw is None:
         return None
     if isinstance(raw, str):
-        return _encodable([raw], name)[0].strip() or None
+        text = _encodable([raw], name)[0].strip()
+        return None if is_blank(text) else text
     raise FieldError(f"`{name}` must be a string, got {describe(raw)}")
 
 

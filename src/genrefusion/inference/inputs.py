@@ -9,6 +9,7 @@ from __future__ import annotations
 from PIL import Image
 
 from ..data.posters import MAX_POSTER_PIXELS as MAX_IMAGE_PIXELS  # PIL only: cheap to import
+from ..data.visible import is_blank  # the service's schema pattern is the same rule (not_blank_pattern)
 
 MAX_PLOT_CHARS = 20_000  # MM-IMDb's longest plot is ~13k characters; the encoders read at most 512 tokens anyway
 
@@ -68,14 +69,15 @@ def poster_decode_pixels(data: bytes) -> int:
 
 
 def check_plot(plot: str | None, max_chars: int = MAX_PLOT_CHARS, name: str = "plot") -> str | None:
-    """None stays None (no plot); an empty or whitespace-only plot is an error, not a silent 'no plot'. Over
+    """None stays None (no plot); an empty plot is an error, not a silent 'no plot': one with no visible character
+    (whitespace, U+200B and the other invisible characters of data/visible.py) is refused as empty, like "   ". Over
     `max_chars` characters (a documented field limit, so 422 like any other invalid field) or text that is not
     valid Unicode (a lone surrogate from a JSON escape, which no tokenizer can read) are errors too."""
     if plot is None:
         return None
     if not isinstance(plot, str):
         raise InputError(f"{name}: expected text, got {type(plot).__name__}", field=name)
-    if not plot.strip():
+    if not plot.strip() or (len(plot) <= max_chars and is_blank(plot)):  # str.strip first: C-fast on any length
         raise InputError(f"{name}: is empty", field=name)
     if len(plot) > max_chars:
         raise InputError(f"{name}: {len(plot):,} characters, over the limit of {max_chars:,}", field=name)

@@ -12,15 +12,16 @@ import re
 from typing import Any
 
 from ..data.modalities import SPECS
+from ..data.visible import not_blank_pattern
 from .errors import CODES
 from .limits import Limits
 
 FIELD = {m: s.display for m, s in SPECS.items()}  # each modality's form field: "plot", "poster"
 POSTER_TYPES = "image/jpeg, image/png, image/webp, image/gif, image/bmp"
-# "Not blank": at least one character str.strip() keeps (Python's whitespace, spelled out so that every regex
-# engine, the schema's readers' and pydantic's, agrees with the server's check_plot on what blank means).
-_SPACES = "".join(f"\\u{i:04x}" for i in range(0x10000) if chr(i).isspace())
-NOT_BLANK_PATTERN = f"[^{_SPACES}]"
+# "Not blank": at least one visible character, by the server's own rule (check_plot: whitespace and invisible
+# characters such as U+200B are blank), spelled out so that every regex engine, the schema's readers' and
+# pydantic's, agrees with it on what blank means (data/visible.py).
+NOT_BLANK_PATTERN = not_blank_pattern()
 
 DESCRIPTIONS = {
     400: "The body does not parse (not JSON, broken multipart) or the HTTP request itself is malformed.",
