@@ -117,6 +117,12 @@ class Config:
                              "(no '/', '\\', '.' or '..')")
         return self
 
+    def uses_fold_heads(self) -> bool:
+        """Whether a run tunes its thresholds on the out-of-fold predictions of threshold_folds fold heads trained
+        beside its model (threshold_source=oof), which only happens when there are thresholds to tune
+        (threshold_mode is not fixed). The one place this rule is written."""
+        return self.threshold_source == "oof" and self.threshold_mode != "fixed"
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -164,7 +164,7 @@ def student_config(teacher_config: dict[str, Any], text_encoder: str, image_enco
     cfg = apply_overrides(base, overrides, "overrides").validate()
     if cfg.mode != "features":
         raise ValueError("distill trains a head over cached features; mode=end-to-end is not supported")
-    if cfg.threshold_source == "oof" and cfg.threshold_mode != "fixed":
+    if cfg.uses_fold_heads():
         raise ValueError("distill: threshold_source=oof would tune the student's thresholds on fold heads trained on "
                          "the labels, not on its teacher; use threshold_source=val")
     if not cfg.data:

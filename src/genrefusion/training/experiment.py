@@ -119,12 +119,6 @@ class Targets:
     evaluate: Callable[[list[int], np.ndarray, Any], dict[str, Any]] | None = None
 
 
-def uses_fold_heads(cfg: Config) -> bool:
-    """Whether a run trains threshold_folds fold heads besides its model (thresholds tuned on their out-of-fold
-    predictions, threshold_source=oof)."""
-    return cfg.threshold_source == "oof" and cfg.threshold_mode != "fixed"
-
-
 def load_features(cfg: Config, dataset: MovieDataset, modalities: tuple[str, ...], sequences: bool = False,
                   progress: bool = True) -> tuple[Features, float]:
     t0 = time.perf_counter()
@@ -247,7 +241,7 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None,
     modalities = model_modalities(cfg.model)
     sequences = reads_sequences(cfg)
     check_encoders(cfg, modalities, sequences)
-    use_oof = uses_fold_heads(cfg)
+    use_oof = cfg.uses_fold_heads()
     if use_oof and cfg.mode != "features":  # refused before any work
         raise ValueError("threshold_source=oof trains threshold_folds extra heads over cached features: it "
                          "needs mode=features (add threshold_source=val to tune on validation instead)")

@@ -21,7 +21,7 @@ from ..config import Config, load_config
 from ..data.loader import load_dataset
 from ..distributed import is_main, resolve_device
 from ..encoders.concat import SEPARATOR
-from .experiment import build_model, check_encoders, load_features, reads_sequences, uses_fold_heads
+from .experiment import build_model, check_encoders, load_features, reads_sequences
 from ..evaluation.metrics import format_table
 from ..data.modalities import spec
 from ..evaluation.report import write_report
@@ -215,7 +215,7 @@ def row_workers(base: Config, tasks: int, tracking_on: bool) -> int:
     """How many worker processes train a grid's (row, seed) runs side by side (workers.plan, under the config's
     fold_workers): on a CPU, over cached features, untracked, and only when the rows have no fold heads of their own
     (threshold_source=oof's fold heads already train side by side within each row)."""
-    if tracking_on or base.mode != "features" or uses_fold_heads(base):
+    if tracking_on or base.mode != "features" or base.uses_fold_heads():
         return 1
     return workers.plan(base.fold_workers, tasks, resolve_device(base.device))
 
