@@ -28,6 +28,15 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+def check_choice(key: str, value: Any, where: str = "config") -> Any:
+    """`value` when it is one of CHOICES[key]; else a ValueError naming the key, the value and what is allowed.
+    Config.validate and the objects built from a config (data.DataSpec, features.FeatureSpec) check with it."""
+    allowed = CHOICES[key]
+    if value not in allowed:
+        raise ValueError(f"{where} {key}={value!r}: expected one of {allowed}")
+    return value
+
+
 @dataclass
 class Config:
     # -- data
@@ -99,9 +108,8 @@ class Config:
             problem = _type_problem(f.type, getattr(self, f.name))
             if problem:
                 raise ValueError(f"config {f.name}={getattr(self, f.name)!r}: expected {problem}")
-        for key, allowed in CHOICES.items():
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"config {key}={getattr(self, key)!r}: expected one of {allowed}")
+        for key in CHOICES:
+            check_choice(key, getattr(self, key))
         if self.batch_size < 1 or self.epochs < 1 or self.lr <= 0:
             raise ValueError("config: batch_size and epochs must be >= 1 and lr > 0")
         if self.aux_loss_weight < 0:
