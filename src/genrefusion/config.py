@@ -14,6 +14,11 @@ from typing import Any
 import yaml
 
 
+# The precisions features are computed at (the encoders' autocast; fp32: none), the one vocabulary: a request may
+# also be "auto" (CHOICES["precision"], resolved per encoder by features.FeatureSpec.precision_for), a recorded
+# precision (a cache folder, a model.json) is one of these.
+PRECISIONS = ("fp32", "bf16", "fp16")
+
 # The allowed values of every config key that takes one of a few words: validate() checks them, and the CLI's
 # options of the same name (--split, --pooling, ...) offer exactly these (argparse `choices`).
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -23,7 +28,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss": ("bce", "bce-posweight", "focal", "asl"),
     "scheduler": ("plateau", "cosine"), "threshold_mode": ("fixed", "global", "per_genre"),
     "threshold_source": ("val", "oof"),
-    "mode": ("features", "end-to-end"), "precision": ("auto", "fp32", "bf16", "fp16"),
+    "mode": ("features", "end-to-end"), "precision": ("auto", *PRECISIONS),
     "feature_backend": ("auto", "torch", "onnxruntime"),
 }
 

@@ -29,10 +29,11 @@ import numpy as np
 import torch
 
 from .. import atomic
+from ..config import CHOICES
 from . import fingerprints
 from ..files import read_json_object, sha256_file
 
-BACKENDS = ("auto", "torch", "onnxruntime")
+BACKENDS = CHOICES["feature_backend"]  # auto, torch, onnxruntime
 OPSET = 17
 GRAPH_FORMAT = 1  # bump when the traced graph's inputs/outputs change
 TOLERANCE = 1e-4  # largest |onnxruntime - torch| accepted on the probe inputs, relative to the largest |feature|
