@@ -34,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +51,7 @@ from ..data.loader import Movie, MovieDataset
 from .fingerprints import PRECISIONS, resolve_precision  # noqa: F401  (public here since before fingerprints.py)
 from ..data.modalities import spec
 from ..paths import encoder_folder
+from .prefetch import prefetched_inputs
 
 SHARD_BATCHES = 8  # batches per shard: bounds the work lost to a kill and the number of files
 REPAIR_ATTEMPTS = 3  # extract + load rounds before a cache whose fresh shards still fail is reported as broken
@@ -312,7 +312,7 @@ class FeatureCache:
                    dynamic_ncols=True, disable=not progress or rank != 0,
                    desc=(desc or f"encode {self.encoder.name}") + (f" [rank {rank}/{world}]" if world > 1 else ""))
         raw = (lambda k: items[k]) if items is not None else load_item  # noqa: E731
-        inputs_of = _prefetched_inputs(self.encoder, [b for _, shard in work for b in shard], raw, num_workers)
+        inputs_of = prefetched_inputs(self.encoder, [b for _, shard in work for b in shard], raw, num_workers)
         encoded = 0
         self.encoder.eval()
         try:
@@ -381,44 +381,6 @@ class DamagedShards(KeyError):
 
     def __str__(self) -> str:  # KeyError's str() would quote the message
         return str(self.args[0])
-
-
-class _PlanBatches(torch.utils.data.Dataset):
-    """Batch i of the plan, loaded and preprocessed (runs in DataLoader workers)."""
-
-    def __init__(self, batches: list[list[str]], load: Callable[[str], object], preprocess: Callable):
-        self.batches, self.load, self.preprocess = batches, load, preprocess
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return self.preprocess([self.load(k) for k in self.batches[i]])
-
-
-def _prefetched_inputs(encoder, batches: list[list[str]], load: Callable[[str], object], num_workers: int | None):
-    """Generator of the model inputs of `batches`, in order. On a GPU, worker processes decode posters /
-    tokenise plots ahead of the encoder into pinned memory, so the GPU is not left waiting for the CPU; on the
-    CPU (or with num_workers=0) each batch is prepared in this process just before it is encoded."""
-    import multiprocessing
-
-    cuda = encoder.device.type == "cuda"
-    if num_workers is None:
-        from ..distributed import world_size
-
-        num_workers = min(12, max(1, (os.cpu_count() or 1) // world_size() - 2)) if cuda else 0
-    # Workers are forked so that the loading closure needs no pickling; without fork, load in this process.
-    if num_workers == 0 or not batches or "fork" not in multiprocessing.get_all_start_methods():
-        for b in batches:
-            yield encoder.preprocess([load(k) for k in b])
-        return
-    # Forked workers tokenise; a tokenizer that already ran threads in this process would warn in every worker.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    loader = torch.utils.data.DataLoader(
-        _PlanBatches(batches, load, encoder.preprocess), batch_size=None, shuffle=False,
-        num_workers=min(num_workers, len(batches)), pin_memory=cuda, prefetch_factor=2,
-        multiprocessing_context="fork")
-    yield from loader
 
 
 # -- dataset-level helpers -------------------------------------------------------------------------------------
