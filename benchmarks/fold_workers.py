@@ -24,6 +24,7 @@ import torch
 from genrefusion.training import workers
 from genrefusion.config import load_config
 from genrefusion.data.loader import load_dataset
+from genrefusion.features.spec import FeatureSpec
 from genrefusion.training.experiment import load_features, model_modalities, run_experiment
 
 
@@ -56,7 +57,8 @@ def main() -> None:
                         + ([f"cache_dir={args.cache_dir}"] if args.cache_dir else []))
                     dataset = dataset or load_dataset(cfg.data, cfg.split, cfg.modalities, cfg.strict,
                                                       cfg.plot_mode, cfg.split_seed)
-                    feats, _ = load_features(cfg, dataset, model_modalities(cfg.model), progress=False)
+                    feats, _ = load_features(cfg, dataset, model_modalities(cfg.model),
+                                             FeatureSpec.from_config(cfg, progress=False))
                     m = run_experiment(cfg, dataset=dataset, features=feats, log=None)
                     seconds[kind].append(m["timings"]["train_oof_s"])
                     thresholds[kind] = np.asarray(m["thresholds"])

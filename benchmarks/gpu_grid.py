@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     from genrefusion.distributed import resolve_device
     from genrefusion.encoders import create_encoder
     from genrefusion.features.cache import dataset_features, resolve_precision
+    from genrefusion.features.spec import FeatureSpec
     from genrefusion.training.grid import run_grid
 
     t_start = time.perf_counter()
@@ -198,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t = time.perf_counter()
-        table = dataset_features(dataset, encoder, cache, batch_size=args.batch_size, progress=True)
+        table = dataset_features(dataset, encoder, FeatureSpec(cache_root=cache, batch_size=args.batch_size,
+                                                               progress=True))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t

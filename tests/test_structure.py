@@ -272,6 +272,8 @@ def test_one_cache_root(tmp_path, monkeypatch):
         return work / "out"
 
     assert offline_weights.build_once("thing", build) == tmp_path / "cache" / "models" / "thing" and len(calls) == 1
+    # a root given (a FeatureSpec's cache root) is honoured
+    assert offline_weights.build_once("thing", build, tmp_path / "other") == tmp_path / "other" / "models" / "thing"
 
 
 def _reachable(graph: dict[str, set[str]], start: set[str]) -> set[str]:

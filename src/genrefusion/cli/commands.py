@@ -43,28 +43,28 @@ def cmd_data_summary(args) -> int:
 
 
 def cmd_features(args) -> int:
-    from ..encoders import check_encoder_use, create_encoder
-    from ..distributed import resolve_device
+    # here, not at the top: the parser must not import torch (features.spec does)
+    from ..encoders import check_encoder_use
     from ..features.cache import dataset_features
     from ..data.modalities import SPECS
-    from ..paths import cache_root
     from ..data.summary import data_summary, format_data_line
+    from ..features.spec import FeatureSpec
 
     for name, modality in ((args.text, "text"), (args.image, "image")):  # --sequences from a pooled-only encoder
         if name:
             check_encoder_use(name, modality, sequences=args.sequences)
+    features = FeatureSpec(cache_root=args.cache_dir, device=args.device, precision=args.precision,
+                           backend=args.backend, num_workers=args.num_workers, batch_size=args.batch_size)
     ds = _load(args)
-    cache_dir = Path(args.cache_dir) if args.cache_dir else cache_root()
-    print(f"{format_data_line(data_summary(ds), args.modalities)}\ncache: {cache_dir}")
+    print(f"{format_data_line(data_summary(ds), args.modalities)}\ncache: {features.cache_root}")
     for modality in SPECS.values():  # --text / --image name the encoders; their options (--pooling) are shared
         name = getattr(args, modality.name)
         if not name:
             continue
         kwargs = {k: getattr(args, k) for k in modality.encoder_options}
         t0 = time.perf_counter()
-        encoder = create_encoder(name, **kwargs).to(resolve_device(args.device))
-        table = dataset_features(ds, encoder, cache_dir, sequences=args.sequences, batch_size=args.batch_size,
-                                 precision=args.precision, num_workers=args.num_workers, backend=args.backend)
+        encoder = features.create_encoder(name, **kwargs)
+        table = dataset_features(ds, encoder, features, sequences=args.sequences)
         dt = time.perf_counter() - t0
         print(f"{encoder.modality:>5} {name}: {int(table.present.sum()):,} movies x {table.dim}, "
               f"{table.encoded_now:,} newly encoded" + (f" ({table.backend}, {table.precision})" if table.backend

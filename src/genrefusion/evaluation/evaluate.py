@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..config import CHOICES
+
+if TYPE_CHECKING:  # a type only: the CLI parser imports this module, and features.spec imports torch
+    from ..features.spec import FeatureSpec
 
 SPLITS = ("test", "dev", "train", "all")
 SPLIT_NAMES = {"test": "test", "dev": "validation", "train": "train", "all": "all"}
@@ -81,12 +84,13 @@ def unscorable_reason(predictor, movie) -> str | None:
     return missing_reason(predictor, {m: spec(m).present(movie) for m in predictor.modalities})
 
 
-def model_probabilities(predictor, dataset, cache_dir: str | Path | None = None, progress: bool = False):
+def model_probabilities(predictor, dataset, features: FeatureSpec | None = None):
     """(N, G) probabilities of every movie of `dataset` (all scorable) and, per modality, how many were encoded
-    now (the rest came from the cache): scoring's batched path, through the feature cache."""
+    now (the rest came from the cache): scoring's batched path, through the feature cache (made as `features`
+    says, default FeatureSpec(progress=False))."""
     from .scoring import cached_inputs, probabilities
 
-    inputs = cached_inputs(predictor, dataset, cache_dir, progress)
+    inputs = cached_inputs(predictor, dataset, features)
     return probabilities(predictor, inputs), {m: x.encoded_now for m, x in inputs.items()}
 
 
@@ -104,10 +108,10 @@ def _scores(y: np.ndarray, probs: np.ndarray, thresholds, genres, n_boot: int, s
 
 def evaluate(model: str | Path, data: str | Path, split: str = "test", modalities: str | None = None,
              n_boot: int = 1000, seed: int = 0, compare_with: str | Path | None = None,
-             cache_dir: str | Path | None = None, split_mode: str | None = None,
-             progress: bool = False) -> dict[str, Any]:
+             features: FeatureSpec | None = None, split_mode: str | None = None) -> dict[str, Any]:
     """Score a saved model (and optionally a second one, paired) on the labelled movies of `data`; see the module
-    docstring. Returns a JSON-able dict."""
+    docstring. `features`: where the feature cache is and whether progress shows (default:
+    FeatureSpec(progress=False)). Returns a JSON-able dict."""
     from ..data.labels import GENRES
     from ..inference.predictor import Predictor
     from .stats import paired_bootstrap
@@ -149,7 +153,7 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", modalitie
     }
     probs = []
     for k, p in enumerate(predictors):
-        pr, encoded = model_probabilities(p, movies, cache_dir, progress)
+        pr, encoded = model_probabilities(p, movies, features)
         probs.append(pr[rows])
         entry = {"model": str(p.directory), "thresholds": p.thresholds.tolist(), "encoded_now": encoded,
                  **_scores(y, probs[-1], p.thresholds, list(GENRES), n_boot, seed)}
@@ -200,10 +204,11 @@ def format_evaluation(r: dict[str, Any]) -> str:
 
 def cmd_evaluate(args) -> int:
     from ..atomic import write_json
+    from ..features.spec import FeatureSpec
 
     r = evaluate(args.model, args.data, split=args.which, modalities=args.modalities, n_boot=args.bootstrap,
-                 seed=args.seed, compare_with=args.compare, cache_dir=args.cache_dir, split_mode=args.split_mode,
-                 progress=not args.quiet)
+                 seed=args.seed, compare_with=args.compare, split_mode=args.split_mode,
+                 features=FeatureSpec(cache_root=args.cache_dir, progress=not args.quiet))
     print(format_evaluation(r))
     if args.json:
         write_json(args.json, r)

@@ -35,7 +35,7 @@ def resolve_precision(precision: str | None, device, encoders: Iterable[str] = (
     FeatureSpec) made concrete. None / 'auto': bf16 autocast on a GPU that supports it (else fp16); on the CPU,
     what precision.choose picks for `encoders` (their names) from the measured evidence: fp32 unless a reduced
     precision is native to this CPU, measured faster and measured to keep downstream quality for every one of
-    them. An explicit precision is kept."""
+    them. An explicit precision is kept. FeatureSpec.precision_for calls it once per encoder."""
     import torch
 
     if precision not in (None, "auto"):
@@ -48,21 +48,6 @@ def resolve_precision(precision: str | None, device, encoders: Iterable[str] = (
     from .precision import choose
 
     return choose(encoders)
-
-
-def features_precision(encoder, precision: str | None, device=None) -> str:
-    """The precision `encoder`'s features are really computed at. An encoder that runs outside torch (its
-    `fixed_precision`, e.g. "fp32") ignores autocast, so asking for bf16 must neither record "bf16" nor make a
-    second cache entry of the same numbers; otherwise resolve_precision on its device (or `device`), which on a
-    CPU reads the measured evidence for this encoder."""
-    from ..config import check_choice
-
-    if precision is not None:
-        check_choice("precision", precision, "features")
-    fixed = getattr(encoder, "fixed_precision", None)
-    if fixed is not None:
-        return fixed
-    return resolve_precision(precision, encoder.device if device is None else device, [encoder.name])
 
 
 def autocast(device, precision: str):

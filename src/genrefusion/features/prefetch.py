@@ -3,10 +3,13 @@ decode posters / tokenise plots of upcoming batches into pinned memory; on a CPU
 it is encoded."""
 from __future__ import annotations
 
+import multiprocessing
 import os
 from typing import Callable
 
 import torch
+
+from ..distributed import world_size
 
 
 class _PlanBatches(torch.utils.data.Dataset):
@@ -26,12 +29,8 @@ def prefetched_inputs(encoder, batches: list[list[str]], load: Callable[[str], o
     """Generator of the model inputs of `batches`, in order. On a GPU, worker processes decode posters /
     tokenise plots ahead of the encoder into pinned memory, so the GPU is not left waiting for the CPU; on the
     CPU (or with num_workers=0) each batch is prepared in this process just before it is encoded."""
-    import multiprocessing
-
     cuda = encoder.device.type == "cuda"
     if num_workers is None:
-        from ..distributed import world_size
-
         num_workers = min(12, max(1, (os.cpu_count() or 1) // world_size() - 2)) if cuda else 0
     # Workers are forked so that the loading closure needs no pickling; without fork, load in this process.
     if num_workers == 0 or not batches or "fork" not in multiprocessing.get_all_start_methods():

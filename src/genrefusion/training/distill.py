@@ -221,6 +221,7 @@ def run_distill(teacher: str | Path, text_encoder: str = "minilm-l6", image_enco
 
     from .experiment import Targets, build_loss, load_features, model_modalities, run_experiment
     from ..data.modalities import spec
+    from ..features.spec import FeatureSpec
     from .teacher import load_teacher
 
     log = log or (lambda _: None)
@@ -245,7 +246,8 @@ def run_distill(teacher: str | Path, text_encoder: str = "minilm-l6", image_enco
     # The teacher's probabilities for every movie the student trains on or is scored on (dev/test: its own scores).
     t = time.perf_counter()
     rows = splits["train"] + extra_rows + splits["dev"] + splits["test"]
-    probs, can = tch.probabilities(everything, rows, cfg.cache_dir, progress=progress)
+    features = FeatureSpec.from_config(cfg, progress=progress)  # how every feature here is made
+    probs, can = tch.probabilities(everything, rows, features)
     teacher_probs = np.zeros((len(everything.movies), probs.shape[1]), dtype=np.float32)
     teacher_ok = np.zeros(len(everything.movies), dtype=bool)
     teacher_probs[rows], teacher_ok[rows] = probs, can
@@ -283,7 +285,7 @@ def run_distill(teacher: str | Path, text_encoder: str = "minilm-l6", image_enco
         return {"distillation": {**distillation, "test_vs_teacher": agreement(
             test_probs, teacher_probs[test_rows], thresholds, scores["thresholds"])}}
 
-    feats, features_s = load_features(cfg, everything, modalities, progress=progress)
+    feats, features_s = load_features(cfg, everything, modalities, features)
     out = Path(out) if out else Path(cfg.out) / f"distill-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     results = []
     for s in range(seeds):

@@ -25,6 +25,7 @@ from ..config import Config
 from ..data.loader import MovieDataset, load_dataset
 from ..distributed import is_main, resolve_device
 from ..features.cache import FeatureTable, dataset_features
+from ..features.spec import FeatureSpec
 from ..fusion import create_model, get_model_spec
 from ..data.labels import GENRES
 from ..fusion.losses import create_loss, pos_weight_from_labels
@@ -67,12 +68,11 @@ def check_encoders(cfg: Config, modalities: tuple[str, ...], sequences: bool) ->
         check_encoder_use(encoder_name(cfg, m), m, sequences=sequences, finetune=finetune)
 
 
-def build_encoder(cfg: Config, modality: str):
-    """The configured encoder of `modality`, with its feature-changing options, on the configured device."""
-    from ..encoders import create_encoder
-
-    return create_encoder(encoder_name(cfg, modality), modality=modality,
-                          **encoder_kwargs(cfg, modality)).to(resolve_device(cfg.device))
+def build_encoder(cfg: Config, modality: str, features: FeatureSpec | None = None):
+    """The configured encoder of `modality`, with its feature-changing options, built by `features` (default:
+    FeatureSpec.from_config(cfg)): on its device, offline weights under its cache root."""
+    features = FeatureSpec.from_config(cfg) if features is None else features
+    return features.create_encoder(encoder_name(cfg, modality), modality, **encoder_kwargs(cfg, modality))
 
 
 def model_kwargs(cfg: Config) -> dict[str, Any]:
@@ -119,11 +119,13 @@ class Targets:
     evaluate: Callable[[list[int], np.ndarray, Any], dict[str, Any]] | None = None
 
 
-def load_features(cfg: Config, dataset: MovieDataset, modalities: tuple[str, ...], sequences: bool = False,
-                  progress: bool = True) -> tuple[Features, float]:
+def load_features(cfg: Config, dataset: MovieDataset, modalities: tuple[str, ...],
+                  features: FeatureSpec | None = None, sequences: bool = False) -> tuple[Features, float]:
+    """The feature tables of the configured encoders of `modalities` over `dataset`, made as `features` says
+    (default: FeatureSpec.from_config(cfg)), and the seconds it took."""
+    features = FeatureSpec.from_config(cfg) if features is None else features
     t0 = time.perf_counter()
-    feats = {m: dataset_features(dataset, build_encoder(cfg, m), cfg.cache_dir, sequences=sequences,
-                                 progress=progress, precision=cfg.precision, backend=cfg.feature_backend)
+    feats = {m: dataset_features(dataset, build_encoder(cfg, m, features), features, sequences=sequences)
              for m in modalities}
     return feats, time.perf_counter() - t0
 
@@ -257,7 +259,7 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None,
     extra_groups = None
     if cfg.mode == "features":
         if features is None:
-            features, timings["features_s"] = load_features(cfg, dataset, modalities, sequences)
+            features, timings["features_s"] = load_features(cfg, dataset, modalities, sequences=sequences)
         lacking = [m for m in modalities if features.get(m) is None]
         if lacking:
             raise ValueError(f"model {cfg.model!r} reads {', '.join(lacking)} features, which were not given")

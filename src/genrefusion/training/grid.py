@@ -21,6 +21,7 @@ from ..config import Config, load_config
 from ..data.loader import load_dataset
 from ..distributed import is_main, resolve_device
 from ..encoders.concat import SEPARATOR
+from ..features.spec import FeatureSpec
 from .experiment import build_model, check_encoders, load_features, reads_sequences
 from ..evaluation.metrics import format_table
 from ..data.modalities import spec
@@ -136,6 +137,7 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
 
     # Encode each slot's encoder once; every row that uses the slot shares the table.
     t = time.perf_counter()
+    features = FeatureSpec.from_config(base)  # how every slot's features are made, worked out once
     tables: dict[str, Any] = {}
     for slot in dict.fromkeys(s for r in selected if not (auto and r.kind == "fusion")
                               for s in (r.text_slot, r.image_slot) if s):
@@ -145,7 +147,7 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
         # Token/patch sequences only for slots that a sequence-reading model (cross_attention=sequence) reads.
         sequences = any(slot in (r.text_slot, r.image_slot) and reads_sequences(base.replace(model=r.model))
                         for r in selected)
-        feats, _ = load_features(cfg, dataset, (modality,), sequences=sequences)
+        feats, _ = load_features(cfg, dataset, (modality,), features, sequences=sequences)
         tables[slot] = feats[modality]
         log(f"features {slot:<8} <- {slots[slot]:<20} {tables[slot].dim:>5}-d  "
             f"{tables[slot].encoded_now:,} newly encoded"

@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import scoring
 from ...data.modalities import spec
+from ...features.spec import FeatureSpec
 from ...inference.predictor import Predictor
 from .corruptions import CORRUPTIONS, DEFAULT_LEVELS, Corruption, check_level, get_corruption, movie_rng
 
@@ -130,7 +131,7 @@ class Study:
     """The movies, their labels and clean features for a set of models; `score` runs one corruption."""
 
     def __init__(self, models: list[Model], dataset, indices: list[int], seed: int = 0,
-                 cache_dir: str | Path | None = None, use_cache: bool = True, batch_size: int | None = None,
+                 features: FeatureSpec | None = None, use_cache: bool = True, batch_size: int | None = None,
                  progress: Callable[[int], None] | None = None):
         self.models, self.seed, self.batch_size, self.progress = models, seed, batch_size, progress
         self.data = dataset.subset(indices)
@@ -143,7 +144,7 @@ class Study:
                 if key in self.clean:
                     continue
                 if use_cache:
-                    self.clean[key] = scoring.cached_inputs(model.predictor, self.data, cache_dir,
+                    self.clean[key] = scoring.cached_inputs(model.predictor, self.data, features,
                                                             modalities=(mod,))[mod]
                 else:
                     self.clean[key] = self._encode(model.predictor, mod, lambda i, mod=mod: self._raw(mod, i))
@@ -222,9 +223,11 @@ class Study:
 def measure(model_dirs: Sequence[str | Path], data: str | Path, split: str = "test", modalities: str = "both",
             corruptions: str | Sequence[str] | None = None, levels: str | Sequence[float] | None = None,
             seed: int = 0, limit: int | None = None, split_mode: str | None = None,
-            cache_dir: str | Path | None = None, use_cache: bool = True, batch_size: int | None = None,
+            features: FeatureSpec | None = None, use_cache: bool = True, batch_size: int | None = None,
             log: Callable[[str], None] | None = print, progress: bool = True) -> dict[str, Any]:
-    """Score every model clean and under each corruption at each level; the JSON-able result page.py draws."""
+    """Score every model clean and under each corruption at each level; the JSON-able result page.py draws.
+    `features`: how the clean inputs' features are made through the cache (default: FeatureSpec(progress=False));
+    `progress`: a bar over the corrupted inputs encoded."""
     from ...data.loader import load_dataset
     from ...data.summary import data_summary, format_data_line
 
@@ -252,7 +255,7 @@ def measure(model_dirs: Sequence[str | Path], data: str | Path, split: str = "te
     n_enc = sum(len({scoring.encoder_key(m.predictor, c.modality) for m in models if m.reads(c.modality)})
                 for c, _ in steps if not c.removes)
     bar = _progress_bar(progress, n_enc * len(idx))
-    study = Study(models, dataset, idx, seed, cache_dir, use_cache, batch_size, bar.update if bar else None)
+    study = Study(models, dataset, idx, seed, features, use_cache, batch_size, bar.update if bar else None)
     if log:
         log(f"{len(idx):,} {split} movies scored by {len(models)} model(s)"
             + (f"; left out: {', '.join(f'{k} ({n})' for k, n in excluded.items())}" if excluded else ""))
