@@ -93,13 +93,14 @@ def test_the_side_by_side_table_and_its_reading_come_from_the_grids():
 
 def test_the_best_model_and_its_commands(tiny_grid, tmp_path):
     from genrefusion.cli.demo import best_model, example_movie, usage_commands
+    from genrefusion.data.loader import DataSpec
     from genrefusion.training.grid import validation_score
 
     data, out, g = tiny_grid
     best = best_model({"recommended": out})
     scores = {r["row"]: validation_score(out / r["runs"][0]) for r in g["rows"]}
     assert best["row"] == max(scores, key=scores.get) and best["val_score"] == max(scores.values())
-    movie = example_movie(data, "stratified", "both")
+    movie = example_movie(DataSpec(data, "stratified", "both"))
     assert movie.poster.is_file() and len(movie.plot.split()) >= 12
     serve, predict, _ = usage_commands(best["run"] / "model", movie)
     assert shlex.split(serve) == ["genrefusion", "serve", "--model", str(best["run"] / "model")]

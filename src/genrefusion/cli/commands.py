@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from ..config import CHOICES
-from ..data.loader import DataError
+from ..data.loader import DataError, DataSpec
 from ..data.download import DownloadError
 from ..training.tracking import DEFAULT_EXPERIMENT, TRACKERS
 
@@ -26,17 +26,15 @@ def _add_data_options(p: argparse.ArgumentParser, split_default: str = "official
     p.add_argument("--split-seed", type=int, default=1234, help="seed of the stratified split")
 
 
-def _load(args):
-    from ..data.loader import load_dataset
-
-    return load_dataset(args.data, split=args.split, modalities=args.modalities, strict=args.strict,
-                        plot_mode=args.plot_mode, seed=args.split_seed)
+def _data_spec(args) -> DataSpec:
+    """The data the options of _add_data_options (and --data) name."""
+    return DataSpec(args.data, args.split, args.modalities, args.split_seed, args.strict, args.plot_mode)
 
 
 def cmd_data_summary(args) -> int:
     from ..data.summary import data_summary, format_summary
 
-    ds = _load(args)
+    ds = _data_spec(args).load()
     summary = data_summary(ds)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
@@ -55,7 +53,7 @@ def cmd_features(args) -> int:
             check_encoder_use(name, modality, sequences=args.sequences)
     features = FeatureSpec(cache_root=args.cache_dir, device=args.device, precision=args.precision,
                            backend=args.backend, num_workers=args.num_workers, batch_size=args.batch_size)
-    ds = _load(args)
+    ds = _data_spec(args).load()
     print(f"{format_data_line(data_summary(ds), args.modalities)}\ncache: {features.cache_root}")
     for modality in SPECS.values():  # --text / --image name the encoders; their options (--pooling) are shared
         name = getattr(args, modality.name)

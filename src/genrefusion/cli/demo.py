@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import CHOICES
+from ..data.loader import DataSpec
 
 GRIDS = (("thesis", "thesis recipe"), ("recommended", "recommended"))
 
@@ -85,11 +86,9 @@ def best_model(grid_dirs: dict[str, Path]) -> dict[str, Any]:
     return best
 
 
-def example_movie(data: str | Path, split: str, modalities: str, seed: int = 1234):
+def example_movie(data: DataSpec):
     """A real test movie with a poster and a plot (the shortest plot of at least 12 words, for a readable command)."""
-    from ..data.loader import load_dataset
-
-    ds = load_dataset(data, split, modalities, seed=seed)
+    ds = data.load()
     movies = [ds.movies[i] for i in ds.splits.get("test", [])] or ds.movies
     both = [m for m in movies if m.poster is not None and m.plot is not None]
     if not both:
@@ -133,7 +132,7 @@ def run_demo(data: str | Path, split: str = "stratified", modalities: str = "bot
     reports = {name: write_report(dirs[name]) for name in dirs}  # after both: each links the other
     table, reading = side_by_side(grids["thesis"], grids["recommended"])
     best = best_model(dirs)
-    movie = example_movie(data, split, modalities, grids["thesis"]["config"].get("split_seed", 1234))
+    movie = example_movie(DataSpec(data, split, modalities, grids["thesis"]["config"].get("split_seed", 1234)))
     model_dir = best["run"] / "model"
     cmds = usage_commands(model_dir, movie)
     choice = grids["recommended"].get("fuse_choice", {})

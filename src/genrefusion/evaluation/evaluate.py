@@ -51,7 +51,7 @@ def load_labelled(data: str | Path, split: str, cfg: dict[str, Any], modalities:
     """(dataset, indices of the movies in `split`). The split mode, its seed, the plot mode and the modality filter
     default to the model's training config (so `test` is the test split it was scored on); `all` takes every
     movie and needs no split at all."""
-    from ..data.loader import DataError, load_dataset
+    from ..data.loader import DataError, DataSpec
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
@@ -64,13 +64,14 @@ def load_labelled(data: str | Path, split: str, cfg: dict[str, Any], modalities:
         raise ValueError(f"--modalities {modalities}: the model was trained with modalities={trained} on a "
                          "stratified split, which another filter would redraw (its test split would hold training "
                          f"movies); use --modalities {trained}, or --split all on data it was not trained on")
-    kw = dict(strict=False, plot_mode=cfg.get("plot_mode", "join"), seed=cfg.get("split_seed", 1234))
+    spec = DataSpec(data, split_mode, modalities, split_seed=cfg.get("split_seed", 1234),
+                    plot_mode=cfg.get("plot_mode", "join"))
     try:
-        ds = load_dataset(data, split_mode, modalities, **kw)
+        ds = spec.load()
     except DataError as e:
         if split != "all" or "no official split" not in str(e):
             raise
-        ds = load_dataset(data, "stratified", modalities, **kw)  # any split will do: every movie is taken
+        ds = spec.replace(split="stratified").load()  # any split will do: every movie is taken
     if split == "all":
         return ds, sorted(i for idx in ds.splits.values() for i in idx)
     return ds, list(ds.splits.get(split, []))

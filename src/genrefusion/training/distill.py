@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..data.loader import DataError, Movie, MovieDataset
+from ..data.loader import DataError, DataSpec, Movie, MovieDataset
 
 DEFAULT_ALPHA = 0.5
 DEFAULT_TEMPERATURE = 1.0
@@ -111,9 +111,10 @@ def _keys(movie: Movie) -> set[str]:
     return {k for k in (movie.text_key, movie.poster_sha256) if k is not None}
 
 
-def unlabelled_movies(paths: Sequence[str | Path], labelled: MovieDataset, strict: bool = False,
-                      plot_mode: str = "join") -> tuple[list[Movie], dict[str, Any]]:
-    """The movies of `paths` (MM-IMDb folders or catalogs; labels and splits ignored) that may be distilled on:
+def unlabelled_movies(paths: Sequence[str | Path], labelled: MovieDataset,
+                      reading: DataSpec | None = None) -> tuple[list[Movie], dict[str, Any]]:
+    """The movies of `paths` (MM-IMDb folders or catalogs; labels and splits ignored), read as the labelled data
+    (`reading`, its DataSpec: strict and plot_mode; default: not strict, plots joined), that may be distilled on:
     none of the labelled dataset's movies (a dev or test movie would leak into validation or test, a training
     movie would count twice), each compared by id (case-insensitively) and by the content hash of its plot and
     poster, and each movie once. Returns the movies and what was read, dropped (by reason) and kept."""
@@ -123,6 +124,7 @@ def unlabelled_movies(paths: Sequence[str | Path], labelled: MovieDataset, stric
     keys = {s: set().union(*(_keys(m) for m in by_split.get(s, []))) for s in order}
     dropped: Counter = Counter()
     sources, kept, seen_ids, seen_keys = [], [], set(), set()
+    strict, plot_mode = (reading.strict, reading.plot_mode) if reading is not None else (False, "join")
     for path in map(Path, paths):
         ds = _read_source(path, strict, plot_mode)
         skipped = dict(ds.report.skipped_by_kind())
@@ -176,10 +178,9 @@ def _labelled_data(tch, cfg, log) -> MovieDataset:
     """The labelled dataset of the student's config; it must be the data the teacher was trained and tested on
     (its runs' data fingerprint), else the student's test movies could be ones the teacher trained on and the two
     test scores would not be comparable."""
-    from ..data.loader import load_dataset
     from ..data.summary import data_summary, format_data_line
 
-    ds = load_dataset(cfg.data, cfg.split, cfg.modalities, cfg.strict, cfg.plot_mode, cfg.split_seed)
+    ds = DataSpec.from_config(cfg).load()
     log(format_data_line(data_summary(ds), cfg.modalities))
     recorded = tch.data_fingerprints()
     if recorded and recorded != {ds.fingerprint()}:
@@ -235,7 +236,7 @@ def run_distill(teacher: str | Path, text_encoder: str = "minilm-l6", image_enco
     tch = load_teacher(teacher)
     cfg = student_config(tch.config, text_encoder, image_encoder, overrides, data, cache_dir)
     labelled = _labelled_data(tch, cfg, log)
-    extras, unl = unlabelled_movies(unlabelled, labelled, cfg.strict, cfg.plot_mode)
+    extras, unl = unlabelled_movies(unlabelled, labelled, DataSpec.from_config(cfg))
     everything = MovieDataset(labelled.movies + extras, labelled.splits, labelled.report, labelled.root,
                               labelled.split_mode)
     splits = {s: list(labelled.splits.get(s, [])) for s in ("train", "dev", "test")}

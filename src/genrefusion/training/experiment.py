@@ -22,7 +22,7 @@ from ..features import fingerprints
 from . import workers
 from ..fusion.batching import FeatureBatches
 from ..config import Config
-from ..data.loader import MovieDataset, load_dataset
+from ..data.loader import DataSpec, MovieDataset
 from ..distributed import is_main, resolve_device
 from ..features.cache import FeatureTable, dataset_features
 from ..features.spec import FeatureSpec
@@ -252,7 +252,7 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None,
                          "(distillation); use threshold_source=val")
     t = time.perf_counter()
     if dataset is None:
-        dataset = load_dataset(cfg.data, cfg.split, cfg.modalities, cfg.strict, cfg.plot_mode, cfg.split_seed)
+        dataset = DataSpec.from_config(cfg).load()
         if log:
             log(format_data_line(data_summary(dataset), cfg.modalities))
     timings["data_s"] = time.perf_counter() - t

@@ -228,7 +228,7 @@ def measure(model_dirs: Sequence[str | Path], data: str | Path, split: str = "te
     """Score every model clean and under each corruption at each level; the JSON-able result page.py draws.
     `features`: how the clean inputs' features are made through the cache (default: FeatureSpec(progress=False));
     `progress`: a bar over the corrupted inputs encoded."""
-    from ...data.loader import load_dataset
+    from ...data.loader import DataSpec
     from ...data.summary import data_summary, format_data_line
 
     t0 = time.perf_counter()
@@ -238,8 +238,8 @@ def measure(model_dirs: Sequence[str | Path], data: str | Path, split: str = "te
     models = load_models(model_dirs)
     settings = data_settings(models, split_mode)
     # The whole dataset when every movie is scored: any split reads it, a stratified one even without a split.
-    dataset = load_dataset(data, "stratified" if split == "all" else settings["split"], modalities,
-                           plot_mode=settings["plot_mode"], seed=settings["split_seed"])
+    dataset = DataSpec(data, "stratified" if split == "all" else settings["split"], modalities,
+                       split_seed=settings["split_seed"], plot_mode=settings["plot_mode"]).load()
     if log:
         log(format_data_line(data_summary(dataset), modalities))
     idx = scoring.split_indices(dataset, split)
