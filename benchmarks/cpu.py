@@ -369,12 +369,13 @@ def onnx_section(args) -> str:
 
 def demo_section(args) -> str:
     """The thesis grid cold on the sample, as `make demo` runs it, in a fresh cache."""
-    from genrefusion.training.grid import run_grid
+    from genrefusion.data.loader import DataSpec
+    from genrefusion.training.grid import GridSpec, run_grid
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        g = run_grid(args.data, "thesis", split="stratified", modalities="both", cache_dir=str(Path(tmp) / "cache"),
-                     out=Path(tmp) / "grid", log=lambda s: None, report=False)
+        g = run_grid(GridSpec(DataSpec(args.data, "stratified", "both"), "thesis", cache_dir=Path(tmp) / "cache",
+                              out=Path(tmp) / "grid", report=False), log=lambda s: None)
         total = time.perf_counter() - t
     f = g["timings"]["features_s"]
     return (f"make demo's grid cold (thesis preset, sample, stratified, both): {total:.0f} s in all, encoders "

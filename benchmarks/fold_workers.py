@@ -70,7 +70,8 @@ def main() -> None:
 
 
 def grid_rows(args: argparse.Namespace) -> None:
-    from genrefusion.training.grid import run_grid
+    from genrefusion.data.loader import DataSpec
+    from genrefusion.training.grid import GridSpec, run_grid
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}")
     seconds: dict[str, list[float]] = {"1": [], "0": []}
@@ -78,9 +79,9 @@ def grid_rows(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as out:
         for r in range(args.rounds):
             for kind in seconds:
-                g = run_grid(args.data, preset="thesis", split="stratified", modalities="both",
-                             cache_dir=args.cache_dir, out=os.path.join(out, f"{kind}-{r}"), report=False,
-                             log=lambda *_: None, config_overrides=[f"fold_workers={kind}"])
+                g = run_grid(GridSpec(DataSpec(args.data, "stratified", "both"), preset="thesis",
+                                      cache_dir=args.cache_dir, out=os.path.join(out, f"{kind}-{r}"), report=False,
+                                      config_overrides=[f"fold_workers={kind}"]), log=lambda *_: None)
                 seconds[kind].append(g["timings"]["train_eval_s"])
                 macro[kind] = [row["test"]["f1_macro"] for row in g["rows"]]
     one, side = min(seconds["1"]), min(seconds["0"])

@@ -136,12 +136,14 @@ def test_grid_slots_join_within_one_modality():
 
 
 def test_grid_fuses_a_joined_slot(synthetic_catalog, tiny_bert, tiny_vit, tiny_resnet, tmp_path):
-    from genrefusion.training.grid import run_grid
+    from genrefusion.data.loader import DataSpec
+    from genrefusion.training.grid import GridSpec, run_grid
 
     slots = [f"BERT={tiny_bert}", f"ResNet50={tiny_resnet}", f"ViT={tiny_vit}"]
-    g = run_grid(str(synthetic_catalog), split="official", modalities="both", slot_overrides=slots, rows=["early"],
-                 cache_dir=str(tmp_path / "c"), out=tmp_path / "o", fuse=("BERT", "ResNet50+ViT"), report=False,
-                 log=lambda *_: None, config_overrides=["epochs=1"])
+    g = run_grid(GridSpec(DataSpec(synthetic_catalog, "official", "both"), slot_overrides=slots, rows=["early"],
+                          cache_dir=tmp_path / "c", out=tmp_path / "o", fuse=("BERT", "ResNet50+ViT"), report=False,
+                          config_overrides=["epochs=1"]), log=lambda *_: None)
     assert g["rows"][0]["encoders"] == {"BERT": str(tiny_bert), "ResNet50+ViT": f"{tiny_resnet}+{tiny_vit}"}
     with pytest.raises(ValueError, match="expected a text slot and an image slot"):
-        run_grid(str(synthetic_catalog), fuse=("BERT", "ResNet50+BERT"), out=tmp_path / "x", log=lambda *_: None)
+        run_grid(GridSpec(DataSpec(synthetic_catalog), fuse=("BERT", "ResNet50+BERT"), out=tmp_path / "x"),
+                 log=lambda *_: None)

@@ -177,7 +177,8 @@ def test_registered_languages():
 def test_capability_checks_fail_before_any_work(tmp_path, capsys):
     from genrefusion.config import load_config
     from genrefusion.training.experiment import run_experiment
-    from genrefusion.training.grid import run_grid
+    from genrefusion.data.loader import DataSpec
+    from genrefusion.training.grid import GridSpec, run_grid
 
     missing = str(tmp_path / "no-such-data")  # nothing is read: the checks come first
     cfg = load_config(preset="recommended", overrides={"data": missing, "model": "cross-attention",
@@ -191,8 +192,9 @@ def test_capability_checks_fail_before_any_work(tmp_path, capsys):
     with pytest.raises(ValueError, match="joins pooled vectors"):
         run_experiment(cfg.replace(text_encoder="minilm-l6+mpnet-base"), log=None)
     with pytest.raises(ValueError, match="needs a token sequence .*use-multilingual"):
-        run_grid(missing, preset="recommended", slot_overrides=["BERT=use-multilingual"], rows=["cross-attention"],
-                 config_overrides=["cross_attention=sequence"], out=tmp_path / "grid", log=lambda *_: None)
+        run_grid(GridSpec(DataSpec(missing), preset="recommended", slot_overrides=["BERT=use-multilingual"],
+                          rows=["cross-attention"], config_overrides=["cross_attention=sequence"],
+                          out=tmp_path / "grid"), log=lambda *_: None)
     assert not (tmp_path / "grid").exists()
     from genrefusion.cli.commands import main
 

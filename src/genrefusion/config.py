@@ -101,7 +101,7 @@ class Config:
     name: str | None = None  # run folder name; default derived from model and seed
 
     def __post_init__(self) -> None:
-        # A path given in code (Config(data=Path(...)), run_grid(cache_dir=Path(...))) is kept as text, the form
+        # A path given in code (Config(data=Path(...)), GridSpec(cache_dir=Path(...))) is kept as text, the form
         # the config is saved in.
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..config import CHOICES
+from ..config import CHOICES, load_config, parse_override
 from ..data.loader import DataError, DataSpec
 from ..data.download import DownloadError
 from ..training.tracking import DEFAULT_EXPERIMENT, TRACKERS
@@ -170,7 +170,6 @@ PLUGIN_MODULES: tuple[str, ...] = ("genrefusion.evaluation.report", "genrefusion
 
 
 def cmd_train(args) -> int:
-    from ..config import load_config
     from ..distributed import is_main
     from ..training.tracking import open_tracker, tracked_experiment
 
@@ -200,15 +199,25 @@ def _slot_items(values: list[str], default_slot: str) -> list[str]:
     return [v if "=" in v else f"{default_slot}={v}" for v in values]
 
 
-def cmd_grid(args) -> int:
-    from ..training.grid import run_grid
+def grid_data(args) -> tuple[DataSpec, list[str]]:
+    """A grid's (or the demo's) DataSpec, and the key=value overrides left for its models: --data, --split and
+    --modalities, with the data keys among the overrides (split_seed=7, strict=true, plot_mode=longest) read
+    into it as a config reads them."""
+    mine = [o for o in args.overrides if parse_override(o)[0] in DataSpec.CONFIG_KEYS]
+    cfg = load_config(overrides=mine).replace(data=args.data, split=args.split, modalities=args.modalities)
+    return DataSpec.from_config(cfg), [o for o in args.overrides if o not in mine]
 
-    overrides = _slot_items(args.text_encoder, "BERT") + _slot_items(args.image_encoder, "ResNet50")
-    run_grid(args.data, preset=args.preset, split=args.split, modalities=args.modalities, encoders=args.encoders,
-             slot_overrides=overrides, seeds=args.seeds, cache_dir=args.cache_dir, out=args.out,
-             rows=args.rows.split(",") if args.rows else None, config_overrides=args.overrides,
-             report=not args.no_report, fuse=tuple(args.fuse.split(",")), track=args.track,
-             track_uri=args.track_uri, track_experiment=args.track_experiment)
+
+def cmd_grid(args) -> int:
+    from ..training.grid import GridSpec, run_grid
+
+    data, overrides = grid_data(args)
+    slots = _slot_items(args.text_encoder, "BERT") + _slot_items(args.image_encoder, "ResNet50")
+    run_grid(GridSpec(data, preset=args.preset, config_overrides=overrides, cache_dir=args.cache_dir,
+                      encoders=args.encoders, slot_overrides=slots, fuse=tuple(args.fuse.split(",")),
+                      rows=args.rows.split(",") if args.rows else None,
+                      seeds=args.seeds, out=args.out, report=not args.no_report, track=args.track,
+                      track_uri=args.track_uri, track_experiment=args.track_experiment))
     return 0
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..config import check_choice
 from .catalog import load_catalog
@@ -133,6 +133,9 @@ class DataSpec:
     strict: bool = False
     plot_mode: str = "join"
 
+    # The Config keys that hold the same settings (`path` is the key `data`)
+    CONFIG_KEYS: ClassVar[tuple[str, ...]] = ("data", "split", "modalities", "split_seed", "strict", "plot_mode")
+
     def __post_init__(self) -> None:
         for key in ("split", "modalities", "plot_mode"):
             check_choice(key, getattr(self, key), "data")
@@ -144,8 +147,8 @@ class DataSpec:
 
     def config_values(self) -> dict[str, Any]:
         """The Config keys that say the same (what a run's saved config records)."""
-        return {"data": str(self.path), "split": self.split, "modalities": self.modalities,
-                "split_seed": self.split_seed, "strict": self.strict, "plot_mode": self.plot_mode}
+        return dict(zip(self.CONFIG_KEYS, (str(self.path), self.split, self.modalities, self.split_seed, self.strict,
+                                           self.plot_mode)))
 
     def replace(self, **changes: Any) -> "DataSpec":
         return dataclasses.replace(self, **changes)
