@@ -114,15 +114,17 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", modalitie
     docstring. `features`: where the feature cache is and whether progress shows (default:
     FeatureSpec(progress=False)). Returns a JSON-able dict."""
     from ..data.labels import GENRES
+    from ..features.spec import FeatureSpec
     from ..inference.predictor import Predictor
     from .stats import paired_bootstrap
     from ..data.summary import skipped_record
 
     if n_boot < 0:
         raise ValueError(f"--bootstrap must be >= 0, got {n_boot}")
-    predictors = [Predictor(model_folder(model))]
+    features = FeatureSpec(progress=False) if features is None else features
+    predictors = [Predictor(model_folder(model), cache_root=features.cache_root)]
     if compare_with is not None:
-        predictors.append(Predictor(model_folder(compare_with)))
+        predictors.append(Predictor(model_folder(compare_with), cache_root=features.cache_root))
     for p in predictors:
         if tuple(p.genres) != tuple(GENRES):
             raise ValueError(f"{p.directory}: its genres are not the 23 MM-IMDb genres the data is labelled with")

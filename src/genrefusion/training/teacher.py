@@ -134,7 +134,8 @@ class Teacher:
         ok = np.ones(len(indices), dtype=bool)
         tables: dict[tuple[str, bool], Any] = {}  # members sharing an encoder share its table
         for member in self.members:
-            predictor = Predictor(member.model_dir)  # verifies the folder and the encoders' fingerprints
+            # verifies the folder and the encoders' fingerprints; offline weights under the features' root
+            predictor = Predictor(member.model_dir, cache_root=features.cache_root)
             feats = {}
             for m in predictor.modalities:
                 key = (predictor.meta["encoders"][m]["fingerprint_sha256"], predictor.sequences)

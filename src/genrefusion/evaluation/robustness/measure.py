@@ -56,14 +56,15 @@ def _run_label(directory: Path, predictor: Predictor) -> str:
     return f"{predictor.fusion} [{' + '.join(names)}]"
 
 
-def load_models(directories: Sequence[str | Path]) -> list[Model]:
+def load_models(directories: Sequence[str | Path], cache_root: Path | None = None) -> list[Model]:
+    """The saved models, each labelled for the charts; their offline weights built under `cache_root`."""
     from ...inference.predictor import load_model
 
     if not directories:
         raise ValueError("no model given (--model DIR)")
     models: list[Model] = []
     for d in directories:
-        p = load_model(d)
+        p = load_model(d, cache_root=cache_root)
         label = base = _run_label(Path(d), p)
         if any(m.label == label for m in models):
             label = base = f"{base} seed {p.meta['config'].get('seed', '?')}"
@@ -235,7 +236,8 @@ def measure(model_dirs: Sequence[str | Path], data: str | Path, split: str = "te
     chosen, levels = parse_corruptions(corruptions), parse_levels(levels)
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be a positive number of movies, not {limit}")
-    models = load_models(model_dirs)
+    features = FeatureSpec(progress=False) if features is None else features
+    models = load_models(model_dirs, features.cache_root)
     settings = data_settings(models, split_mode)
     # The whole dataset when every movie is scored: any split reads it, a stratified one even without a split.
     dataset = DataSpec(data, "stratified" if split == "all" else settings["split"], modalities,
