@@ -41,12 +41,11 @@ def cmd_data_summary(args) -> int:
 
 
 def cmd_features(args) -> int:
-    # here, not at the top: the parser must not import torch (features.spec does)
     from ..encoders import check_encoder_use
     from ..features.cache import dataset_features
     from ..data.modalities import SPECS
     from ..data.summary import data_summary, format_data_line
-    from ..features.spec import FeatureSpec
+    from ..features.spec import FeatureSpec  # here: it imports torch, which the parser must not
 
     for name, modality in ((args.text, "text"), (args.image, "image")):  # --sequences from a pooled-only encoder
         if name:
@@ -209,7 +208,7 @@ def grid_data(args) -> tuple[DataSpec, list[str]]:
 
 
 def cmd_grid(args) -> int:
-    from ..training.grid import GridSpec, run_grid
+    from ..training.grid import GridSpec, run_grid  # here: the grid imports torch, which the parser must not
 
     data, overrides = grid_data(args)
     slots = _slot_items(args.text_encoder, "BERT") + _slot_items(args.image_encoder, "ResNet50")

@@ -155,7 +155,7 @@ def run_demo(grid: GridSpec, out: str | Path | None = None, log: Callable[[str],
 
 
 def cmd_demo(args) -> int:
-    from ..training.grid import GridSpec
+    from ..training.grid import GridSpec  # here: the grid imports torch, which the parser must not
 
     # a bare NAME fills the slot the thesis fuses, as in `genrefusion grid`
     slots = [v if "=" in v else f"{default}={v}" for values, default in ((args.text_encoder, "BERT"),

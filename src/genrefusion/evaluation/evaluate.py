@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..config import CHOICES
+from ..data.loader import DataError, DataSpec
 
 if TYPE_CHECKING:  # a type only: the CLI parser imports this module, and features.spec imports torch
     from ..features.spec import FeatureSpec
@@ -51,7 +52,6 @@ def load_labelled(data: str | Path, split: str, cfg: dict[str, Any], modalities:
     """(dataset, indices of the movies in `split`). The split mode, its seed, the plot mode and the modality filter
     default to the model's training config (so `test` is the test split it was scored on); `all` takes every
     movie and needs no split at all."""
-    from ..data.loader import DataError, DataSpec
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
@@ -114,7 +114,7 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", modalitie
     docstring. `features`: where the feature cache is and whether progress shows (default:
     FeatureSpec(progress=False)). Returns a JSON-able dict."""
     from ..data.labels import GENRES
-    from ..features.spec import FeatureSpec
+    from ..features.spec import FeatureSpec  # here: it imports torch, and the CLI parser imports this module
     from ..inference.predictor import Predictor
     from .stats import paired_bootstrap
     from ..data.summary import skipped_record
@@ -207,7 +207,7 @@ def format_evaluation(r: dict[str, Any]) -> str:
 
 def cmd_evaluate(args) -> int:
     from ..atomic import write_json
-    from ..features.spec import FeatureSpec
+    from ..features.spec import FeatureSpec  # here: it imports torch, and the CLI parser imports this module
 
     r = evaluate(args.model, args.data, split=args.which, modalities=args.modalities, n_boot=args.bootstrap,
                  seed=args.seed, compare_with=args.compare, split_mode=args.split_mode,

@@ -33,7 +33,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..config import parse_override
 from ..data.loader import DataError, DataSpec, Movie, MovieDataset
+from ..data.modalities import spec
 
 DEFAULT_ALPHA = 0.5
 DEFAULT_TEMPERATURE = 1.0
@@ -241,9 +243,8 @@ def run_distill(teacher: str | Path, text_encoder: str = "minilm-l6", image_enco
     config's keys of the same name (before `overrides`). `out` is the student's run folder (one seed) or holds
     its seed-<n>/ run folders. Returns a summary: the teacher's record and each seed's run and metrics."""
     from .experiment import load_features, model_modalities  # here: the CLI parser imports this module
-    from ..config import parse_override
-    from ..features.spec import FeatureSpec
-    from .teacher import load_teacher
+    from ..features.spec import FeatureSpec  # here: it imports torch
+    from .teacher import load_teacher  # here: it imports torch
 
     log = log or (lambda _: None)
     if not 0.0 <= alpha <= 1.0:
@@ -317,7 +318,6 @@ def _usable_unlabelled(cfg, everything: MovieDataset, extra_rows: list[int], tea
     """The unlabelled rows the student can read (a modality its model reads) and the teacher can predict; the
     others are counted in unl["dropped"] by reason, and the rest in unl["used"]."""
     from .experiment import model_modalities  # here: the CLI parser imports this module
-    from ..data.modalities import spec
 
     modalities = model_modalities(cfg.model)
     readable = {r: any(spec(m).present(everything.movies[r]) for m in modalities) for r in extra_rows}
@@ -333,7 +333,7 @@ def _usable_unlabelled(cfg, everything: MovieDataset, extra_rows: list[int], tea
 def _train_student(cfg, lesson: _Lesson, feats, temperature: float, run_dir: Path,
                    log: Callable[[str], None]) -> dict[str, Any]:
     """One student (one seed) trained by run_experiment on the lesson's targets; its summary entry."""
-    import torch
+    import torch  # here: the CLI parser imports this module
 
     from .experiment import Targets, build_loss, run_experiment  # here: the CLI parser imports this module
 

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..evaluation import runs
+from ..evaluation.scoring import model_features
 from ..features.spec import FeatureSpec
 from ..inference.checkpoint import META_FILE, WEIGHTS_FILE, read_meta
 from ..data.labels import GENRES
@@ -122,7 +123,6 @@ class Teacher:
         import torch
 
         from ..fusion.batching import FeatureBatches
-        from ..evaluation.scoring import model_features
         from ..features.cache import dataset_features
         from ..data.modalities import spec
         from ..inference.predictor import Predictor

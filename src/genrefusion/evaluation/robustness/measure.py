@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .. import scoring
+from ...data.loader import DataSpec
 from ...data.modalities import spec
 from ...features.spec import FeatureSpec
 from ...inference.predictor import Predictor
@@ -229,7 +230,6 @@ def measure(model_dirs: Sequence[str | Path], data: str | Path, split: str = "te
     """Score every model clean and under each corruption at each level; the JSON-able result page.py draws.
     `features`: how the clean inputs' features are made through the cache (default: FeatureSpec(progress=False));
     `progress`: a bar over the corrupted inputs encoded."""
-    from ...data.loader import DataSpec
     from ...data.summary import data_summary, format_data_line
 
     t0 = time.perf_counter()
