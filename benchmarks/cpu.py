@@ -137,8 +137,9 @@ def encoder_precisions(data: str, encoders: Sequence[str] = ENCODERS, precisions
                 continue
             if p == "onnxruntime":  # the graph is traced (or found in the cache) before the clock starts
                 from genrefusion.features.backends import onnx_runner
+                from genrefusion.paths import cache_root
 
-                run = onnx_runner(enc, None)
+                run = onnx_runner(enc, cache_root())
                 encode_items(enc, items[:bs], "fp32", bs, run)  # its warm-up
                 timed[p] = encode_items(enc, items, "fp32", bs, run)
                 continue
@@ -208,10 +209,12 @@ def _cold_features(ds, enc, root: str, precision: str, backend: str):
     import shutil
 
     from genrefusion.features.cache import dataset_features
+    from genrefusion.features.spec import FeatureSpec
 
     shutil.rmtree(os.path.join(root, "features"), ignore_errors=True)
     t = time.perf_counter()
-    table = dataset_features(ds, enc, root, progress=False, precision=precision, backend=backend)
+    table = dataset_features(ds, enc, FeatureSpec(cache_root=root, progress=False, precision=precision,
+                                                  backend=backend))
     return table, time.perf_counter() - t
 
 
@@ -366,12 +369,13 @@ def onnx_section(args) -> str:
 
 def demo_section(args) -> str:
     """The thesis grid cold on the sample, as `make demo` runs it, in a fresh cache."""
-    from genrefusion.training.grid import run_grid
+    from genrefusion.data.loader import DataSpec
+    from genrefusion.training.grid import GridSpec, run_grid
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        g = run_grid(args.data, "thesis", split="stratified", modalities="both", cache_dir=str(Path(tmp) / "cache"),
-                     out=Path(tmp) / "grid", log=lambda s: None, report=False)
+        g = run_grid(GridSpec(DataSpec(args.data, "stratified", "both"), "thesis", cache_dir=Path(tmp) / "cache",
+                              out=Path(tmp) / "grid", report=False), log=lambda s: None)
         total = time.perf_counter() - t
     f = g["timings"]["features_s"]
     return (f"make demo's grid cold (thesis preset, sample, stratified, both): {total:.0f} s in all, encoders "

@@ -113,15 +113,17 @@ def reduced_matmul_agreement(precision: str, seed: int = 0) -> float:
 
 def cmd_quality(args) -> int:
     from genrefusion.evaluation.compare import compare
-    from genrefusion.training.grid import run_grid
+    from genrefusion.data.loader import DataSpec
+    from genrefusion.training.grid import GridSpec, run_grid
     from genrefusion.features.precision import keeps_quality, load_table, probe_cpu
 
     out = Path(args.out)
     grids = {}
     for p in ("fp32", args.precision):
-        grids[p] = run_grid(args.data, "recommended", split="stratified", modalities="both", seeds=args.seeds,
-                            cache_dir=args.cache_dir, out=out / p, rows=args.rows.split(",") if args.rows else None,
-                            config_overrides=[f"precision={p}"], report=False)
+        grids[p] = run_grid(GridSpec(DataSpec(args.data, "stratified", "both"), "recommended", seeds=args.seeds,
+                                     cache_dir=args.cache_dir, out=out / p,
+                                     rows=args.rows.split(",") if args.rows else None,
+                                     config_overrides=[f"precision={p}"], report=False))
     per_row = []
     for row in grids["fp32"]["rows"]:
         r = compare(out / "fp32" / row["runs"][0].split("/")[0], out / args.precision / row["runs"][0].split("/")[0],

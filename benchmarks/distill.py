@@ -57,6 +57,7 @@ def train_teacher(data: str, out: Path, seeds: int, cache_dir: str | None, overr
     """A grid-row-like folder out/seed-<n>/ of the recommended preset's teacher; finished seeds are reused."""
     from genrefusion.config import load_config
     from genrefusion.data.loader import load_dataset
+    from genrefusion.features.spec import FeatureSpec
     from genrefusion.training.experiment import load_features, model_modalities, run_experiment
 
     dataset = features = None  # read and encoded once, shared by the seeds (as the grid does)
@@ -68,7 +69,8 @@ def train_teacher(data: str, out: Path, seeds: int, cache_dir: str | None, overr
                                                 **({"cache_dir": cache_dir} if cache_dir else {})})
         if dataset is None:
             dataset = load_dataset(cfg.data, cfg.split, cfg.modalities, cfg.strict, cfg.plot_mode, cfg.split_seed)
-            features, _ = load_features(cfg, dataset, model_modalities(cfg.model), progress=False)
+            features, _ = load_features(cfg, dataset, model_modalities(cfg.model),
+                                        FeatureSpec.from_config(cfg, progress=False))
         t = time.perf_counter()
         m = run_experiment(cfg, dataset, features, run_dir=run_dir, log=None)
         log(f"teacher seed {s}: test macro-F1 {m['test']['f1_macro']:.4f} ({time.perf_counter() - t:.0f} s)")

@@ -21,6 +21,7 @@ import torch
 from genrefusion.data.loader import load_dataset
 from genrefusion.encoders import create_encoder
 from genrefusion.features.cache import dataset_features
+from genrefusion.features.spec import FeatureSpec
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mmimdb-sample"
 
@@ -59,12 +60,12 @@ def main() -> int:
         for name, ds in (("minilm-l6", text_ds), ("efficientnet-lite0", image_ds)):
             enc = create_encoder(name)
             t = time.perf_counter()
-            table = dataset_features(ds, enc, cache, progress=False)
+            table = dataset_features(ds, enc, FeatureSpec(cache_root=cache, progress=False))
             dt = time.perf_counter() - t
             n = int(table.present.sum())
             print(f"{name:<20} {n:>5} movies  {dt:7.1f} s  {n / dt:7.1f} movies/s  (cold cache, through the cache)")
             t = time.perf_counter()
-            dataset_features(ds, enc, cache, progress=False)
+            dataset_features(ds, enc, FeatureSpec(cache_root=cache, progress=False))
             print(f"{name:<20} warm cache: {time.perf_counter() - t:.2f} s")
 
     enc = create_encoder("minilm-l6")

@@ -24,6 +24,7 @@ import torch
 from genrefusion.training import workers
 from genrefusion.config import load_config
 from genrefusion.data.loader import load_dataset
+from genrefusion.features.spec import FeatureSpec
 from genrefusion.training.experiment import load_features, model_modalities, run_experiment
 
 
@@ -56,7 +57,8 @@ def main() -> None:
                         + ([f"cache_dir={args.cache_dir}"] if args.cache_dir else []))
                     dataset = dataset or load_dataset(cfg.data, cfg.split, cfg.modalities, cfg.strict,
                                                       cfg.plot_mode, cfg.split_seed)
-                    feats, _ = load_features(cfg, dataset, model_modalities(cfg.model), progress=False)
+                    feats, _ = load_features(cfg, dataset, model_modalities(cfg.model),
+                                             FeatureSpec.from_config(cfg, progress=False))
                     m = run_experiment(cfg, dataset=dataset, features=feats, log=None)
                     seconds[kind].append(m["timings"]["train_oof_s"])
                     thresholds[kind] = np.asarray(m["thresholds"])
@@ -68,7 +70,8 @@ def main() -> None:
 
 
 def grid_rows(args: argparse.Namespace) -> None:
-    from genrefusion.training.grid import run_grid
+    from genrefusion.data.loader import DataSpec
+    from genrefusion.training.grid import GridSpec, run_grid
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()[0]:.2f}")
     seconds: dict[str, list[float]] = {"1": [], "0": []}
@@ -76,9 +79,9 @@ def grid_rows(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as out:
         for r in range(args.rounds):
             for kind in seconds:
-                g = run_grid(args.data, preset="thesis", split="stratified", modalities="both",
-                             cache_dir=args.cache_dir, out=os.path.join(out, f"{kind}-{r}"), report=False,
-                             log=lambda *_: None, config_overrides=[f"fold_workers={kind}"])
+                g = run_grid(GridSpec(DataSpec(args.data, "stratified", "both"), preset="thesis",
+                                      cache_dir=args.cache_dir, out=os.path.join(out, f"{kind}-{r}"), report=False,
+                                      config_overrides=[f"fold_workers={kind}"]), log=lambda *_: None)
                 seconds[kind].append(g["timings"]["train_eval_s"])
                 macro[kind] = [row["test"]["f1_macro"] for row in g["rows"]]
     one, side = min(seconds["1"]), min(seconds["0"])

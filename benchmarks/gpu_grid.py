@@ -161,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     from genrefusion.distributed import resolve_device
     from genrefusion.encoders import create_encoder
     from genrefusion.features.cache import dataset_features, resolve_precision
-    from genrefusion.training.grid import run_grid
+    from genrefusion.features.spec import FeatureSpec
+    from genrefusion.data.loader import DataSpec
+    from genrefusion.training.grid import GridSpec, run_grid
 
     t_start = time.perf_counter()
     device = resolve_device(args.device)
@@ -198,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t = time.perf_counter()
-        table = dataset_features(dataset, encoder, cache, batch_size=args.batch_size, progress=True)
+        table = dataset_features(dataset, encoder, FeatureSpec(cache_root=cache, batch_size=args.batch_size,
+                                                               progress=True))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t
@@ -213,9 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     timings["encoders_s"] = sum(v["seconds"] for v in throughput.values())
 
     t = time.perf_counter()
-    grid = run_grid(str(work / "mmimdb"), preset="thesis", split="official", modalities="any",
-                    slot_overrides=[f"{slot}={models[slot]}" for slot in SLOTS], cache_dir=str(cache),
-                    out=work / "grid", config_overrides=[f"device={device.type}"], report=False)
+    grid = run_grid(GridSpec(DataSpec(work / "mmimdb", "official", "any"), preset="thesis",
+                             slot_overrides=[f"{slot}={models[slot]}" for slot in SLOTS], cache_dir=cache,
+                             out=work / "grid", config_overrides=[f"device={device.type}"], report=False))
     timings["grid_s"] = time.perf_counter() - t
     timings["grid_train_eval_s"] = grid["timings"]["train_eval_s"]
     timings["total_s"] = time.perf_counter() - t_start

@@ -44,6 +44,7 @@ from genrefusion.config import load_config
 from genrefusion.data.loader import load_catalog, load_dataset
 from genrefusion.training.experiment import build_encoder, load_features, run_experiment
 from genrefusion.features.cache import dataset_features
+from genrefusion.features.spec import FeatureSpec
 from genrefusion.data.labels import GENRES
 from genrefusion.evaluation.metrics import compute_metrics
 from genrefusion.evaluation.runs import read_metrics, read_predictions
@@ -73,7 +74,7 @@ def speed(dataset, cfg, n: int, seed: int = 0) -> float:
     encoder = build_encoder(cfg, "text")
     with tempfile.TemporaryDirectory() as tmp:
         t, cpu = time.perf_counter(), time.process_time()
-        dataset_features(subset, encoder, tmp, progress=False)
+        dataset_features(subset, encoder, FeatureSpec(cache_root=tmp, progress=False))
         # wall clock, and CPU time (every thread of this process): on a shared machine the first says what this
         # process got, the second what a core delivers when it is not shared (n / CPU seconds x cores)
         return len(idx) / (time.perf_counter() - t), len(idx) / (time.process_time() - cpu)
@@ -113,8 +114,9 @@ def main() -> None:
             "data": args.data, "split": "stratified", "modalities": "any", "model": "text", "text_encoder": name,
             "cache_dir": args.cache_dir})
         t = time.perf_counter()
-        feats, _ = load_features(cfg, english, ("text",), progress=False)
-        ko_table = dataset_features(korean, build_encoder(cfg, "text"), cfg.cache_dir, progress=False)
+        features = FeatureSpec.from_config(cfg, progress=False)
+        feats, _ = load_features(cfg, english, ("text",), features)
+        ko_table = dataset_features(korean, build_encoder(cfg, "text", features), features)
         print(f"{name}: features {time.perf_counter() - t:.0f} s", flush=True)
         row = {"val": [], "en": [], "en_micro": [], "en_shared": [], "ko": [], "ko_micro": [], "ko_all": [],
                "en_genre": [], "ko_genre": [], "dim": feats["text"].dim}

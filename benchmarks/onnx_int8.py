@@ -27,6 +27,7 @@ def main() -> None:
 
     from genrefusion.encoders import create_encoder
     from genrefusion.features.backends import graph_dir, onnx_runner, ort_session
+    from genrefusion.paths import cache_root
     from genrefusion.data.modalities import spec
 
     sys.path.insert(0, str(HERE))  # benchmarks/ is no package: its cpu.py holds the shared measuring helpers
@@ -45,8 +46,8 @@ def main() -> None:
             enc = create_encoder(name).eval()
             items = bench.sample_items(args.data, enc.modality, args.limit)
             bs = spec(enc.modality).cpu_batch_size
-            fp32 = onnx_runner(enc, None)  # the feature backend's graph (traced into the cache once)
-            graph = graph_dir(enc, enc.companions(), None) / "encoder.onnx"
+            fp32 = onnx_runner(enc, cache_root())  # the feature backend's graph (traced into the cache once)
+            graph = graph_dir(enc, enc.companions(), cache_root()) / "encoder.onnx"
             q = os.path.join(tmp, f"{name}.int8.onnx")
             quantize_dynamic(str(graph), q, per_channel=True, weight_type=QuantType.QInt8,
                              op_types_to_quantize=["MatMul", "Gemm"], extra_options={"MatMulConstBOnly": True})

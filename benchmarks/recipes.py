@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from genrefusion.evaluation.compare import compare
-from genrefusion.training.grid import run_grid
+from genrefusion.data.loader import DataSpec
+from genrefusion.training.grid import GridSpec, run_grid
 from genrefusion.evaluation.runs import read_metrics
 
 
@@ -47,8 +48,9 @@ def main() -> None:
     grids = {}
     for preset in ("thesis", "recommended"):
         t = time.perf_counter()
-        grids[preset] = run_grid(args.data, preset=preset, split="stratified", modalities="both", seeds=args.seeds,
-                                 cache_dir=args.cache_dir, out=out / preset, log=lambda *_: None, report=False)
+        grids[preset] = run_grid(GridSpec(DataSpec(args.data, "stratified", "both"), preset=preset,
+                                          seeds=args.seeds, cache_dir=args.cache_dir, out=out / preset,
+                                          report=False), log=lambda *_: None)
         print(f"{preset}: {time.perf_counter() - t:.0f} s", flush=True)
 
     print(f"\nTest F1 on {args.data} (stratified, both modalities), mean ± std over {args.seeds} seeds")
@@ -72,9 +74,10 @@ def main() -> None:
         fuse = (best_slot["text"]["row"], image_slot)
         fused_out = out / f"recommended-fuse-{'-'.join(fuse).replace('+', '-')}"
         t = time.perf_counter()
-        fused = run_grid(args.data, preset="recommended", split="stratified", modalities="both", seeds=args.seeds,
-                         cache_dir=args.cache_dir, out=fused_out, log=lambda *_: None, report=False,
-                         rows=["early", "late", "attention", "gmu", "cross-attention"], fuse=fuse)
+        fused = run_grid(GridSpec(DataSpec(args.data, "stratified", "both"), preset="recommended", seeds=args.seeds,
+                                  cache_dir=args.cache_dir, out=fused_out, report=False,
+                                  rows=["early", "late", "attention", "gmu", "cross-attention"], fuse=fuse),
+                         log=lambda *_: None)
         print(f"\nrecommended fusions over {' + '.join(fuse)} ({time.perf_counter() - t:.0f} s):")
         for r in fused["rows"]:
             print(f"{r['label']:<66} macro {_fmt(r['test'], 'f1_macro')}  micro {_fmt(r['test'], 'f1_micro')}")
@@ -94,10 +97,10 @@ def main() -> None:
 
     if args.any:
         t = time.perf_counter()
-        g = run_grid(args.data, preset="recommended", split="stratified", modalities="any", seeds=args.any_seeds,
-                     cache_dir=args.cache_dir, out=out / "recommended-any", log=lambda *_: None, report=False,
-                     rows=[best_slot["text"]["row"], "early", "late", "attention", "gmu", "cross-attention"],
-                     fuse=(best_slot["text"]["row"], best_slot["image"]["row"]))
+        g = run_grid(GridSpec(DataSpec(args.data, "stratified", "any"), preset="recommended", seeds=args.any_seeds,
+                              cache_dir=args.cache_dir, out=out / "recommended-any", report=False,
+                              rows=[best_slot["text"]["row"], "early", "late", "attention", "gmu", "cross-attention"],
+                              fuse=(best_slot["text"]["row"], best_slot["image"]["row"])), log=lambda *_: None)
         print(f"\nrecommended, --modalities any ({sum(g['n'].values())} movies, {time.perf_counter() - t:.0f} s): "
               "test F1 macro / micro by what the movie has (seed 0)")
         for row in g["rows"]:

@@ -18,6 +18,7 @@ import torch
 
 from genrefusion.config import load_config
 from genrefusion.data.loader import load_dataset
+from genrefusion.features.spec import FeatureSpec
 from genrefusion.training.experiment import Features, build_loss, build_model, load_features
 from genrefusion.training.grid import resolve_slots, slot_encoder, slot_modality
 from genrefusion.data.labels import GENRES
@@ -84,7 +85,7 @@ def main() -> None:
     for slot in dict.fromkeys(s for _, t, i, _ in (CANDIDATES[n] for n in names) for s in (t, i) if s):
         modality = slot_modality(slot)
         feats, _ = load_features(base.replace(**{spec(modality).encoder_config: slot_encoder(slot, slots)}), dataset,
-                                 (modality,), progress=False)
+                                 (modality,), FeatureSpec.from_config(base, progress=False))
         tables[slot] = feats[modality]
     print(f"{len(pool)} train+validation movies, {args.folds} folds, {args.seeds} seeds; "
           "out-of-fold macro / micro-F1, thresholds cross-fitted", flush=True)

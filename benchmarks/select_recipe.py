@@ -17,6 +17,7 @@ import numpy as np
 
 from genrefusion.config import load_config
 from genrefusion.data.loader import load_dataset
+from genrefusion.features.spec import FeatureSpec
 from genrefusion.training.experiment import load_features, run_experiment
 from genrefusion.evaluation.metrics import cross_fitted_f1
 from genrefusion.evaluation.runs import read_predictions
@@ -52,7 +53,8 @@ def main() -> None:
     base = load_config(preset="recommended").replace(data=args.data, split="stratified", modalities="both",
                                                      cache_dir=args.cache_dir, threshold_source="val")
     dataset = load_dataset(args.data, "stratified", "both")
-    feats = {p: load_features(base.replace(pooling=p), dataset, ("text", "image"), progress=False)[0]
+    feats = {p: load_features(base.replace(pooling=p), dataset, ("text", "image"),
+                               FeatureSpec.from_config(base, progress=False))[0]
              for p in ("cls", "mean")}
     grid = {
         "pooling": ["mean", "cls"],

@@ -25,6 +25,7 @@ import torch
 from genrefusion.fusion.batching import FeatureBatches
 from genrefusion.config import load_config
 from genrefusion.data.loader import load_dataset
+from genrefusion.features.spec import FeatureSpec
 from genrefusion.training.experiment import load_features, model_modalities, oof_probabilities, run_experiment
 from genrefusion.evaluation.metrics import compute_metrics, cross_fitted_f1, tune_thresholds
 from genrefusion.evaluation.runs import read_predictions
@@ -50,7 +51,7 @@ def main() -> None:
     base = load_config(preset="recommended").replace(data=args.data, split="stratified", modalities="both",
                                                      cache_dir=args.cache_dir, threshold_folds=args.folds)
     ds = load_dataset(args.data, "stratified", "both")
-    feats = load_features(base, ds, ("text", "image"), progress=False)[0]
+    feats = load_features(base, ds, ("text", "image"), FeatureSpec.from_config(base, progress=False))[0]
     y = torch.as_tensor(ds.labels())
     train_idx = list(ds.splits["train"])
     print(f"load: {os.getloadavg()[0]:.1f} (1-min), {len(train_idx)} train / {len(ds.splits['dev'])} dev / "

@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from genrefusion.data.loader import load_catalog
 from genrefusion.encoders import create_encoder
 from genrefusion.features.cache import FeatureCache, dataset_features
+from genrefusion.features.spec import FeatureSpec
 from genrefusion.features.shards import shard_checksums
 
 from conftest import WORDS
@@ -34,8 +35,8 @@ def _catalog(tmp_path: Path) -> Path:
 
 
 def _features(ds, model, cache, **kw):
-    return dataset_features(ds, create_encoder(str(model), **kw.pop("enc", {})), cache, batch_size=BATCH,
-                            shard_batches=1, progress=False, **kw)
+    features = FeatureSpec(cache_root=cache, batch_size=BATCH, shard_batches=1, progress=False)
+    return dataset_features(ds, create_encoder(str(model), **kw.pop("enc", {})), features, **kw)
 
 
 @pytest.fixture
@@ -137,7 +138,8 @@ def test_a_shard_of_another_encoder_copied_in_is_not_used(cached, tiny_bert, tmp
     ds, cache, clean, shards = cached
     # the same plots through the same weights with other pooling: same keys, same size, other values
     _features(ds, tiny_bert, tmp_path / "other", enc={"pooling": "mean"})
-    other = FeatureCache(create_encoder(str(tiny_bert), pooling="mean"), tmp_path / "other").dir  # not its companion
+    other = FeatureCache(create_encoder(str(tiny_bert), pooling="mean"),
+                         FeatureSpec(cache_root=tmp_path / "other")).dir  # not its companion
     foreign = sorted(other.glob("part-*.safetensors"))[0]
     copied = shards[0].parent / "part-0-copied.safetensors"  # sorts first: it would be read before the real ones
     shutil.copy(foreign, copied)
@@ -172,7 +174,7 @@ def test_a_damaged_or_foreign_encoder_json_is_named_and_rewritten(cached, tiny_b
 def test_encoder_json_records_the_precision(tmp_path, tiny_bert):
     enc = create_encoder(str(tiny_bert))
     for precision in ("fp32", "bf16"):
-        cache = FeatureCache(enc, tmp_path, precision)
+        cache = FeatureCache(enc, FeatureSpec(cache_root=tmp_path, precision=precision))
         assert json.loads((cache.dir / "encoder.json").read_text()) == {**enc.fingerprint(), "precision": precision}
 
 
@@ -188,7 +190,7 @@ def test_non_finite_features_from_the_encoder_stop_the_run_and_write_nothing(tmp
 
     enc.encode = overflowing
     with pytest.raises(ValueError, match=r"non-finite features .* precision fp32"):
-        dataset_features(ds, enc, tmp_path / "cache", batch_size=BATCH, progress=False)
+        dataset_features(ds, enc, FeatureSpec(cache_root=tmp_path / "cache", batch_size=BATCH, progress=False))
     assert not list((tmp_path / "cache").glob("features/*/part-*.safetensors"))
 
 

@@ -248,18 +248,21 @@ def test_features_and_models_do_not_depend_on_where_the_encoder_weights_are_inst
     from genrefusion.encoders import create_encoder
     from genrefusion.training.experiment import run_experiment
     from genrefusion.features.cache import FeatureCache
+    from genrefusion.features.spec import FeatureSpec
 
     cache = tmp_path / "cache"
     cfg = Config(data=str(synthetic_catalog), split="official", modalities="any", model="text",
                  text_encoder="tiny-installed", pooling="mean", epochs=3, lr=3e-3, cache_dir=str(cache)).validate()
     run_experiment(cfg, run_dir=tmp_path / "run", log=None)
-    before = FeatureCache(create_encoder("tiny-installed", modality="text", pooling="mean"), cache)
+    before = FeatureCache(create_encoder("tiny-installed", modality="text", pooling="mean"),
+                          FeatureSpec(cache_root=cache))
     plots = [p for p in _inputs(synthetic_catalog)[1] if p]
     probs = _probs(load_model(tmp_path / "run" / "model"), [None] * len(plots), plots)
     assert "source" not in _meta(tmp_path / "run" / "model")["encoders"]["text"]["fingerprint"]
 
     moved_text_encoder("install-b")  # the same weights, elsewhere; the first folder is gone
-    after = FeatureCache(create_encoder("tiny-installed", modality="text", pooling="mean"), cache)
+    after = FeatureCache(create_encoder("tiny-installed", modality="text", pooling="mean"),
+                         FeatureSpec(cache_root=cache))
     assert after.dir == before.dir and after.fingerprint == before.fingerprint  # the cache is found again
     assert np.array_equal(_probs(load_model(tmp_path / "run" / "model"), [None] * len(plots), plots), probs)
 

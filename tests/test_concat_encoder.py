@@ -11,6 +11,7 @@ import tiny_models
 from genrefusion.data.loader import load_dataset
 from genrefusion.encoders import ConcatEncoder, create_encoder
 from genrefusion.features.cache import dataset_features
+from genrefusion.features.spec import FeatureSpec
 from genrefusion.training.grid import slot_modality
 
 
@@ -52,9 +53,10 @@ def test_bad_joined_names_are_refused(tiny_vit, tiny_bert):
 def test_features_reuse_each_parts_cache(synthetic_catalog, tiny_vit, tiny_resnet, tmp_path):
     ds = load_dataset(synthetic_catalog, "official", "any")
     cache = tmp_path / "cache"
-    parts = [dataset_features(ds, create_encoder(p), cache, progress=False) for p in (tiny_vit, tiny_resnet)]
+    parts = [dataset_features(ds, create_encoder(p), FeatureSpec(cache_root=cache, progress=False))
+             for p in (tiny_vit, tiny_resnet)]
     joined_encoder = create_encoder(f"{tiny_vit}+{tiny_resnet}")
-    joined = dataset_features(ds, joined_encoder, cache, progress=False)
+    joined = dataset_features(ds, joined_encoder, FeatureSpec(cache_root=cache, progress=False))
     assert joined.encoded_now == 0  # both parts were cached: nothing is encoded again
     assert torch.equal(joined.present, parts[0].present & parts[1].present)
     assert not joined.present.all()  # the catalog has poster-less movies; they stay absent (zeros), not dropped
@@ -65,7 +67,7 @@ def test_features_reuse_each_parts_cache(synthetic_catalog, tiny_vit, tiny_resne
     assert joined.fingerprint == identity_sha256(joined_encoder.fingerprint(), "fp32")
     assert joined.encoder_fingerprint == joined_encoder.fingerprint() and joined.precision == "fp32"
     with pytest.raises(ValueError, match="sequences need one encoder"):
-        dataset_features(ds, joined_encoder, cache, progress=False, sequences=True)
+        dataset_features(ds, joined_encoder, FeatureSpec(cache_root=cache, progress=False), sequences=True)
 
 
 def test_any_encoder_declaring_parts_is_cached_part_by_part(synthetic_catalog, tiny_vit, tiny_resnet, tmp_path):
@@ -92,8 +94,8 @@ def test_any_encoder_declaring_parts_is_cached_part_by_part(synthetic_catalog, t
 
     ds = load_dataset(synthetic_catalog, "official", "any")
     a, b = create_encoder(str(tiny_vit)), create_encoder(str(tiny_resnet))
-    joined = dataset_features(ds, Reversed([a, b]), tmp_path / "cache", progress=False)
-    parts = [dataset_features(ds, p, tmp_path / "cache", progress=False) for p in (a, b)]
+    joined = dataset_features(ds, Reversed([a, b]), FeatureSpec(cache_root=tmp_path / "cache", progress=False))
+    parts = [dataset_features(ds, p, FeatureSpec(cache_root=tmp_path / "cache", progress=False)) for p in (a, b)]
     assert joined.encoded_now == 2 * int(parts[0].present.sum()) and [p.encoded_now for p in parts] == [0, 0]
     assert joined.repaired == 0 and joined.encoder == "reversed-parts" and joined.dim == a.dim + b.dim
     torch.testing.assert_close(joined.pooled, torch.cat([parts[1].pooled, parts[0].pooled], 1) * joined.present[:, None])
@@ -134,12 +136,14 @@ def test_grid_slots_join_within_one_modality():
 
 
 def test_grid_fuses_a_joined_slot(synthetic_catalog, tiny_bert, tiny_vit, tiny_resnet, tmp_path):
-    from genrefusion.training.grid import run_grid
+    from genrefusion.data.loader import DataSpec
+    from genrefusion.training.grid import GridSpec, run_grid
 
     slots = [f"BERT={tiny_bert}", f"ResNet50={tiny_resnet}", f"ViT={tiny_vit}"]
-    g = run_grid(str(synthetic_catalog), split="official", modalities="both", slot_overrides=slots, rows=["early"],
-                 cache_dir=str(tmp_path / "c"), out=tmp_path / "o", fuse=("BERT", "ResNet50+ViT"), report=False,
-                 log=lambda *_: None, config_overrides=["epochs=1"])
+    g = run_grid(GridSpec(DataSpec(synthetic_catalog, "official", "both"), slot_overrides=slots, rows=["early"],
+                          cache_dir=tmp_path / "c", out=tmp_path / "o", fuse=("BERT", "ResNet50+ViT"), report=False,
+                          config_overrides=["epochs=1"]), log=lambda *_: None)
     assert g["rows"][0]["encoders"] == {"BERT": str(tiny_bert), "ResNet50+ViT": f"{tiny_resnet}+{tiny_vit}"}
     with pytest.raises(ValueError, match="expected a text slot and an image slot"):
-        run_grid(str(synthetic_catalog), fuse=("BERT", "ResNet50+BERT"), out=tmp_path / "x", log=lambda *_: None)
+        run_grid(GridSpec(DataSpec(synthetic_catalog), fuse=("BERT", "ResNet50+BERT"), out=tmp_path / "x"),
+                 log=lambda *_: None)

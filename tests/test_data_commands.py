@@ -56,12 +56,13 @@ def test_train_logs_and_records_what_was_skipped(flawed_catalog, tiny_bert, tiny
 
 
 def test_grid_logs_what_was_skipped(flawed_catalog, tiny_bert, tiny_vit, tmp_path):
-    from genrefusion.training.grid import run_grid
+    from genrefusion.data.loader import DataSpec
+    from genrefusion.training.grid import GridSpec, run_grid
 
     lines: list[str] = []
-    run_grid(str(flawed_catalog), slot_overrides=[f"BERT={tiny_bert}", f"ResNet50={tiny_vit}"], rows=["gmu"],
-             cache_dir=str(tmp_path / "c"), out=tmp_path / "g", report=False, log=lines.append,
-             config_overrides=["epochs=1"])
+    run_grid(GridSpec(DataSpec(flawed_catalog), slot_overrides=[f"BERT={tiny_bert}", f"ResNet50={tiny_vit}"],
+                      rows=["gmu"], cache_dir=tmp_path / "c", out=tmp_path / "g", report=False,
+                      config_overrides=["epochs=1"]), log=lines.append)
     (line,) = [ln for ln in lines if ln.startswith("data:")]
     assert "skipped 3 (bad_id 1, duplicate_id 1, missing_file 1)" in line and "modalities=any" in line
     summary = json.loads((tmp_path / "g" / "data_summary.json").read_text())

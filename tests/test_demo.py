@@ -17,17 +17,18 @@ QUIET = lambda *_: None  # noqa: E731
 @pytest.fixture(scope="module")
 def tiny_grid(tmp_path_factory, sample_root, tiny_bert, tiny_vit):
     """The recommended preset's unimodal rows and one fusion (GMU) with fuse=auto, on real sample movies."""
-    from genrefusion.training.grid import AUTO, run_grid
+    from genrefusion.data.loader import DataSpec
+    from genrefusion.training.grid import AUTO, GridSpec, run_grid
 
     root = tmp_path_factory.mktemp("demo")
     data = make_subset(sample_root, root / "data", {"train": 90, "dev": 0, "test": 50})
     other = build_tiny_bert(root / "other-bert")
     slots = [f"BERT={tiny_bert}", f"RoBERTa={other}", f"ResNet50={tiny_vit}", f"ViT={tiny_vit}"]
     out = root / "recommended"
-    g = run_grid(str(data), preset="recommended", split="stratified", modalities="both", slot_overrides=slots,
-                 rows=["BERT", "RoBERTa", "ResNet50", "ViT", "GMU"], cache_dir=str(root / "cache"), out=out,
-                 fuse=(AUTO,), report=False, log=QUIET, config_overrides=["epochs=2"],
-                 related={"label": "thesis recipe", "path": "../thesis"})
+    g = run_grid(GridSpec(DataSpec(data, "stratified", "both"), preset="recommended", slot_overrides=slots,
+                          rows=["BERT", "RoBERTa", "ResNet50", "ViT", "GMU"], cache_dir=root / "cache", out=out,
+                          fuse=(AUTO,), report=False, config_overrides=["epochs=2"],
+                          related={"label": "thesis recipe", "path": "../thesis"}), log=QUIET)
     return data, out, g
 
 
@@ -61,11 +62,12 @@ def test_fuse_auto_fuses_the_best_slots_on_validation_never_test(tiny_grid, monk
 
 
 def test_fuse_auto_needs_both_modalities_rows(tiny_grid, tmp_path):
-    from genrefusion.training.grid import AUTO, run_grid
+    from genrefusion.data.loader import DataSpec
+    from genrefusion.training.grid import AUTO, GridSpec, run_grid
 
     data, _, _ = tiny_grid
     with pytest.raises(ValueError, match="select a text and an image row"):
-        run_grid(str(data), rows=["BERT", "GMU"], fuse=(AUTO,), out=tmp_path / "x", log=QUIET)
+        run_grid(GridSpec(DataSpec(data), rows=["BERT", "GMU"], fuse=(AUTO,), out=tmp_path / "x"), log=QUIET)
 
 
 def _grid(rows):
@@ -93,13 +95,14 @@ def test_the_side_by_side_table_and_its_reading_come_from_the_grids():
 
 def test_the_best_model_and_its_commands(tiny_grid, tmp_path):
     from genrefusion.cli.demo import best_model, example_movie, usage_commands
+    from genrefusion.data.loader import DataSpec
     from genrefusion.training.grid import validation_score
 
     data, out, g = tiny_grid
     best = best_model({"recommended": out})
     scores = {r["row"]: validation_score(out / r["runs"][0]) for r in g["rows"]}
     assert best["row"] == max(scores, key=scores.get) and best["val_score"] == max(scores.values())
-    movie = example_movie(data, "stratified", "both")
+    movie = example_movie(DataSpec(data, "stratified", "both"))
     assert movie.poster.is_file() and len(movie.plot.split()) >= 12
     serve, predict, _ = usage_commands(best["run"] / "model", movie)
     assert shlex.split(serve) == ["genrefusion", "serve", "--model", str(best["run"] / "model")]

@@ -13,6 +13,7 @@ from PIL import Image
 
 from genrefusion.evaluation import runs
 from genrefusion.data.loader import load_catalog
+from genrefusion.features.spec import FeatureSpec
 from genrefusion.training.distill import agreement, distill_loss, pack_targets, run_distill, unlabelled_movies
 from genrefusion.data.images import load_poster
 from genrefusion.fusion.losses import create_loss
@@ -119,7 +120,7 @@ def test_the_teachers_probabilities_are_the_predictors(trained_run, labelled, tm
     teacher = load_teacher(trained_run)
     assert teacher.kind == "run" and len(teacher.members) == 1 and teacher.recorded_test()["f1_macro"] >= 0
     rows = labelled.splits["test"][:6]
-    probs, ok = teacher.probabilities(labelled, rows, tmp_path / "cache", progress=False)
+    probs, ok = teacher.probabilities(labelled, rows, FeatureSpec(cache_root=tmp_path / "cache", progress=False))
     predictor = load_model(trained_run / "model")
     movies = [labelled.movies[i] for i in rows]
     results = predictor.predict([load_poster(m.poster) if m.poster else None for m in movies],
@@ -137,8 +138,9 @@ def test_a_row_teacher_ensembles_its_seeds(trained_run, labelled, tmp_path):
     assert teacher.kind == "row" and len(teacher.members) == 2 and teacher.record()["ensemble"] is True
     assert teacher.fingerprint != load_teacher(trained_run).fingerprint
     rows = labelled.splits["dev"][:4]
-    single, _ = load_teacher(trained_run).probabilities(labelled, rows, tmp_path / "cache", progress=False)
-    both, _ = teacher.probabilities(labelled, rows, tmp_path / "cache", progress=False)
+    features = FeatureSpec(cache_root=tmp_path / "cache", progress=False)
+    single, _ = load_teacher(trained_run).probabilities(labelled, rows, features)
+    both, _ = teacher.probabilities(labelled, rows, features)
     np.testing.assert_allclose(both, single, atol=1e-6)  # the mean of two identical seeds
 
 

@@ -24,6 +24,7 @@ from genrefusion.config import Config
 from genrefusion.data.loader import load_catalog
 from genrefusion.encoders import create_encoder
 from genrefusion.features.cache import FeatureCache, dataset_features
+from genrefusion.features.spec import FeatureSpec
 from genrefusion.fusion import create_model
 from genrefusion.fusion.losses import create_loss
 from genrefusion.training.train import FeatureBatches, fit, predict
@@ -97,6 +98,7 @@ WORKER = textwrap.dedent("""
     from genrefusion.data.loader import load_catalog
     from genrefusion.encoders import create_encoder
     from genrefusion.features.cache import dataset_features
+    from genrefusion.features.spec import FeatureSpec
     from test_distributed import _finetune, _problem, _train
 
     assert distributed.init_from_env() and distributed.world_size() == 2
@@ -105,8 +107,8 @@ WORKER = textwrap.dedent("""
     calls = []
     encode = enc.encode
     enc.encode = lambda batch, **kw: calls.append(len(batch["input_ids"])) or encode(batch, **kw)
-    table = dataset_features(load_catalog(sys.argv[3]), enc, out + "/cache", batch_size=4, shard_batches=1,
-                             progress=False)
+    table = dataset_features(load_catalog(sys.argv[3]), enc,
+                             FeatureSpec(cache_root=out + "/cache", batch_size=4, shard_batches=1, progress=False))
     model, history, probs, gate = _train(*_problem())
     tuned = _finetune(sys.argv[3], sys.argv[4])
     save_file({"features": table.pooled, "probs": torch.from_numpy(probs), "gate": torch.from_numpy(gate),
@@ -144,8 +146,8 @@ def one_thread():
 def test_two_ranks_share_the_encoding_and_get_the_features_of_one_process(two_ranks, tiny_bert, tmp_path,
                                                                            one_thread):
     out, catalog, ranks = two_ranks
-    single = dataset_features(load_catalog(catalog), create_encoder(str(tiny_bert)), tmp_path / "cache",
-                              batch_size=4, shard_batches=1, progress=False)
+    single = dataset_features(load_catalog(catalog), create_encoder(str(tiny_bert)),
+                              FeatureSpec(cache_root=tmp_path / "cache", batch_size=4, shard_batches=1, progress=False))
     for tensors, info in ranks:
         assert torch.equal(tensors["features"], single.pooled)  # bit-identical, on every rank
         assert info["encoded_now"] == 40  # the total over ranks, reported on each
@@ -153,11 +155,12 @@ def test_two_ranks_share_the_encoding_and_get_the_features_of_one_process(two_ra
     assert [len(info["batches"]) for _, info in ranks] == [5, 5]
     assert sorted(ranks[0][1]["batches"] + ranks[1][1]["batches"]) == [4] * 10
     enc = create_encoder(str(tiny_bert))  # its own folder (the reference also filled its companion's)
-    shards = sorted(p.name for p in FeatureCache(enc, out / "cache").dir.glob("part-*.safetensors"))
-    assert shards == sorted(p.name for p in FeatureCache(enc, tmp_path / "cache").dir.glob("part-*.safetensors"))
+    shard_names = lambda root: sorted(p.name for p in FeatureCache(enc, FeatureSpec(cache_root=root))  # noqa: E731
+                                      .dir.glob("part-*.safetensors"))
+    assert shard_names(out / "cache") == shard_names(tmp_path / "cache")
     # and a later single-process run finds everything the two ranks wrote
-    again = dataset_features(load_catalog(catalog), create_encoder(str(tiny_bert)), out / "cache", batch_size=4,
-                             shard_batches=1, progress=False)
+    again = dataset_features(load_catalog(catalog), create_encoder(str(tiny_bert)),
+                             FeatureSpec(cache_root=out / "cache", batch_size=4, shard_batches=1, progress=False))
     assert again.encoded_now == 0
 
 
@@ -242,20 +245,21 @@ def test_gpu_loading_path_prefetching_workers_give_the_same_features(tmp_path, t
     (tmp_path / "movies.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     ds = load_catalog(tmp_path / "movies.jsonl")
     for model in (tiny_bert, tiny_vit):
-        inline = dataset_features(ds, create_encoder(str(model)), tmp_path / "a", batch_size=3, progress=False)
-        workers = dataset_features(ds, create_encoder(str(model)), tmp_path / "b", batch_size=3, progress=False,
-                                   num_workers=2)
+        inline = dataset_features(ds, create_encoder(str(model)), FeatureSpec(cache_root=tmp_path / "a", batch_size=3,
+                                                                              progress=False))
+        workers = dataset_features(ds, create_encoder(str(model)), FeatureSpec(cache_root=tmp_path / "b", batch_size=3,
+                                                                               progress=False, num_workers=2))
         assert workers.encoded_now == 10 and torch.equal(inline.pooled, workers.pooled)
 
 
 def test_autocast_precision_is_part_of_the_cache_key(tmp_path, tiny_bert):
     ds = load_catalog(_catalog(tmp_path / "movies.jsonl", 12))
     enc = create_encoder(str(tiny_bert))
-    fp32 = dataset_features(ds, enc, tmp_path / "c", progress=False)  # the CPU default
-    bf16 = dataset_features(ds, enc, tmp_path / "c", progress=False, precision="bf16")
+    fp32 = dataset_features(ds, enc, FeatureSpec(cache_root=tmp_path / "c", progress=False))  # the CPU default
+    bf16 = dataset_features(ds, enc, FeatureSpec(cache_root=tmp_path / "c", progress=False, precision="bf16"))
     assert bf16.encoded_now == 12 and bf16.fingerprint != fp32.fingerprint  # not served from the fp32 entry
     assert not torch.equal(bf16.pooled, fp32.pooled)
     torch.testing.assert_close(bf16.pooled, fp32.pooled, rtol=0.1, atol=0.1)  # same encoder, lower precision
-    assert FeatureCache(enc, tmp_path / "c", "fp32").fingerprint == fp32.fingerprint
+    assert FeatureCache(enc, FeatureSpec(cache_root=tmp_path / "c", precision="fp32")).fingerprint == fp32.fingerprint
     with pytest.raises(ValueError, match="precision"):
-        FeatureCache(enc, tmp_path / "c", "int8")
+        FeatureCache(enc, FeatureSpec(cache_root=tmp_path / "c", precision="int8"))

@@ -11,8 +11,14 @@ from sklearn.metrics import accuracy_score, f1_score, hamming_loss, precision_sc
 
 from conftest import make_subset
 from genrefusion.data.labels import GENRES, multi_hot
+from genrefusion.features.spec import FeatureSpec
 
 N_BOOT = 300
+
+
+def _cached(cache) -> FeatureSpec:
+    """The features of the runs' own cache, quietly."""
+    return FeatureSpec(cache_root=cache, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +90,7 @@ def test_evaluate_on_a_folder_equals_sklearn_by_hand(two_runs, test_movies, by_h
     from genrefusion.evaluation.runs import read_predictions
 
     data, runs, cache = two_runs
-    r = evaluate(runs[0] / "model", data, split="test", n_boot=N_BOOT, cache_dir=cache)
+    r = evaluate(runs[0] / "model", data, split="test", n_boot=N_BOOT, features=_cached(cache))
     assert r["n_scored"] == r["n_movies"] == len(test_movies) == 60 and r["unscorable"]["n"] == 0
     assert r["ids"] == [m.id for m in test_movies]
     _check_against_sklearn(r, *by_hand)
@@ -99,7 +105,7 @@ def test_the_bootstrap_interval_covers_the_estimate(two_runs):
     from genrefusion.evaluation.evaluate import evaluate
 
     data, runs, cache = two_runs
-    r = evaluate(runs[0], data, split="test", n_boot=N_BOOT, cache_dir=cache)  # a run folder works too
+    r = evaluate(runs[0], data, split="test", n_boot=N_BOOT, features=_cached(cache))  # a run folder works too
     for key in ("f1_macro", "f1_micro"):
         ci = r["bootstrap"][key]
         assert ci["estimate"] == pytest.approx(r["metrics"][key], abs=1e-12)
@@ -125,12 +131,12 @@ def test_evaluate_on_a_catalog_equals_sklearn_and_names_what_it_cannot_score(two
     data, runs, cache = two_runs
     poster = next(m.poster for m in test_movies if m.poster)
     cat = _catalog(tmp_path / "mine.csv", test_movies, [["poster-only", "", "Drama", str(poster), "test"]])
-    r = evaluate(runs[0] / "model", cat, split="all", n_boot=N_BOOT, cache_dir=cache)
+    r = evaluate(runs[0] / "model", cat, split="all", n_boot=N_BOOT, features=_cached(cache))
     assert r["n_movies"] == 61 and r["n_scored"] == 60
     assert r["unscorable"] == {"n": 1, "movies": [{"id": "poster-only",
                                                    "reason": "no plot"}]}
     _check_against_sklearn(r, *by_hand)
-    folder = evaluate(runs[0] / "model", data, split="test", n_boot=N_BOOT, cache_dir=cache)
+    folder = evaluate(runs[0] / "model", data, split="test", n_boot=N_BOOT, features=_cached(cache))
     assert r["metrics"] == folder["metrics"] and r["bootstrap"] == folder["bootstrap"]
 
 
@@ -140,7 +146,7 @@ def test_compare_reproduces_genrefusion_compare(two_runs):
 
     data, runs, cache = two_runs
     r = evaluate(runs[0] / "model", data, split="test", n_boot=N_BOOT, seed=3, compare_with=runs[1] / "model",
-                 cache_dir=cache)
+                 features=_cached(cache))
     want = compare(runs[0], runs[1], n_boot=N_BOOT, seed=3)
     for key in ("f1_macro", "f1_micro"):
         got = r["compare"]["paired"][key]

@@ -13,6 +13,7 @@ from genrefusion.data.loader import load_catalog
 from genrefusion.encoders import create_encoder
 from genrefusion.features.backends import BackendError
 from genrefusion.features.cache import FeatureCache, dataset_features
+from genrefusion.features.spec import FeatureSpec
 from genrefusion.features.precision import CpuCapability, backend_for, backend_verdict
 
 
@@ -22,8 +23,8 @@ def catalog(synthetic_catalog):
 
 
 def _features(ds, source, cache, backend, **kw):
-    return dataset_features(ds, create_encoder(str(source), **kw), cache, batch_size=8, progress=False,
-                            precision="fp32", backend=backend)
+    features = FeatureSpec(cache_root=cache, batch_size=8, progress=False, precision="fp32", backend=backend)
+    return dataset_features(ds, create_encoder(str(source), **kw), features)
 
 
 @pytest.mark.parametrize("which", ["text", "image"])
@@ -36,7 +37,8 @@ def test_onnxruntime_computes_torch_features_under_the_same_cache_key(catalog, t
     assert torch.equal(got.present, ref.present)
     assert torch.allclose(got.pooled, ref.pooled, atol=1e-5, rtol=1e-4)
     enc = create_encoder(str(source))
-    assert FeatureCache(enc, tmp_path / "ort").dir.name == FeatureCache(enc, tmp_path / "torch").dir.name
+    folder = lambda root: FeatureCache(enc, FeatureSpec(cache_root=root)).dir.name  # noqa: E731
+    assert folder(tmp_path / "ort") == folder(tmp_path / "torch")
     assert len(list((tmp_path / "ort" / "onnx").glob("*/encoder.onnx"))) == 1
     if which == "text":  # the other pooling came out of the same graph, and matches torch's
         mean_ref = _features(catalog, source, tmp_path / "torch", "torch", pooling="mean")
@@ -83,15 +85,18 @@ def test_a_graph_that_disagrees_with_torch_is_never_used(catalog, tiny_bert, tmp
 def test_explicit_onnxruntime_refuses_what_it_cannot_compute(catalog, tiny_bert, tmp_path):
     enc = create_encoder(str(tiny_bert))
     with pytest.raises(BackendError, match="sequences come from torch"):
-        dataset_features(catalog, enc, tmp_path, sequences=True, progress=False, precision="fp32",
-                         backend="onnxruntime")
+        dataset_features(catalog, enc, FeatureSpec(cache_root=tmp_path, progress=False, precision="fp32",
+                                                   backend="onnxruntime"), sequences=True)
     with pytest.raises(BackendError, match="fp32 features only"):
-        dataset_features(catalog, enc, tmp_path, progress=False, precision="bf16", backend="onnxruntime")
+        dataset_features(catalog, enc, FeatureSpec(cache_root=tmp_path, progress=False, precision="bf16",
+                                                   backend="onnxruntime"))
     with pytest.raises(ValueError, match="feature backend must be one of"):
-        dataset_features(catalog, enc, tmp_path, progress=False, precision="fp32", backend="tensorrt")
-    dataset_features(catalog, enc, tmp_path, progress=False, precision="fp32", backend="torch")
+        dataset_features(catalog, enc, FeatureSpec(cache_root=tmp_path, progress=False, precision="fp32",
+                                                   backend="tensorrt"))
+    dataset_features(catalog, enc, FeatureSpec(cache_root=tmp_path, progress=False, precision="fp32", backend="torch"))
     with pytest.raises(ValueError, match="feature backend must be one of"):  # also with everything cached
-        dataset_features(catalog, enc, tmp_path, progress=False, precision="fp32", backend="tensorrt")
+        dataset_features(catalog, enc, FeatureSpec(cache_root=tmp_path, progress=False, precision="fp32",
+                                                   backend="tensorrt"))
 
 
 def _table(speedup: float, cosine: float) -> dict:

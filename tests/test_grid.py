@@ -26,20 +26,21 @@ def test_slots_default_to_offline_stand_ins_and_accept_overrides():
 
 
 def test_fusion_rows_can_fuse_other_slots(sample_root, tmp_path, tiny_bert, tiny_vit):
-    from genrefusion.training.grid import run_grid
+    from genrefusion.data.loader import DataSpec
+    from genrefusion.training.grid import GridSpec, run_grid
 
     data = make_subset(sample_root, tmp_path / "subset", {"train": 40, "dev": 0, "test": 30})
     slots = [f"BERT={tiny_bert}", f"RoBERTa={tmp_path / 'other-bert'}", f"ResNet50={tiny_vit}", f"ViT={tiny_vit}"]
     from conftest import build_tiny_bert
 
     build_tiny_bert(tmp_path / "other-bert")
-    g = run_grid(str(data), split="stratified", modalities="both", slot_overrides=slots, rows=["gmu"],
-                 cache_dir=str(tmp_path / "c"), out=tmp_path / "o", fuse=("RoBERTa", "ViT"), report=False,
-                 log=lambda *_: None, config_overrides=["epochs=1"])
+    g = run_grid(GridSpec(DataSpec(data, "stratified", "both"), slot_overrides=slots, rows=["gmu"],
+                          cache_dir=tmp_path / "c", out=tmp_path / "o", fuse=("RoBERTa", "ViT"), report=False,
+                          config_overrides=["epochs=1"]), log=lambda *_: None)
     assert g["fuse"] == ["RoBERTa", "ViT"] and g["rows"][0]["encoders"] == {"RoBERTa": str(tmp_path / "other-bert"),
                                                                            "ViT": str(tiny_vit)}
     with pytest.raises(ValueError, match="expected a text slot and an image slot"):
-        run_grid(str(data), fuse=("ResNet50", "ViT"), out=tmp_path / "x", log=lambda *_: None)
+        run_grid(GridSpec(DataSpec(data), fuse=("ResNet50", "ViT"), out=tmp_path / "x"), log=lambda *_: None)
 
 
 def test_grid_end_to_end_on_a_sample_subset(sample_root, tmp_path, tiny_bert, tiny_vit, capsys):
@@ -152,7 +153,8 @@ def test_grid_rows_train_side_by_side_like_in_the_process(sample_root, tmp_path,
     from genrefusion.training import grid as grid_mod
     from genrefusion.training import workers
     from genrefusion.config import Config
-    from genrefusion.training.grid import AUTO, row_workers, run_grid
+    from genrefusion.data.loader import DataSpec
+    from genrefusion.training.grid import AUTO, GridSpec, row_workers, run_grid
 
     data = make_subset(sample_root, tmp_path / "subset", {"train": 40, "dev": 20, "test": 30})
     slots = [f"BERT={tiny_bert}", f"RoBERTa={tiny_bert}", f"ResNet50={tiny_vit}", f"ViT={tiny_vit}"]
@@ -166,10 +168,10 @@ def test_grid_rows_train_side_by_side_like_in_the_process(sample_root, tmp_path,
     try:
         for fw in (1, 2):
             lines[fw] = []
-            grids[fw] = run_grid(str(data), split="stratified", modalities="both", slot_overrides=slots,
-                                 rows=["BERT", "ViT", "Early Fusion", "GMU"], seeds=2, fuse=(AUTO,),
-                                 cache_dir=str(tmp_path / "c"), out=tmp_path / f"o{fw}", report=False,
-                                 log=lines[fw].append, config_overrides=["epochs=2", f"fold_workers={fw}"])
+            grids[fw] = run_grid(GridSpec(DataSpec(data, "stratified", "both"), slot_overrides=slots,
+                                          rows=["BERT", "ViT", "Early Fusion", "GMU"], seeds=2, fuse=(AUTO,),
+                                          cache_dir=tmp_path / "c", out=tmp_path / f"o{fw}", report=False,
+                                          config_overrides=["epochs=2", f"fold_workers={fw}"]), log=lines[fw].append)
     finally:
         torch.set_num_threads(threads)
     # two phases each (unimodal rows, then the fusions fuse=auto chose from them): in this process with
@@ -197,8 +199,9 @@ def test_grid_rows_train_side_by_side_like_in_the_process(sample_root, tmp_path,
 
 @pytest.mark.parametrize("seeds", [0, -1, 1.5, True, "2"])
 def test_a_grid_refuses_a_seed_count_that_is_not_a_positive_whole_number(seeds, tmp_path):
-    from genrefusion.training.grid import run_grid
+    from genrefusion.data.loader import DataSpec
+    from genrefusion.training.grid import GridSpec, run_grid
 
     with pytest.raises(ValueError, match="seeds=.*expected a whole number >= 1"):
-        run_grid(str(tmp_path / "nowhere"), seeds=seeds, out=tmp_path / "o", log=lambda *_: None)
+        run_grid(GridSpec(DataSpec(tmp_path / "nowhere"), seeds=seeds, out=tmp_path / "o"), log=lambda *_: None)
     assert not (tmp_path / "o").exists()  # refused before any work

@@ -112,15 +112,18 @@ def test_fingerprint_is_the_packages_weight_files_and_preprocessing(encoder):
 def test_feature_cache_reuse_and_one_precision(encoder, tmp_path, sample_root):
     from genrefusion.data.loader import load_dataset
     from genrefusion.features.cache import FeatureCache, dataset_features
+    from genrefusion.features.spec import FeatureSpec
 
     ds = load_dataset(sample_root, "official", "any")
     ds = ds.subset(range(12))
-    first = dataset_features(ds, encoder, tmp_path, progress=False)
+    first = dataset_features(ds, encoder, FeatureSpec(cache_root=tmp_path, progress=False))
     assert first.encoded_now == 12 and first.precision == "fp32" and first.dim == encoder.dim
-    again = dataset_features(ds, create_encoder(encoder.name), tmp_path, progress=False, precision="bf16")
+    again = dataset_features(ds, create_encoder(encoder.name), FeatureSpec(cache_root=tmp_path, progress=False,
+                                                                           precision="bf16"))
     assert again.encoded_now == 0 and torch.equal(again.pooled, first.pooled)  # read back, nothing re-encoded
     # autocast means nothing to an encoder outside torch: bf16 asks for the same one cache folder, and says fp32
-    assert FeatureCache(encoder, tmp_path, "bf16").dir == FeatureCache(encoder, tmp_path, "fp32").dir
+    folder = lambda p: FeatureCache(encoder, FeatureSpec(cache_root=tmp_path, precision=p)).dir  # noqa: E731
+    assert folder("bf16") == folder("fp32")
     assert again.precision == "fp32" and len(list((tmp_path / "features").iterdir())) == 1
     with torch.inference_mode():
         direct = encoder.encode(encoder.preprocess([m.plot for m in ds.movies])).pooled
@@ -174,7 +177,8 @@ def test_registered_languages():
 def test_capability_checks_fail_before_any_work(tmp_path, capsys):
     from genrefusion.config import load_config
     from genrefusion.training.experiment import run_experiment
-    from genrefusion.training.grid import run_grid
+    from genrefusion.data.loader import DataSpec
+    from genrefusion.training.grid import GridSpec, run_grid
 
     missing = str(tmp_path / "no-such-data")  # nothing is read: the checks come first
     cfg = load_config(preset="recommended", overrides={"data": missing, "model": "cross-attention",
@@ -188,8 +192,9 @@ def test_capability_checks_fail_before_any_work(tmp_path, capsys):
     with pytest.raises(ValueError, match="joins pooled vectors"):
         run_experiment(cfg.replace(text_encoder="minilm-l6+mpnet-base"), log=None)
     with pytest.raises(ValueError, match="needs a token sequence .*use-multilingual"):
-        run_grid(missing, preset="recommended", slot_overrides=["BERT=use-multilingual"], rows=["cross-attention"],
-                 config_overrides=["cross_attention=sequence"], out=tmp_path / "grid", log=lambda *_: None)
+        run_grid(GridSpec(DataSpec(missing), preset="recommended", slot_overrides=["BERT=use-multilingual"],
+                          rows=["cross-attention"], config_overrides=["cross_attention=sequence"],
+                          out=tmp_path / "grid"), log=lambda *_: None)
     assert not (tmp_path / "grid").exists()
     from genrefusion.cli.commands import main
 

@@ -16,6 +16,7 @@ from genrefusion.data.loader import load_catalog
 from genrefusion.encoders import create_encoder
 from genrefusion.training.experiment import run_experiment
 from genrefusion.features.cache import FeatureCache
+from genrefusion.features.spec import FeatureSpec
 from genrefusion.data.images import load_poster
 from genrefusion.features.precision import CpuCapability, choose, keeps_quality, probe_cpu, verdicts
 from genrefusion.cli.predict import load_model
@@ -136,7 +137,7 @@ def auto_run(tmp_path_factory, synthetic_catalog, tiny_bert, tiny_vit):
     try:
         run_experiment(cfg, run_dir=root / "run", log=None)
         enc = create_encoder(str(tiny_bert), modality="text", pooling="mean")
-        cache = FeatureCache(enc, root / "cache", "auto")
+        cache = FeatureCache(enc, FeatureSpec(cache_root=root / "cache", precision="auto"))
     finally:
         mp.undo()
     return root / "run", cache, enc

@@ -42,6 +42,24 @@ def test_model_folder_holds_what_rebuilds_the_model(trained_run):
     assert set(meta["encoders"]) == {"text", "image"} and meta["config"]["epochs"] == 20
 
 
+def test_a_saved_model_builds_its_encoders_offline_weights_under_the_given_cache_root(trained_run, tmp_path,
+                                                                                      monkeypatch):
+    """evaluate --cache-dir and the distillation teacher load models whose encoders' offline weights
+    (offline_weights.py) go under the features' cache root, not the default one."""
+    import genrefusion.encoders as encoders
+    from genrefusion.inference.predictor import load_model
+
+    roots, real = [], encoders.create_encoder
+
+    def spy(*args, cache_root=None, **kwargs):
+        roots.append(cache_root)
+        return real(*args, cache_root=cache_root, **kwargs)
+
+    monkeypatch.setattr(encoders, "create_encoder", spy)
+    load_model(trained_run / "model", cache_root=tmp_path / "cache")
+    assert roots == [tmp_path / "cache"] * 2  # the text and the image encoder
+
+
 def test_predictions_match_the_run_and_survive_a_save_load_round_trip(predictor, trained_run, synthetic_catalog,
                                                                       tmp_path):
     # The run's saved test probabilities came from cached features; the predictor recomputes them from raw files.

@@ -43,11 +43,12 @@ def grid_run(sample_root, tiny_bert, tiny_vit, tmp_path_factory) -> Path:
     data = make_subset(sample_root, tmp / "subset", {"train": 50, "dev": 0, "test": 30})
     out = tmp / "run-2seeds"
     printed = []
-    from genrefusion.training.grid import run_grid
+    from genrefusion.data.loader import DataSpec
+    from genrefusion.training.grid import GridSpec, run_grid
 
-    run_grid(str(data), split="stratified", modalities="both", seeds=2, cache_dir=str(tmp / "cache"), out=out,
-             slot_overrides=[f"BERT={tiny_bert}", f"ResNet50={tiny_vit}"], rows=ROWS.split(","),
-             config_overrides=["epochs=2"], log=printed.append)
+    run_grid(GridSpec(DataSpec(data, "stratified", "both"), seeds=2, cache_dir=tmp / "cache", out=out,
+                      slot_overrides=[f"BERT={tiny_bert}", f"ResNet50={tiny_vit}"], rows=ROWS.split(","),
+                      config_overrides=["epochs=2"]), log=printed.append)
     assert any(line.startswith(f"report: {out / 'report' / 'report.md'}") for line in printed)
     return out
 

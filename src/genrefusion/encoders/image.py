@@ -216,19 +216,19 @@ class EfficientNetLiteEncoder(ImageEncoder):
 
 # --- registered image encoders -------------------------------------------------------------------------------------
 def _register_hf(name: str, source, description: str, offline: bool = False):
-    """Register `name` as HFImageEncoder(source, ...); `source` is a Hub id or a zero-argument function returning
-    a local folder (called only when the encoder is created)."""
+    """Register `name` as HFImageEncoder(source, ...); `source` is a Hub id or a function of the cache root (None:
+    the default one) returning a local folder (called only when the encoder is created)."""
 
-    def factory(**kwargs) -> HFImageEncoder:
-        return HFImageEncoder(source() if callable(source) else source, name=name, **kwargs)
+    def factory(cache_root: Path | None = None, **kwargs) -> HFImageEncoder:
+        return HFImageEncoder(source(cache_root) if callable(source) else source, name=name, **kwargs)
 
-    register_encoder(name, "image", description, offline)(factory)
+    register_encoder(name, "image", description, offline, takes_cache_root=True)(factory)
 
 
-def _dinov2_path() -> Path:
+def _dinov2_path(cache_root: Path | None) -> Path:
     from .offline_weights import dinov2_vits14_path
 
-    return dinov2_vits14_path()
+    return dinov2_vits14_path(cache_root)
 
 
 register_encoder("efficientnet-lite0", "image", "EfficientNet-Lite0 ImageNet (1280-d), bundled with "

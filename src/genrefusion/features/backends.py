@@ -12,7 +12,7 @@ Backends: "torch"; "onnxruntime" (CPU, fp32 only, pooled vectors only: token/pat
 torch); "auto" (the default): onnxruntime for an encoder when `precision.backend_for` finds the measured evidence
 for it (cpu_precision.json: faster than torch here, and agreeing), else torch.
 
-The traced graph is cached in `<cache_dir>/onnx/<encoder>-<key>/` (`encoder.onnx` + `graph.json`, written
+The traced graph is cached in `<cache root>/onnx/<encoder>-<key>/` (`encoder.onnx` + `graph.json`, written
 atomically; the key covers the encoder's fingerprint, the companion poolings the graph also outputs, the opset and
 the tracer). Each time a graph is loaded for an extraction it is checked against the torch encoder on probe inputs
 (a few texts or images: one small batch, against a changed onnxruntime or a stale graph); one that disagrees (over
@@ -29,10 +29,12 @@ import numpy as np
 import torch
 
 from .. import atomic
+from ..config import CHOICES
 from . import fingerprints
 from ..files import read_json_object, sha256_file
+from ..paths import encoder_folder
 
-BACKENDS = ("auto", "torch", "onnxruntime")
+BACKENDS = CHOICES["feature_backend"]  # auto, torch, onnxruntime
 OPSET = 17
 GRAPH_FORMAT = 1  # bump when the traced graph's inputs/outputs change
 TOLERANCE = 1e-4  # largest |onnxruntime - torch| accepted on the probe inputs, relative to the largest |feature|
@@ -48,6 +50,8 @@ class BackendError(ValueError):
 
 
 def check_backend(backend: str | None) -> str:
+    """`backend` when it is one of BACKENDS (None: auto); else a ValueError saying which are. FeatureSpec checks
+    its backend with it."""
     backend = backend or "auto"
     if backend not in BACKENDS:
         raise ValueError(f"feature backend must be one of {BACKENDS}, got {backend!r}")
@@ -103,13 +107,12 @@ def _probe_inputs(encoder) -> dict[str, torch.Tensor]:
     return encoder.preprocess(images)
 
 
-def graph_dir(encoder, companions: tuple, cache_dir: str | Path | None) -> Path:
-    from ..paths import encoder_folder
-
+def graph_dir(encoder, companions: tuple, cache_root: Path) -> Path:
+    """The folder of the encoder's traced graph (with `companions`' outputs) under the cache root."""
     key = fingerprints.sha256_json({"encoder": encoder.fingerprint(),
                                     "companions": [c.fingerprint() for c in companions],
                                     "opset": OPSET, "format": GRAPH_FORMAT, "torch": torch.__version__})
-    return encoder_folder(cache_dir, "onnx", encoder.name, key)
+    return encoder_folder(cache_root, "onnx", encoder.name, key)
 
 
 def _trace(encoder, companions: tuple, folder: Path, probe: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -141,16 +144,17 @@ def ort_session(path: Path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def onnx_runner(encoder, cache_dir: str | Path | None) -> Runner:
+def onnx_runner(encoder, cache_root: Path) -> Runner:
     """A Runner computing the encoder's pooled vectors and those of all its companions (Encoder.companions: one
     graph per encoder, whichever companions a run needs) with ONNX Runtime from a cached traced graph, traced on
-    first use and checked against torch on probe inputs each time it is loaded (see the module docstring)."""
+    first use (under `cache_root`) and checked against torch on probe inputs each time it is loaded (see the
+    module docstring)."""
     companions = encoder.companions()
     try:
         import onnxruntime  # noqa: F401
     except ImportError as e:
         raise BackendError(f"feature backend onnxruntime needs the onnxruntime package ({e})") from None
-    folder = graph_dir(encoder, companions, cache_dir)
+    folder = graph_dir(encoder, companions, cache_root)
     graph = folder / "encoder.onnx"
     record = None
     if folder.exists():
@@ -183,14 +187,13 @@ def onnx_runner(encoder, cache_dir: str | Path | None) -> Runner:
     return run
 
 
-def runner(backend: str, encoder, companions: tuple, cache_dir: str | Path | None,
-           explicit: bool) -> tuple[str, Runner]:
+def runner(backend: str, encoder, companions: tuple, cache_root: Path, explicit: bool) -> tuple[str, Runner]:
     """(backend actually used, Runner giving the pooled vectors of the encoder and of `companions`, some of its
     companions) for `backend` ('torch' | 'onnxruntime', resolved). With explicit=False (auto), a graph that cannot
     be traced or disagrees is reported as a warning and torch is used."""
     if backend == "onnxruntime":
         try:
-            run_all = onnx_runner(encoder, cache_dir)
+            run_all = onnx_runner(encoder, cache_root)
             every = [c.fingerprint() for c in encoder.companions()]
             pick = [every.index(c.fingerprint()) for c in companions]
 

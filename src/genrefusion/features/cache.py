@@ -1,6 +1,6 @@
 """Feature cache: encode every plot / poster once per encoder, reuse it across models, runs and subsets.
 
-Layout: `<cache_dir>/features/<encoder-name>-<fingerprint[:16]>/` holds `encoder.json` (the full fingerprint) and
+Layout: `<cache root>/features/<encoder-name>-<fingerprint[:16]>/` holds `encoder.json` (the full fingerprint) and
 shards `part-<plan>-<n>.safetensors`. Each shard stores the pooled features (float32) of a group of items, their
 content keys (sha256 of the plot text / poster bytes) in its metadata, and optionally the fp16 token / patch
 sequences (flattened, with offsets). Items are content-addressed, so a subset of a dataset (`--modalities both`)
@@ -28,23 +28,26 @@ On a GPU the encoder runs under bf16 autocast (fp16 where bf16 is missing; the p
 on a CPU `auto` picks per encoder what the measured evidence supports (precision.py: fp32 unless bf16 is native,
 faster and keeps downstream quality). On a GPU worker processes decode / tokenise upcoming batches into pinned memory. Under torchrun the ranks split the
 shards of that same plan and write them into the one cache folder; then every rank reads the whole table.
+
+How features are made (the cache root, the precision, the backend, batch size, workers, progress) is one value,
+a `FeatureSpec` (spec.py), given to `dataset_features` and `FeatureCache`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import atomic
+from .. import atomic, distributed
+from . import backends as feature_backends
 from . import fingerprints
 from . import shards as shard_io
 from ..atomic import remove_stale_tmp
@@ -52,8 +55,9 @@ from ..data.loader import Movie, MovieDataset
 from .fingerprints import PRECISIONS, resolve_precision  # noqa: F401  (public here since before fingerprints.py)
 from ..data.modalities import spec
 from ..paths import encoder_folder
+from .prefetch import prefetched_inputs
+from .spec import SHARD_BATCHES, FeatureSpec  # noqa: F401  (SHARD_BATCHES: public here since before spec.py)
 
-SHARD_BATCHES = 8  # batches per shard: bounds the work lost to a kill and the number of files
 REPAIR_ATTEMPTS = 3  # extract + load rounds before a cache whose fresh shards still fail is reported as broken
 logger = logging.getLogger(__name__)
 
@@ -101,19 +105,21 @@ def join_tables(encoder, tables: Sequence[FeatureTable]) -> FeatureTable:
 
 
 class FeatureCache:
-    """The cache folder of one encoder (weights + preprocessing) at one precision, see the module docstring."""
+    """The cache folder of one encoder (weights + preprocessing) at one precision, see the module docstring.
+    `features` (default: FeatureSpec()) says where the cache is, the precision (resolved here, once) and how
+    extract() encodes."""
 
-    def __init__(self, encoder, cache_dir: str | Path | None = None, precision: str | None = None):
+    def __init__(self, encoder, features: FeatureSpec | None = None):
         self.encoder = encoder
-        self.cache_dir = cache_dir
+        self.features = FeatureSpec() if features is None else features
         self.backend: str | None = None  # what the last extract() encoded with (None: nothing was encoded)
-        self.precision = fingerprints.features_precision(encoder, precision)  # an encoder outside torch: its own
+        self.precision = self.features.precision_for(encoder)  # an encoder outside torch: its own
         fp = encoder.fingerprint()
         self.encoder_fingerprint = fp
         # Shards name the identity hash; the folder keeps the key of earlier releases (fp32 without precision).
         self.fingerprint = fingerprints.identity_sha256(fp, self.precision)
         key = fingerprints.cache_key(fp, self.precision)
-        self.dir = encoder_folder(cache_dir, "features", encoder.name, key)
+        self.dir = encoder_folder(self.features.cache_root, "features", encoder.name, key)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.discarded: list[tuple[Path, str]] = []  # shards found damaged and deleted, with the reason
         self._check_encoder_json(fp)
@@ -235,24 +241,20 @@ class FeatureCache:
 
     # -- writing ---------------------------------------------------------------------------------------------
     def extract(self, keys: Sequence[str], load_item: Callable[[str], object], *, sequences: bool = False,
-                batch_size: int = 32, lengths: Callable[[list], list[int]] | None = None,
-                progress: bool = True, desc: str | None = None, shard_batches: int = SHARD_BATCHES,
-                num_workers: int | None = None, backend: str | None = None) -> int:
+                lengths: Callable[[list], list[int]] | None = None, desc: str | None = None) -> int:
         """Encode the items among `keys` that are not cached yet. `load_item(key)` returns the raw item (plot string
         or PIL image). `lengths(items)` (text) lets batches be grouped by length. Returns the number encoded.
-        `shard_batches` batches go into one shard (the unit of work a kill can lose). `num_workers`: processes
-        that decode and preprocess upcoming batches while the GPU encodes (default: none on CPU, where the output
-        is the same either way, up to 12 on a GPU). `backend`: what runs the encoder (feature_backends.py: auto,
-        torch, onnxruntime); the one used is left in `self.backend`.
+        How (self.features): `batch_size` items per batch (default: by modality and device), `shard_batches`
+        batches per shard (the unit of work a kill can lose), `num_workers` processes that decode and preprocess
+        upcoming batches while the GPU encodes (default: none on CPU, where the output is the same either way, up
+        to 12 on a GPU), `backend` what runs the encoder (backends.py: auto, torch, onnxruntime; the one used is
+        left in `self.backend`), `progress` a progress bar.
 
         Under torchrun every rank calls this with the same keys; rank r encodes the shards n with
         n % world_size == r of the shared plan, and on every rank the call returns once all ranks have written
         their shards, with the total number encoded."""
-        from .. import distributed
-
         return distributed.all_reduce_sum(  # also the barrier after which every rank can read every shard
-            self._extract_local(keys, load_item, sequences, batch_size, lengths, progress, desc, shard_batches,
-                                num_workers, backend))
+            self._extract_local(keys, load_item, sequences, lengths, desc))
 
     def _check_finite(self, tensors: dict[str, torch.Tensor], keys: list[str]) -> None:
         """Refuse to cache NaN / inf (fp16 autocast overflowing, a broken checkpoint): training on it would make
@@ -271,88 +273,107 @@ class FeatureCache:
                              f"{int(bad.sum())} item(s) under precision {self.precision} (first: key {first}); "
                              f"nothing of them was cached{hint}")
 
-    def _extract_local(self, keys, load_item, sequences, batch_size, lengths, progress, desc, shard_batches,
-                       num_workers, backend) -> int:
-        from .. import distributed
-        from . import backends as feature_backends
-
+    def _extract_local(self, keys, load_item, sequences: bool, lengths, desc: str | None) -> int:
+        """This rank's part of extract(): plan, find the shards still to write, encode and write them."""
         still_missing = set(self.missing(keys, sequences))
         if not still_missing:
             return 0
         remove_stale_tmp(self.dir)
-        # Plan over the WHOLE request, not just the missing part: a resumed run then meets the same shards and
-        # batches as an uninterrupted one and skips those already written. Every rank computes the same plan.
-        todo = sorted(set(keys))
-        items = {k: load_item(k) for k in todo} if lengths is not None else None
-        if lengths is not None:
-            lens = dict(zip(todo, lengths([items[k] for k in todo])))
-            todo.sort(key=lambda k: (-lens[k], k))  # longest first: memory peaks early, padding stays minimal
-        batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
-        plan = hashlib.sha256(("\n".join(todo) + f"|{batch_size}|{int(sequences)}").encode()).hexdigest()[:12]
-        shards = [batches[i:i + shard_batches] for i in range(0, len(batches), shard_batches)]
+        batch_size = self.features.batch_size or default_batch_size(self.encoder.modality, self.encoder.device)
+        plan = _plan(keys, load_item, lengths, batch_size, sequences, self.features.shard_batches)
         world, rank = distributed.world_size(), distributed.rank()
-        mine = [(n, shard) for n, shard in enumerate(shards) if n % world == rank]
-        companions = self._companions(todo, sequences)
-        work, done = [], 0  # (target, batches) of the shards this rank still has to write, for itself or a companion
-        for n, shard in mine:
-            target = self.dir / f"part-{plan}-{n:05d}.safetensors"
-            if (_needs(target, still_missing, shard)
-                    or any(_needs(c.dir / target.name, lacks, shard) for c, lacks in companions)):
-                work.append((target, shard))
-            else:
-                done += sum(len(b) for b in shard)  # written by an earlier (interrupted) run
-        device = self.encoder.device
-        run = None  # sequences: the encoder's own encode (torch)
-        if work:  # the backend first: one that cannot run (or a graph that disagrees) stops before any output
-            resolved = feature_backends.resolve_backend(backend, self.encoder, self.precision, sequences)
-            self.backend, run = ("torch", None) if sequences else feature_backends.runner(
-                resolved, self.encoder, tuple(c.encoder for c, _ in companions), self.cache_dir,
-                explicit=backend == "onnxruntime")
+        mine = [(n, shard) for n, shard in enumerate(plan.shards) if n % world == rank]
+        companions = self._companions(plan.keys, sequences)
+        work, done = self._work(plan, mine, still_missing, companions)
+        # the backend first: one that cannot run (or a graph that disagrees) stops before any output
+        run = self._runner(companions, sequences) if work else None
         bar = tqdm(total=sum(len(b) for _, shard in mine for b in shard), initial=done, unit="movie",
-                   dynamic_ncols=True, disable=not progress or rank != 0,
+                   dynamic_ncols=True, disable=not self.features.progress or rank != 0,
                    desc=(desc or f"encode {self.encoder.name}") + (f" [rank {rank}/{world}]" if world > 1 else ""))
-        raw = (lambda k: items[k]) if items is not None else load_item  # noqa: E731
-        inputs_of = _prefetched_inputs(self.encoder, [b for _, shard in work for b in shard], raw, num_workers)
+        raw = (lambda k: plan.items[k]) if plan.items is not None else load_item  # noqa: E731
+        inputs_of = prefetched_inputs(self.encoder, [b for _, shard in work for b in shard], raw,
+                                       self.features.num_workers)
         encoded = 0
         self.encoder.eval()
         try:
             for target, shard in work:
-                pooled, seqs, shard_keys = [], [], []
-                also: list[list[torch.Tensor]] = [[] for _ in companions]
-                for batch_keys in shard:
-                    inputs = next(inputs_of)
-                    with torch.inference_mode(), fingerprints.autocast(device, self.precision):
-                        inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
-                        if run is None:
-                            out = self.encoder.encode(inputs, return_sequence=sequences)
-                            batch_pooled, others = out.pooled, []
-                        else:
-                            batch_pooled, others = run(inputs)
-                    pooled.append(batch_pooled.float().cpu())
-                    for acc, o in zip(also, others):
-                        acc.append(o.float().cpu())
-                    if sequences:  # one device-to-host copy per batch, then per-row slicing on the CPU
-                        seq, mask = out.sequence.to(torch.float16).cpu(), out.mask.cpu()
-                        seqs.extend(seq[row][mask[row]] for row in range(len(batch_keys)))
-                    shard_keys.extend(batch_keys)
-                    bar.update(len(batch_keys))
-                tensors = {"pooled": torch.cat(pooled).contiguous()}
-                if sequences:
-                    tensors["sequence"] = torch.cat(seqs).contiguous()
-                    tensors["offsets"] = torch.tensor(np.cumsum([0] + [len(s) for s in seqs]), dtype=torch.int64)
-                self._check_finite(tensors, shard_keys)
-                for (c, lacks), acc in zip(companions, also):  # first: a kill before this one's shard repeats it
-                    if _needs(c.dir / target.name, lacks, shard):
-                        c_tensors = {"pooled": torch.cat(acc).contiguous()}
-                        c._check_finite(c_tensors, shard_keys)
-                        shard_io.write(c.dir / target.name, shard_keys, c_tensors, c.encoder.name, c.fingerprint)
-                if _needs(target, still_missing, shard):
-                    shard_io.write(target, shard_keys, tensors, self.encoder.name, self.fingerprint)
-                encoded += len(still_missing.intersection(shard_keys))
+                tensors, also, shard_keys = self._encode_shard(shard, inputs_of, run, sequences, len(companions), bar)
+                encoded += self._write_shard(target, shard, tensors, also, shard_keys, companions, still_missing)
         finally:
             inputs_of.close()
             bar.close()
         return encoded
+
+    def _work(self, plan: "_Plan", mine: list[tuple[int, list[list[str]]]], still_missing: set[str],
+              companions: list[tuple["FeatureCache", set[str]]]) -> tuple[list[tuple[Path, list[list[str]]]], int]:
+        """(shard file, batches) of each of this rank's shards still to be written, for this cache or a companion,
+        and how many items the others hold (written by an earlier, interrupted run)."""
+        work, done = [], 0
+        for n, shard in mine:
+            target = self.dir / f"part-{plan.name}-{n:05d}.safetensors"
+            if (_needs(target, still_missing, shard)
+                    or any(_needs(c.dir / target.name, lacks, shard) for c, lacks in companions)):
+                work.append((target, shard))
+            else:
+                done += sum(len(b) for b in shard)
+        return work, done
+
+    def _runner(self, companions: list[tuple["FeatureCache", set[str]]], sequences: bool):
+        """What encodes a batch into (pooled, companions' pooled): the chosen backend's runner, or None for the
+        encoder's own encode (sequences always come from torch). Sets self.backend."""
+        backend = self.features.backend
+        resolved = feature_backends.resolve_backend(backend, self.encoder, self.precision, sequences)
+        if sequences:
+            self.backend = "torch"
+            return None
+        self.backend, run = feature_backends.runner(resolved, self.encoder, tuple(c.encoder for c, _ in companions),
+                                                    self.features.cache_root, explicit=backend == "onnxruntime")
+        return run
+
+    def _encode_shard(self, shard: list[list[str]], inputs_of: Iterator[dict], run, sequences: bool,
+                      n_companions: int, bar) -> tuple[dict[str, torch.Tensor], list[list[torch.Tensor]], list[str]]:
+        """One shard's batches through the encoder: its tensors (pooled; with sequences, the fp16 token / patch
+        rows and their offsets), each companion's pooled batches, and its keys in order."""
+        device = self.encoder.device
+        pooled, seqs, shard_keys = [], [], []
+        also: list[list[torch.Tensor]] = [[] for _ in range(n_companions)]
+        for batch_keys in shard:
+            inputs = next(inputs_of)
+            with torch.inference_mode(), fingerprints.autocast(device, self.precision):
+                inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+                if run is None:
+                    out = self.encoder.encode(inputs, return_sequence=sequences)
+                    batch_pooled, others = out.pooled, []
+                else:
+                    batch_pooled, others = run(inputs)
+            pooled.append(batch_pooled.float().cpu())
+            for acc, o in zip(also, others):
+                acc.append(o.float().cpu())
+            if sequences:  # one device-to-host copy per batch, then per-row slicing on the CPU
+                seq, mask = out.sequence.to(torch.float16).cpu(), out.mask.cpu()
+                seqs.extend(seq[row][mask[row]] for row in range(len(batch_keys)))
+            shard_keys.extend(batch_keys)
+            bar.update(len(batch_keys))
+        tensors = {"pooled": torch.cat(pooled).contiguous()}
+        if sequences:
+            tensors["sequence"] = torch.cat(seqs).contiguous()
+            tensors["offsets"] = torch.tensor(np.cumsum([0] + [len(s) for s in seqs]), dtype=torch.int64)
+        return tensors, also, shard_keys
+
+    def _write_shard(self, target: Path, shard: list[list[str]], tensors: dict[str, torch.Tensor],
+                     also: list[list[torch.Tensor]], shard_keys: list[str],
+                     companions: list[tuple["FeatureCache", set[str]]], still_missing: set[str]) -> int:
+        """Write an encoded shard into this cache and each companion that lacks it; how many of its items this
+        cache lacked."""
+        self._check_finite(tensors, shard_keys)
+        for (c, lacks), acc in zip(companions, also):  # first: a kill before this one's shard repeats it
+            if _needs(c.dir / target.name, lacks, shard):
+                c_tensors = {"pooled": torch.cat(acc).contiguous()}
+                c._check_finite(c_tensors, shard_keys)
+                shard_io.write(c.dir / target.name, shard_keys, c_tensors, c.encoder.name, c.fingerprint)
+        if _needs(target, still_missing, shard):
+            shard_io.write(target, shard_keys, tensors, self.encoder.name, self.fingerprint)
+        return len(still_missing.intersection(shard_keys))
 
     def _companions(self, keys: Sequence[str], sequences: bool) -> list[tuple["FeatureCache", set[str]]]:
         """(cache, keys it lacks) of each of the encoder's companions (Encoder.companions) that lacks some of
@@ -363,12 +384,36 @@ class FeatureCache:
             return []
         out = []
         for c in self.encoder.companions():
-            cache = FeatureCache(c, self.cache_dir, self.precision)
+            cache = FeatureCache(c, self.features.at_precision(self.precision))
             lacks = set(cache.missing(keys))
             if lacks:
                 remove_stale_tmp(cache.dir)
                 out.append((cache, lacks))
         return out
+
+
+@dataclass
+class _Plan:
+    """How one extraction request is encoded: planned over the WHOLE request, not just its missing part, so that
+    a resumed run meets the same shards and batches as an uninterrupted one and skips those already written.
+    Every rank computes the same plan."""
+
+    keys: list[str]  # every key of the request once, in encoding order
+    shards: list[list[list[str]]]  # shard n: its batches of keys
+    name: str  # names the shard files: a hash of the keys, the batch size and whether sequences are kept
+    items: dict[str, object] | None  # the raw items, when they were loaded to sort by length
+
+
+def _plan(keys: Sequence[str], load_item: Callable[[str], object], lengths: Callable[[list], list[int]] | None,
+          batch_size: int, sequences: bool, shard_batches: int) -> _Plan:
+    todo = sorted(set(keys))
+    items = {k: load_item(k) for k in todo} if lengths is not None else None
+    if lengths is not None:
+        lens = dict(zip(todo, lengths([items[k] for k in todo])))
+        todo.sort(key=lambda k: (-lens[k], k))  # longest first: memory peaks early, padding stays minimal
+    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    name = hashlib.sha256(("\n".join(todo) + f"|{batch_size}|{int(sequences)}").encode()).hexdigest()[:12]
+    return _Plan(todo, [batches[i:i + shard_batches] for i in range(0, len(batches), shard_batches)], name, items)
 
 
 def _needs(target: Path, lacks: set[str], shard: list[list[str]]) -> bool:
@@ -381,44 +426,6 @@ class DamagedShards(KeyError):
 
     def __str__(self) -> str:  # KeyError's str() would quote the message
         return str(self.args[0])
-
-
-class _PlanBatches(torch.utils.data.Dataset):
-    """Batch i of the plan, loaded and preprocessed (runs in DataLoader workers)."""
-
-    def __init__(self, batches: list[list[str]], load: Callable[[str], object], preprocess: Callable):
-        self.batches, self.load, self.preprocess = batches, load, preprocess
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return self.preprocess([self.load(k) for k in self.batches[i]])
-
-
-def _prefetched_inputs(encoder, batches: list[list[str]], load: Callable[[str], object], num_workers: int | None):
-    """Generator of the model inputs of `batches`, in order. On a GPU, worker processes decode posters /
-    tokenise plots ahead of the encoder into pinned memory, so the GPU is not left waiting for the CPU; on the
-    CPU (or with num_workers=0) each batch is prepared in this process just before it is encoded."""
-    import multiprocessing
-
-    cuda = encoder.device.type == "cuda"
-    if num_workers is None:
-        from ..distributed import world_size
-
-        num_workers = min(12, max(1, (os.cpu_count() or 1) // world_size() - 2)) if cuda else 0
-    # Workers are forked so that the loading closure needs no pickling; without fork, load in this process.
-    if num_workers == 0 or not batches or "fork" not in multiprocessing.get_all_start_methods():
-        for b in batches:
-            yield encoder.preprocess([load(k) for k in b])
-        return
-    # Forked workers tokenise; a tokenizer that already ran threads in this process would warn in every worker.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    loader = torch.utils.data.DataLoader(
-        _PlanBatches(batches, load, encoder.preprocess), batch_size=None, shuffle=False,
-        num_workers=min(num_workers, len(batches)), pin_memory=cuda, prefetch_factor=2,
-        multiprocessing_context="fork")
-    yield from loader
 
 
 # -- dataset-level helpers -------------------------------------------------------------------------------------
@@ -434,34 +441,26 @@ def default_batch_size(modality: str, device: torch.device | str) -> int:
     return spec(modality).cpu_batch_size
 
 
-def dataset_features(dataset: MovieDataset, encoder, cache_dir: str | Path | None = None, *,
-                     sequences: bool = False, batch_size: int | None = None, progress: bool = True,
-                     shard_batches: int = SHARD_BATCHES, precision: str | None = None,
-                     num_workers: int | None = None, backend: str | None = None) -> FeatureTable:
+def dataset_features(dataset: MovieDataset, encoder, features: FeatureSpec | None = None, *,
+                     sequences: bool = False) -> FeatureTable:
     """Features of every movie in `dataset` for `encoder` (text or image), encoding what the cache lacks.
 
-    The encoder runs where it is (`encoder.to(device)` first); `precision` ('auto', 'fp32', 'bf16', 'fp16') is the
-    autocast used while encoding (auto: bf16 on a GPU, on the CPU precision.choose). An encoder joined from parts
-    (`encoder.feature_parts()`, e.g. "a+b") is cached part by part and its table joined from theirs. Under torchrun
-    the ranks share the work (see FeatureCache.extract) and every rank gets the whole table. `backend` (auto,
-    torch, onnxruntime) is what runs the encoder (feature_backends.py); the features are the same either way."""
-    from .. import distributed
-    from .backends import check_backend
-
-    check_backend(backend)  # a misspelt backend fails even when everything is cached
+    The encoder runs where it is (`encoder.to(device)` first, or built by features.create_encoder). `features`
+    (default: FeatureSpec()) says how: the cache root, the precision (the autocast used while encoding: auto is
+    bf16 on a GPU, on the CPU precision.choose; resolved once per encoder), the backend that runs the encoder
+    (backends.py; the features are the same either way), batch size, workers, progress. An encoder joined from
+    parts (`encoder.feature_parts()`, e.g. "a+b") is cached part by part and its table joined from theirs. Under
+    torchrun the ranks share the work (see FeatureCache.extract) and every rank gets the whole table."""
+    features = FeatureSpec() if features is None else features
     parts = encoder.feature_parts()
     if parts:  # each part through its own cache folder, then joined
         if sequences:
             raise ValueError(f"encoder {encoder.name!r} concatenates pooled vectors only; sequences need one encoder")
         # One precision for all parts (their tables are joined): auto resolves over every part's evidence.
-        precision = resolve_precision(precision, encoder.device, [p.name for p in parts])
-        return join_tables(encoder, [dataset_features(dataset, part, cache_dir, batch_size=batch_size,
-                                                      progress=progress, shard_batches=shard_batches,
-                                                      precision=precision, num_workers=num_workers,
-                                                      backend=backend)
-                                     for part in parts])
+        pinned = features.at_precision(features.precision_for(encoder))
+        return join_tables(encoder, [dataset_features(dataset, part, pinned) for part in parts])
     modality = spec(encoder.modality)
-    cache = FeatureCache(encoder, cache_dir, precision)
+    cache = FeatureCache(encoder, features)
     keys = modality_keys(dataset.movies, modality.name)
     source: dict[str, Movie] = {}
     for m, k in zip(dataset.movies, keys):
@@ -475,10 +474,7 @@ def dataset_features(dataset: MovieDataset, encoder, cache_dir: str | Path | Non
     for _ in range(REPAIR_ATTEMPTS):
         # Shards whose data fail their checksums are found only when read: load discards them, and the next
         # extract encodes their items again. Every rank takes the same number of rounds (extract is collective).
-        n += cache.extract([k for k in keys if k is not None], load_item, sequences=sequences,
-                           batch_size=batch_size or default_batch_size(modality.name, encoder.device),
-                           lengths=lengths, progress=progress, shard_batches=shard_batches, num_workers=num_workers,
-                           backend=backend)
+        n += cache.extract([k for k in keys if k is not None], load_item, sequences=sequences, lengths=lengths)
         try:
             table, damaged = cache.load(keys, sequences=sequences), 0
         except DamagedShards:

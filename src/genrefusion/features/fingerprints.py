@@ -22,7 +22,7 @@ import hashlib
 import json
 from typing import Any, Iterable
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+from ..config import PRECISIONS
 
 
 def sha256_json(obj: Any) -> str:
@@ -31,36 +31,23 @@ def sha256_json(obj: Any) -> str:
 
 
 def resolve_precision(precision: str | None, device, encoders: Iterable[str] = ()) -> str:
-    """None / 'auto': bf16 autocast on a GPU that supports it (else fp16); on the CPU, what precision.choose picks
-    for `encoders` (their names) from the measured evidence: fp32 unless a reduced precision is native to this CPU,
-    measured faster and measured to keep downstream quality for every one of them."""
+    """A precision request (None, 'auto' or one of PRECISIONS, checked where it was made: Config.validate,
+    FeatureSpec) made concrete. None / 'auto': bf16 autocast on a GPU that supports it (else fp16); on the CPU,
+    what precision.choose picks for `encoders` (their names) from the measured evidence: fp32 unless a reduced
+    precision is native to this CPU, measured faster and measured to keep downstream quality for every one of
+    them. An explicit precision is kept. FeatureSpec.precision_for calls it once per encoder."""
     import torch
 
-    if precision in (None, "auto"):
-        if torch.device(device).type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        encoders = list(encoders)
-        if not encoders:
-            return "fp32"
-        from .precision import choose
+    if precision not in (None, "auto"):
+        return precision
+    if torch.device(device).type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    encoders = list(encoders)
+    if not encoders:
+        return "fp32"
+    from .precision import choose
 
-        return choose(encoders)
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be 'auto' or one of {PRECISIONS}, got {precision!r}")
-    return precision
-
-
-def features_precision(encoder, precision: str | None, device=None) -> str:
-    """The precision `encoder`'s features are really computed at. An encoder that runs outside torch (its
-    `fixed_precision`, e.g. "fp32") ignores autocast, so asking for bf16 must neither record "bf16" nor make a
-    second cache entry of the same numbers; otherwise resolve_precision on its device (or `device`), which on a
-    CPU reads the measured evidence for this encoder."""
-    fixed = getattr(encoder, "fixed_precision", None)
-    if fixed is not None:
-        if precision not in (None, "auto", fixed):
-            resolve_precision(precision, "cpu")  # still refuse a misspelt one
-        return fixed
-    return resolve_precision(precision, encoder.device if device is None else device, [encoder.name])
+    return choose(encoders)
 
 
 def autocast(device, precision: str):

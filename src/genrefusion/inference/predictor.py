@@ -29,9 +29,11 @@ from .base import PredictorBase
 
 class Predictor(PredictorBase):
     """A saved model ready to predict. Thread-safe: inference runs under one lock (on a CPU, parallel forward
-    passes would only fight over the same cores, and a Hugging Face fast tokenizer must not be used concurrently)."""
+    passes would only fight over the same cores, and a Hugging Face fast tokenizer must not be used concurrently).
+    `cache_root`: where the offline weights its encoders need are built (encoders.create_encoder; None:
+    paths.cache_root()), the root the caller caches their features under."""
 
-    def __init__(self, directory: str | Path, device: str = "cpu"):
+    def __init__(self, directory: str | Path, device: str = "cpu", cache_root: Path | None = None):
         import torch
 
         from .checkpoint import load_head
@@ -54,7 +56,8 @@ class Predictor(PredictorBase):
         self.encoders = {}
         for m in self.modalities:
             spec = self.meta["encoders"][m]
-            self.encoders[m] = create_encoder(spec["name"], modality=m, **spec.get("kwargs", {})).to(device).eval()
+            self.encoders[m] = create_encoder(spec["name"], modality=m, cache_root=cache_root,
+                                              **spec.get("kwargs", {})).to(device).eval()
         # The languages the text encoder was trained for (model.json; folders before it: the registry), which
         # decide the script warnings (languages.py). None: not declared (a local folder), so nothing is warned.
         from ..encoders import encoder_languages
@@ -180,11 +183,12 @@ class Predictor(PredictorBase):
                     without[m] = torch.sigmoid(self.head(b)["logits"]).double().cpu().numpy()
         return probs, without, out
 
-def load_model(directory: str | Path, device: str = "cpu") -> Predictor:
-    """Restore a saved model folder (a run's `model/`) as a ready-to-use Predictor. A folder written by
-    `genrefusion export --format onnx` is run with onnxruntime instead, without importing torch (exported.py)."""
+def load_model(directory: str | Path, device: str = "cpu", cache_root: Path | None = None) -> Predictor:
+    """Restore a saved model folder (a run's `model/`) as a ready-to-use Predictor (its offline weights built
+    under `cache_root`, see Predictor). A folder written by `genrefusion export --format onnx` is run with
+    onnxruntime instead, without importing torch (exported.py)."""
     from .onnx_predictor import OnnxPredictor, is_exported
 
     if is_exported(directory):
         return OnnxPredictor(directory, device=device)
-    return Predictor(directory, device=device)
+    return Predictor(directory, device=device, cache_root=cache_root)

@@ -6,6 +6,7 @@ _EXPORTS = {
     "fit": ".train",
     "run_experiment": ".experiment",
     "run_grid": ".grid",
+    "GridSpec": ".grid",
     "format_grid_tables": ".grid",
     "run_distill": ".distill",
 }

@@ -27,12 +27,15 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..data.loader import DataError, Movie, MovieDataset
+from ..config import parse_override
+from ..data.loader import DataError, DataSpec, Movie, MovieDataset
+from ..data.modalities import spec
 
 DEFAULT_ALPHA = 0.5
 DEFAULT_TEMPERATURE = 1.0
@@ -111,9 +114,10 @@ def _keys(movie: Movie) -> set[str]:
     return {k for k in (movie.text_key, movie.poster_sha256) if k is not None}
 
 
-def unlabelled_movies(paths: Sequence[str | Path], labelled: MovieDataset, strict: bool = False,
-                      plot_mode: str = "join") -> tuple[list[Movie], dict[str, Any]]:
-    """The movies of `paths` (MM-IMDb folders or catalogs; labels and splits ignored) that may be distilled on:
+def unlabelled_movies(paths: Sequence[str | Path], labelled: MovieDataset,
+                      reading: DataSpec | None = None) -> tuple[list[Movie], dict[str, Any]]:
+    """The movies of `paths` (MM-IMDb folders or catalogs; labels and splits ignored), read as the labelled data
+    (`reading`, its DataSpec: strict and plot_mode; default: not strict, plots joined), that may be distilled on:
     none of the labelled dataset's movies (a dev or test movie would leak into validation or test, a training
     movie would count twice), each compared by id (case-insensitively) and by the content hash of its plot and
     poster, and each movie once. Returns the movies and what was read, dropped (by reason) and kept."""
@@ -123,6 +127,7 @@ def unlabelled_movies(paths: Sequence[str | Path], labelled: MovieDataset, stric
     keys = {s: set().union(*(_keys(m) for m in by_split.get(s, []))) for s in order}
     dropped: Counter = Counter()
     sources, kept, seen_ids, seen_keys = [], [], set(), set()
+    strict, plot_mode = (reading.strict, reading.plot_mode) if reading is not None else (False, "join")
     for path in map(Path, paths):
         ds = _read_source(path, strict, plot_mode)
         skipped = dict(ds.report.skipped_by_kind())
@@ -145,9 +150,9 @@ def unlabelled_movies(paths: Sequence[str | Path], labelled: MovieDataset, stric
 
 # -- the command ------------------------------------------------------------------------------------------------
 def student_config(teacher_config: dict[str, Any], text_encoder: str, image_encoder: str,
-                   overrides: Sequence[str] | dict[str, Any] = (), data: str | None = None,
-                   cache_dir: str | None = None):
-    """The teacher's config (its recipe, data and split) with the student's encoders, then the overrides."""
+                   overrides: Sequence[str] | dict[str, Any] = (), data: str | None = None):
+    """The teacher's config (its recipe, data and split) with the student's encoders and data, then the
+    overrides."""
     from ..config import Config, apply_overrides, parse_override
 
     fields = {f.name for f in dataclasses.fields(Config)}
@@ -157,14 +162,12 @@ def student_config(teacher_config: dict[str, Any], text_encoder: str, image_enco
                                mode="features", finetune=False, seed=0, threshold_source="val")
     if data is not None:
         base = dataclasses.replace(base, data=str(data))
-    if cache_dir is not None:
-        base = dataclasses.replace(base, cache_dir=str(cache_dir))
     if not isinstance(overrides, dict):
         overrides = dict(parse_override(o) for o in overrides)
     cfg = apply_overrides(base, overrides, "overrides").validate()
     if cfg.mode != "features":
         raise ValueError("distill trains a head over cached features; mode=end-to-end is not supported")
-    if cfg.threshold_source == "oof" and cfg.threshold_mode != "fixed":
+    if cfg.uses_fold_heads():
         raise ValueError("distill: threshold_source=oof would tune the student's thresholds on fold heads trained on "
                          "the labels, not on its teacher; use threshold_source=val")
     if not cfg.data:
@@ -176,10 +179,9 @@ def _labelled_data(tch, cfg, log) -> MovieDataset:
     """The labelled dataset of the student's config; it must be the data the teacher was trained and tested on
     (its runs' data fingerprint), else the student's test movies could be ones the teacher trained on and the two
     test scores would not be comparable."""
-    from ..data.loader import load_dataset
     from ..data.summary import data_summary, format_data_line
 
-    ds = load_dataset(cfg.data, cfg.split, cfg.modalities, cfg.strict, cfg.plot_mode, cfg.split_seed)
+    ds = DataSpec.from_config(cfg).load()
     log(format_data_line(data_summary(ds), cfg.modalities))
     recorded = tch.data_fingerprints()
     if recorded and recorded != {ds.fingerprint()}:
@@ -210,18 +212,39 @@ def _teacher_scores(tch, cfg, labels: np.ndarray, probs: np.ndarray, splits: dic
     return {"thresholds": thr, "how": how, "test": {k: test[k] for k in RECORD_METRICS if k in test}}
 
 
+@dataclass
+class _Lesson:
+    """What the students learn from (run_distill): every movie (the labelled ones, then the unlabelled), the
+    labelled splits, the targets packed for DistillLoss (pack_targets), the unlabelled rows used, the teacher's
+    probabilities and thresholds, and what the students' metrics.json records (`record`, `distillation`)."""
+
+    movies: MovieDataset
+    splits: dict[str, list[int]]
+    labels: np.ndarray
+    y: Any  # torch.Tensor, pack_targets' rows
+    used: list[int]
+    teacher_probs: np.ndarray
+    teacher_thresholds: np.ndarray
+    record: dict[str, Any]
+    distillation: dict[str, Any]
+
+    def evaluate(self, test_rows, test_probs, thresholds) -> dict[str, Any]:
+        """Targets.evaluate: the student's agreement with the teacher on its test movies."""
+        return {"distillation": {**self.distillation, "test_vs_teacher": agreement(
+            test_probs, self.teacher_probs[test_rows], thresholds, self.teacher_thresholds)}}
+
+
 def run_distill(teacher: str | Path, text_encoder: str = "minilm-l6", image_encoder: str = "efficientnet-lite0",
                 unlabelled: Sequence[str | Path] = (), data: str | None = None, alpha: float = DEFAULT_ALPHA,
                 temperature: float = DEFAULT_TEMPERATURE, overrides: Sequence[str] | dict[str, Any] = (),
                 seeds: int = 1, out: str | Path | None = None, cache_dir: str | None = None,
                 log: Callable[[str], None] | None = print, progress: bool = True) -> dict[str, Any]:
-    """Distil `teacher` into a student (see the module docstring). `out` is the student's run folder (one seed) or
-    holds its seed-<n>/ run folders. Returns a summary: the teacher's record and each seed's run and metrics."""
-    import torch
-
-    from .experiment import Targets, build_loss, load_features, model_modalities, run_experiment
-    from ..data.modalities import spec
-    from .teacher import load_teacher
+    """Distil `teacher` into a student (see the module docstring). `data` and `cache_dir` set the student
+    config's keys of the same name (before `overrides`). `out` is the student's run folder (one seed) or holds
+    its seed-<n>/ run folders. Returns a summary: the teacher's record and each seed's run and metrics."""
+    from .experiment import load_features, model_modalities  # here: the CLI parser imports this module
+    from ..features.spec import FeatureSpec  # here: it imports torch
+    from .teacher import load_teacher  # here: it imports torch
 
     log = log or (lambda _: None)
     if not 0.0 <= alpha <= 1.0:
@@ -232,24 +255,69 @@ def run_distill(teacher: str | Path, text_encoder: str = "minilm-l6", image_enco
         raise ValueError(f"seeds={seeds}: must be at least 1")
     t0 = time.perf_counter()
     tch = load_teacher(teacher)
-    cfg = student_config(tch.config, text_encoder, image_encoder, overrides, data, cache_dir)
+    overrides = overrides if isinstance(overrides, dict) else dict(parse_override(o) for o in overrides)
+    cfg = student_config(tch.config, text_encoder, image_encoder,
+                         {**({"cache_dir": str(cache_dir)} if cache_dir is not None else {}), **overrides}, data)
+    features = FeatureSpec.from_config(cfg, progress=progress)  # how every feature here is made
+    lesson = _lesson(tch, cfg, unlabelled, alpha, temperature, features, log)
+    feats, features_s = load_features(cfg, lesson.movies, model_modalities(cfg.model), features)
+    out = Path(out) if out else Path(cfg.out) / f"distill-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    results = [_train_student(cfg.replace(seed=cfg.seed + s), lesson, feats, temperature,
+                              out if seeds == 1 else out / f"seed-{cfg.seed + s}", log) for s in range(seeds)]
+    summary = {"out": str(out), "teacher": lesson.record, "distillation": lesson.distillation,
+               "config": cfg.to_dict(), "runs": results,
+               "timings": {"teacher_s": lesson.distillation["teacher_s"], "features_s": features_s,
+                           "total_s": time.perf_counter() - t0}}
+    log(format_summary(summary))
+    return summary
+
+
+def _lesson(tch, cfg, unlabelled: Sequence[str | Path], alpha: float, temperature: float, features,
+            log: Callable[[str], None]) -> _Lesson:
+    """The movies, the teacher's probabilities for every one the student trains on or is scored on (dev / test:
+    its own scores), and the targets: for labelled training movies alpha of the labels' loss and 1 - alpha of the
+    soft loss (the labels alone where the teacher cannot predict), the soft loss alone for unlabelled ones."""
     labelled = _labelled_data(tch, cfg, log)
-    extras, unl = unlabelled_movies(unlabelled, labelled, cfg.strict, cfg.plot_mode)
+    extras, unl = unlabelled_movies(unlabelled, labelled, DataSpec.from_config(cfg))
     everything = MovieDataset(labelled.movies + extras, labelled.splits, labelled.report, labelled.root,
                               labelled.split_mode)
     splits = {s: list(labelled.splits.get(s, [])) for s in ("train", "dev", "test")}
     extra_rows = list(range(len(labelled.movies), len(everything.movies)))
     log(f"teacher: {tch.kind} {tch.path} ({tch.fusion} over {' + '.join(tch.encoders.values())}"
         + (f", {len(tch.members)} seeds ensembled" if len(tch.members) > 1 else "") + ")")
-
-    # The teacher's probabilities for every movie the student trains on or is scored on (dev/test: its own scores).
     t = time.perf_counter()
     rows = splits["train"] + extra_rows + splits["dev"] + splits["test"]
-    probs, can = tch.probabilities(everything, rows, cfg.cache_dir, progress=progress)
+    probs, can = tch.probabilities(everything, rows, features)
     teacher_probs = np.zeros((len(everything.movies), probs.shape[1]), dtype=np.float32)
     teacher_ok = np.zeros(len(everything.movies), dtype=bool)
     teacher_probs[rows], teacher_ok[rows] = probs, can
     teacher_s = time.perf_counter() - t
+    used = _usable_unlabelled(cfg, everything, extra_rows, teacher_ok, unl)
+    if unlabelled:
+        log(format_unlabelled(unl))
+    labels = everything.labels()
+    train = np.asarray(splits["train"], dtype=np.int64)
+    hard, soft = np.zeros(len(labels)), np.zeros(len(labels))
+    hard[train] = np.where(teacher_ok[train], alpha, 1.0)  # where the teacher cannot predict, the labels alone
+    soft[train] = np.where(teacher_ok[train], 1.0 - alpha, 0.0)
+    soft[used] = 1.0
+    hard[splits["dev"]] = 1.0  # the validation loss (early stopping) is the true labels' loss, no teacher in it
+    scores = _teacher_scores(tch, cfg, labels, teacher_probs, splits)
+    record = {**tch.record(), "test_on_student_split": scores["test"], "thresholds_on_student_split": scores["how"]}
+    distillation = {"alpha": alpha, "temperature": temperature, "unlabelled": unl,
+                    "soft_targets": {"labelled": int((soft[train] > 0).sum()), "unlabelled": len(used)},
+                    "teacher_s": teacher_s}
+    log(f"teacher test F1 macro {scores['test']['f1_macro']:.4f}  micro {scores['test']['f1_micro']:.4f} (thresholds: "
+        f"{scores['how']}); soft targets for {int((soft > 0).sum()):,} movies ({len(used):,} unlabelled)")
+    return _Lesson(everything, splits, labels, pack_targets(labels, teacher_probs, hard, soft), used, teacher_probs,
+                   scores["thresholds"], record, distillation)
+
+
+def _usable_unlabelled(cfg, everything: MovieDataset, extra_rows: list[int], teacher_ok: np.ndarray,
+                       unl: dict[str, Any]) -> list[int]:
+    """The unlabelled rows the student can read (a modality its model reads) and the teacher can predict; the
+    others are counted in unl["dropped"] by reason, and the rest in unl["used"]."""
+    from .experiment import model_modalities  # here: the CLI parser imports this module
 
     modalities = model_modalities(cfg.model)
     readable = {r: any(spec(m).present(everything.movies[r]) for m in modalities) for r in extra_rows}
@@ -259,50 +327,26 @@ def run_distill(teacher: str | Path, text_encoder: str = "minilm-l6", image_enco
         if n:
             unl["dropped"][reason] = int(n)
     unl["used"] = len(used)
-    if unlabelled:
-        log(format_unlabelled(unl))
+    return used
 
-    labels = everything.labels()
-    train = np.asarray(splits["train"], dtype=np.int64)
-    hard, soft = np.zeros(len(labels)), np.zeros(len(labels))
-    hard[train] = np.where(teacher_ok[train], alpha, 1.0)  # where the teacher cannot predict, the labels alone
-    soft[train] = np.where(teacher_ok[train], 1.0 - alpha, 0.0)
-    soft[used] = 1.0
-    hard[splits["dev"]] = 1.0  # the validation loss (early stopping) is the true labels' loss, no teacher in it
-    y = pack_targets(labels, teacher_probs, hard, soft)
 
-    scores = _teacher_scores(tch, cfg, labels, teacher_probs, splits)
-    record = {**tch.record(), "test_on_student_split": scores["test"], "thresholds_on_student_split": scores["how"]}
-    distillation = {"alpha": alpha, "temperature": temperature, "unlabelled": unl,
-                    "soft_targets": {"labelled": int((soft[train] > 0).sum()), "unlabelled": len(used)},
-                    "teacher_s": teacher_s}
-    log(f"teacher test F1 macro {scores['test']['f1_macro']:.4f}  micro {scores['test']['f1_micro']:.4f} (thresholds: "
-        f"{scores['how']}); soft targets for {int((soft > 0).sum()):,} movies ({len(used):,} unlabelled)")
+def _train_student(cfg, lesson: _Lesson, feats, temperature: float, run_dir: Path,
+                   log: Callable[[str], None]) -> dict[str, Any]:
+    """One student (one seed) trained by run_experiment on the lesson's targets; its summary entry."""
+    import torch  # here: the CLI parser imports this module
 
-    def evaluate(test_rows, test_probs, thresholds):
-        return {"distillation": {**distillation, "test_vs_teacher": agreement(
-            test_probs, teacher_probs[test_rows], thresholds, scores["thresholds"])}}
+    from .experiment import Targets, build_loss, run_experiment  # here: the CLI parser imports this module
 
-    feats, features_s = load_features(cfg, everything, modalities, progress=progress)
-    out = Path(out) if out else Path(cfg.out) / f"distill-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    results = []
-    for s in range(seeds):
-        cfg_s = cfg.replace(seed=cfg.seed + s)
-        run_dir = out if seeds == 1 else out / f"seed-{cfg_s.seed}"
-        loss = distill_loss(build_loss(cfg_s, torch.as_tensor(labels[train])), labels.shape[1], temperature)
-        m = run_experiment(cfg_s, everything, feats, run_dir, log=None, extra={"teacher": record},
-                           targets=Targets(y, loss, used, evaluate), model_extra={"teacher": record})
-        vs = m["distillation"]["test_vs_teacher"]
-        results.append({"run": str(run_dir), "seed": cfg_s.seed, "test": m["test"], "val": m["val"],
-                        "test_vs_teacher": vs})
-        log(f"student seed {cfg_s.seed}: test F1 macro {m['test']['f1_macro']:.4f}  micro "
-            f"{m['test']['f1_micro']:.4f}  decisions agreeing with the teacher {vs['decision_agreement']:.1%}  "
-            f"-> {run_dir}")
-    summary = {"out": str(out), "teacher": record, "distillation": distillation, "config": cfg.to_dict(),
-               "runs": results,
-               "timings": {"teacher_s": teacher_s, "features_s": features_s, "total_s": time.perf_counter() - t0}}
-    log(format_summary(summary))
-    return summary
+    train = np.asarray(lesson.splits["train"], dtype=np.int64)
+    loss = distill_loss(build_loss(cfg, torch.as_tensor(lesson.labels[train])), lesson.labels.shape[1], temperature)
+    m = run_experiment(cfg, lesson.movies, feats, run_dir, log=None, extra={"teacher": lesson.record},
+                       targets=Targets(lesson.y, loss, lesson.used, lesson.evaluate),
+                       model_extra={"teacher": lesson.record})
+    vs = m["distillation"]["test_vs_teacher"]
+    log(f"student seed {cfg.seed}: test F1 macro {m['test']['f1_macro']:.4f}  micro "
+        f"{m['test']['f1_micro']:.4f}  decisions agreeing with the teacher {vs['decision_agreement']:.1%}  "
+        f"-> {run_dir}")
+    return {"run": str(run_dir), "seed": cfg.seed, "test": m["test"], "val": m["val"], "test_vs_teacher": vs}
 
 
 def format_unlabelled(unl: dict[str, Any]) -> str:

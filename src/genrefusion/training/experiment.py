@@ -22,9 +22,10 @@ from ..features import fingerprints
 from . import workers
 from ..fusion.batching import FeatureBatches
 from ..config import Config
-from ..data.loader import MovieDataset, load_dataset
+from ..data.loader import DataSpec, MovieDataset
 from ..distributed import is_main, resolve_device
 from ..features.cache import FeatureTable, dataset_features
+from ..features.spec import FeatureSpec
 from ..fusion import create_model, get_model_spec
 from ..data.labels import GENRES
 from ..fusion.losses import create_loss, pos_weight_from_labels
@@ -67,12 +68,11 @@ def check_encoders(cfg: Config, modalities: tuple[str, ...], sequences: bool) ->
         check_encoder_use(encoder_name(cfg, m), m, sequences=sequences, finetune=finetune)
 
 
-def build_encoder(cfg: Config, modality: str):
-    """The configured encoder of `modality`, with its feature-changing options, on the configured device."""
-    from ..encoders import create_encoder
-
-    return create_encoder(encoder_name(cfg, modality), modality=modality,
-                          **encoder_kwargs(cfg, modality)).to(resolve_device(cfg.device))
+def build_encoder(cfg: Config, modality: str, features: FeatureSpec | None = None):
+    """The configured encoder of `modality`, with its feature-changing options, built by `features` (default:
+    FeatureSpec.from_config(cfg)): on its device, offline weights under its cache root."""
+    features = FeatureSpec.from_config(cfg) if features is None else features
+    return features.create_encoder(encoder_name(cfg, modality), modality, **encoder_kwargs(cfg, modality))
 
 
 def model_kwargs(cfg: Config) -> dict[str, Any]:
@@ -119,17 +119,13 @@ class Targets:
     evaluate: Callable[[list[int], np.ndarray, Any], dict[str, Any]] | None = None
 
 
-def uses_fold_heads(cfg: Config) -> bool:
-    """Whether a run trains threshold_folds fold heads besides its model (thresholds tuned on their out-of-fold
-    predictions, threshold_source=oof)."""
-    return cfg.threshold_source == "oof" and cfg.threshold_mode != "fixed"
-
-
-def load_features(cfg: Config, dataset: MovieDataset, modalities: tuple[str, ...], sequences: bool = False,
-                  progress: bool = True) -> tuple[Features, float]:
+def load_features(cfg: Config, dataset: MovieDataset, modalities: tuple[str, ...],
+                  features: FeatureSpec | None = None, sequences: bool = False) -> tuple[Features, float]:
+    """The feature tables of the configured encoders of `modalities` over `dataset`, made as `features` says
+    (default: FeatureSpec.from_config(cfg)), and the seconds it took."""
+    features = FeatureSpec.from_config(cfg) if features is None else features
     t0 = time.perf_counter()
-    feats = {m: dataset_features(dataset, build_encoder(cfg, m), cfg.cache_dir, sequences=sequences,
-                                 progress=progress, precision=cfg.precision, backend=cfg.feature_backend)
+    feats = {m: dataset_features(dataset, build_encoder(cfg, m, features), features, sequences=sequences)
              for m in modalities}
     return feats, time.perf_counter() - t0
 
@@ -231,6 +227,39 @@ def _subgroup_metrics(y, probs, thr, presence: dict[str, np.ndarray], test_idx, 
     return out
 
 
+@dataclass
+class RunInputs:
+    """What one run trains on and is scored on (prepare_inputs): the movies and the splits of those the model can
+    score, the batches it reads (slices of cached feature tables, or encoders in the loop), the encoders' records
+    for model.json and metrics.json, and the labels."""
+
+    dataset: MovieDataset
+    modalities: tuple[str, ...]
+    batch_fn: Any
+    dims: dict[str, int]
+    encoders_meta: dict[str, dict[str, Any]]
+    presence: dict[str, np.ndarray]  # per modality, which movies have it
+    train_idx: list[int]
+    val_idx: list[int]
+    test_idx: list[int]
+    y: torch.Tensor  # the labels, one row per dataset movie
+    extra_groups: list[dict] | None = None  # encoders trained end to end: their parameter group
+
+
+@dataclass
+class FittedModel:
+    """A trained model and its thresholds (fit_with_thresholds): the training's result, the movies it was trained
+    on (the labelled training split, plus targets' extra rows), its validation probabilities, and, with fold
+    heads, what they record (metrics.json's `oof`)."""
+
+    model: torch.nn.Module
+    result: TrainResult
+    train_idx: list[int]
+    val_probs: np.ndarray
+    threshold: Any
+    oof: dict[str, Any] | None = None
+
+
 def run_experiment(cfg: Config, dataset: MovieDataset | None = None,
                    features: Mapping[str, FeatureTable] | None = None, run_dir: str | Path | None = None,
                    log: Callable[[str], None] | None = print, extra: dict[str, Any] | None = None,
@@ -242,81 +271,138 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None,
     In 'features' mode (default) the encoders are frozen and read through the feature cache (`features` may be
     passed in, by modality, to share it across models); in 'end-to-end' mode they run inside the loop (see
     endtoend.py). `targets` replaces the labels as what training fits (see Targets); `extra` adds entries to
-    metrics.json and `model_extra` to the saved model's model.json."""
+    metrics.json and `model_extra` to the saved model's model.json.
+
+    Three steps: prepare_inputs (data, features, splits), fit_with_thresholds (the model, and its fold heads with
+    threshold_source=oof, then the thresholds) and assemble_metrics (test predictions and every score)."""
     timings: dict[str, float] = {}
-    modalities = model_modalities(cfg.model)
-    sequences = reads_sequences(cfg)
-    check_encoders(cfg, modalities, sequences)
-    use_oof = uses_fold_heads(cfg)
-    if use_oof and cfg.mode != "features":  # refused before any work
+    check_run(cfg, targets)
+    inputs = prepare_inputs(cfg, dataset, features, log, timings)
+    fitted = fit_with_thresholds(cfg, inputs, targets, log, on_epoch, timings)
+    metrics, test_probs, analysis = assemble_metrics(cfg, inputs, fitted, targets, extra, timings)
+    if run_dir is not None and is_main():  # under torchrun every rank has the same metrics; rank 0 writes
+        y, movies = inputs.y, inputs.dataset.movies
+        ids = lambda idx: [movies[i].id for i in idx]  # noqa: E731
+        write_run(Path(run_dir), cfg, metrics, fitted.model, inputs.encoders_meta,
+                  test=Predictions(ids(inputs.test_idx), test_probs, y[inputs.test_idx].numpy(), fitted.threshold,
+                                   analysis=analysis),
+                  # validation predictions: thresholds can be re-tuned from the run folder alone
+                  val=Predictions(ids(inputs.val_idx), fitted.val_probs, y[inputs.val_idx].numpy(),
+                                  fitted.threshold), model_extra=model_extra)
+    return metrics
+
+
+def check_run(cfg: Config, targets: Targets | None = None) -> None:
+    """Refuse, before any work, a run that cannot be done: an encoder asked for what it cannot give, fold heads
+    (threshold_source=oof) outside features mode or with targets other than the labels."""
+    check_encoders(cfg, model_modalities(cfg.model), reads_sequences(cfg))
+    if cfg.uses_fold_heads() and cfg.mode != "features":
         raise ValueError("threshold_source=oof trains threshold_folds extra heads over cached features: it "
                          "needs mode=features (add threshold_source=val to tune on validation instead)")
-    if use_oof and targets is not None:  # the fold heads learn the labels, so their probabilities would not fit
+    if cfg.uses_fold_heads() and targets is not None:  # the fold heads learn the labels: their probabilities
         raise ValueError("threshold_source=oof: the fold heads are trained on the labels, not on these targets "
                          "(distillation); use threshold_source=val")
+
+
+def prepare_inputs(cfg: Config, dataset: MovieDataset | None = None,
+                   features: Mapping[str, FeatureTable] | None = None, log: Callable[[str], None] | None = None,
+                   timings: dict[str, float] | None = None) -> RunInputs:
+    """The run's inputs: its dataset (read as the config says when not given), the batches its model reads, and
+    the splits of the movies it can score (those with at least one modality it reads). `timings` gets data_s and,
+    when features are computed here, features_s."""
+    timings = {} if timings is None else timings
+    modalities = model_modalities(cfg.model)
     t = time.perf_counter()
     if dataset is None:
-        dataset = load_dataset(cfg.data, cfg.split, cfg.modalities, cfg.strict, cfg.plot_mode, cfg.split_seed)
+        dataset = DataSpec.from_config(cfg).load()
         if log:
             log(format_data_line(data_summary(dataset), cfg.modalities))
     timings["data_s"] = time.perf_counter() - t
-    extra_groups = None
+    made = FeatureSpec.from_config(cfg)  # how this run's features (or encoders, end to end) are made
     if cfg.mode == "features":
-        if features is None:
-            features, timings["features_s"] = load_features(cfg, dataset, modalities, sequences)
-        lacking = [m for m in modalities if features.get(m) is None]
-        if lacking:
-            raise ValueError(f"model {cfg.model!r} reads {', '.join(lacking)} features, which were not given")
-        # What model.json and metrics.json record per modality (format 2): the encoder to rebuild, the
-        # precision its features were computed at, and the fingerprint the loader checks it against.
-        encoders_meta = {m: fingerprints.encoder_record(encoder_name(cfg, m), encoder_kwargs(cfg, m),
-                                                        features[m].encoder_fingerprint, features[m].precision)
-                         for m in modalities}
-        dims = {m: features[m].dim for m in modalities}
-        batch_fn = FeatureBatches(**{m: features[m] for m in modalities}, sequences=sequences)
+        batch_fn, dims, encoders_meta, extra_groups = _cached_inputs(cfg, dataset, features, made, timings)
     else:
-        if sequences:
-            raise ValueError("end-to-end mode supports pooled fusion only (cross_attention=pooled)")
-        from .endtoend import EncoderBatches
-
-        encs = {m: build_encoder(cfg, m) for m in modalities}
-        for e in encs.values():
-            e.requires_grad_(cfg.finetune)
-        batch_fn = EncoderBatches(dataset, **{f"{m}_encoder": e for m, e in encs.items()}, finetune=cfg.finetune)
-        if cfg.finetune:
-            extra_groups = [{"params": batch_fn.encoder_parameters(), "lr": cfg.encoder_lr}]
-        precision = encoder_precision(resolve_device(cfg.device))  # the autocast train.fit runs them under
-        encoders_meta = {m: fingerprints.encoder_record(encoder_name(cfg, m), encoder_kwargs(cfg, m), e.fingerprint(),
-                                                        getattr(e, "fixed_precision", None) or precision)
-                         for m, e in encs.items()}
-        dims = {m: e.dim for m, e in encs.items()}
+        batch_fn, dims, encoders_meta, extra_groups = _encoder_inputs(cfg, dataset, made)
     presence = {m: np.array([spec(m).present(movie) for movie in dataset.movies]) for m in MODALITIES}
     # Only movies that have at least one modality the model reads can be scored by it.
     usable = np.logical_or.reduce([presence[m] for m in modalities])
     train_idx, val_idx, test_idx = ([i for i in dataset.splits[s] if usable[i]] for s in ("train", "dev", "test"))
-    y = torch.as_tensor(dataset.labels())
+    return RunInputs(dataset, modalities, batch_fn, dims, encoders_meta, presence, train_idx, val_idx, test_idx,
+                     torch.as_tensor(dataset.labels()), extra_groups)
 
-    n_labelled_train = len(train_idx)
-    seed_everything(cfg.seed)
-    model = build_model(cfg, dims)
+
+def _cached_inputs(cfg: Config, dataset: MovieDataset, features: Mapping[str, FeatureTable] | None,
+                   made: FeatureSpec, timings: dict[str, float]):
+    """Features mode: (batches over the feature tables, dims, encoder records, no extra parameter groups); the
+    tables are computed here (made as `made` says) unless given."""
+    modalities, sequences = model_modalities(cfg.model), reads_sequences(cfg)
+    if features is None:
+        features, timings["features_s"] = load_features(cfg, dataset, modalities, made, sequences=sequences)
+    lacking = [m for m in modalities if features.get(m) is None]
+    if lacking:
+        raise ValueError(f"model {cfg.model!r} reads {', '.join(lacking)} features, which were not given")
+    # What model.json and metrics.json record per modality (format 2): the encoder to rebuild, the
+    # precision its features were computed at, and the fingerprint the loader checks it against.
+    encoders_meta = {m: fingerprints.encoder_record(encoder_name(cfg, m), encoder_kwargs(cfg, m),
+                                                    features[m].encoder_fingerprint, features[m].precision)
+                     for m in modalities}
+    batch_fn = FeatureBatches(**{m: features[m] for m in modalities}, sequences=sequences)
+    return batch_fn, {m: features[m].dim for m in modalities}, encoders_meta, None
+
+
+def _encoder_inputs(cfg: Config, dataset: MovieDataset, made: FeatureSpec):
+    """End-to-end mode: (batches running the encoders, built as `made` says, on raw items; dims; encoder
+    records; the encoders' parameter group when they are fine-tuned)."""
+    from .endtoend import EncoderBatches  # here: only end-to-end runs need it
+
+    if reads_sequences(cfg):
+        raise ValueError("end-to-end mode supports pooled fusion only (cross_attention=pooled)")
+    encs = {m: build_encoder(cfg, m, made) for m in model_modalities(cfg.model)}
+    for e in encs.values():
+        e.requires_grad_(cfg.finetune)
+    batch_fn = EncoderBatches(dataset, **{f"{m}_encoder": e for m, e in encs.items()}, finetune=cfg.finetune)
+    extra_groups = [{"params": batch_fn.encoder_parameters(), "lr": cfg.encoder_lr}] if cfg.finetune else None
+    precision = encoder_precision(resolve_device(cfg.device))  # the autocast train.fit runs them under
+    encoders_meta = {m: fingerprints.encoder_record(encoder_name(cfg, m), encoder_kwargs(cfg, m), e.fingerprint(),
+                                                    getattr(e, "fixed_precision", None) or precision)
+                     for m, e in encs.items()}
+    return batch_fn, {m: e.dim for m, e in encs.items()}, encoders_meta, extra_groups
+
+
+def _training_targets(cfg: Config, inputs: RunInputs, targets: Targets | None):
+    """(the rows trained on, the loss, what it fits): the labelled training split with the configured loss (its
+    pos_weight from those labels), or with `targets` their loss and values, plus their extra rows."""
     if targets is None:
-        loss_fn, y_fit = build_loss(cfg, y[train_idx]), y
-    else:
-        in_split = {i for idx in dataset.splits.values() for i in idx}
-        if any(i in in_split for i in targets.extra_train):  # a validation or test movie must never be fitted
-            raise ValueError("targets.extra_train names movies of the dataset's splits")
-        if targets.y.shape[0] != len(dataset.movies):
-            raise ValueError(f"targets.y has {targets.y.shape[0]} rows for {len(dataset.movies)} movies")
-        train_idx = train_idx + [i for i in targets.extra_train if usable[i]]
-        loss_fn, y_fit = targets.loss_fn, targets.y
-    oof: dict[str, Any] | None = None
-    if use_oof:
+        return inputs.train_idx, build_loss(cfg, inputs.y[inputs.train_idx]), inputs.y
+    dataset = inputs.dataset
+    in_split = {i for idx in dataset.splits.values() for i in idx}
+    if any(i in in_split for i in targets.extra_train):  # a validation or test movie must never be fitted
+        raise ValueError("targets.extra_train names movies of the dataset's splits")
+    if targets.y.shape[0] != len(dataset.movies):
+        raise ValueError(f"targets.y has {targets.y.shape[0]} rows for {len(dataset.movies)} movies")
+    usable = np.logical_or.reduce([inputs.presence[m] for m in inputs.modalities])
+    return inputs.train_idx + [i for i in targets.extra_train if usable[i]], targets.loss_fn, targets.y
+
+
+def fit_with_thresholds(cfg: Config, inputs: RunInputs, targets: Targets | None = None,
+                        log: Callable[[str], None] | None = None, on_epoch: Callable[[dict], None] | None = None,
+                        timings: dict[str, float] | None = None) -> FittedModel:
+    """Train the configured model (train.fit; with threshold_source=oof beside its fold heads) and tune its
+    thresholds: on its validation probabilities, or on the fold heads' out-of-fold probabilities over train +
+    validation. `timings` gets train_s (and train_oof_s, oof_s) and the thresholds' share of eval_s."""
+    timings = {} if timings is None else timings
+    seed_everything(cfg.seed)
+    model = build_model(cfg, inputs.dims)
+    train_idx, loss_fn, y_fit = _training_targets(cfg, inputs, targets)
+    oof_probs, pool, oof = None, None, None
+    if cfg.uses_fold_heads():
         # The fold heads and the final model are independent trainings: they run as one set of tasks (the final
         # one beside the fold heads when they go to worker processes, see oof_probabilities).
         t_oof = time.perf_counter()
-        pool = train_idx + val_idx  # never test
-        final = FinalFit(model, train_idx, val_idx, loss_fn, log=log, on_epoch=on_epoch)
-        oof_probs = oof_probabilities(cfg, batch_fn, dims, y, pool, cfg.threshold_folds, final=final)
+        pool = train_idx + inputs.val_idx  # never test
+        final = FinalFit(model, train_idx, inputs.val_idx, loss_fn, log=log, on_epoch=on_epoch)
+        oof_probs = oof_probabilities(cfg, inputs.batch_fn, inputs.dims, inputs.y, pool, cfg.threshold_folds,
+                                      final=final)
         assert final.result is not None
         result, beside = final.result, final.workers > 1
         # train_oof_s: the wall time of all threshold_folds + 1 trainings; oof_s: what the fold heads added to the
@@ -328,17 +414,28 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None,
                 f"[{timings['train_oof_s']:.1f} s for all {cfg.threshold_folds + 1} trainings]")
         oof = {"folds": cfg.threshold_folds, "n": len(pool), "final_beside_folds": beside}
     else:
-        result = fit(model, batch_fn, y_fit, train_idx, val_idx, cfg, loss_fn, extra_param_groups=extra_groups,
-                     log=log, on_epoch=on_epoch, val_labels=y)
+        result = fit(model, inputs.batch_fn, y_fit, train_idx, inputs.val_idx, cfg, loss_fn,
+                     extra_param_groups=inputs.extra_groups, log=log, on_epoch=on_epoch, val_labels=inputs.y)
     timings["train_s"] = result.seconds
-
     t = time.perf_counter()
-    val_probs, _ = predict(model, batch_fn, val_idx)
-    threshold = tune_thresholds(y[val_idx].numpy(), val_probs, cfg.threshold_mode)  # validation data only
+    val_probs, _ = predict(model, inputs.batch_fn, inputs.val_idx)
+    threshold = tune_thresholds(inputs.y[inputs.val_idx].numpy(), val_probs, cfg.threshold_mode)  # validation only
     if oof is not None:
         oof["val_thresholds"] = np.asarray(threshold).tolist()  # what validation alone would have chosen
-        threshold = tune_thresholds(y[pool].numpy(), oof_probs, cfg.threshold_mode)
-    test_probs, analysis = predict(model, batch_fn, test_idx, keep=ANALYSIS_KEYS)
+        threshold = tune_thresholds(inputs.y[pool].numpy(), oof_probs, cfg.threshold_mode)
+    timings["eval_s"] = time.perf_counter() - t
+    return FittedModel(model, result, train_idx, val_probs, threshold, oof)
+
+
+def assemble_metrics(cfg: Config, inputs: RunInputs, fitted: FittedModel, targets: Targets | None = None,
+                     extra: dict[str, Any] | None = None, timings: dict[str, float] | None = None):
+    """(metrics.json's dict, test probabilities, the fusion's analysis outputs on test): the model's test
+    predictions scored at its thresholds, every score and what the run was, and `extra`'s entries."""
+    timings = {} if timings is None else timings
+    t = time.perf_counter()
+    y, val_idx, test_idx, threshold, result = inputs.y, inputs.val_idx, inputs.test_idx, fitted.threshold, fitted.result
+    dataset, n_labelled_train = inputs.dataset, len(inputs.train_idx)
+    test_probs, analysis = predict(fitted.model, inputs.batch_fn, test_idx, keep=ANALYSIS_KEYS)
     y_test = y[test_idx].numpy()
     metrics = {
         "model": cfg.model,
@@ -349,33 +446,28 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None,
             "source": str(dataset.report.source), "fingerprint": dataset.fingerprint(), "split": dataset.split_mode,
             "modalities": cfg.modalities,
             "n": {"train": n_labelled_train, "dev": len(val_idx), "test": len(test_idx),
-                  **({"unlabelled": len(train_idx) - n_labelled_train} if targets is not None else {})},
+                  **({"unlabelled": len(fitted.train_idx) - n_labelled_train} if targets is not None else {})},
             **skipped_record(dataset),  # what the reader skipped and why: counts per kind, the first problems
         },
-        "encoders": encoders_meta,
+        "encoders": inputs.encoders_meta,
         "threshold_mode": cfg.threshold_mode,
-        "threshold_source": cfg.threshold_source if oof is not None else "val",
+        "threshold_source": cfg.threshold_source if fitted.oof is not None else "val",
         "thresholds": np.asarray(threshold).tolist(),
-        **({"oof": oof} if oof is not None else {}),
+        **({"oof": fitted.oof} if fitted.oof is not None else {}),
         "history": result.history,
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,
-        "val": compute_metrics(y[val_idx].numpy(), val_probs, threshold, GENRES),
+        "val": compute_metrics(y[val_idx].numpy(), fitted.val_probs, threshold, GENRES),
         "test": compute_metrics(y_test, test_probs, threshold, GENRES),
         "test_at_0.5": compute_metrics(y_test, test_probs, 0.5, GENRES) if cfg.threshold_mode != "fixed" else None,
-        "test_by_modality": _subgroup_metrics(y_test, test_probs, threshold, presence, test_idx, modalities),
+        "test_by_modality": _subgroup_metrics(y_test, test_probs, threshold, inputs.presence, test_idx,
+                                              inputs.modalities),
         "analysis": {k: {"mean": v.mean(axis=0).tolist()} for k, v in analysis.items()},
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "threads": torch.get_num_threads()},
         **(extra or {}),
         **(targets.evaluate(test_idx, test_probs, threshold) if targets is not None and targets.evaluate else {}),
     }
-    timings["eval_s"] = time.perf_counter() - t
+    timings["eval_s"] = timings.get("eval_s", 0.0) + time.perf_counter() - t
     metrics["timings"] = timings
-    if run_dir is not None and is_main():  # under torchrun every rank has the same metrics; rank 0 writes
-        ids = lambda idx: [dataset.movies[i].id for i in idx]  # noqa: E731
-        write_run(Path(run_dir), cfg, metrics, model, encoders_meta,
-                  test=Predictions(ids(test_idx), test_probs, y_test, threshold, analysis=analysis),
-                  # validation predictions: thresholds can be re-tuned from the run folder alone
-                  val=Predictions(ids(val_idx), val_probs, y[val_idx].numpy(), threshold), model_extra=model_extra)
-    return metrics
+    return metrics, test_probs, analysis

@@ -9,19 +9,22 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from ..evaluation import runs
 from . import tracking, workers
-from ..config import Config, load_config
-from ..data.loader import load_dataset
+from ..config import Config, load_config, parse_override
+from ..data.loader import DataSpec
+from ..data.summary import data_summary, format_data_line
 from ..distributed import is_main, resolve_device
 from ..encoders.concat import SEPARATOR
-from .experiment import build_model, check_encoders, load_features, reads_sequences, uses_fold_heads
+from ..features.spec import FeatureSpec
+from .experiment import build_model, check_encoders, load_features, reads_sequences
 from ..evaluation.metrics import format_table
 from ..data.modalities import spec
 from ..evaluation.report import write_report
@@ -76,42 +79,140 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def run_grid(data: str, preset: str = "thesis", split: str = "official", modalities: str = "any",
-             encoders: str = "offline", slot_overrides: list[str] | None = None, seeds: int = 1,
-             cache_dir: str | None = None, out: str | Path | None = None, rows: list[str] | None = None,
-             config_overrides: list[str] | None = None, log: Callable[[str], None] = print,
-             report: bool = True, fuse: tuple[str, ...] = (FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT),
-             track: str | None = None, track_uri: str | None = None,
-             track_experiment: str = tracking.DEFAULT_EXPERIMENT,
-             related: dict[str, str] | None = None) -> dict[str, Any]:
-    """Train and evaluate the grid's rows. `fuse`: the (text, image) slots the fusion rows combine; the thesis
-    fused BERT + ResNet50, its best text model with an image model. fuse=("auto",): the text and the image slot
-    whose unimodal rows score best on VALIDATION (validation_score), chosen once those rows are trained (the test
-    split never enters the choice; grid.json records it under `fuse_choice`). `track` ('mlflow', 'tensorboard'):
-    one parent run for the grid with a child run per row and seed (tracking.py). `related`: {"label", "path"} of
-    another grid folder (path relative to this one) that the report links to."""
+@dataclass(frozen=True)
+class GridSpec:
+    """One grid, as one value: `run_grid(GridSpec(DataSpec(path, "stratified", "both"), preset="recommended"))`.
+
+    data:             what data is read and how it is split (every row trains and is scored on it)
+    preset:           the recipe every model starts from (config.PRESETS)
+    config_overrides: key=value items (or a mapping) applied to every model's config after the preset; the data
+                      keys (DataSpec.CONFIG_KEYS) are refused here, they are `data`'s
+    cache_dir:        the feature cache root (the config key cache_dir; None: the overrides' or paths.cache_root())
+    encoders:         the named set filling the slots (offline, thesis, clip), `slot_overrides` 'SLOT=NAME' items
+                      changing single slots
+    fuse:             the (text, image) slots the fusion rows combine; the thesis fused BERT + ResNet50, its best
+                      text model with an image model. ("auto",): the text and the image slot whose unimodal rows
+                      score best on VALIDATION (validation_score), chosen once those rows are trained (the test
+                      split never enters the choice; grid.json records it under `fuse_choice`)
+    rows:             the rows to train (names or model names; None: all nine), `seeds` seeds each (mean ± std)
+    out:              the grid folder (None: <config out>/grid-<preset>-<time>); `report` writes its report there
+    track:            'mlflow' or 'tensorboard': one parent run for the grid with a child run per row and seed
+                      (tracking.py), at `track_uri` in experiment `track_experiment`
+    related:          {"label", "path"} of another grid folder (path relative to this one) the report links to
+    """
+
+    data: DataSpec
+    preset: str = "thesis"
+    config_overrides: Sequence[str] | Mapping[str, Any] = ()
+    cache_dir: str | Path | None = None
+    encoders: str = "offline"
+    slot_overrides: Sequence[str] = ()
+    fuse: tuple[str, ...] = (FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT)
+    rows: Sequence[str] | None = None
+    seeds: int = 1
+    out: str | Path | None = None
+    report: bool = True
+    track: str | None = None
+    track_uri: str | None = None
+    track_experiment: str = tracking.DEFAULT_EXPERIMENT
+    related: Mapping[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
+            raise ValueError(f"seeds={self.seeds!r}: expected a whole number >= 1")
+        if not isinstance(self.data, DataSpec):
+            raise TypeError(f"GridSpec.data must be a DataSpec (what data and how it is split), got "
+                            f"{type(self.data).__name__}")
+        keys = (self.config_overrides if isinstance(self.config_overrides, Mapping)
+                else [parse_override(o)[0] for o in self.config_overrides])
+        data_keys = sorted(set(keys) & set(DataSpec.CONFIG_KEYS))
+        if data_keys:
+            raise ValueError(f"grid: {', '.join(data_keys)} say what data is read and how it is split: set them on "
+                             "the grid's DataSpec, not as config overrides")
+
+    def base_config(self) -> Config:
+        """Every model's config before its row and seed: the preset, the overrides, the data and the cache."""
+        overrides = (dict(self.config_overrides) if isinstance(self.config_overrides, Mapping)
+                     else list(self.config_overrides))
+        base = load_config(preset=self.preset, overrides=overrides).replace(**self.data.config_values())
+        return base if self.cache_dir is None else base.replace(cache_dir=str(self.cache_dir))
+
+
+@dataclass
+class _Plan:
+    """What run_grid works out from its GridSpec before any work: the slots, the fused pair, the base config, the
+    rows and the grid folder."""
+
+    spec: GridSpec
+    slots: dict[str, str]
+    auto: bool  # fuse=("auto",): the fused slots are chosen once the unimodal rows are scored
+    fuse: tuple[str, str]
+    base: Config
+    rows: list[Row]
+    out: Path
+
+
+def run_grid(spec: GridSpec, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train and evaluate the grid's rows (see GridSpec); returns what grid.json holds, and its folder under
+    "out". Every slot's encoder encodes the data once (features made as the base config says: FeatureSpec), and
+    the rows read those tables."""
     t_start = time.perf_counter()
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise ValueError(f"seeds={seeds!r}: expected a whole number >= 1")
-    slots = resolve_slots(encoders, slot_overrides)
-    auto = tuple(fuse) == (AUTO,)
+    plan = _plan_grid(spec)
+    # Opened before any work, so that a store that cannot be used stops the grid at once; rank 0 alone tracks.
+    tracker = (tracking.open_tracker(spec.track, spec.track_uri, spec.track_experiment, default_dir=plan.out.parent)
+               if is_main() else None)
+    if is_main():
+        plan.out.mkdir(parents=True, exist_ok=True)
+    dataset = _load_data(plan, log)
+    t = time.perf_counter()
+    tables = _encode_slots(plan, dataset, log)
+    features_s = time.perf_counter() - t
+    grid_params = {"grid": plan.out.name, "preset": spec.preset, "rows": [r.name for r in plan.rows],
+                   "seeds": spec.seeds, "slots": plan.slots, "fuse": list(plan.fuse), **plan.base.to_dict()}
+    with tracking.maybe_run(tracker, plan.out.name, grid_params, plan.out) as parent:
+        t = time.perf_counter()
+        results, fuse_choice = _train_phases(plan, tables, dataset, tracker, parent, log)
+        train_s = time.perf_counter() - t
+        grid = {
+            "preset": spec.preset, "data": str(spec.data.path), "split": spec.data.split,
+            "modalities": spec.data.modalities, "seeds": spec.seeds, "encoders": spec.encoders, "slots": plan.slots,
+            "fuse": list(plan.fuse), "data_fingerprint": dataset.fingerprint(),
+            "n": {s: len(ix) for s, ix in dataset.splits.items()}, "rows": results,
+            "timings": {"features_s": features_s, "train_eval_s": train_s, "total_s": time.perf_counter() - t_start},
+            "config": plan.base.to_dict(),
+        }
+        if fuse_choice is not None:
+            grid["fuse_choice"] = fuse_choice
+        if spec.related:
+            grid["related"] = dict(spec.related)
+        if is_main():
+            _write_grid(plan, grid, parent, log)
+            log(f"\nresults: {plan.out}  (features {features_s:.1f} s, training+evaluation {train_s:.1f} s, "
+                f"total {time.perf_counter() - t_start:.1f} s)")
+        grid["out"] = str(plan.out)
+        return grid
+
+
+def _plan_grid(spec: GridSpec) -> _Plan:
+    """The grid's plan, with everything that can be refused refused before any work: the slots and the fused
+    pair, the rows, and an encoder that cannot do what a row asks of it (a sequence, gradients)."""
+    slots = resolve_slots(spec.encoders, list(spec.slot_overrides))
+    auto = tuple(spec.fuse) == (AUTO,)
     if auto and not is_main():  # the choice reads the runs' files, which only rank 0 writes
         raise ValueError("fuse=auto runs in one process only (not under torchrun)")
-    if auto:
-        fuse = (FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT)  # replaced once the unimodal rows are scored
+    fuse = (FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT) if auto else tuple(spec.fuse)  # auto: replaced once scored
     if len(fuse) != 2 or slot_modality(fuse[0]) != "text" or slot_modality(fuse[1]) != "image":
         raise ValueError(f"fuse={fuse}: expected a text slot and an image slot from {list(SLOTS)} "
                          "(or slots of one modality joined by '+', e.g. ResNet50+ViT)")
     for slot in fuse:  # a joined slot reads its parts' encoders side by side
         slots[slot] = slot_encoder(slot, slots)
-    base = load_config(preset=preset, overrides=config_overrides)
-    base = base.replace(data=str(data), split=split, modalities=modalities, cache_dir=cache_dir)
+    base = spec.base_config()
     grid_rows = [dataclasses.replace(r, text_slot=fuse[0], image_slot=fuse[1]) if r.kind == "fusion" else r
                  for r in ROWS]
-    selected = [r for r in grid_rows if rows is None or r.name in rows or r.model in rows]
+    selected = [r for r in grid_rows if spec.rows is None or r.name in spec.rows or r.model in spec.rows]
     if not selected:
-        raise ValueError(f"no grid rows match {rows}; rows: {[r.name for r in ROWS]}")
-    for r in selected:  # an encoder that cannot do what a row asks (a sequence, gradients) fails before any work
+        raise ValueError(f"no grid rows match {spec.rows}; rows: {[r.name for r in ROWS]}")
+    for r in selected:
         check_encoders(base.replace(model=r.model, text_encoder=slots.get(r.text_slot, base.text_encoder),
                                     image_encoder=slots.get(r.image_slot, base.image_encoder)),
                        tuple(m for m, s in (("text", r.text_slot), ("image", r.image_slot)) if s),
@@ -119,86 +220,76 @@ def run_grid(data: str, preset: str = "thesis", split: str = "official", modalit
     if auto and not {"text", "image"} <= {slot_modality(r.text_slot or r.image_slot) for r in selected
                                           if r.kind == "unimodal"}:
         raise ValueError("fuse=auto chooses the fused slots from the unimodal rows: select a text and an image row")
-    out = Path(out) if out else Path(base.out) / f"grid-{preset}-{datetime.now():%Y%m%d-%H%M%S}"
-    # Opened before any work, so that a store that cannot be used stops the grid at once; rank 0 alone tracks.
-    tracker = tracking.open_tracker(track, track_uri, track_experiment, default_dir=out.parent) if is_main() else None
-    if is_main():
-        out.mkdir(parents=True, exist_ok=True)
+    out = Path(spec.out) if spec.out else Path(base.out) / f"grid-{spec.preset}-{datetime.now():%Y%m%d-%H%M%S}"
+    return _Plan(spec, slots, auto, fuse, base, selected, out)
 
+
+def _load_data(plan: _Plan, log: Callable[[str], None]):
+    """The grid's dataset; its summary goes to the grid folder (rank 0 alone writes) and to the log."""
     t = time.perf_counter()
-    dataset = load_dataset(data, split, modalities, base.strict, base.plot_mode, base.split_seed)
-    from ..data.summary import data_summary, format_data_line
-
+    dataset = plan.spec.data.load()
     summary = data_summary(dataset)
     if is_main():  # under torchrun every rank runs the grid; rank 0 alone writes its files
-        runs.write_data_summary(out, summary)
-    log(f"{format_data_line(summary, modalities)}  [{time.perf_counter() - t:.1f} s]")
+        runs.write_data_summary(plan.out, summary)
+    log(f"{format_data_line(summary, plan.spec.data.modalities)}  [{time.perf_counter() - t:.1f} s]")
+    return dataset
 
-    # Encode each slot's encoder once; every row that uses the slot shares the table.
-    t = time.perf_counter()
+
+def _encode_slots(plan: _Plan, dataset, log: Callable[[str], None]) -> dict[str, Any]:
+    """Each slot's feature table: every slot's encoder encodes the data once, and every row that uses the slot
+    shares its table. With fuse=auto the fused slots wait until they are chosen."""
+    features = FeatureSpec.from_config(plan.base)  # how every slot's features are made, worked out once
     tables: dict[str, Any] = {}
-    for slot in dict.fromkeys(s for r in selected if not (auto and r.kind == "fusion")
+    for slot in dict.fromkeys(s for r in plan.rows if not (plan.auto and r.kind == "fusion")
                               for s in (r.text_slot, r.image_slot) if s):
         modality = slot_modality(slot)
-        cfg = base.replace(**{spec(modality).encoder_config: slots[slot]})
+        cfg = plan.base.replace(**{spec(modality).encoder_config: plan.slots[slot]})
         t_slot = time.perf_counter()
         # Token/patch sequences only for slots that a sequence-reading model (cross_attention=sequence) reads.
-        sequences = any(slot in (r.text_slot, r.image_slot) and reads_sequences(base.replace(model=r.model))
-                        for r in selected)
-        feats, _ = load_features(cfg, dataset, (modality,), sequences=sequences)
+        sequences = any(slot in (r.text_slot, r.image_slot) and reads_sequences(plan.base.replace(model=r.model))
+                        for r in plan.rows)
+        feats, _ = load_features(cfg, dataset, (modality,), features, sequences=sequences)
         tables[slot] = feats[modality]
-        log(f"features {slot:<8} <- {slots[slot]:<20} {tables[slot].dim:>5}-d  "
+        log(f"features {slot:<8} <- {plan.slots[slot]:<20} {tables[slot].dim:>5}-d  "
             f"{tables[slot].encoded_now:,} newly encoded"
             + (f" ({tables[slot].backend})" if tables[slot].backend else "")
             + f"  [{time.perf_counter() - t_slot:.1f} s]")
-    features_s = time.perf_counter() - t
+    return tables
 
-    grid_params = {"grid": out.name, "preset": preset, "rows": [r.name for r in selected], "seeds": seeds,
-                   "slots": slots, "fuse": list(fuse), **base.to_dict()}
-    with tracking.maybe_run(tracker, out.name, grid_params, out) as parent:
-        t = time.perf_counter()
-        results: list[dict[str, Any]] = []
-        fuse_choice = None
-        # Rows train phase by phase: with fuse=auto the fusion rows wait for the unimodal rows' scores.
-        phases = ([[r for r in selected if r.kind != "fusion"], [r for r in selected if r.kind == "fusion"]]
-                  if auto else [selected])
-        for phase in filter(None, phases):
-            if auto and phase[0].kind == "fusion":
-                fuse_choice = choose_fusion_slots(results, out)
-                fuse = (fuse_choice["text"], fuse_choice["image"])
-                log(f"fusing {fuse[0]} + {fuse[1]}: the best text and image rows by validation macro-F1 "
-                    "(thresholds cross-fitted within validation)")
-                phase = [dataclasses.replace(r, text_slot=fuse[0], image_slot=fuse[1]) for r in phase]
-            results += _train_rows(phase, seeds, base, slots, tables, dataset, out, tracker, parent, log)
-        train_s = time.perf_counter() - t
 
-        tables_txt = format_grid_tables(results)
-        grid = {
-            "preset": preset, "data": str(data), "split": split, "modalities": modalities, "seeds": seeds,
-            "encoders": encoders, "slots": slots, "fuse": list(fuse), "data_fingerprint": dataset.fingerprint(),
-            "n": {s: len(ix) for s, ix in dataset.splits.items()}, "rows": results,
-            "timings": {"features_s": features_s, "train_eval_s": train_s, "total_s": time.perf_counter() - t_start},
-            "config": base.to_dict(),
-        }
-        if fuse_choice is not None:
-            grid["fuse_choice"] = fuse_choice
-        if related:
-            grid["related"] = dict(related)
-        if not is_main():
-            grid["out"] = str(out)
-            return grid
-        runs.write_grid(out, base, grid, tables_txt)
-        if parent:  # the grid's own numbers: every row's test macro/micro-F1, and grid.json + tables.txt
-            parent.log_grid(results, out)
-        log("")
-        log(tables_txt)
-        if report:
-            paths = write_report(out)
-            log(f"report: {paths['markdown']}  {paths['html']}")
-        log(f"\nresults: {out}  (features {features_s:.1f} s, training+evaluation {train_s:.1f} s, "
-            f"total {time.perf_counter() - t_start:.1f} s)")
-        grid["out"] = str(out)
-        return grid
+def _train_phases(plan: _Plan, tables: dict[str, Any], dataset, tracker, parent,
+                  log: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Every selected row for every seed, phase by phase: with fuse=auto the fusion rows wait for the unimodal
+    rows' validation scores, which choose the fused slots (plan.fuse is set to them). The rows' grid.json entries
+    and the choice (None without auto)."""
+    results: list[dict[str, Any]] = []
+    fuse_choice = None
+    phases = ([[r for r in plan.rows if r.kind != "fusion"], [r for r in plan.rows if r.kind == "fusion"]]
+              if plan.auto else [plan.rows])
+    for phase in filter(None, phases):
+        if plan.auto and phase[0].kind == "fusion":
+            fuse_choice = choose_fusion_slots(results, plan.out)
+            plan.fuse = (fuse_choice["text"], fuse_choice["image"])
+            log(f"fusing {plan.fuse[0]} + {plan.fuse[1]}: the best text and image rows by validation macro-F1 "
+                "(thresholds cross-fitted within validation)")
+            phase = [dataclasses.replace(r, text_slot=plan.fuse[0], image_slot=plan.fuse[1]) for r in phase]
+        results += _train_rows(phase, plan.spec.seeds, plan.base, plan.slots, tables, dataset, plan.out, tracker,
+                               parent, log)
+    return results, fuse_choice
+
+
+def _write_grid(plan: _Plan, grid: dict[str, Any], parent, log: Callable[[str], None]) -> None:
+    """grid.json and tables.txt (runs.write_grid), the grid's own numbers to its tracked run, the tables to the
+    log, and the report."""
+    tables_txt = format_grid_tables(grid["rows"])
+    runs.write_grid(plan.out, plan.base, grid, tables_txt)
+    if parent:  # the grid's own numbers: every row's test macro/micro-F1, and grid.json + tables.txt
+        parent.log_grid(grid["rows"], plan.out)
+    log("")
+    log(tables_txt)
+    if plan.spec.report:
+        paths = write_report(plan.out)
+        log(f"report: {paths['markdown']}  {paths['html']}")
 
 
 def _row_seed_task(job: tuple, task: tuple) -> dict[str, Any]:
@@ -215,7 +306,7 @@ def row_workers(base: Config, tasks: int, tracking_on: bool) -> int:
     """How many worker processes train a grid's (row, seed) runs side by side (workers.plan, under the config's
     fold_workers): on a CPU, over cached features, untracked, and only when the rows have no fold heads of their own
     (threshold_source=oof's fold heads already train side by side within each row)."""
-    if tracking_on or base.mode != "features" or uses_fold_heads(base):
+    if tracking_on or base.mode != "features" or base.uses_fold_heads():
         return 1
     return workers.plan(base.fold_workers, tasks, resolve_device(base.device))
 

@@ -24,6 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..evaluation import runs
+from ..evaluation.scoring import model_features
+from ..features.spec import FeatureSpec
 from ..inference.checkpoint import META_FILE, WEIGHTS_FILE, read_meta
 from ..data.labels import GENRES
 
@@ -111,9 +113,11 @@ class Teacher:
         }
 
     # -- what it predicts ---------------------------------------------------------------------------------------
-    def probabilities(self, dataset, indices: Sequence[int], cache_dir: str | Path | None = None,
-                      progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """(probabilities (n, G), can_predict (n,)) for dataset rows `indices`: the members' mean. can_predict is
+    def probabilities(self, dataset, indices: Sequence[int],
+                      features: FeatureSpec | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities (n, G), can_predict (n,)) for dataset rows `indices`: the members' mean, each over its
+        encoders' features made as `features` says (default FeatureSpec()), at the precisions it was trained
+        at (scoring.model_features). can_predict is
         False for a movie lacking a modality some member cannot do without (a unimodal model's one input, or one a
         model trained only on movies with both never learned a stand-in for): its row is not a teacher signal."""
         import torch
@@ -124,19 +128,20 @@ class Teacher:
         from ..inference.predictor import Predictor
         from .train import predict
 
+        features = FeatureSpec() if features is None else features
         indices = list(indices)
         total = np.zeros((len(indices), len(GENRES)), dtype=np.float64)
         ok = np.ones(len(indices), dtype=bool)
         tables: dict[tuple[str, bool], Any] = {}  # members sharing an encoder share its table
         for member in self.members:
-            predictor = Predictor(member.model_dir)  # verifies the folder and the encoders' fingerprints
+            # verifies the folder and the encoders' fingerprints; offline weights under the features' root
+            predictor = Predictor(member.model_dir, cache_root=features.cache_root)
             feats = {}
             for m in predictor.modalities:
                 key = (predictor.meta["encoders"][m]["fingerprint_sha256"], predictor.sequences)
                 if key not in tables:
-                    tables[key] = dataset_features(dataset, predictor.encoders[m], cache_dir,
-                                                   sequences=predictor.sequences, precision=predictor.precision[m],
-                                                   progress=progress)
+                    tables[key] = dataset_features(dataset, predictor.encoders[m], model_features(predictor, features),
+                                                   sequences=predictor.sequences)
                 feats[m] = tables[key]
             with torch.inference_mode():
                 probs, _ = predict(predictor.head, FeatureBatches(**feats, sequences=predictor.sequences), indices)

@@ -15,10 +15,11 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
+from sklearn.metrics import f1_score
 from torch import nn
 
 from .. import distributed
@@ -151,52 +152,9 @@ def fit(model: nn.Module, batch_fn: BatchFn, y: torch.Tensor, train_idx: Iterabl
     The model, the loss and (when they can move, like FeatureBatches) the batches go to `cfg.device`. Under
     torchrun, call it on every rank with the same arguments; `extra_param_groups` (encoders trained end to end,
     outside `model`) have their gradients averaged like DDP's."""
-    from sklearn.metrics import f1_score
-
     seed_everything(cfg.seed)
     t0 = time.perf_counter()
-    train_idx = torch.as_tensor(list(train_idx), dtype=torch.long)
-    val_idx = torch.as_tensor(list(val_idx), dtype=torch.long)
-    if len(train_idx) == 0 or len(val_idx) == 0:
-        raise ValueError("training needs non-empty train and validation splits")
-    device = distributed.resolve_device(cfg.device)
-    world, rank = distributed.world_size(), distributed.rank()
-    model.to(device)
-    if isinstance(loss_fn, nn.Module):
-        loss_fn.to(device)  # pos_weight is a buffer
-    if hasattr(batch_fn, "to"):
-        batch_fn = batch_fn.to(device)
-    y_val = (y if val_labels is None else val_labels)[val_idx].cpu().numpy()
-    y = y.to(device)
-    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
-    groups += extra_param_groups or []
-    extra_params = [p for g in extra_param_groups or [] for p in g["params"]]
-    net = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        # Same initial weights (DDP broadcasts rank 0's) and batch order everywhere, but dropout must draw
-        # different masks on each rank's slice; rank 0 keeps the single-process random stream.
-        if rank > 0:
-            torch.manual_seed(cfg.seed + 1_000_003 * rank)
-    # The fused kernel updates each parameter in one pass instead of a dozen tensor ops: on a GPU it saves launches,
-    # on a CPU memory traffic: benchmarks/fused_adamw.py measured x0.70 of the default's training time for the image
-    # and GMU heads on the 2-core development machine, with the same validation scores.
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  fused=True if device.type in ("cuda", "cpu") else None)
-    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
-    if cfg.scheduler == "plateau":
-        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience)
-        step_sched = None
-    else:  # linear warm-up from 0, then cosine decay to 0 at the last step; stepped per batch
-        from transformers import get_cosine_schedule_with_warmup
-
-        step_sched = get_cosine_schedule_with_warmup(
-            optimizer, num_warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)),
-            num_training_steps=steps_per_epoch * cfg.epochs)
-        plateau = None
+    loop = _Loop.setup(model, batch_fn, y, train_idx, val_idx, cfg, loss_fn, extra_param_groups, val_labels)
     generator = torch.Generator().manual_seed(cfg.seed)
     result = TrainResult()
     best_state, bad_epochs = None, 0
@@ -204,55 +162,133 @@ def fit(model: nn.Module, batch_fn: BatchFn, y: torch.Tensor, train_idx: Iterabl
     on_epoch = on_epoch if distributed.is_main() else None
     for epoch in range(1, cfg.epochs + 1):
         te = time.perf_counter()
-        model.train()
-        running, seen = 0.0, 0
-        order = train_idx[torch.randperm(len(train_idx), generator=generator)]
-        for b in _batches(order, cfg.batch_size):
-            local, weight, n_local = _local_slice(b, world, rank)
-            with _encoder_autocast(device):
-                batch = batch_fn(local, True)
-            out = net(_to_device(batch, device))
-            loss = loss_fn(out["logits"], y[local])
-            if cfg.aux_loss_weight > 0:  # each modality's own logits also learn the genres (late fusion)
-                for key in AUX_LOGITS:
-                    if key in out:
-                        loss = loss + cfg.aux_loss_weight * loss_fn(out[key], y[local])
-            optimizer.zero_grad(set_to_none=True)
-            (loss * weight if world > 1 else loss).backward()
-            if world > 1 and extra_params:
-                distributed.sync_gradients(extra_params)
-            optimizer.step()
-            if step_sched is not None:
-                step_sched.step()
-            running = running + loss.detach().double() * n_local  # a tensor: no GPU sync per step
-            seen += len(b)
-        running = distributed.all_reduce_sum(float(running))
-        val_loss, val_probs = _val_loss_and_probs(model, batch_fn, val_idx, y, loss_fn, 256)
-        pred = (val_probs >= 0.5).astype(int)
-        row = {
-            "epoch": epoch, "train_loss": running / seen, "val_loss": val_loss,
-            "val_f1_macro": float(f1_score(y_val, pred, average="macro", zero_division=0)),
-            "val_f1_micro": float(f1_score(y_val, pred, average="micro", zero_division=0)),
-            "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - te,
-        }
+        train_loss = loop.train_epoch(cfg, generator)
+        row = {"epoch": epoch, "train_loss": train_loss, **loop.validate(), "lr": loop.optimizer.param_groups[0]["lr"],
+               "seconds": time.perf_counter() - te}
         result.history.append(row)
         if on_epoch:
             on_epoch(dict(row))
         if log:
-            log(f"epoch {epoch:>2}  train {row['train_loss']:.4f}  val {val_loss:.4f}  "
+            log(f"epoch {epoch:>2}  train {row['train_loss']:.4f}  val {row['val_loss']:.4f}  "
                 f"val F1 macro {row['val_f1_macro']:.4f} micro {row['val_f1_micro']:.4f}")
-        if plateau is not None:
-            plateau.step(val_loss)
-        if val_loss < result.best_val_loss:
-            result.best_val_loss, result.best_epoch, bad_epochs = val_loss, epoch, 0
+        if loop.plateau is not None:
+            loop.plateau.step(row["val_loss"])
+        if row["val_loss"] < result.best_val_loss:
+            result.best_val_loss, result.best_epoch, bad_epochs = row["val_loss"], epoch, 0
             best_state = copy.deepcopy(model.state_dict())
         else:
             bad_epochs += 1
             if bad_epochs >= cfg.early_stopping_patience:
                 result.stopped_early = True
                 break
-    del net  # drops DDP's hooks on the model's parameters
+    loop.net = None  # drops DDP's hooks on the model's parameters
     if best_state is not None:
         model.load_state_dict(best_state)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+@dataclass
+class _Loop:
+    """One training loop's working set (fit): the model (and `net`, the DDP wrapper under torchrun), batches,
+    targets and indices on the device, the optimizer and its schedule."""
+
+    model: nn.Module
+    net: nn.Module | None
+    batch_fn: BatchFn
+    y: torch.Tensor  # on the device: what loss_fn reads
+    y_val: np.ndarray  # the validation labels the per-epoch F1 is computed against
+    train_idx: torch.Tensor
+    val_idx: torch.Tensor
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer
+    plateau: Any  # ReduceLROnPlateau, stepped per epoch (scheduler=plateau)
+    step_sched: Any  # warm-up + cosine, stepped per batch (scheduler=cosine)
+    device: torch.device
+    extra_params: list[torch.nn.Parameter]
+    aux_loss_weight: float
+    batch_size: int
+
+    @classmethod
+    def setup(cls, model, batch_fn, y, train_idx, val_idx, cfg: Config, loss_fn, extra_param_groups,
+              val_labels) -> "_Loop":
+        train_idx = torch.as_tensor(list(train_idx), dtype=torch.long)
+        val_idx = torch.as_tensor(list(val_idx), dtype=torch.long)
+        if len(train_idx) == 0 or len(val_idx) == 0:
+            raise ValueError("training needs non-empty train and validation splits")
+        device = distributed.resolve_device(cfg.device)
+        world, rank = distributed.world_size(), distributed.rank()
+        model.to(device)
+        if isinstance(loss_fn, nn.Module):
+            loss_fn.to(device)  # pos_weight is a buffer
+        if hasattr(batch_fn, "to"):
+            batch_fn = batch_fn.to(device)
+        y_val = (y if val_labels is None else val_labels)[val_idx].cpu().numpy()
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr}]
+        groups += extra_param_groups or []
+        net = model
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel  # here: only under torchrun
+
+            net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            # Same initial weights (DDP broadcasts rank 0's) and batch order everywhere, but dropout must draw
+            # different masks on each rank's slice; rank 0 keeps the single-process random stream.
+            if rank > 0:
+                torch.manual_seed(cfg.seed + 1_000_003 * rank)
+        # The fused kernel updates each parameter in one pass instead of a dozen tensor ops: on a GPU it saves
+        # launches, on a CPU memory traffic: benchmarks/fused_adamw.py measured x0.70 of the default's training
+        # time for the image and GMU heads on the 2-core development machine, with the same validation scores.
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                      fused=True if device.type in ("cuda", "cpu") else None)
+        plateau, step_sched = _schedule(optimizer, cfg, math.ceil(len(train_idx) / cfg.batch_size))
+        return cls(model, net, batch_fn, y.to(device), y_val, train_idx, val_idx, loss_fn, optimizer, plateau,
+                   step_sched, device, [p for g in extra_param_groups or [] for p in g["params"]],
+                   cfg.aux_loss_weight, cfg.batch_size)
+
+    def train_epoch(self, cfg: Config, generator: torch.Generator) -> float:
+        """One pass over the training rows in a seeded random order; the mean training loss."""
+        world, rank = distributed.world_size(), distributed.rank()
+        self.model.train()
+        running, seen = 0.0, 0
+        order = self.train_idx[torch.randperm(len(self.train_idx), generator=generator)]
+        for b in _batches(order, self.batch_size):
+            local, weight, n_local = _local_slice(b, world, rank)
+            with _encoder_autocast(self.device):
+                batch = self.batch_fn(local, True)
+            out = self.net(_to_device(batch, self.device))
+            loss = self.loss_fn(out["logits"], self.y[local])
+            if self.aux_loss_weight > 0:  # each modality's own logits also learn the genres (late fusion)
+                for key in AUX_LOGITS:
+                    if key in out:
+                        loss = loss + self.aux_loss_weight * self.loss_fn(out[key], self.y[local])
+            self.optimizer.zero_grad(set_to_none=True)
+            (loss * weight if world > 1 else loss).backward()
+            if world > 1 and self.extra_params:
+                distributed.sync_gradients(self.extra_params)
+            self.optimizer.step()
+            if self.step_sched is not None:
+                self.step_sched.step()
+            running = running + loss.detach().double() * n_local  # a tensor: no GPU sync per step
+            seen += len(b)
+        return distributed.all_reduce_sum(float(running)) / seen
+
+    def validate(self) -> dict[str, float]:
+        """The validation loss and the macro / micro F1 at 0.5."""
+        val_loss, val_probs = _val_loss_and_probs(self.model, self.batch_fn, self.val_idx, self.y, self.loss_fn, 256)
+        pred = (val_probs >= 0.5).astype(int)
+        return {"val_loss": val_loss,
+                "val_f1_macro": float(f1_score(self.y_val, pred, average="macro", zero_division=0)),
+                "val_f1_micro": float(f1_score(self.y_val, pred, average="micro", zero_division=0))}
+
+
+def _schedule(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int) -> tuple[Any, Any]:
+    """(the plateau schedule stepped per epoch, the schedule stepped per batch): one of them, as configured."""
+    if cfg.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience), None
+    # linear warm-up from 0, then cosine decay to 0 at the last step; stepped per batch
+    from transformers import get_cosine_schedule_with_warmup  # here: transformers is slow to import
+
+    return None, get_cosine_schedule_with_warmup(
+        optimizer, num_warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)),
+        num_training_steps=steps_per_epoch * cfg.epochs)

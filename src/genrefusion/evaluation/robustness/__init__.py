@@ -33,9 +33,12 @@ def run_robustness(model_dirs, data, out=None, **kwargs) -> dict:
 
 
 def cmd_robustness(args) -> int:
+    from ...features.spec import FeatureSpec  # here: the CLI parser imports this module, and it imports torch
+
+    features = FeatureSpec(cache_root=args.cache_dir, progress=False)  # the clean inputs': no bar of their own
     paths = run_robustness(args.model, args.data, args.out, split=args.scored_split, modalities=args.modalities,
                            corruptions=args.corruptions, levels=args.levels, seed=args.seed, limit=args.limit,
-                           split_mode=args.split_mode, cache_dir=args.cache_dir, use_cache=not args.no_cache,
+                           split_mode=args.split_mode, features=features, use_cache=not args.no_cache,
                            batch_size=args.batch_size, progress=not args.quiet)
     print(f"markdown: {paths['markdown']}\nhtml:     {paths['html']}\njson:     {paths['json']}")
     return 0

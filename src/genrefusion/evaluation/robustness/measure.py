@@ -20,7 +20,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .. import scoring
+from ...data.loader import DataSpec
 from ...data.modalities import spec
+from ...features.spec import FeatureSpec
 from ...inference.predictor import Predictor
 from .corruptions import CORRUPTIONS, DEFAULT_LEVELS, Corruption, check_level, get_corruption, movie_rng
 
@@ -55,14 +57,15 @@ def _run_label(directory: Path, predictor: Predictor) -> str:
     return f"{predictor.fusion} [{' + '.join(names)}]"
 
 
-def load_models(directories: Sequence[str | Path]) -> list[Model]:
+def load_models(directories: Sequence[str | Path], cache_root: Path | None = None) -> list[Model]:
+    """The saved models, each labelled for the charts; their offline weights built under `cache_root`."""
     from ...inference.predictor import load_model
 
     if not directories:
         raise ValueError("no model given (--model DIR)")
     models: list[Model] = []
     for d in directories:
-        p = load_model(d)
+        p = load_model(d, cache_root=cache_root)
         label = base = _run_label(Path(d), p)
         if any(m.label == label for m in models):
             label = base = f"{base} seed {p.meta['config'].get('seed', '?')}"
@@ -130,7 +133,7 @@ class Study:
     """The movies, their labels and clean features for a set of models; `score` runs one corruption."""
 
     def __init__(self, models: list[Model], dataset, indices: list[int], seed: int = 0,
-                 cache_dir: str | Path | None = None, use_cache: bool = True, batch_size: int | None = None,
+                 features: FeatureSpec | None = None, use_cache: bool = True, batch_size: int | None = None,
                  progress: Callable[[int], None] | None = None):
         self.models, self.seed, self.batch_size, self.progress = models, seed, batch_size, progress
         self.data = dataset.subset(indices)
@@ -143,7 +146,7 @@ class Study:
                 if key in self.clean:
                     continue
                 if use_cache:
-                    self.clean[key] = scoring.cached_inputs(model.predictor, self.data, cache_dir,
+                    self.clean[key] = scoring.cached_inputs(model.predictor, self.data, features,
                                                             modalities=(mod,))[mod]
                 else:
                     self.clean[key] = self._encode(model.predictor, mod, lambda i, mod=mod: self._raw(mod, i))
@@ -222,21 +225,23 @@ class Study:
 def measure(model_dirs: Sequence[str | Path], data: str | Path, split: str = "test", modalities: str = "both",
             corruptions: str | Sequence[str] | None = None, levels: str | Sequence[float] | None = None,
             seed: int = 0, limit: int | None = None, split_mode: str | None = None,
-            cache_dir: str | Path | None = None, use_cache: bool = True, batch_size: int | None = None,
+            features: FeatureSpec | None = None, use_cache: bool = True, batch_size: int | None = None,
             log: Callable[[str], None] | None = print, progress: bool = True) -> dict[str, Any]:
-    """Score every model clean and under each corruption at each level; the JSON-able result page.py draws."""
-    from ...data.loader import load_dataset
+    """Score every model clean and under each corruption at each level; the JSON-able result page.py draws.
+    `features`: how the clean inputs' features are made through the cache (default: FeatureSpec(progress=False));
+    `progress`: a bar over the corrupted inputs encoded."""
     from ...data.summary import data_summary, format_data_line
 
     t0 = time.perf_counter()
     chosen, levels = parse_corruptions(corruptions), parse_levels(levels)
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be a positive number of movies, not {limit}")
-    models = load_models(model_dirs)
+    features = FeatureSpec(progress=False) if features is None else features
+    models = load_models(model_dirs, features.cache_root)
     settings = data_settings(models, split_mode)
     # The whole dataset when every movie is scored: any split reads it, a stratified one even without a split.
-    dataset = load_dataset(data, "stratified" if split == "all" else settings["split"], modalities,
-                           plot_mode=settings["plot_mode"], seed=settings["split_seed"])
+    dataset = DataSpec(data, "stratified" if split == "all" else settings["split"], modalities,
+                       split_seed=settings["split_seed"], plot_mode=settings["plot_mode"]).load()
     if log:
         log(format_data_line(data_summary(dataset), modalities))
     idx = scoring.split_indices(dataset, split)
@@ -252,7 +257,7 @@ def measure(model_dirs: Sequence[str | Path], data: str | Path, split: str = "te
     n_enc = sum(len({scoring.encoder_key(m.predictor, c.modality) for m in models if m.reads(c.modality)})
                 for c, _ in steps if not c.removes)
     bar = _progress_bar(progress, n_enc * len(idx))
-    study = Study(models, dataset, idx, seed, cache_dir, use_cache, batch_size, bar.update if bar else None)
+    study = Study(models, dataset, idx, seed, features, use_cache, batch_size, bar.update if bar else None)
     if log:
         log(f"{len(idx):,} {split} movies scored by {len(models)} model(s)"
             + (f"; left out: {', '.join(f'{k} ({n})' for k, n in excluded.items())}" if excluded else ""))
