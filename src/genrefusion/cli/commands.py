@@ -172,12 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compare)
 
-    for module in PLUGIN_MODULES:  # later layers (reports, serving, download) add their own subcommands
+    _add_plugins(sub)
+    return parser
+
+
+def _add_plugins(sub) -> None:
+    """The later layers' subcommands (reports, serving, download, ...), then the option every data reader takes."""
+    for module in PLUGIN_MODULES:
         importlib.import_module(module).add_cli(sub)
     for name in READS_DATA:
         if name in sub.choices:
             add_outside_posters_option(sub.choices[name])
-    return parser
 
 
 # Each of these modules defines `add_cli(subparsers)` and imports its heavy dependencies inside its commands, so
