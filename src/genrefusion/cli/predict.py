@@ -50,21 +50,16 @@ def cmd_predict(args) -> int:
 
 
 def _predict_catalog(predictor: Predictor, args) -> int:
-    """A CSV/JSONL catalog (data.load_catalog's format; labels optional) -> one prediction per movie. Movies go
-    through the Predictor `--chunk` at a time, which encodes them in length-grouped batches (see
-    Predictor.features), while the next chunk's posters are decoded."""
+    """A CSV/JSONL catalog (data.load_catalog's format; labels optional) -> one prediction per movie, through
+    inference.catalog.predict_catalog: resumable with --output, shared between the ranks under torchrun."""
     from ..data.loader import load_catalog
 
     ds = load_catalog(args.input, strict=args.strict, require_labels=False)
-    for p in ds.report.problems:
-        print(f"catalog: {p}", file=sys.stderr)
     if args.batch_size is not None:
         predictor.batch_sizes = {m: args.batch_size for m in predictor.modalities}
-    out_path = Path(args.output) if args.output else None
-    failed = predict_catalog(predictor, ds.movies, out_path, args.chunk)
-    skipped = failed + sum(ds.report.skipped_by_kind().values())
-    print(f"predicted {len(ds.movies) - failed:,} movies" + (f" -> {out_path}" if out_path else "")
-          + (f"; skipped {skipped:,} (named above)" if skipped else ""), file=sys.stderr)
+    run = predict_catalog(predictor, ds, args.output, chunk=args.chunk, batch_size=args.batch_size)
+    for line in run.lines() if run.main else ():  # rank 0 speaks for all
+        print(line, file=sys.stderr)
     return 0
 
 
@@ -88,7 +83,11 @@ def add_cli(sub) -> None:
     p.add_argument("--plot", default=None, help="plot text")
     p.add_argument("--plot-file", default=None, help="read the plot from this UTF-8 text file")
     p.add_argument("--input", default=None, help="CSV/JSONL catalog (id, plot, poster) to predict as a whole")
-    p.add_argument("--output", default=None, help="catalog predictions file: .csv or .jsonl (default: JSONL to stdout)")
+    p.add_argument("--output", default=None,
+                   help="catalog predictions file: .csv or .jsonl (default: JSONL to stdout). Resumable: killed and run "
+                        "again, it continues from the chunks done in OUT.parts/; movies without a prediction are "
+                        "listed in OUT.skipped.jsonl. Under torchrun the ranks share the chunks (OUT's folder must be "
+                        "one they all see)")
     p.add_argument("--batch-size", type=_positive, default=None,
                    help="items per encoder call (default: the encoder's CPU batch, 128 on a GPU)")
     p.add_argument("--chunk", type=_positive, default=256,
