@@ -204,3 +204,48 @@ def test_every_movie_without_a_prediction_is_counted_and_listed(trained_run, syn
                                                       ("m4", "bad_field"), ("m2", "bad_poster")]
     assert "p2.jpg" in listed[3]["where"] and all(s["reason"] for s in listed)
     assert "catalog: " in capsys.readouterr().err  # the reader's problems are named on stderr too
+
+
+# Under torchrun: `genrefusion predict` as `-m genrefusion` runs it, each part's chunk recorded by the rank that
+# wrote it.
+RANK_WORKER = textwrap.dedent("""
+    import os, sys
+    from genrefusion.inference import catalog
+    from genrefusion.cli.commands import main
+
+    write = catalog._write_part
+
+    def recorded(target, data):
+        write(target, data)
+        with open(os.path.join(os.environ["RECORD"], "rank" + os.environ["RANK"]), "a") as f:
+            f.write(target.name + "\\n")
+
+    catalog._write_part = recorded
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_two_ranks_under_torchrun_write_the_bytes_of_one_process(trained_run, synthetic_catalog, tmp_path):
+    model, cat = trained_run / "model", _catalog(synthetic_catalog, "ranks.csv")
+    n = len(load_catalog(cat, require_labels=False).movies)
+    (tmp_path / "worker.py").write_text(RANK_WORKER)
+    (tmp_path / "record").mkdir()
+    out = tmp_path / "two" / "pred.csv"
+    out.parent.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", "2",
+           str(tmp_path / "worker.py"), "predict", "--model", str(model), "--input", str(cat), "--output", str(out),
+           "--chunk", str(CHUNK)]
+    proc = subprocess.run(cmd, env={**ENV, "RECORD": str(tmp_path / "record")}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    one = _predict(model, cat, tmp_path / "one.csv")
+    assert out.read_bytes() == (tmp_path / "one.csv").read_bytes()
+    assert skipped_file(out).read_bytes() == skipped_file(tmp_path / "one.csv").read_bytes()
+    assert not parts_dir(out).exists()
+    # each rank computed its own share: every other chunk, none twice
+    chunks = -(-n // CHUNK)
+    done = [sorted((tmp_path / "record" / f"rank{r}").read_text().split()) for r in range(2)]
+    assert done == [[f"part-{k:06d}.csv" for k in range(r, chunks, 2)] for r in range(2)]
+    assert f"{n} movies in" in proc.stderr and "over 2 processes" in proc.stderr
+    assert proc.stderr.count("predicted ") == 1  # rank 0 speaks for both
+    assert _computed(one.stderr) == n
