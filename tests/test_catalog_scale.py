@@ -249,3 +249,19 @@ def test_two_ranks_under_torchrun_write_the_bytes_of_one_process(trained_run, sy
     assert f"{n} movies in" in proc.stderr and "over 2 processes" in proc.stderr
     assert proc.stderr.count("predicted ") == 1  # rank 0 speaks for both
     assert _computed(one.stderr) == n
+
+
+def test_assembly_that_fails_midway_leaves_the_previous_output(tmp_path):
+    target = tmp_path / "pred.csv"
+    target.write_bytes(b"the previous run's output\n")
+
+    def pieces():
+        yield b"id,predicted\r\n"
+        raise ValueError("a part is missing")
+
+    with pytest.raises(ValueError, match="missing"):
+        atomic.write_chunks(target, pieces())
+    assert target.read_bytes() == b"the previous run's output\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["pred.csv"]  # no temporary left behind
+    atomic.write_chunks(target, iter([b"a", b"", b"bc"]))
+    assert target.read_bytes() == b"abc"

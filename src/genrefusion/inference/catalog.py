@@ -17,7 +17,9 @@ removed and the run starts over, saying what changed. When every part is there, 
 catalog order, atomically (a reader never sees half of it), then OUT.skipped.jsonl, one line per movie that got no
 prediction (`id`, `kind`, `reason`, `where`: rows the catalog reader refused, then posters that do not decode and
 movies the model cannot predict from, in catalog order); then the parts are removed. A chunk is computed the same way
-whichever run or process computes it, so OUT is byte-identical to an uninterrupted run's.
+whichever run or process computes it, so OUT is byte-identical to an uninterrupted run's (on the same machine with
+the same threads per process: torchrun gives each rank one thread unless OMP_NUM_THREADS says otherwise, and a
+matrix product split over another number of threads may round its last bit differently).
 
 Several processes (`torchrun ... -m genrefusion predict ...`): rank 0 checks the folder and lists the missing chunks;
 rank r computes every world_size-th of them, starting at the r-th; after all ranks are done rank 0 assembles OUT. The
@@ -189,12 +191,13 @@ def model_fingerprint(predictor: PredictorBase) -> str:
 def catalog_record(dataset: MovieDataset) -> dict[str, Any]:
     """The catalog file's size and SHA-256, and a hash of what the model sees of its movies (ids, plots, poster
     bytes: a poster replaced beside an unchanged catalog file counts as a change)."""
-    path = Path(dataset.report.source)
+    path = Path(dataset.report.source)  # the catalog file (an MM-IMDb folder has only its content hash)
     h = hashlib.sha256()
     for m in dataset.movies:
         h.update(f"{m.id}\0{m.text_key}\0{m.poster_sha256}\n".encode())
-    return {"bytes": path.stat().st_size, "sha256": sha256_file(path), "movies": len(dataset.movies),
-            "content_sha256": h.hexdigest()}
+    is_file = path.is_file()
+    return {"bytes": path.stat().st_size if is_file else None, "sha256": sha256_file(path) if is_file else None,
+            "movies": len(dataset.movies), "content_sha256": h.hexdigest()}
 
 
 def make_manifest(predictor: PredictorBase, dataset: MovieDataset, fmt: str, chunk: int,
