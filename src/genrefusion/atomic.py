@@ -14,7 +14,7 @@ import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,15 @@ def write_bytes(target: str | os.PathLike, data: bytes) -> Path:
     target = Path(target)
     with _replacing(target) as tmp:
         tmp.write_bytes(data)
+    return target
+
+
+def write_chunks(target: str | os.PathLike, chunks: Iterable[bytes]) -> Path:
+    """Write the concatenation of `chunks` atomically, one chunk in memory at a time (a file larger than memory)."""
+    target = Path(target)
+    with _replacing(target) as tmp, open(tmp, "wb") as f:
+        for chunk in chunks:
+            f.write(chunk)
     return target
 
 

@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..inference.catalog import predict_catalog
 from ..inference.inputs import (MAX_IMAGE_PIXELS, MAX_PLOT_CHARS, InputError, InputTooLarge, UnsupportedInput,  # noqa: F401
                      check_plot, decode_poster, poster_decode_pixels)
 from ..inference.predictor import Predictor, load_model
@@ -48,80 +49,18 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def _decoded_chunks(predictor: Predictor, movies: list, chunk: int):
-    """(movies, posters, plots, skipped) per chunk of `chunk` movies, the posters of the next chunk decoded in a
-    background thread while the current one is encoded (decoding releases the GIL, so it overlaps the encoders).
-    A movie whose poster does not decode, or that the model cannot predict from, is skipped with its reason."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from ..data.posters import load_poster  # PIL only: an exported model runs without torch
-
-    def decode(part: list):
-        ok, posters, plots, skipped = [], [], [], []
-        for m in part:
-            try:
-                poster = load_poster(m.poster) if m.poster else None
-                predictor.check(poster, m.plot)
-            except ValueError as e:  # one bad movie must not sink the catalog; it is named on stderr
-                skipped.append((m, e))
-                continue
-            ok.append(m)
-            posters.append(poster)
-            plots.append(m.plot)
-        return ok, posters, plots, skipped
-
-    parts = [movies[i:i + chunk] for i in range(0, len(movies), chunk)]
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-posters") as pool:
-        pending = pool.submit(decode, parts[0]) if parts else None
-        for k in range(len(parts)):
-            done = pending.result()
-            pending = pool.submit(decode, parts[k + 1]) if k + 1 < len(parts) else None
-            yield done
-
-
 def _predict_catalog(predictor: Predictor, args) -> int:
-    """A CSV/JSONL catalog (data.load_catalog's format; labels optional) -> one prediction per movie. Movies go
-    through the Predictor `--chunk` at a time, which encodes them in length-grouped batches (see
-    Predictor.features), while the next chunk's posters are decoded."""
-    import csv
-
+    """A CSV/JSONL catalog (data.load_catalog's format; labels optional) -> one prediction per movie, through
+    inference.catalog.predict_catalog: resumable with --output, shared between the ranks under torchrun."""
     from ..data.loader import load_catalog
 
     ds = load_catalog(args.input, strict=args.strict, require_labels=False,
                       allow_outside_posters=getattr(args, "allow_outside_posters", False) or None)
-    for p in ds.report.problems:
-        print(f"catalog: {p}", file=sys.stderr)
     if args.batch_size is not None:
         predictor.batch_sizes = {m: args.batch_size for m in predictor.modalities}
-    out_path = Path(args.output) if args.output else None
-    fmt = "csv" if out_path is not None and out_path.suffix.lower() == ".csv" else "jsonl"
-    fh = open(out_path, "w", encoding="utf-8", newline="") if out_path else sys.stdout
-    writer = None
-    failed = 0
-    try:
-        if fmt == "csv":
-            writer = csv.writer(fh)
-            writer.writerow(["id", "predicted", *predictor.genres])
-        for ok, posters, plots, skipped in _decoded_chunks(predictor, ds.movies, args.chunk):
-            for m, e in skipped:
-                failed += 1
-                print(f"skipped {m.id}: {e}", file=sys.stderr)
-            for m, r in zip(ok, predictor.predict(posters, plots) if ok else []):
-                if writer:  # CSV has no column for them: the warnings go to stderr, named by movie
-                    for w in r["warnings"]:
-                        print(f"warning: {m.id}: {w['message']}", file=sys.stderr)
-                    writer.writerow([m.id, "|".join(r["predicted"]),
-                                     *(f"{r['probabilities'][g]:.6f}" for g in predictor.genres)])
-                else:
-                    row = {"id": m.id, "predicted": r["predicted"], "probabilities": r["probabilities"],
-                           "contribution": r["contribution"], "warnings": r["warnings"]}
-                    fh.write(json.dumps(row) + "\n")
-    finally:
-        if out_path:
-            fh.close()
-    skipped = failed + sum(ds.report.skipped_by_kind().values())
-    print(f"predicted {len(ds.movies) - failed:,} movies" + (f" -> {out_path}" if out_path else "")
-          + (f"; skipped {skipped:,} (named above)" if skipped else ""), file=sys.stderr)
+    run = predict_catalog(predictor, ds, args.output, chunk=args.chunk, batch_size=args.batch_size)
+    for line in run.lines() if run.main else ():  # rank 0 speaks for all
+        print(line, file=sys.stderr)
     return 0
 
 
@@ -145,7 +84,11 @@ def add_cli(sub) -> None:
     p.add_argument("--plot", default=None, help="plot text")
     p.add_argument("--plot-file", default=None, help="read the plot from this UTF-8 text file")
     p.add_argument("--input", default=None, help="CSV/JSONL catalog (id, plot, poster) to predict as a whole")
-    p.add_argument("--output", default=None, help="catalog predictions file: .csv or .jsonl (default: JSONL to stdout)")
+    p.add_argument("--output", default=None,
+                   help="catalog predictions file: .csv or .jsonl (default: JSONL to stdout). Resumable: killed and run "
+                        "again, it continues from the chunks done in OUT.parts/; movies without a prediction are "
+                        "listed in OUT.skipped.jsonl. Under torchrun the ranks share the chunks (OUT's folder must be "
+                        "one they all see)")
     p.add_argument("--batch-size", type=_positive, default=None,
                    help="items per encoder call (default: the encoder's CPU batch, 128 on a GPU)")
     p.add_argument("--chunk", type=_positive, default=256,

@@ -5,6 +5,8 @@ from ..lazy import lazy_exports
 _EXPORTS = {
     "load_model": ".predictor",
     "Predictor": ".predictor",
+    "predict_catalog": ".catalog",
+    "CatalogRun": ".catalog",
     "InputError": ".inputs",
     "UnsupportedInput": ".inputs",
     "InputTooLarge": ".inputs",
