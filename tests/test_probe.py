@@ -108,3 +108,17 @@ def test_the_benchmark_names_and_counts_encoders_whose_package_is_missing():
     assert any(line.startswith("skipped absent") for line in lines)
     with pytest.raises(ValueError):  # anything but a missing package is an error, not a skip
         bench.probe_all(None, ["a"], lambda n: [], run=lambda *a, **k: (_ for _ in ()).throw(ValueError("bad")))
+
+
+def test_every_recorded_probe_score_is_complete_and_belongs_to_a_registered_encoder():
+    from genrefusion.encoders import encoder_spec, list_encoders
+    from genrefusion.encoders.probe_scores import KEYS, MEASURED
+
+    names = {s.name for s in list_encoders()}
+    assert set(MEASURED) <= names, sorted(set(MEASURED) - names)
+    for name, record in MEASURED.items():
+        assert set(record) == set(KEYS), name
+        assert all(0.0 <= record[k] <= 1.0 for k in ("linear", "knn", "chance")), name
+        assert record["command"].startswith("benchmarks/probe.py ") and record["n"] > 0, name
+        assert encoder_spec(name).probe is record
+    assert all(s.probe is None for s in list_encoders() if s.name not in MEASURED)
