@@ -12,6 +12,7 @@ from typing import Any, Callable
 import torch
 
 from .base import Encoder, Modality, files_sha256
+from .probe_scores import MEASURED
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,10 @@ class EncoderSpec:
     source: str | None = None  # the Hub id behind a registered name, when it has one
     # Its factory takes `cache_root`: the cache root its offline weights are built into (offline_weights.py)
     takes_cache_root: bool = False
+    # What a probe of its features measured on the MM-IMDb sample (benchmarks/probe.py, evaluation/probe.py):
+    # {"linear", "knn", "chance" (macro-AP), "n" (movies), "genres" (how many scored), "command", "date"}; only
+    # numbers a run produced (probe_scores.py keeps them), None where the encoder has not been probed.
+    probe: dict[str, Any] | None = None
 
 
 _REGISTRY: dict[str, EncoderSpec] = {}
@@ -37,12 +42,14 @@ _REGISTRY: dict[str, EncoderSpec] = {}
 
 def register_encoder(name: str, modality: Modality, description: str, offline: bool = False, *,
                      languages: tuple[str, ...] | None = None, sequences: bool = True, trainable: bool = True,
-                     source: str | None = None, takes_cache_root: bool = False):
+                     source: str | None = None, takes_cache_root: bool = False,
+                     probe: dict[str, Any] | None = None):
     def deco(factory: Callable[..., Encoder]) -> Callable[..., Encoder]:
         if name in _REGISTRY:
             raise ValueError(f"encoder {name!r} registered twice")
         _REGISTRY[name] = EncoderSpec(name, modality, factory, description, offline, languages, sequences,
-                                      trainable, source, takes_cache_root)
+                                      trainable, source, takes_cache_root,
+                                      MEASURED.get(name) if probe is None else probe)
         return factory
 
     return deco

@@ -14,6 +14,10 @@ A run folder (one trained model, `experiment.run_experiment`):
 A grid folder (`grid.run_grid`) holds `data_summary.json`, `config.yaml`, `tables.txt`, one run folder per row and
 seed (`<row>/seed-<s>/`) and `grid.json`, written last.
 
+A cross-validation folder (`training.crossval.run_crossval`) holds `config.yaml`, `tables.txt`, one run folder per
+row, repeat and fold (`<row>/repeat-<r>/fold-<k>/`, whose "test" is the scored fold and "val" the inner validation
+split taken from the training folds) and `crossval.json`, written last.
+
 Reading checks what it reads and names the file at fault: a missing file is a RunFileMissing (a FileNotFoundError),
 a corrupt one a RunFolderError (a ValueError); the CLI prints either as one line.
 
@@ -35,6 +39,7 @@ from ..data.labels import GENRES
 
 CONFIG_FILE, METRICS_FILE, MODEL_DIR = "config.yaml", "metrics.json", "model"
 GRID_FILE, TABLES_FILE, SUMMARY_FILE = "grid.json", "tables.txt", "data_summary.json"
+CROSSVAL_FILE = "crossval.json"
 PREDICTION_SPLITS = ("test", "val")
 _SEED_DIR = re.compile(r"seed-(\d+)")
 
@@ -123,6 +128,17 @@ def write_grid(grid_dir: str | Path, cfg, grid: dict[str, Any], tables: str) -> 
     save_config(cfg, grid_dir / CONFIG_FILE)
     atomic.write_text(grid_dir / TABLES_FILE, tables + "\n")
     return atomic.write_json(grid_dir / GRID_FILE, grid)
+
+
+def write_crossval(cv_dir: str | Path, cfg, result: dict[str, Any], tables: str) -> Path:
+    """A cross-validation folder's own files once every fold's run is written: config.yaml, tables.txt and
+    crossval.json (last)."""
+    from ..config import save_config
+
+    cv_dir = Path(cv_dir)
+    save_config(cfg, cv_dir / CONFIG_FILE)
+    atomic.write_text(cv_dir / TABLES_FILE, tables + "\n")
+    return atomic.write_json(cv_dir / CROSSVAL_FILE, result)
 
 
 # -- reading -----------------------------------------------------------------------------------------------------
@@ -306,3 +322,19 @@ def read_grid(grid_dir: str | Path) -> Grid:
     summary = read_json(grid_dir / SUMMARY_FILE, " (is this a complete `genrefusion grid` run folder?)")
     metrics = {r["row"]: [read_metrics(grid_dir / d) for d in r["runs"]] for r in rows}
     return Grid(grid_dir, grid, summary, metrics)
+
+
+def read_crossval(cv_dir: str | Path) -> dict[str, Any]:
+    """crossval.json of a finished cross-validation folder, checked: rows, each with its folds' run folders inside
+    the folder."""
+    path = Path(cv_dir) / CROSSVAL_FILE
+    cv = read_json(path, " (is this a complete cross-validation folder?)")
+    rows = cv.get("rows")
+    if not isinstance(rows, list) or not rows:
+        raise RunFolderError(f"{path}: no rows")
+    for i, r in enumerate(rows):
+        if not (isinstance(r, dict) and isinstance(r.get("row"), str) and isinstance(r.get("folds"), list)
+                and r["folds"] and all(isinstance(f, dict) and _inside(f.get("dir")) for f in r["folds"])):
+            raise RunFolderError(f"{path}: row {i} needs a 'row' name and 'folds', each with a 'dir' inside the "
+                                 "folder")
+    return cv

@@ -165,5 +165,30 @@ def mean_std(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
     return {k: seed_mean_std([float(r[k]) for r in runs]) for k in keys}
 
 
-__all__ = ["BOOTSTRAP_METRICS", "bootstrap_interval", "mean_std", "paired_bootstrap", "resample_weights", "resampled_scores", "seed_mean_std",
+def cv_interval(values: Sequence[float], test_train_ratio: float, ci: float = 0.95) -> dict[str, float]:
+    """Mean and interval of a score over the folds x repeats of a repeated cross-validation (or of a paired
+    difference of two models' scores, fold by fold).
+
+    The J fold scores are not independent: any two folds' models share most of their training movies, so the plain
+    t-interval (variance s^2 / J) is far too narrow. This is the corrected resampled t-interval (Nadeau & Bengio,
+    2003; for repeated k-fold, Bouckaert & Frank, 2004): variance (1/J + n_test/n_train) * s^2, with the t
+    distribution's J - 1 degrees of freedom. `test_train_ratio`: n_test / n_train of one fold (about 1/(K-1)).
+    Returns {"mean", "std" (sample std of the fold scores), "ci_low", "ci_high", "n" (J), "ci"}; for one fold the
+    interval is the single value (there is no spread to measure)."""
+    from scipy.stats import t  # only here: this module is imported where scipy is not needed
+
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or v.size == 0 or not np.isfinite(v).all():
+        raise ValueError("cv_interval needs one finite score per fold")
+    if not test_train_ratio > 0:
+        raise ValueError(f"test_train_ratio must be > 0, got {test_train_ratio}")
+    if not 0.0 < ci < 1.0:
+        raise ValueError(f"ci must be in (0, 1), got {ci}")
+    mean, j = float(v.mean()), v.size
+    std = float(v.std(ddof=1)) if j > 1 else 0.0
+    half = float(t.ppf(0.5 + ci / 2, j - 1) * np.sqrt((1 / j + test_train_ratio) * std ** 2)) if j > 1 else 0.0
+    return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "n": int(j), "ci": float(ci)}
+
+
+__all__ = ["BOOTSTRAP_METRICS", "bootstrap_interval", "cv_interval", "mean_std", "paired_bootstrap", "resample_weights", "resampled_scores", "seed_mean_std",
            "seed_summary"]
