@@ -27,6 +27,7 @@ from genrefusion.data.modalities import MODALITIES
 from genrefusion.encoders import list_encoders
 from genrefusion.encoders.offline_weights import OfflineWeightsError
 from genrefusion.evaluation import probe
+from genrefusion.features.spec import FeatureSpec
 
 # What building an encoder raises when the package carrying its weights or code is not installed: the import, the
 # distribution's metadata (the multilingual encoders read their version), or offline_weights' own error naming it.
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     own = {m: probe.probe_movies(dataset, (m,), args.limit, args.seed) for m in MODALITIES}
     t = time.perf_counter()
     results, skipped = probe_all(dataset, names, lambda n: shared if shared is not None else own[modality[n]],
-                                 cache_dir=args.cache_dir, folds=args.folds, seed=args.seed,
+                                 features=FeatureSpec(cache_root=args.cache_dir), folds=args.folds, seed=args.seed,
                                  min_positives=args.min_positives, c=args.c, k=args.k)
     command = "benchmarks/probe.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     print(f"\nProbe of the offline encoders ({date.today().isoformat()}; {args.folds}-fold, macro-AP over the genres "

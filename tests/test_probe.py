@@ -76,7 +76,9 @@ def test_probe_encoder_reads_the_features_through_the_cache(synthetic_catalog, t
     movies = probe_movies(ds, ("text",))
     assert movies == [i for i, m in enumerate(ds.movies) if m.plot is not None]
     assert len(probe_movies(ds, ("text",), limit=30, seed=0)) == 30
-    kw = dict(cache_dir=tmp_path, progress=False, folds=3, min_positives=5)
+    from genrefusion.features.spec import FeatureSpec
+
+    kw = dict(features=FeatureSpec(cache_root=tmp_path, progress=False), folds=3, min_positives=5)
     r = probe_encoder(ds, str(tiny_bert), movies, **kw)
     assert r["modality"] == "text" and r["n"] == len(movies) and r["dim"] == 32
     assert set(r["genres"]) <= {"Horror", "Sci-Fi", "Comedy", "Drama"}

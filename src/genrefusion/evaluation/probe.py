@@ -33,7 +33,7 @@ from sklearn.preprocessing import StandardScaler
 from ..data.labels import GENRES
 from ..data.modalities import MODALITIES, spec
 from ..data.records import MovieDataset
-from ..encoders import create_encoder
+from ..features.spec import FeatureSpec
 from ..features.cache import dataset_features
 
 FOLDS = 5
@@ -122,8 +122,7 @@ def probe_movies(dataset: MovieDataset, modalities: Sequence[str] = MODALITIES, 
 
 
 def probe_encoder(dataset: MovieDataset, name: str, movies: Sequence[int] | None = None, *,
-                  cache_dir: str | None = None, encoder_kwargs: dict[str, Any] | None = None,
-                  precision: str | None = None, backend: str | None = None, progress: bool = True,
+                  features: FeatureSpec | None = None, encoder_kwargs: dict[str, Any] | None = None,
                   **probe_kw) -> dict[str, Any]:
     """probe_features of encoder `name`'s pooled features (through the feature cache: encoded once) over `movies`
     (indices into dataset; default: every labelled movie with the encoder's modality), plus "encoder", "modality",
@@ -131,14 +130,14 @@ def probe_encoder(dataset: MovieDataset, name: str, movies: Sequence[int] | None
     not installed raises what building it raises (ImportError, PackageNotFoundError, OfflineWeightsError)."""
     import time
 
-    encoder = create_encoder(name, **(encoder_kwargs or {}))
+    features = FeatureSpec() if features is None else features
+    encoder = features.create_encoder(name, **(encoder_kwargs or {}))
     movies = probe_movies(dataset, (encoder.modality,)) if movies is None else list(movies)
     missing = [i for i in movies if not spec(encoder.modality).present(dataset.movies[i])]
     if missing:
         raise ValueError(f"{len(missing)} of the movies to probe lack {spec(encoder.modality).article}")
     t = time.perf_counter()
-    table = dataset_features(dataset.subset(movies), encoder, cache_dir, precision=precision, backend=backend,
-                             progress=progress)
+    table = dataset_features(dataset.subset(movies), encoder, features)
     seconds = time.perf_counter() - t
     out = probe_features(table.pooled.numpy(), dataset.labels(movies), **probe_kw)
     return {"encoder": name, "modality": encoder.modality, "encoder_kwargs": dict(encoder_kwargs or {}),

@@ -34,10 +34,11 @@ from ..evaluation import runs
 from ..evaluation.metrics import compute_metrics, cross_fitted_f1
 from ..evaluation.probe import fold_ids
 from ..evaluation.stats import cv_interval
+from ..features.spec import FeatureSpec
 from ..evaluation.thesis import FUSION_IMAGE_SLOT, FUSION_TEXT_SLOT, ROWS
 from . import workers
 from .experiment import (check_encoders, encoder_kwargs, encoder_name, load_features, model_modalities,
-                         reads_sequences, run_experiment, uses_fold_heads)
+                         reads_sequences, run_experiment)
 
 METRICS = ("f1_macro", "f1_micro", "map_macro", "hamming_accuracy")  # what each fold reports, and the summary
 DEFAULT_ROWS = ("BERT", "ResNet50", "GMU")  # a text row, an image row and a fusion of the two
@@ -177,6 +178,45 @@ def paired_differences(rows: list[dict[str, Any]], ratio: float, ci: float = 0.9
     return out
 
 
+def _encode_rows(rows: Sequence[CVRow], cfgs: list[Config], dataset: MovieDataset,
+                 log: Callable[[str], None] | None) -> tuple[dict[tuple, Any], list[dict[str, tuple]]]:
+    """The rows' cached feature tables, one per (modality, encoder, its options, sequences) and shared by the rows
+    that read it, and each row's keys into them."""
+    tables: dict[tuple, Any] = {}  # one table per (modality, encoder, its options, sequences), shared by the rows
+    row_keys = []
+    for r, cfg in zip(rows, cfgs):
+        keys = {}
+        for m in r.modalities:
+            key = (m, encoder_name(cfg, m), tuple(sorted(encoder_kwargs(cfg, m).items())), reads_sequences(cfg))
+            if key not in tables:
+                tables[key] = load_features(cfg, dataset, (m,), FeatureSpec.from_config(cfg, progress=log is not None),
+                                            sequences=key[3])[0][m]
+                if log:
+                    log(f"features {m:<5} <- {key[1]}: {tables[key].dim}-d, {tables[key].encoded_now:,} newly encoded")
+            keys[m] = key
+        row_keys.append(keys)
+    return tables, row_keys
+
+
+def _row_results(rows: Sequence[CVRow], tasks: list[tuple], plan: list[dict[str, Any]], out: Path, ratio: float,
+                 ci: float) -> list[dict[str, Any]]:
+    """Each row's fold scores (read back from the folds' saved predictions) and their summary intervals."""
+    results = []
+    for i, r in enumerate(rows):
+        fold_rows = []
+        for task, p in zip(tasks[i * len(plan):(i + 1) * len(plan)], plan):
+            run_dir = task[3]
+            fold_rows.append({"repeat": p["repeat"], "fold": p["fold"], "dir": run_dir.relative_to(out).as_posix(),
+                              "n_train": len(p["train"]), "n_val": len(p["val"]), "n_test": len(p["test"]),
+                              **fold_scores(run_dir)})
+        summary = {k: cv_interval([f[k] for f in fold_rows], ratio, ci) for k in METRICS}
+        summary["val_f1_macro"] = {"mean": float(np.mean([f["val_f1_macro"] for f in fold_rows]))}
+        results.append({"row": r.name, "label": r.label(), "kind": r.kind, "model": r.model,
+                        "encoders": {m: getattr(r, f"{m}_encoder") for m in r.modalities}, "folds": fold_rows,
+                        "summary": summary})
+    return results
+
+
 def run_crossval(dataset: MovieDataset, rows: Sequence[CVRow], base: Config, out: str | Path, *, folds: int = 5,
                  repeats: int = 5, seed: int = 0, val_fraction: float = 0.15, ci: float = 0.95,
                  log: Callable[[str], None] | None = print) -> dict[str, Any]:
@@ -199,18 +239,7 @@ def run_crossval(dataset: MovieDataset, rows: Sequence[CVRow], base: Config, out
     out.mkdir(parents=True, exist_ok=True)
 
     t = time.perf_counter()
-    tables: dict[tuple, Any] = {}  # one table per (modality, encoder, its options, sequences), shared by the rows
-    row_keys = []
-    for r, cfg in zip(rows, cfgs):
-        keys = {}
-        for m in r.modalities:
-            key = (m, encoder_name(cfg, m), tuple(sorted(encoder_kwargs(cfg, m).items())), reads_sequences(cfg))
-            if key not in tables:
-                tables[key] = load_features(cfg, dataset, (m,), sequences=key[3], progress=log is not None)[0][m]
-                if log:
-                    log(f"features {m:<5} <- {key[1]}: {tables[key].dim}-d, {tables[key].encoded_now:,} newly encoded")
-            keys[m] = key
-        row_keys.append(keys)
+    tables, row_keys = _encode_rows(rows, cfgs, dataset, log)
     features_s = time.perf_counter() - t
 
     tasks, where = [], []
@@ -229,29 +258,17 @@ def run_crossval(dataset: MovieDataset, rows: Sequence[CVRow], base: Config, out
             log(f"{r.label():<44} repeat {p['repeat']} fold {p['fold']}: F1 macro {m['f1_macro']:.4f}  "
                 f"micro {m['f1_micro']:.4f}  (best epoch {m['best_epoch']})")
 
-    n_workers = 1 if uses_fold_heads(base) else workers.plan(base.fold_workers, len(tasks), resolve_device(base.device))
+    n_workers = 1 if base.uses_fold_heads() else workers.plan(base.fold_workers, len(tasks), resolve_device(base.device))
     t = time.perf_counter()
     workers.run(_fold_task, (dataset, tables), tasks, n_workers, each=line)
     train_s = time.perf_counter() - t
 
     ratio = float(np.mean([len(p["test"]) / (len(p["train"]) + len(p["val"])) for p in plan]))
-    results = []
-    for i, (r, cfg) in enumerate(zip(rows, cfgs)):
-        fold_rows = []
-        for task, p in zip(tasks[i * len(plan):(i + 1) * len(plan)], plan):
-            run_dir = task[3]
-            fold_rows.append({"repeat": p["repeat"], "fold": p["fold"], "dir": run_dir.relative_to(out).as_posix(),
-                              "n_train": len(p["train"]), "n_val": len(p["val"]), "n_test": len(p["test"]),
-                              **fold_scores(run_dir)})
-        summary = {k: cv_interval([f[k] for f in fold_rows], ratio, ci) for k in METRICS}
-        summary["val_f1_macro"] = {"mean": float(np.mean([f["val_f1_macro"] for f in fold_rows]))}
-        results.append({"row": r.name, "label": r.label(), "kind": r.kind, "model": r.model,
-                        "encoders": {m: getattr(r, f"{m}_encoder") for m in r.modalities}, "folds": fold_rows,
-                        "summary": summary})
+    results = _row_results(rows, tasks, plan, out, ratio, ci)
     result = {"data": base.data, "data_fingerprint": dataset.fingerprint(), "n_movies": len(movies), "folds": folds,
               "repeats": repeats, "seed": seed, "val_fraction": val_fraction, "ci": ci, "test_train_ratio": ratio,
               "threshold_mode": base.threshold_mode,
-              "threshold_source": base.threshold_source if uses_fold_heads(base) else "val",
+              "threshold_source": base.threshold_source if base.uses_fold_heads() else "val",
               "rows": results, "differences": paired_differences(results, ratio, ci), "config": base.to_dict(),
               "timings": {"features_s": features_s, "train_eval_s": train_s, "total_s": time.perf_counter() - t0}}
     tables_txt = format_crossval(result)
