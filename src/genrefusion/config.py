@@ -125,9 +125,9 @@ class Config:
             raise ValueError("config: fold_workers must be >= 0 (0: as many as the CPU threads allow)")
         if not 0.0 <= self.modality_dropout < 1.0:
             raise ValueError("config: modality_dropout must be in [0, 1)")
-        if self.name is not None and not is_folder_name(self.name):  # name=../../x would write outside `out`
-            raise ValueError(f"config name={self.name!r}: expected one folder name inside out={self.out!r} "
-                             "(no '/', '\\', '.' or '..')")
+        if self.name is not None and not stays_inside(self.name):  # name=../../x would write outside `out`
+            raise ValueError(f"config name={self.name!r}: expected a folder inside out={self.out!r} "
+                             "(a relative path with no '.' or '..' part and no backslash)")
         return self
 
     def uses_fold_heads(self) -> bool:
@@ -143,9 +143,11 @@ class Config:
         return dataclasses.replace(self, **changes).validate()
 
 
-def is_folder_name(name: str) -> bool:
-    """Whether `name` is one folder name, so that `out / name` stays inside `out` on every platform."""
-    return name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+def stays_inside(name: str) -> bool:
+    """Whether `name` is a relative path of plain folder names ("gmu", "gmu/seed-0"), so that `out / name` stays
+    inside `out` on every platform: no absolute path, no '.' or '..' part, no backslash."""
+    return bool(name) and not any(c in name for c in "\\\0") and \
+        all(part not in ("", ".", "..") for part in name.split("/"))
 
 
 # The thesis code's settings: frozen encoders, heads at lr 2e-5, batch 16, 10 epochs, threshold 0.5, CLS pooling,
