@@ -166,6 +166,7 @@ def fit(model: nn.Module, batch_fn: BatchFn, y: torch.Tensor, train_idx: Iterabl
         row = {"epoch": epoch, "train_loss": train_loss, **loop.validate(), "lr": loop.optimizer.param_groups[0]["lr"],
                "seconds": time.perf_counter() - te}
         result.history.append(row)
+        _check_finite(row, cfg)
         if on_epoch:
             on_epoch(dict(row))
         if log:
@@ -186,6 +187,20 @@ def fit(model: nn.Module, batch_fn: BatchFn, y: torch.Tensor, train_idx: Iterabl
         model.load_state_dict(best_state)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+class TrainingDiverged(ValueError):
+    """The losses stopped being finite numbers: the weights blew up, and every later number would be noise."""
+
+
+def _check_finite(row: dict[str, Any], cfg: Config) -> None:
+    """Stop at the first epoch whose loss is not a finite number, saying so and what to try, rather than training
+    on and failing later in threshold tuning with a message about probabilities."""
+    bad = [k for k in ("train_loss", "val_loss") if not math.isfinite(row[k])]
+    if bad:
+        what = " and ".join(f"the {k.replace('_', ' ')} is {row[k]}" for k in bad)
+        raise TrainingDiverged(f"training diverged at epoch {row['epoch']}: {what}. Try a lower learning rate "
+                               f"(lr={cfg.lr:g} now; e.g. lr={cfg.lr / 10:g}), or scheduler=cosine with warmup_epochs=1")
 
 
 @dataclass
