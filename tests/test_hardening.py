@@ -56,10 +56,11 @@ def test_train_on_a_full_disk_ends_in_one_line(tiny_tmpfs, synthetic_catalog, ti
     assert not [p for p in tiny_tmpfs.rglob("*") if ".tmp" in p.name]  # nothing half-written
 
 
-@pytest.mark.parametrize("name", ["../../escape", "a/b", "..", ".", "", "a\\b"])
+@pytest.mark.parametrize("name", ["../../escape", "a/../../b", "/etc/x", "..", ".", "", "a\\b", "a//b"])
 def test_a_run_name_stays_inside_out(name, tmp_path):
-    with pytest.raises(ValueError, match="config name=.*one folder name inside out"):
+    with pytest.raises(ValueError, match="config name=.*expected a folder inside out"):
         Config(name=name, out=str(tmp_path)).validate()
+    Config(name="gmu/seed-0", out=str(tmp_path)).validate()  # the grid's own nested names stay inside
 
 
 def test_train_refuses_an_escaping_name_before_any_work(tmp_path, capsys):
@@ -115,3 +116,48 @@ def test_a_second_writer_into_one_folder_is_refused_until_the_first_dies(tmp_pat
         holder.wait(timeout=30)
     with atomic.exclusive(tmp_path / "out", "grid"):  # the lock died with its process
         pass
+
+
+def _train_args(catalog, bert, vit, tmp_path, *extra):
+    return ["train", f"data={catalog}", "model=gmu", f"text_encoder={bert}", f"image_encoder={vit}", "epochs=2",
+            f"cache_dir={tmp_path / 'cache'}", "threshold_source=val", *extra]
+
+
+def test_training_that_diverges_says_so_and_what_to_try(synthetic_catalog, tiny_bert, tiny_vit, tmp_path, capsys):
+    args = _train_args(synthetic_catalog, tiny_bert, tiny_vit, tmp_path, f"out={tmp_path / 'runs'}", "lr=1e12")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error")]
+    assert "Traceback" not in err and len(errors) == 1, err[-2000:]
+    assert "training diverged at epoch 1" in errors[0] and "lower learning rate (lr=1e+12" in errors[0], errors
+
+
+def test_train_into_an_unwritable_out_stops_before_any_work(synthetic_catalog, tiny_bert, tiny_vit, tmp_path,
+                                                            capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    args = _train_args(synthetic_catalog, tiny_bert, tiny_vit, tmp_path, f"out={blocker / 'runs'}", "name=r")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "cannot write into the output folder" in err and "epoch" not in err, err[-2000:]
+    assert not (tmp_path / "cache").exists()  # not even the features were computed
+
+
+def test_a_second_grid_into_the_same_out_is_refused(synthetic_catalog, tiny_bert, tmp_path, capsys):
+    import os
+    import signal
+    import sys
+
+    out = tmp_path / "grid"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(out)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(Path(atomic.__file__).parents[1])})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        args = ["grid", "--data", str(synthetic_catalog), "--text-encoder", str(tiny_bert), "--rows", "BERT",
+                "--out", str(out), "--no-report", f"cache_dir={tmp_path / 'cache'}", "epochs=1"]
+        assert main(args) == 2
+        assert "another grid is writing into this folder" in capsys.readouterr().err
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    assert not (out / "grid.json").exists()

@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from ..atomic import check_writable
 from ..version import __version__
 from ..features import fingerprints
 from . import workers
@@ -277,6 +278,8 @@ def run_experiment(cfg: Config, dataset: MovieDataset | None = None,
     threshold_source=oof, then the thresholds) and assemble_metrics (test predictions and every score)."""
     timings: dict[str, float] = {}
     check_run(cfg, targets)
+    if run_dir is not None and is_main():  # an output folder that cannot be written stops the run before any work
+        check_writable(Path(run_dir).parent)
     inputs = prepare_inputs(cfg, dataset, features, log, timings)
     fitted = fit_with_thresholds(cfg, inputs, targets, log, on_epoch, timings)
     metrics, test_probs, analysis = assemble_metrics(cfg, inputs, fitted, targets, extra, timings)

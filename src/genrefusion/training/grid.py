@@ -6,6 +6,7 @@ on an offline machine), and every table names the encoder that actually filled t
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import time
@@ -17,6 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..evaluation import runs
+from .. import atomic
 from . import tracking, workers
 from ..config import Config, load_config, parse_override
 from ..data.loader import DataSpec
@@ -158,6 +160,14 @@ def run_grid(spec: GridSpec, log: Callable[[str], None] = print) -> dict[str, An
     the rows read those tables."""
     t_start = time.perf_counter()
     plan = _plan_grid(spec)
+    # Before any work: an output folder that cannot be written, or that another grid is writing into, stops here
+    # (rank 0 writes the folder, so rank 0 holds its lock; the lock dies with the process).
+    with atomic.exclusive(plan.out, "grid") if is_main() else contextlib.nullcontext():
+        return _run_planned(spec, plan, t_start, log)
+
+
+def _run_planned(spec: GridSpec, plan: _Plan, t_start: float, log: Callable[[str], None]) -> dict[str, Any]:
+    """run_grid's work once the grid's folder is its own: data, features, the rows' training, grid.json."""
     # Opened before any work, so that a store that cannot be used stops the grid at once; rank 0 alone tracks.
     tracker = (tracking.open_tracker(spec.track, spec.track_uri, spec.track_experiment, default_dir=plan.out.parent)
                if is_main() else None)
