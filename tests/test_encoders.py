@@ -331,3 +331,27 @@ def test_offline_stand_ins():
     with torch.no_grad():
         out = dino.encode(dino.preprocess(_images(1)), return_sequence=True)
     assert out.pooled.shape == (1, 384) and out.sequence.shape == (1, 256, 384)  # 224 / 14 = 16 x 16 patches
+
+
+# --- the interface: optional capabilities declared once ----------------------------------------------------------
+def test_optional_encoder_attributes_are_declared_on_the_base_class_and_read_directly():
+    """What an encoder may or may not offer (fixed_precision, token_lengths) has a default on Encoder, so no module
+    probes for it with getattr/hasattr."""
+    import ast
+
+    from genrefusion.encoders import Encoder, FrozenTextEncoder
+    from genrefusion.encoders.concat import ConcatEncoder
+
+    assert Encoder.fixed_precision is None and Encoder.token_lengths is None
+    assert FrozenTextEncoder.fixed_precision == "fp32" and callable(TextEncoder.token_lengths)
+    assert ConcatEncoder.token_lengths is None  # a joined encoder cannot count one tokenizer's tokens
+    declared = {n for n in vars(Encoder) if not n.startswith("__")} | set(Encoder.__annotations__)
+    package = Path(__import__("genrefusion").__file__).parent
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr")
+                    and len(node.args) > 1 and isinstance(node.args[1], ast.Constant)
+                    and node.args[1].value in declared):
+                found.append(f"{path.relative_to(package)}:{node.lineno} {node.func.id}(..., {node.args[1].value!r})")
+    assert not found, f"encoder attributes probed: {found}"

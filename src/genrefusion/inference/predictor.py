@@ -129,7 +129,7 @@ class Predictor(PredictorBase):
         """The encoder calls for the present items `idx`: batches of `batch_size`, plots grouped by token length
         (longest first, as the feature cache plans them), so a catalog pays for almost no padding."""
         enc, size = self.encoders[modality], self.batch_size(modality)
-        lengths = getattr(enc, "token_lengths", None)
+        lengths = enc.token_lengths
         if lengths is not None and len(idx) > 1:
             n = lengths([items[i] for i in idx])
             idx = [i for _, i in sorted(zip(n, idx), key=lambda t: -t[0])]  # stable: equal lengths keep order
