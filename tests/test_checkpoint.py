@@ -1,7 +1,7 @@
 """A model folder is trusted only when it checks out: model.json (format 2) records the SHA-256 of the weights file,
 and load_model verifies it, the shapes and the finiteness of the weights, the keys of model.json, the thresholds
-and the encoders, naming the file and the problem. Format-1 folders (the release before) still load and predict
-exactly what they predicted then."""
+and the encoders, naming the file and the problem. A format-1 folder (genrefusion 0.1.0 before 1 December 2026) is
+refused with what wrote it and what to do."""
 from __future__ import annotations
 
 import hashlib
@@ -15,11 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import legacy_checkpoint as legacy
-from genrefusion.inference.checkpoint import ModelFolderError, load_head, save_model
+from genrefusion.inference.checkpoint import ModelFolderError, load_head
 from genrefusion.config import Config
 from genrefusion.data.loader import load_catalog
-from genrefusion.training.experiment import model_modalities
 from genrefusion.features.fingerprints import identity_sha256
 from genrefusion.data.images import load_poster
 from genrefusion.cli.predict import load_model
@@ -176,46 +174,43 @@ def test_a_tampered_fingerprint_record_is_refused(model_dir):
         load_model(model_dir)
 
 
-# --- format 1 (the release before): read, and predicted exactly as before ---------------------------------------
-def _legacy_folder(trained_run, tmp_path, mode="features", precision="fp32"):
-    head, meta = load_head(trained_run / "model")
-    cfg = Config(**{**meta["config"], "mode": mode})
-    d = tmp_path / f"legacy-{mode}-{precision}"
-    legacy.save_model(d, head, cfg, meta["thresholds"], legacy.encoders(cfg, model_modalities(cfg.model), precision))
-    return d
-
-
-@pytest.mark.parametrize("mode", ["features", "end-to-end"])
-def test_a_format_1_folder_predicts_bit_identically_to_before(trained_run, synthetic_catalog, tmp_path, mode):
-    d = _legacy_folder(trained_run, tmp_path, mode)
-    assert _meta(d)["format"] == 1 and "weights_sha256" not in _meta(d)
-    posters, plots = _inputs(synthetic_catalog)
-    predictor = load_model(d)
-    assert np.array_equal(_probs(predictor, posters, plots), legacy.probabilities(d, posters, plots))
-    assert {r["precision"] for r in predictor.meta["encoders"].values()} == {"fp32"}
-    # what it loaded is format 2 in memory: saving it again writes a format-2 folder that predicts the same
-    again = save_model(tmp_path / "again", predictor.head, Config(**predictor.meta["config"]),
-                       predictor.meta["thresholds"], predictor.meta["encoders"])
-    assert _meta(again)["format"] == 2
-    assert np.array_equal(_probs(load_model(again), posters, plots), _probs(predictor, posters, plots))
-
-
-def test_a_format_1_folder_with_another_encoder_is_refused(trained_run, tmp_path):
-    d = _legacy_folder(trained_run, tmp_path)
+# --- format 1 (genrefusion 0.1.0 before 1 December 2026): no longer read, and the error says what to do ------------
+def _format_1(d):
+    """What that release wrote: no weights checksum, and the encoders recorded by name, kwargs and fingerprint."""
     meta = _meta(d)
-    meta["encoders"]["image"]["fingerprint"] = "0" * 64
+    meta["format"] = 1
+    meta.pop("weights_sha256")
+    meta["encoders"] = {m: {"name": r["name"], "kwargs": r["kwargs"], "fingerprint": r["fingerprint_sha256"]}
+                        for m, r in meta["encoders"].items()}
     _write_meta(d, meta)
-    with pytest.raises(ValueError, match="the image encoder .* is not the one this model was trained with"):
-        load_model(d)
 
 
-def test_a_format_1_folder_with_non_finite_weights_is_refused(trained_run, tmp_path):
-    d = _legacy_folder(trained_run, tmp_path)
-    state = load_file(str(d / "model.safetensors"))
-    state[sorted(state)[-1]][0] = float("inf")
-    save_file(state, str(d / "model.safetensors"))
-    with pytest.raises(ValueError, match=r"model\.safetensors.*non-finite"):
-        load_model(d)
+def test_a_format_1_folder_is_refused_naming_the_version_that_wrote_it(model_dir):
+    _format_1(model_dir)
+    with pytest.raises(ModelFolderError) as e:
+        load_model(model_dir)
+    message = str(e.value)
+    assert message.startswith(f"{model_dir / 'model.json'}: written by genrefusion 0.1.0 before 1 December 2026 "
+                              "in format 1; this release (0.1.0) reads format 2: retrain the model, or load it with "
+                              "genrefusion 0.1.0 as of commit ")
+    assert "\n" not in message
+
+
+def test_a_folder_of_a_newer_format_asks_for_a_newer_genrefusion(model_dir):
+    _set(format=3)(model_dir)
+    with pytest.raises(ModelFolderError, match=r"model\.json: written in format 3 by a newer genrefusion; this "
+                                               r"release \(0\.1\.0\) reads format 2: upgrade genrefusion"):
+        load_model(model_dir)
+
+
+def test_predict_cli_names_the_version_of_a_format_1_folder_in_one_line(model_dir):
+    _format_1(model_dir)
+    proc = subprocess.run([sys.executable, "-m", "genrefusion", "predict", "--model", str(model_dir), "--plot",
+                           "ghost night"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "written by genrefusion 0.1.0 before 1 December 2026 in format 1" in lines[0], \
+        proc.stderr
 
 
 # --- the same encoder weights installed somewhere else (another venv, checkout, machine, cache folder) ------------
@@ -293,3 +288,4 @@ def test_a_folder_that_recorded_its_weights_path_loads_where_they_are_installed_
     _write_meta(d, meta)
     with pytest.raises(ValueError, match=r"text encoder 'tiny-installed' is not the one .*weights_sha256\)"):
         load_model(d)
+

@@ -336,7 +336,7 @@ def test_offline_stand_ins():
 # --- the interface: optional capabilities declared once ----------------------------------------------------------
 def test_optional_encoder_attributes_are_declared_on_the_base_class_and_read_directly():
     """What an encoder may or may not offer (fixed_precision, token_lengths) has a default on Encoder, so no module
-    probes for it with getattr/hasattr."""
+    probes for it with getattr/hasattr; and no module reads an encoder's private `_folder`."""
     import ast
 
     from genrefusion.encoders import Encoder, FrozenTextEncoder
@@ -352,6 +352,9 @@ def test_optional_encoder_attributes_are_declared_on_the_base_class_and_read_dir
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr")
                     and len(node.args) > 1 and isinstance(node.args[1], ast.Constant)
-                    and node.args[1].value in declared):
+                    and node.args[1].value in declared | {"_folder"}):
                 found.append(f"{path.relative_to(package)}:{node.lineno} {node.func.id}(..., {node.args[1].value!r})")
-    assert not found, f"encoder attributes probed: {found}"
+            elif (isinstance(node, ast.Attribute) and node.attr == "_folder"
+                  and not (isinstance(node.value, ast.Name) and node.value.id == "self")):
+                found.append(f"{path.relative_to(package)}:{node.lineno} .{node.attr}")
+    assert not found, f"encoder attributes probed or read from outside: {found}"

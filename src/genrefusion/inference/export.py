@@ -19,7 +19,6 @@ Predictor answers); both differences are recorded in export.json and printed.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -271,8 +270,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, opset: int = DEFA
             "config": meta["config"], "encoders": _with_languages(meta["encoders"], predictor),
             "modalities": list(predictor.modalities),
             "sequences": predictor.sequences, "head": head, "parts": parts,
-            "source": {"format": predictor.source_format, "weights_sha256": meta.get("weights_sha256")
-                       or hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest(),
+            "source": {"format": meta["format"], "weights_sha256": meta["weights_sha256"],
                        "model_json_sha256": sha256_file(model_dir / "model.json")},
             "runtime": {"opset": opset, "precision": "fp32", "genrefusion": __version__, "torch": torch.__version__,
                         "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},

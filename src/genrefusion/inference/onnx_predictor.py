@@ -205,7 +205,6 @@ class OnnxPredictor(PredictorBase):
         self.meta = {"format": 2, "model": manifest["model"], "genres": manifest["genres"],
                      "thresholds": manifest["thresholds"], "encoders": manifest["encoders"],
                      "config": manifest["config"]}
-        self.source_format = manifest["source"].get("format", 2)
         self.genres = tuple(manifest["genres"])
         self.thresholds = np.broadcast_to(np.asarray(manifest["thresholds"], dtype=np.float64),
                                           (len(self.genres),)).copy()

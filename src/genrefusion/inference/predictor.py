@@ -41,7 +41,6 @@ class Predictor(PredictorBase):
 
         self.directory = Path(directory)
         self.head, self.meta = load_head(self.directory)  # verified: weights, shapes, thresholds, encoder records
-        self.source_format: int = self.meta["format"]
         self.head.to(device)
         self.device = torch.device(device)
         self.genres: tuple[str, ...] = tuple(self.meta["genres"])
@@ -55,9 +54,9 @@ class Predictor(PredictorBase):
                              "the head's weights, so it cannot be restored exactly")
         self.encoders = {}
         for m in self.modalities:
-            spec = self.meta["encoders"][m]
-            self.encoders[m] = create_encoder(spec["name"], modality=m, cache_root=cache_root,
-                                              **spec.get("kwargs", {})).to(device).eval()
+            rec = self.meta["encoders"][m]
+            self.encoders[m] = create_encoder(rec["name"], modality=m, cache_root=cache_root,
+                                              **rec["kwargs"]).to(device).eval()
         # The languages the text encoder was trained for (model.json; folders before it: the registry), which
         # decide the script warnings (languages.py). None: not declared (a local folder), so nothing is warned.
         from ..encoders import encoder_languages
@@ -74,33 +73,22 @@ class Predictor(PredictorBase):
     def _check_fingerprints(self) -> None:
         """Refuse encoders whose weights or preprocessing differ from those the head was trained on (a changed
         checkpoint behind the same name would silently shift every prediction), and learn the precision each
-        modality's features were computed at. A format-1 record is upgraded in memory to a format-2 one, so
-        `self.meta` always reads as format 2 (`self.source_format` says what the folder holds)."""
-        from ..features.fingerprints import (differences, encoder_record, identity_sha256, legacy_precision, same_features,
-                                   with_local_sources)
+        modality's features were computed at. `self.meta` then records each encoder's fingerprint as it is here
+        (the same features; a path the folder recorded for the weights is left out)."""
+        from ..features.fingerprints import differences, encoder_record, identity_sha256, same_features
 
         for m in self.modalities:
-            rec = self.meta["encoders"][m]
+            rec = self.meta["encoders"][m]  # its hash was checked against its fingerprint on loading
             got = self.encoders[m].fingerprint()  # hashes the weight files (once per process)
-            if self.source_format >= 2:  # the record's hash was checked against its fingerprint on loading
-                precision = rec["precision"]
-                ok = (identity_sha256(got, precision) == rec["fingerprint_sha256"]
-                      or same_features(rec["fingerprint"], got))  # the same weights, installed elsewhere
+            precision = rec["precision"]
+            if not (identity_sha256(got, precision) == rec["fingerprint_sha256"]
+                    or same_features(rec["fingerprint"], got)):  # the same weights, installed elsewhere
                 differ = differences(rec["fingerprint"], got)
-            else:  # one of format 1's forms: the cache's hash (with or without the precision) or the dict
-                hint = self.meta["config"].get("precision")
-                precision = legacy_precision(rec["fingerprint"], got, hint)
-                if precision is None:  # hashed with the weights' local path, as that release did
-                    precision = legacy_precision(rec["fingerprint"], with_local_sources(got, self.encoders[m]), hint)
-                ok = precision is not None
-                differ = differences(rec["fingerprint"], got) if isinstance(rec["fingerprint"], dict) else []
-            if not ok:
                 raise ValueError(f"{self.directory}: the {m} encoder {self.encoders[m].name!r} is not the one this "
                                  "model was trained with (its weights or preprocessing differ"
                                  + (f": {', '.join(differ)}" if differ else "") + ")")
             self.precision[m] = precision
-            self.meta["encoders"][m] = encoder_record(rec["name"], rec.get("kwargs", {}), got, precision)
-        self.meta["format"] = 2
+            self.meta["encoders"][m] = encoder_record(rec["name"], rec["kwargs"], got, precision)
 
     def encode(self, modality: str, items: list, grad: bool = False) -> tuple:
         """Raw items of `modality` (none of them None) through its encoder, as training features were computed:
