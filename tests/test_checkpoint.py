@@ -289,3 +289,29 @@ def test_a_folder_that_recorded_its_weights_path_loads_where_they_are_installed_
     with pytest.raises(ValueError, match=r"text encoder 'tiny-installed' is not the one .*weights_sha256\)"):
         load_model(d)
 
+
+# --- an encoder option this release does not know (a folder of another release, or edited) -----------------------
+def _unknown_option(d):
+    meta = _meta(d)
+    meta["encoders"]["text"]["kwargs"]["colour"] = "red"
+    _write_meta(d, meta)
+
+
+def test_an_unknown_encoder_option_is_refused_naming_it_and_the_file(model_dir):
+    _unknown_option(model_dir)
+    with pytest.raises(ModelFolderError) as e:
+        load_model(model_dir)
+    assert str(e.value).startswith(f"{model_dir / 'model.json'}: the text encoder record: encoder ")
+    assert "has no option 'colour' (its options: max_length, name, normalise_text, pooling, prefix)" in str(e.value)
+
+
+@pytest.mark.parametrize("command", ["predict", "serve"])
+def test_predict_and_serve_print_one_line_for_an_unknown_encoder_option(model_dir, command):
+    _unknown_option(model_dir)
+    args = ["--plot", "ghost night"] if command == "predict" else ["--port", "0"]
+    proc = subprocess.run([sys.executable, "-m", "genrefusion", command, "--model", str(model_dir), *args],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {model_dir / 'model.json'}: ") \
+        and "no option 'colour'" in lines[0], proc.stderr

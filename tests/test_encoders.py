@@ -333,6 +333,28 @@ def test_offline_stand_ins():
     assert out.pooled.shape == (1, 384) and out.sequence.shape == (1, 256, 384)  # 224 / 14 = 16 x 16 patches
 
 
+def test_an_option_an_encoder_does_not_take_is_named_with_the_ones_it_takes(ckpt, monkeypatch):
+    import dataclasses
+
+    from genrefusion.encoders import EncoderOptionError, registry
+
+    built = []
+    monkeypatch.setitem(registry._REGISTRY, "minilm-l6",
+                        dataclasses.replace(registry._REGISTRY["minilm-l6"], factory=lambda **kw: built.append(kw)))
+    with pytest.raises(EncoderOptionError, match=r"^encoder 'minilm-l6' has no option 'colour', 'size' \(its "
+                                                 r"options: max_length, normalise_text, pooling, prefix\)$"):
+        create_encoder("minilm-l6", colour="red", size=3, pooling="mean")
+    assert not built  # refused before anything is built
+    # a local folder: the options of the class it builds
+    with pytest.raises(EncoderOptionError, match=r"no option 'pooling' \(its options: image_size, mean, name, std\)"):
+        create_encoder(ckpt["vit"], pooling="mean")
+    with pytest.raises(EncoderOptionError, match=r"no option 'threads'"):
+        create_encoder(f"{ckpt['bert']}+{ckpt['roberta']}", threads=2)  # each part of a joined encoder
+    assert issubclass(EncoderOptionError, ValueError)
+    assert {s.name: s.options for s in list_encoders()}["use-multilingual"] == {
+        "max_length", "normalise_text", "pooling", "threads"}  # through E5/USE's **kwargs to FrozenTextEncoder
+
+
 # --- the interface: optional capabilities declared once ----------------------------------------------------------
 def test_optional_encoder_attributes_are_declared_on_the_base_class_and_read_directly():
     """What an encoder may or may not offer (fixed_precision, token_lengths) has a default on Encoder, so no module

@@ -36,8 +36,8 @@ class Predictor(PredictorBase):
     def __init__(self, directory: str | Path, device: str = "cpu", cache_root: Path | None = None):
         import torch
 
-        from .checkpoint import load_head
-        from ..encoders import create_encoder
+        from .checkpoint import META_FILE, ModelFolderError, load_head
+        from ..encoders import EncoderOptionError, create_encoder
 
         self.directory = Path(directory)
         self.head, self.meta = load_head(self.directory)  # verified: weights, shapes, thresholds, encoder records
@@ -55,8 +55,11 @@ class Predictor(PredictorBase):
         self.encoders = {}
         for m in self.modalities:
             rec = self.meta["encoders"][m]
-            self.encoders[m] = create_encoder(rec["name"], modality=m, cache_root=cache_root,
-                                              **rec["kwargs"]).to(device).eval()
+            try:
+                encoder = create_encoder(rec["name"], modality=m, cache_root=cache_root, **rec["kwargs"])
+            except EncoderOptionError as e:  # written by another release, or edited: the file is what is wrong
+                raise ModelFolderError(f"{self.directory / META_FILE}: the {m} encoder record: {e}") from None
+            self.encoders[m] = encoder.to(device).eval()
         # The languages the text encoder was trained for (model.json; folders before it: the registry), which
         # decide the script warnings (languages.py). None: not declared (a local folder), so nothing is warned.
         from ..encoders import encoder_languages
