@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..files import read_json_object, sha256_file  # noqa: F401  (sha256_file: export.py writes the digests)
-from .base import PredictorBase
+from .base import PredictorBase, check_logits
 from ..data.preprocessing import eval_pixels, normalise_text
 
 MANIFEST = "export.json"
@@ -231,6 +231,7 @@ class OnnxPredictor(PredictorBase):
         if self.head_outputs[0] != "logits" or head["outputs"][0]["shape"][-1] != len(self.genres):
             raise ExportFolderError(f"{head_path}: its first output is not the logits of {len(self.genres)} genres")
         self.lock = threading.Lock()
+        self._probe()  # a model whose outputs overflow is refused here
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "runtime": "onnxruntime"}
@@ -268,6 +269,7 @@ class OnnxPredictor(PredictorBase):
                    for k, v in batch.items()}
         got = dict(zip(self.head_outputs, self.session.run(self.head_outputs,
                                                            {k: stacked[k] for k in self.head_inputs})))
+        check_logits([got["logits"][j * n:(j + 1) * n] for j in range(1 + len(occluded))])
         probs = 1.0 / (1.0 + np.exp(-got["logits"].astype(np.float64)))
         without = {m: probs[(j + 1) * n:(j + 2) * n] for j, m in enumerate(occluded)}
         out = {k: (v if v.ndim == 0 else v[:n]) for k, v in got.items() if k in FUSION_OUTPUTS}

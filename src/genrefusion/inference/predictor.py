@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.modalities import spec
-from .base import PredictorBase
+from .base import PredictorBase, check_logits
 
 
 class Predictor(PredictorBase):
@@ -72,6 +72,7 @@ class Predictor(PredictorBase):
         self._check_fingerprints()
         self.batch_sizes: dict[str, int] = {}  # per modality, items per encoder call (default: batch_size)
         self.lock = threading.Lock()
+        self._probe()  # a model whose outputs overflow is refused here
 
     def _check_fingerprints(self) -> None:
         """Refuse encoders whose weights or preprocessing differ from those the head was trained on (a changed
@@ -152,11 +153,13 @@ class Predictor(PredictorBase):
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def probabilities(self, batch: dict) -> np.ndarray:
-        """The head's genre probabilities (n, G) float64 for a batch of batching.modality_inputs entries."""
+        """The head's genre probabilities (n, G) float64 for a batch of batching.modality_inputs entries;
+        NonFiniteOutputError (its `rows`: positions in the batch) where the logits are not finite."""
         import torch
 
         with torch.inference_mode():
             logits = self.head({k: v.to(self.device) for k, v in batch.items()})["logits"]
+        check_logits([logits.float().cpu().numpy()])
         return torch.sigmoid(logits).double().cpu().numpy()
 
     def _run(self, posters: list, plots: list) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
@@ -165,13 +168,15 @@ class Predictor(PredictorBase):
         with torch.inference_mode():
             batch = self.features(posters, plots)
             out = self.head(batch)
-            probs = torch.sigmoid(out["logits"]).double().cpu().numpy()
             # Occlusion: the same movies with one modality replaced by the model's stand-in (a head pass only).
-            without = {}
+            occluded = {}
             if len(self.modalities) == 2:
                 for m in self.modalities:
                     b = dict(batch, **{f"{m}_present": torch.zeros_like(batch[f"{m}_present"])})
-                    without[m] = torch.sigmoid(self.head(b)["logits"]).double().cpu().numpy()
+                    occluded[m] = self.head(b)["logits"]
+            check_logits([x.float().cpu().numpy() for x in [out["logits"], *occluded.values()]])
+            probs = torch.sigmoid(out["logits"]).double().cpu().numpy()
+            without = {m: torch.sigmoid(x).double().cpu().numpy() for m, x in occluded.items()}
         return probs, without, out
 
 def load_model(directory: str | Path, device: str = "cpu", cache_root: Path | None = None) -> Predictor:
