@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from genrefusion.inference.checkpoint import ModelFolderError, load_head
+from genrefusion.inference.integrity import seal
 from genrefusion.config import Config
 from genrefusion.data.loader import load_catalog
 from genrefusion.features.fingerprints import identity_sha256
@@ -34,8 +35,9 @@ def _meta(d):
     return json.loads((d / "model.json").read_text())
 
 
-def _write_meta(d, meta):
-    (d / "model.json").write_text(json.dumps(meta))
+def _write_meta(d, meta, sealed=True):
+    """model.json as a writer of `meta` would save it: its fields' digests made for it (sealed=False: as is)."""
+    (d / "model.json").write_text(json.dumps(seal(meta) if sealed else meta))
 
 
 def _inputs(catalog, n=12):
@@ -72,7 +74,7 @@ def _nan_weights(d):
     name = sorted(state)[0]
     state[name] = torch.full_like(state[name], float("nan"))
     save_file(state, str(d / "model.safetensors"))
-    meta = _meta(d)  # a consistent folder: the checksum is that of the NaN weights
+    meta = _meta(d)  # a consistent folder: the checksums are those of the NaN weights
     meta["weights_sha256"] = hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest()
     _write_meta(d, meta)
 
@@ -180,9 +182,10 @@ def _format_1(d):
     meta = _meta(d)
     meta["format"] = 1
     meta.pop("weights_sha256")
+    meta.pop("fields_sha256")
     meta["encoders"] = {m: {"name": r["name"], "kwargs": r["kwargs"], "fingerprint": r["fingerprint_sha256"]}
                         for m, r in meta["encoders"].items()}
-    _write_meta(d, meta)
+    _write_meta(d, meta, sealed=False)
 
 
 def test_a_format_1_folder_is_refused_naming_the_version_that_wrote_it(model_dir):
@@ -315,3 +318,87 @@ def test_predict_and_serve_print_one_line_for_an_unknown_encoder_option(model_di
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {model_dir / 'model.json'}: ") \
         and "no option 'colour'" in lines[0], proc.stderr
+
+
+# --- everything in model.json that changes a prediction is covered by the integrity check ------------------------
+def _rotate_genres(meta):
+    meta["genres"] = meta["genres"][1:] + meta["genres"][:1]
+
+
+def _rename_a_genre(meta):
+    meta["genres"][meta["genres"].index("Drama")] = "Telenovela"
+
+
+def _other_thresholds(meta):
+    meta["thresholds"] = [0.3] * len(meta["genres"])
+
+
+def _another_head_argument(meta):
+    meta["model"]["dropout"] = 0.5
+
+
+def _another_encoder_option(meta):
+    meta["encoders"]["text"]["kwargs"]["pooling"] = "cls"
+
+
+def _another_config(meta):
+    meta["config"]["modalities"] = "both"
+
+
+EDITS = {  # edit -> the key the error names
+    "genres rotated": (_rotate_genres, "'genres' was edited"),
+    "a genre renamed Telenovela": (_rename_a_genre, "'genres' was edited"),
+    "thresholds": (_other_thresholds, "'thresholds' was edited"),
+    "a head argument": (_another_head_argument, "'model' was edited"),
+    "an encoder option": (_another_encoder_option, "'encoders' was edited"),
+    "the config": (_another_config, "'config' was edited"),
+    "a key added": (lambda meta: meta.update(notes="hand-tuned"), "'notes' was added"),
+    "a key removed": (lambda meta: meta.pop("config"), "'config' was removed"),
+    "the weights' checksum": (lambda meta: meta.update(weights_sha256="0" * 64), "'weights_sha256' was edited"),
+}
+
+
+@pytest.mark.parametrize("edit", list(EDITS))
+def test_an_edited_model_json_is_refused_naming_the_field(model_dir, edit):
+    change, words = EDITS[edit]
+    meta = _meta(model_dir)
+    change(meta)
+    _write_meta(model_dir, meta, sealed=False)  # edited by hand: its digests are those of the saved values
+    with pytest.raises(ModelFolderError) as e:
+        load_model(model_dir)
+    assert str(e.value).startswith(f"{model_dir / 'model.json'}: {words} after the folder was saved")
+    assert "\n" not in str(e.value)
+
+
+def test_predict_cli_names_the_edited_field_in_one_line(model_dir):
+    meta = _meta(model_dir)
+    _rename_a_genre(meta)
+    _write_meta(model_dir, meta, sealed=False)
+    proc = subprocess.run([sys.executable, "-m", "genrefusion", "predict", "--model", str(model_dir), "--plot",
+                           "ghost night"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {model_dir / 'model.json'}: 'genres' was edited after the folder was saved (its SHA-256 is not the "
+        "one fields_sha256 records)"]
+
+
+def test_save_model_seals_every_key_and_the_folder_loads(model_dir):
+    meta = _meta(model_dir)
+    assert set(meta["fields_sha256"]) == set(meta) - {"fields_sha256"}
+    assert load_model(model_dir).genres == tuple(meta["genres"])
+
+
+def test_a_folder_saved_before_the_digests_loads_and_its_genres_are_still_checked(model_dir, synthetic_catalog):
+    posters, plots = _inputs(synthetic_catalog)
+    before = _probs(load_model(model_dir), posters, plots)
+    meta = _meta(model_dir)
+    del meta["fields_sha256"]  # what every folder saved before this release holds
+    _write_meta(model_dir, meta, sealed=False)
+    assert np.array_equal(_probs(load_model(model_dir), posters, plots), before)
+    for change in (_rotate_genres, _rename_a_genre):
+        edited = json.loads(json.dumps(meta))
+        change(edited)
+        _write_meta(model_dir, edited, sealed=False)
+        with pytest.raises(ModelFolderError, match=r"model\.json: 'genres' is not the list of the 23 MM-IMDb "
+                                                   r"genres, in their order, .*: it was edited"):
+            load_model(model_dir)

@@ -7,6 +7,8 @@ model.json, format 2:
     genres            the label vocabulary, in the order of the head's outputs
     thresholds        one decision threshold, or one per genre
     weights_sha256    SHA-256 of model.safetensors
+    fields_sha256     the SHA-256 of each other key's value (integrity.py), so an edit to any of them is refused
+                      naming the key (folders saved before it existed have none)
     encoders          per modality: name, kwargs, precision, fingerprint (the encoder's fingerprint dict) and
                       fingerprint_sha256 (fingerprints.encoder_record); the text encoder's also `languages`, the
                       ISO 639-1 codes it was trained for (null: not declared)
@@ -16,7 +18,8 @@ model.json, format 2:
 
 Beside them, README.md is the folder's model card (modelcard.py), written in the same atomic step.
 
-`load_head` verifies the folder before anything in it is used: model.json parses and holds every key with the
+`load_head` verifies the folder before anything in it is used: model.json parses, every key matches its recorded
+SHA-256 (without those, the genres must be the 23 MM-IMDb genres every such folder was trained on) and has the
 right type, the weights file matches its recorded SHA-256, every tensor fits the model model.json describes and is
 finite, and the thresholds fit the genres. A problem raises ModelFolderError (a ValueError) or FileNotFoundError,
 naming the file and the problem. A folder in another format is refused with what wrote it and what reads it
@@ -41,6 +44,7 @@ from ..config import Config
 from ..files import read_json_object
 from ..data.labels import GENRES
 from ..version import __version__
+from .integrity import FIELDS_KEY, check_fields, seal
 
 FORMAT_VERSION = 2
 META_FILE, WEIGHTS_FILE = "model.json", "model.safetensors"
@@ -68,7 +72,7 @@ def save_model(directory: str | Path, model: torch.nn.Module, cfg: Config, thres
     for m, record in encoders.items():
         fingerprints.check_record(record, f"save_model: the {m} encoder record")
     clash = sorted(set(extra or {}) & {"format", "model", "genres", "thresholds", "weights_sha256", "encoders",
-                                       "config"})
+                                       "config", FIELDS_KEY})
     if clash:
         raise ValueError(f"save_model: extra entries {clash} would replace model.json's own keys")
     encoders = {m: _with_languages(m, r) for m, r in encoders.items()}
@@ -76,7 +80,7 @@ def save_model(directory: str | Path, model: torch.nn.Module, cfg: Config, thres
     with staging_dir(directory) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_safetensors(state, tmp / WEIGHTS_FILE)
-        meta = {
+        meta = seal({
             "format": FORMAT_VERSION,
             "model": model.config,
             "genres": list(GENRES),
@@ -85,7 +89,7 @@ def save_model(directory: str | Path, model: torch.nn.Module, cfg: Config, thres
             "encoders": encoders,
             "config": cfg.to_dict(),
             **(extra or {}),
-        }
+        })
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         (tmp / CARD_FILE).write_text(model_card(meta, metrics, folder=str(directory)), encoding="utf-8")
     return directory
@@ -137,6 +141,7 @@ def read_meta(path: Path) -> dict[str, Any]:
     fmt = meta.get("format")
     if fmt != FORMAT_VERSION or isinstance(fmt, bool):
         raise format_error(path, fmt)
+    sealed = check_fields(meta, path, ModelFolderError)
     missing = sorted(k for k in REQUIRED if k not in meta)
     if missing:
         raise ModelFolderError(f"{path}: missing key(s) {', '.join(map(repr, missing))}")
@@ -149,6 +154,9 @@ def read_meta(path: Path) -> dict[str, Any]:
     genres = meta["genres"]
     if not genres or not all(isinstance(g, str) for g in genres) or len(set(genres)) != len(genres):
         raise ModelFolderError(f"{path}: 'genres' must be distinct genre names")
+    if not sealed and genres != list(GENRES):
+        raise ModelFolderError(f"{path}: 'genres' is not the list of the {len(GENRES)} MM-IMDb genres, in their "
+                               f"order, that every folder saved without '{FIELDS_KEY}' holds: it was edited")
     if not (isinstance(meta["weights_sha256"], str) and len(meta["weights_sha256"]) == 64):
         raise ModelFolderError(f"{path}: 'weights_sha256' is not a SHA-256 hex digest")
     return meta

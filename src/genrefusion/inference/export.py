@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..features.onnx_graphs import encoder_wrapper, trace
+from .integrity import seal
 from .onnx_predictor import EXPORT_FORMAT, FUSION_OUTPUTS, HEAD_FILE, KIND, MANIFEST, sha256_file
 
 DEFAULT_OPSET = 17
@@ -276,7 +277,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, opset: int = DEFA
                         "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
             "files": {f.name: sha256_file(f) for f in sorted(tmp.iterdir())},
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        (tmp / MANIFEST).write_text(json.dumps(seal(manifest), indent=2), encoding="utf-8")
         posters, plots = _check_items(predictor, check_data, check_movies)
         check = _compare(predictor, OnnxPredictor(tmp), posters, plots)
         check["tolerance"] = tolerance
@@ -285,7 +286,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, opset: int = DEFA
             raise ExportError(f"the exported model's probabilities differ from the torch model's by up to "
                               f"{check['max_abs_diff']:.2e} on {check['movies']} check movies, over the tolerance "
                               f"{tolerance:g}; nothing was written")
-        manifest["check"] = check
+        manifest = seal({**manifest, "check": check})
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     line = (f"exported {predictor.fusion} ({', '.join(p['name'] for ps in parts.values() for p in ps)}) to "
             f"{out_dir} in {time.perf_counter() - t0:.1f} s; on {check['movies']} check movies the probabilities "
