@@ -1,7 +1,7 @@
 """A model folder is trusted only when it checks out: model.json (format 2) records the SHA-256 of the weights file,
 and load_model verifies it, the shapes and the finiteness of the weights, the keys of model.json, the thresholds
-and the encoders, naming the file and the problem. Format-1 folders (the release before) still load and predict
-exactly what they predicted then."""
+and the encoders, naming the file and the problem. A format-1 folder (genrefusion 0.1.0 before 1 December 2026) is
+refused with what wrote it and what to do."""
 from __future__ import annotations
 
 import hashlib
@@ -15,11 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import legacy_checkpoint as legacy
-from genrefusion.inference.checkpoint import ModelFolderError, load_head, save_model
+from genrefusion.inference.checkpoint import ModelFolderError, load_head
+from genrefusion.inference.integrity import seal
 from genrefusion.config import Config
 from genrefusion.data.loader import load_catalog
-from genrefusion.training.experiment import model_modalities
 from genrefusion.features.fingerprints import identity_sha256
 from genrefusion.data.images import load_poster
 from genrefusion.cli.predict import load_model
@@ -36,8 +35,9 @@ def _meta(d):
     return json.loads((d / "model.json").read_text())
 
 
-def _write_meta(d, meta):
-    (d / "model.json").write_text(json.dumps(meta))
+def _write_meta(d, meta, sealed=True):
+    """model.json as a writer of `meta` would save it: its fields' digests made for it (sealed=False: as is)."""
+    (d / "model.json").write_text(json.dumps(seal(meta) if sealed else meta))
 
 
 def _inputs(catalog, n=12):
@@ -74,7 +74,7 @@ def _nan_weights(d):
     name = sorted(state)[0]
     state[name] = torch.full_like(state[name], float("nan"))
     save_file(state, str(d / "model.safetensors"))
-    meta = _meta(d)  # a consistent folder: the checksum is that of the NaN weights
+    meta = _meta(d)  # a consistent folder: the checksums are those of the NaN weights
     meta["weights_sha256"] = hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest()
     _write_meta(d, meta)
 
@@ -176,46 +176,44 @@ def test_a_tampered_fingerprint_record_is_refused(model_dir):
         load_model(model_dir)
 
 
-# --- format 1 (the release before): read, and predicted exactly as before ---------------------------------------
-def _legacy_folder(trained_run, tmp_path, mode="features", precision="fp32"):
-    head, meta = load_head(trained_run / "model")
-    cfg = Config(**{**meta["config"], "mode": mode})
-    d = tmp_path / f"legacy-{mode}-{precision}"
-    legacy.save_model(d, head, cfg, meta["thresholds"], legacy.encoders(cfg, model_modalities(cfg.model), precision))
-    return d
-
-
-@pytest.mark.parametrize("mode", ["features", "end-to-end"])
-def test_a_format_1_folder_predicts_bit_identically_to_before(trained_run, synthetic_catalog, tmp_path, mode):
-    d = _legacy_folder(trained_run, tmp_path, mode)
-    assert _meta(d)["format"] == 1 and "weights_sha256" not in _meta(d)
-    posters, plots = _inputs(synthetic_catalog)
-    predictor = load_model(d)
-    assert np.array_equal(_probs(predictor, posters, plots), legacy.probabilities(d, posters, plots))
-    assert {r["precision"] for r in predictor.meta["encoders"].values()} == {"fp32"}
-    # what it loaded is format 2 in memory: saving it again writes a format-2 folder that predicts the same
-    again = save_model(tmp_path / "again", predictor.head, Config(**predictor.meta["config"]),
-                       predictor.meta["thresholds"], predictor.meta["encoders"])
-    assert _meta(again)["format"] == 2
-    assert np.array_equal(_probs(load_model(again), posters, plots), _probs(predictor, posters, plots))
-
-
-def test_a_format_1_folder_with_another_encoder_is_refused(trained_run, tmp_path):
-    d = _legacy_folder(trained_run, tmp_path)
+# --- format 1 (genrefusion 0.1.0 before 1 December 2026): no longer read, and the error says what to do ------------
+def _format_1(d):
+    """What that release wrote: no weights checksum, and the encoders recorded by name, kwargs and fingerprint."""
     meta = _meta(d)
-    meta["encoders"]["image"]["fingerprint"] = "0" * 64
-    _write_meta(d, meta)
-    with pytest.raises(ValueError, match="the image encoder .* is not the one this model was trained with"):
-        load_model(d)
+    meta["format"] = 1
+    meta.pop("weights_sha256")
+    meta.pop("fields_sha256")
+    meta["encoders"] = {m: {"name": r["name"], "kwargs": r["kwargs"], "fingerprint": r["fingerprint_sha256"]}
+                        for m, r in meta["encoders"].items()}
+    _write_meta(d, meta, sealed=False)
 
 
-def test_a_format_1_folder_with_non_finite_weights_is_refused(trained_run, tmp_path):
-    d = _legacy_folder(trained_run, tmp_path)
-    state = load_file(str(d / "model.safetensors"))
-    state[sorted(state)[-1]][0] = float("inf")
-    save_file(state, str(d / "model.safetensors"))
-    with pytest.raises(ValueError, match=r"model\.safetensors.*non-finite"):
-        load_model(d)
+def test_a_format_1_folder_is_refused_naming_the_version_that_wrote_it(model_dir):
+    _format_1(model_dir)
+    with pytest.raises(ModelFolderError) as e:
+        load_model(model_dir)
+    message = str(e.value)
+    assert message.startswith(f"{model_dir / 'model.json'}: written by genrefusion 0.1.0 before 1 December 2026 "
+                              "in format 1; this release (0.1.0) reads format 2: retrain the model, or load it with "
+                              "genrefusion 0.1.0 as of commit ")
+    assert "\n" not in message
+
+
+def test_a_folder_of_a_newer_format_asks_for_a_newer_genrefusion(model_dir):
+    _set(format=3)(model_dir)
+    with pytest.raises(ModelFolderError, match=r"model\.json: written in format 3 by a newer genrefusion; this "
+                                               r"release \(0\.1\.0\) reads format 2: upgrade genrefusion"):
+        load_model(model_dir)
+
+
+def test_predict_cli_names_the_version_of_a_format_1_folder_in_one_line(model_dir):
+    _format_1(model_dir)
+    proc = subprocess.run([sys.executable, "-m", "genrefusion", "predict", "--model", str(model_dir), "--plot",
+                           "ghost night"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "written by genrefusion 0.1.0 before 1 December 2026 in format 1" in lines[0], \
+        proc.stderr
 
 
 # --- the same encoder weights installed somewhere else (another venv, checkout, machine, cache folder) ------------
@@ -293,3 +291,114 @@ def test_a_folder_that_recorded_its_weights_path_loads_where_they_are_installed_
     _write_meta(d, meta)
     with pytest.raises(ValueError, match=r"text encoder 'tiny-installed' is not the one .*weights_sha256\)"):
         load_model(d)
+
+
+# --- an encoder option this release does not know (a folder of another release, or edited) -----------------------
+def _unknown_option(d):
+    meta = _meta(d)
+    meta["encoders"]["text"]["kwargs"]["colour"] = "red"
+    _write_meta(d, meta)
+
+
+def test_an_unknown_encoder_option_is_refused_naming_it_and_the_file(model_dir):
+    _unknown_option(model_dir)
+    with pytest.raises(ModelFolderError) as e:
+        load_model(model_dir)
+    assert str(e.value).startswith(f"{model_dir / 'model.json'}: the text encoder record: encoder ")
+    assert "has no option 'colour' (its options: max_length, name, normalise_text, pooling, prefix)" in str(e.value)
+
+
+@pytest.mark.parametrize("command", ["predict", "serve"])
+def test_predict_and_serve_print_one_line_for_an_unknown_encoder_option(model_dir, command):
+    _unknown_option(model_dir)
+    args = ["--plot", "ghost night"] if command == "predict" else ["--port", "0"]
+    proc = subprocess.run([sys.executable, "-m", "genrefusion", command, "--model", str(model_dir), *args],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {model_dir / 'model.json'}: ") \
+        and "no option 'colour'" in lines[0], proc.stderr
+
+
+# --- everything in model.json that changes a prediction is covered by the integrity check ------------------------
+def _rotate_genres(meta):
+    meta["genres"] = meta["genres"][1:] + meta["genres"][:1]
+
+
+def _rename_a_genre(meta):
+    meta["genres"][meta["genres"].index("Drama")] = "Telenovela"
+
+
+def _other_thresholds(meta):
+    meta["thresholds"] = [0.3] * len(meta["genres"])
+
+
+def _another_head_argument(meta):
+    meta["model"]["dropout"] = 0.5
+
+
+def _another_encoder_option(meta):
+    meta["encoders"]["text"]["kwargs"]["pooling"] = "cls"
+
+
+def _another_config(meta):
+    meta["config"]["modalities"] = "both"
+
+
+EDITS = {  # edit -> the key the error names
+    "genres rotated": (_rotate_genres, "'genres' was edited"),
+    "a genre renamed Telenovela": (_rename_a_genre, "'genres' was edited"),
+    "thresholds": (_other_thresholds, "'thresholds' was edited"),
+    "a head argument": (_another_head_argument, "'model' was edited"),
+    "an encoder option": (_another_encoder_option, "'encoders' was edited"),
+    "the config": (_another_config, "'config' was edited"),
+    "a key added": (lambda meta: meta.update(notes="hand-tuned"), "'notes' was added"),
+    "a key removed": (lambda meta: meta.pop("config"), "'config' was removed"),
+    "the weights' checksum": (lambda meta: meta.update(weights_sha256="0" * 64), "'weights_sha256' was edited"),
+}
+
+
+@pytest.mark.parametrize("edit", list(EDITS))
+def test_an_edited_model_json_is_refused_naming_the_field(model_dir, edit):
+    change, words = EDITS[edit]
+    meta = _meta(model_dir)
+    change(meta)
+    _write_meta(model_dir, meta, sealed=False)  # edited by hand: its digests are those of the saved values
+    with pytest.raises(ModelFolderError) as e:
+        load_model(model_dir)
+    assert str(e.value).startswith(f"{model_dir / 'model.json'}: {words} after the folder was saved")
+    assert "\n" not in str(e.value)
+
+
+def test_predict_cli_names_the_edited_field_in_one_line(model_dir):
+    meta = _meta(model_dir)
+    _rename_a_genre(meta)
+    _write_meta(model_dir, meta, sealed=False)
+    proc = subprocess.run([sys.executable, "-m", "genrefusion", "predict", "--model", str(model_dir), "--plot",
+                           "ghost night"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {model_dir / 'model.json'}: 'genres' was edited after the folder was saved (its SHA-256 is not the "
+        "one fields_sha256 records)"]
+
+
+def test_save_model_seals_every_key_and_the_folder_loads(model_dir):
+    meta = _meta(model_dir)
+    assert set(meta["fields_sha256"]) == set(meta) - {"fields_sha256"}
+    assert load_model(model_dir).genres == tuple(meta["genres"])
+
+
+def test_a_folder_saved_before_the_digests_loads_and_its_genres_are_still_checked(model_dir, synthetic_catalog):
+    posters, plots = _inputs(synthetic_catalog)
+    before = _probs(load_model(model_dir), posters, plots)
+    meta = _meta(model_dir)
+    del meta["fields_sha256"]  # what every folder saved before this release holds
+    _write_meta(model_dir, meta, sealed=False)
+    assert np.array_equal(_probs(load_model(model_dir), posters, plots), before)
+    for change in (_rotate_genres, _rename_a_genre):
+        edited = json.loads(json.dumps(meta))
+        change(edited)
+        _write_meta(model_dir, edited, sealed=False)
+        with pytest.raises(ModelFolderError, match=r"model\.json: 'genres' is not the list of the 23 MM-IMDb "
+                                                   r"genres, in their order, .*: it was edited"):
+            load_model(model_dir)

@@ -331,3 +331,52 @@ def test_offline_stand_ins():
     with torch.no_grad():
         out = dino.encode(dino.preprocess(_images(1)), return_sequence=True)
     assert out.pooled.shape == (1, 384) and out.sequence.shape == (1, 256, 384)  # 224 / 14 = 16 x 16 patches
+
+
+def test_an_option_an_encoder_does_not_take_is_named_with_the_ones_it_takes(ckpt, monkeypatch):
+    import dataclasses
+
+    from genrefusion.encoders import EncoderOptionError, registry
+
+    built = []
+    monkeypatch.setitem(registry._REGISTRY, "minilm-l6",
+                        dataclasses.replace(registry._REGISTRY["minilm-l6"], factory=lambda **kw: built.append(kw)))
+    with pytest.raises(EncoderOptionError, match=r"^encoder 'minilm-l6' has no option 'colour', 'size' \(its "
+                                                 r"options: max_length, normalise_text, pooling, prefix\)$"):
+        create_encoder("minilm-l6", colour="red", size=3, pooling="mean")
+    assert not built  # refused before anything is built
+    # a local folder: the options of the class it builds
+    with pytest.raises(EncoderOptionError, match=r"no option 'pooling' \(its options: image_size, mean, name, std\)"):
+        create_encoder(ckpt["vit"], pooling="mean")
+    with pytest.raises(EncoderOptionError, match=r"no option 'threads'"):
+        create_encoder(f"{ckpt['bert']}+{ckpt['roberta']}", threads=2)  # each part of a joined encoder
+    assert issubclass(EncoderOptionError, ValueError)
+    assert {s.name: s.options for s in list_encoders()}["use-multilingual"] == {
+        "max_length", "normalise_text", "pooling", "threads"}  # through E5/USE's **kwargs to FrozenTextEncoder
+
+
+# --- the interface: optional capabilities declared once ----------------------------------------------------------
+def test_optional_encoder_attributes_are_declared_on_the_base_class_and_read_directly():
+    """What an encoder may or may not offer (fixed_precision, token_lengths) has a default on Encoder, so no module
+    probes for it with getattr/hasattr; and no module reads an encoder's private `_folder`."""
+    import ast
+
+    from genrefusion.encoders import Encoder, FrozenTextEncoder
+    from genrefusion.encoders.concat import ConcatEncoder
+
+    assert Encoder.fixed_precision is None and Encoder.token_lengths is None
+    assert FrozenTextEncoder.fixed_precision == "fp32" and callable(TextEncoder.token_lengths)
+    assert ConcatEncoder.token_lengths is None  # a joined encoder cannot count one tokenizer's tokens
+    declared = {n for n in vars(Encoder) if not n.startswith("__")} | set(Encoder.__annotations__)
+    package = Path(__import__("genrefusion").__file__).parent
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr")
+                    and len(node.args) > 1 and isinstance(node.args[1], ast.Constant)
+                    and node.args[1].value in declared | {"_folder"}):
+                found.append(f"{path.relative_to(package)}:{node.lineno} {node.func.id}(..., {node.args[1].value!r})")
+            elif (isinstance(node, ast.Attribute) and node.attr == "_folder"
+                  and not (isinstance(node.value, ast.Name) and node.value.id == "self")):
+                found.append(f"{path.relative_to(package)}:{node.lineno} .{node.attr}")
+    assert not found, f"encoder attributes probed or read from outside: {found}"

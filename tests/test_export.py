@@ -20,6 +20,7 @@ from genrefusion.data.loader import load_catalog
 from genrefusion.training.experiment import run_experiment
 from genrefusion.inference.export import ExportError, export_onnx
 from genrefusion.inference.onnx_predictor import MANIFEST, ExportFolderError, OnnxPredictor, pad_sequences
+from genrefusion.inference.integrity import seal
 from genrefusion.data.posters import load_poster
 from genrefusion.cli.predict import load_model
 
@@ -84,6 +85,7 @@ def test_the_export_folder_holds_graphs_tokenizer_and_a_manifest(exported, train
     assert saved["runtime"]["opset"] == 17 and saved["check"]["max_abs_diff"] <= CONTRACT
     assert saved["parts"]["image"][0]["size"] == 224 and saved["parts"]["image"][0]["mean"] == [0.5] * 3
     assert set(saved["files"]) == {p.name for p in out.iterdir()} - {MANIFEST}
+    assert set(saved["fields_sha256"]) == set(saved) - {"fields_sha256"}  # every key, the check included
     assert not [p for p in out.parent.iterdir() if p.name != out.name]  # no temporary folder left behind
 
 
@@ -162,14 +164,24 @@ def test_a_damaged_export_is_refused_naming_the_file(exported, tmp_path):
     d = copy()  # a manifest whose recorded shapes no longer fit the graph
     manifest = json.loads((d / MANIFEST).read_text())
     manifest["head"]["inputs"][0]["shape"][-1] += 1
-    (d / MANIFEST).write_text(json.dumps(manifest))
+    (d / MANIFEST).write_text(json.dumps(seal(manifest)))  # consistent, as a faulty exporter would write it
     with pytest.raises(ExportFolderError, match=r"head\.onnx: input 'text' is"):
         load_model(d)
     d = copy()
     manifest = json.loads((d / MANIFEST).read_text())
     manifest["thresholds"] = [0.5] * 3
-    (d / MANIFEST).write_text(json.dumps(manifest))
+    (d / MANIFEST).write_text(json.dumps(seal(manifest)))
     with pytest.raises(ExportFolderError, match="3 thresholds for 23 genres"):
+        load_model(d)
+    d = copy()  # edited by hand: every key that changes a prediction is covered by fields_sha256
+    manifest = json.loads((d / MANIFEST).read_text())
+    manifest["genres"][manifest["genres"].index("Drama")] = "Telenovela"
+    (d / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ExportFolderError, match=r"export\.json: 'genres' was edited after the folder was saved"):
+        load_model(d)
+    del manifest["fields_sha256"]  # an export from before the digests: its genres are still checked
+    (d / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ExportFolderError, match=r"export\.json: 'genres' is not the list of the 23 MM-IMDb genres"):
         load_model(d)
     with pytest.raises(ValueError, match="runs on the CPU"):
         load_model(exported[0], device="cuda")

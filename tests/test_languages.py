@@ -118,15 +118,17 @@ def test_languages_recorded_in_model_json_are_checked(english_run, tmp_path):
     import shutil
 
     from genrefusion.inference.checkpoint import ModelFolderError, load_head
+    from genrefusion.inference.integrity import seal
 
     folder = tmp_path / "model"
     shutil.copytree(english_run / "model", folder)
     meta = json.loads((folder / "model.json").read_text())
-    meta["encoders"]["text"]["languages"] = "en"  # not a list
-    (folder / "model.json").write_text(json.dumps(meta))
+    meta["encoders"]["text"]["languages"] = "en"  # not a list (as a writer might have saved it)
+    (folder / "model.json").write_text(json.dumps(seal(meta)))
     with pytest.raises(ModelFolderError, match="languages"):
         load_head(folder)
     del meta["encoders"]["text"]["languages"]  # a folder from before: the registry says
+    del meta["fields_sha256"]  # (nor had it the fields' digests)
     (folder / "model.json").write_text(json.dumps(meta))
     from genrefusion.cli.predict import load_model
 

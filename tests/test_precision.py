@@ -1,6 +1,5 @@
 """A model trained on fp32, bf16 or fp16 features (bf16 is the GPU default) loads, records its precision, and its
-Predictor encodes under that precision, so a test movie gets the probabilities the run saved. Format-1 folders of
-bf16 models (which the release before could not load) load too."""
+Predictor encodes under that precision, so a test movie gets the probabilities the run saved."""
 from __future__ import annotations
 
 import json
@@ -9,11 +8,9 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-import legacy_checkpoint as legacy
-from genrefusion.inference.checkpoint import load_head
 from genrefusion.config import Config
 from genrefusion.data.loader import load_catalog
-from genrefusion.training.experiment import model_modalities, run_experiment
+from genrefusion.training.experiment import run_experiment
 from genrefusion.data.images import load_poster
 from genrefusion.cli.predict import load_model
 
@@ -62,17 +59,6 @@ def test_a_model_trained_on_each_precision_loads_and_predicts_what_its_run_saved
         predictor.precision = {m: "fp32" for m in predictor.precision}
         _, in_fp32 = _saved_and_predicted(run, run / "model", synthetic_catalog, predictor)
         assert np.abs(in_fp32 - stored).max() > TOLERANCE
-
-
-def test_a_format_1_bf16_model_loads_and_encodes_in_bf16(runs, synthetic_catalog, tmp_path):
-    head, meta = load_head(runs["bf16"] / "model")
-    cfg = Config(**meta["config"])
-    d = tmp_path / "legacy-bf16"
-    legacy.save_model(d, head, cfg, meta["thresholds"], legacy.encoders(cfg, model_modalities(cfg.model), "bf16"))
-    predictor = load_model(d)  # the release before: "not the one this model was trained with"
-    assert predictor.precision == {"text": "bf16", "image": "bf16"}
-    stored, got = _saved_and_predicted(runs["bf16"], d, synthetic_catalog, predictor)
-    assert np.abs(got - stored).max() <= TOLERANCE
 
 
 def test_an_end_to_end_model_records_its_precision_and_predicts_what_its_run_saved(synthetic_catalog, tiny_bert,

@@ -12,6 +12,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from genrefusion.inference.checkpoint import save_model
+from genrefusion.inference.integrity import seal
 from genrefusion.config import Config
 from genrefusion.data.loader import load_catalog
 from genrefusion.features.fingerprints import identity_sha256
@@ -111,7 +112,7 @@ def test_missing_modality_is_allowed_only_when_the_model_learned_its_stand_in(pr
     shutil.copytree(trained_run / "model", both_only)
     meta = json.loads((both_only / "model.json").read_text())
     meta["config"].update(modalities="both", modality_dropout=0.0)
-    (both_only / "model.json").write_text(json.dumps(meta))
+    (both_only / "model.json").write_text(json.dumps(seal(meta)))  # as its run would have saved it
     strict = load_model(both_only)
     with pytest.raises(InputError, match="needs a poster: it was trained only on movies with both"):
         strict.predict_one(None, "space ship alien")
@@ -129,7 +130,7 @@ def test_a_changed_encoder_is_refused(trained_run, tmp_path):
     record = meta["encoders"]["image"]
     record["fingerprint"]["weights_sha256"] = "0" * 64
     record["fingerprint_sha256"] = identity_sha256(record["fingerprint"], record["precision"])
-    (model_dir / "model.json").write_text(json.dumps(meta))
+    (model_dir / "model.json").write_text(json.dumps(seal(meta)))
     with pytest.raises(ValueError, match="the image encoder .* is not the one this model was trained with .*"
                                          "weights_sha256"):
         load_model(model_dir)

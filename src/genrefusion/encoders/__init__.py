@@ -7,13 +7,13 @@ from .base import Encoder, EncoderOutput, Modality
 from .concat import SEPARATOR, ConcatEncoder, split_name
 from .image import EfficientNetLiteEncoder, HFImageEncoder, ImageEncoder
 from .multilingual import E5SmallEncoder, FrozenTextEncoder, USEMultilingualEncoder
-from .registry import (EncoderSpec, check_encoder_use, detect_modality, encoder_languages, encoder_spec,
-                       list_encoders, load_config, resolve_source)
+from .registry import (EncoderOptionError, EncoderSpec, check_encoder_use, check_options, constructor_options,
+                       detect_modality, encoder_languages, encoder_spec, list_encoders, load_config, resolve_source)
 from .text import TextEncoder, normalise_text
 
 __all__ = [
-    "ConcatEncoder", "Encoder", "EncoderOutput", "EncoderSpec", "Modality", "TextEncoder", "ImageEncoder",
-    "HFImageEncoder", "EfficientNetLiteEncoder", "E5SmallEncoder", "USEMultilingualEncoder", "FrozenTextEncoder",
+    "ConcatEncoder", "Encoder", "EncoderOptionError", "EncoderOutput", "EncoderSpec", "Modality", "TextEncoder",
+    "ImageEncoder", "HFImageEncoder", "EfficientNetLiteEncoder", "E5SmallEncoder", "USEMultilingualEncoder", "FrozenTextEncoder",
     "create_encoder", "list_encoders", "encoder_spec", "encoder_languages", "check_encoder_use", "normalise_text",
 ]
 
@@ -23,7 +23,8 @@ def create_encoder(name: str | Path, modality: Modality | None = None, *, cache_
     """Build an encoder from a registered name (see `list_encoders()`), a Hugging Face Hub id or a local model
     folder. For ids and folders, text vs image is read off the checkpoint's config (`modality=` overrides it,
     e.g. "text" for the text tower of a full CLIP checkpoint). kwargs go to the encoder (pooling, max_length,
-    normalise_text for text; image_size, mean, std for images).
+    normalise_text for text; image_size, mean, std for images); one it does not take is an EncoderOptionError (a
+    ValueError) naming it, before anything is loaded for a registered name.
 
     Names joined by '+' ("efficientnet-lite0+dinov2-vits14") build a ConcatEncoder: the parts' pooled vectors
     side by side, every part built with the same kwargs.
@@ -37,6 +38,7 @@ def create_encoder(name: str | Path, modality: Modality | None = None, *, cache_
     if spec is not None:
         if modality is not None and modality != spec.modality:
             raise ValueError(f"encoder {spec.name!r} is a {spec.modality} encoder, not {modality}")
+        check_options(spec.name, spec.options, kwargs)
         return spec.factory(cache_root=cache_root, **kwargs) if spec.takes_cache_root else spec.factory(**kwargs)
     if modality not in (None, "text", "image"):
         raise ValueError(f"modality must be 'text' or 'image', got {modality!r}")
@@ -49,4 +51,5 @@ def create_encoder(name: str | Path, modality: Modality | None = None, *, cache_
                          f"and could not be loaded from the Hugging Face Hub: {e}") from e
     modality = modality or detect_modality(config)
     cls = TextEncoder if modality == "text" else HFImageEncoder
+    check_options(str(name), constructor_options(cls, fixed=("source",)), kwargs)
     return cls(source, **kwargs)

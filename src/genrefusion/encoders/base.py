@@ -7,7 +7,7 @@ request, the token / patch sequence it pooled from (with a validity mask). Every
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 
@@ -25,11 +25,20 @@ class EncoderOutput:
 
 class Encoder(torch.nn.Module):
     """Base class. Subclasses set `name`, `modality`, `dim` and implement the three methods (an encoder joined
-    from others also overrides `feature_parts` and `join`)."""
+    from others also overrides `feature_parts` and `join`).
+
+    Two optional capabilities have defaults here, so callers read them directly:
+    * `fixed_precision`: the precision its features always have, whatever autocast is asked for ("fp32" for an
+      encoder that runs outside torch); None (the default): the autocast it runs under decides.
+    * `token_lengths(texts) -> list[int]`: a text encoder's token count of each text after its preprocessing and
+      truncation, so batches can group texts of similar length; None (the default, e.g. a joined encoder): it
+      cannot tell. A subclass that can defines it as a method."""
 
     name: str
     modality: Modality
     dim: int
+    fixed_precision: str | None = None
+    token_lengths: Callable[[list[str]], list[int]] | None = None
 
     def preprocess(self, items: list[Any], train: bool = False) -> dict[str, torch.Tensor]:
         """Raw items -> model inputs. Text: list[str], padded to the batch's own longest item.

@@ -22,8 +22,8 @@ from torch import nn
 
 from ..data.images import IMAGENET_MEAN, IMAGENET_STD, PosterTransform
 from .base import Encoder, EncoderOutput, file_sha256
-from .registry import (checkpoint_sha256, load_config, load_pretrained, portable_source, read_json_file,
-                       register_encoder, resolve_source)
+from .registry import (checkpoint_sha256, constructor_options, load_config, load_pretrained, portable_source,
+                       read_json_file, register_encoder, resolve_source)
 
 # EfficientNet-Lite was trained in TensorFlow on (pixel - 127) / 128 ("inception-style", chosen for int8
 # quantisation; see efficientnet/lite/efficientnet_lite_builder.py MEAN_RGB / STDDEV_RGB), not on ImageNet
@@ -222,7 +222,8 @@ def _register_hf(name: str, source, description: str, offline: bool = False):
     def factory(cache_root: Path | None = None, **kwargs) -> HFImageEncoder:
         return HFImageEncoder(source(cache_root) if callable(source) else source, name=name, **kwargs)
 
-    register_encoder(name, "image", description, offline, takes_cache_root=True)(factory)
+    register_encoder(name, "image", description, offline, takes_cache_root=True,
+                     options=constructor_options(HFImageEncoder, fixed=("source", "name")))(factory)
 
 
 def _dinov2_path(cache_root: Path | None) -> Path:

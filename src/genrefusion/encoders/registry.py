@@ -35,21 +35,51 @@ class EncoderSpec:
     # {"linear", "knn", "chance" (macro-AP), "n" (movies), "genres" (how many scored), "command", "date"}; only
     # numbers a run produced (probe_scores.py keeps them), None where the encoder has not been probed.
     probe: dict[str, Any] | None = None
+    options: frozenset[str] | None = None  # the keyword options create_encoder passes on (None: not declared)
 
 
 _REGISTRY: dict[str, EncoderSpec] = {}
 
 
+class EncoderOptionError(ValueError):
+    """An option (keyword argument) the encoder does not take; the message names it and the ones it takes."""
+
+
+def constructor_options(cls: type, fixed: tuple[str, ...] = ()) -> frozenset[str]:
+    """The keyword options `cls(...)` takes, less `fixed` (those its factory sets itself): the named parameters of
+    its __init__, and, where that __init__ passes **kwargs on, those of its parent's."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = list(inspect.signature(vars(klass)["__init__"]).parameters.values())[1:]  # less self
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return frozenset(names - set(fixed))
+
+
+def check_options(name: str, options: frozenset[str] | None, kwargs: dict[str, Any]) -> None:
+    """EncoderOptionError when `kwargs` holds an option encoder `name` does not take (`options`; None: unchecked)."""
+    unknown = sorted(set(kwargs) - options) if options is not None else []
+    if unknown:
+        raise EncoderOptionError(f"encoder {name!r} has no option {', '.join(map(repr, unknown))} (its options: "
+                                 f"{', '.join(sorted(options)) or 'none'})")
+
+
 def register_encoder(name: str, modality: Modality, description: str, offline: bool = False, *,
                      languages: tuple[str, ...] | None = None, sequences: bool = True, trainable: bool = True,
                      source: str | None = None, takes_cache_root: bool = False,
-                     probe: dict[str, Any] | None = None):
+                     probe: dict[str, Any] | None = None, options: frozenset[str] | None = None):
+    """Register `factory(**options)` under `name`. `options`: the keyword options it takes (default: a class's
+    constructor_options; a function that passes **kwargs on must say which)."""
     def deco(factory: Callable[..., Encoder]) -> Callable[..., Encoder]:
         if name in _REGISTRY:
             raise ValueError(f"encoder {name!r} registered twice")
+        known = options if options is not None or not isinstance(factory, type) else constructor_options(factory)
         _REGISTRY[name] = EncoderSpec(name, modality, factory, description, offline, languages, sequences,
                                       trainable, source, takes_cache_root,
-                                      MEASURED.get(name) if probe is None else probe)
+                                      MEASURED.get(name) if probe is None else probe, known)
         return factory
 
     return deco

@@ -15,8 +15,8 @@ import torch
 from ..data.languages import ENGLISH, PARAPHRASE_LANGUAGES, XLMR_LANGUAGES
 from ..data.preprocessing import normalise_text
 from .base import Encoder, EncoderOutput, check_texts
-from .registry import (checkpoint_sha256, load_config, load_pretrained, portable_source, register_encoder,
-                       resolve_source)
+from .registry import (checkpoint_sha256, constructor_options, load_config, load_pretrained, portable_source,
+                       register_encoder, resolve_source)
 
 POOLINGS = ("cls", "mean")
 
@@ -151,7 +151,8 @@ def _register(name: str, source, description: str, offline: bool = False, langua
         return TextEncoder(source(cache_root) if callable(source) else source, name=name, **{**defaults, **kwargs})
 
     register_encoder(name, "text", description, offline, languages=tuple(languages),
-                     source=None if callable(source) else source, takes_cache_root=True)(factory)
+                     source=None if callable(source) else source, takes_cache_root=True,
+                     options=constructor_options(TextEncoder, fixed=("source", "name")))(factory)
 
 
 def _minilm_path(cache_root: Path | None) -> Path:  # a folder inside its PyPI package: no cache involved

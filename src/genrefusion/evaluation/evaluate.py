@@ -28,6 +28,7 @@ import numpy as np
 
 from ..config import CHOICES
 from ..data.loader import DataError, DataSpec
+from ..inference.base import NonFiniteOutputError
 
 if TYPE_CHECKING:  # a type only: the CLI parser imports this module, and features.spec imports torch
     from ..features.spec import FeatureSpec
@@ -156,7 +157,14 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", modalitie
     }
     probs = []
     for k, p in enumerate(predictors):
-        pr, encoded = model_probabilities(p, movies, features)
+        try:
+            pr, encoded = model_probabilities(p, movies, features)
+        except NonFiniteOutputError as e:
+            named = ", ".join(movies.movies[r].id for r in e.rows[:5]) + (" ..." if len(e.rows) > 5 else "")
+            raise NonFiniteOutputError(
+                f"{p.directory}: the model's outputs are not finite numbers (NaN or inf) for {len(e.rows):,} of the "
+                f"{len(movies.movies):,} movies ({named}): its weights overflow on them, so it cannot be scored "
+                "(retrain it)", e.rows) from None
         probs.append(pr[rows])
         entry = {"model": str(p.directory), "thresholds": p.thresholds.tolist(), "encoded_now": encoded,
                  **_scores(y, probs[-1], p.thresholds, list(GENRES), n_boot, seed)}

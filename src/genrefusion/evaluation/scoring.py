@@ -30,6 +30,7 @@ from ..fusion.batching import modality_inputs
 from ..data.loader import MovieDataset
 from ..data.labels import GENRES
 from ..data.modalities import spec
+from ..inference.base import NonFiniteOutputError
 from ..inference.predictor import Predictor
 
 SPLIT_CHOICES = ("test", "dev", "train", "all")
@@ -151,7 +152,8 @@ def encode_items(predictor: Predictor, modality: str, n: int, item: Callable[[in
 
 
 def probabilities(predictor: Predictor, inputs: dict[str, ModalityInputs], batch_size: int = 512) -> np.ndarray:
-    """The model's probabilities (N, G) for movies given as features of each modality it reads."""
+    """The model's probabilities (N, G) for movies given as features of each modality it reads;
+    NonFiniteOutputError (its `rows`: of the N movies) where the model's outputs are not finite."""
     n = len(next(iter(inputs.values())).present)
     out = []
     for start in range(0, n, batch_size):
@@ -161,5 +163,8 @@ def probabilities(predictor: Predictor, inputs: dict[str, ModalityInputs], batch
             x = inputs[m]
             batch.update(modality_inputs(m, x.pooled[sl], x.present[sl],
                                          x.sequences[sl] if predictor.sequences else None))
-        out.append(predictor.probabilities(batch))
+        try:
+            out.append(predictor.probabilities(batch))
+        except NonFiniteOutputError as e:  # its rows are positions in this batch
+            raise NonFiniteOutputError(str(e), [start + r for r in e.rows]) from None
     return np.concatenate(out) if out else np.zeros((0, len(predictor.genres)))

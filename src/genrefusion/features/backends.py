@@ -72,7 +72,7 @@ def resolve_backend(backend: str | None, encoder, precision: str, sequences: boo
         why_not = f"it computes fp32 features only (precision is {precision})"
     elif sequences:
         why_not = "token/patch sequences come from torch"
-    elif getattr(encoder, "fixed_precision", None) is not None or encoder.feature_parts():
+    elif encoder.fixed_precision is not None or encoder.feature_parts():
         why_not = f"encoder {encoder.name!r} does not run in torch as one model"
     if why_not:
         if backend == "onnxruntime":

@@ -468,7 +468,7 @@ def dataset_features(dataset: MovieDataset, encoder, features: FeatureSpec | Non
             source.setdefault(k, m)
     load_item = lambda k: modality.load_raw(source[k])  # noqa: E731
     # An encoder that can tell its items' lengths (text: tokens) gets batches grouped by length.
-    lengths = getattr(encoder, "token_lengths", None)
+    lengths = encoder.token_lengths
     t0 = time.perf_counter()
     n = 0
     for _ in range(REPAIR_ATTEMPTS):

@@ -9,11 +9,8 @@ model (model.json format 2) records, per modality, the fingerprint dict, the pre
 installed is not part of it: a local folder's path is left out (encoders.registry.portable_source), and a record
 that still has one is compared by `content` (`same_features`).
 
-Two older forms are still understood, because files written by earlier releases use them:
-* the feature cache's folder key (`cache_key`) leaves the precision out for fp32, so existing cache folders keep
-  their names;
-* model.json format 1 recorded `sha256(fingerprint)`, `sha256({**fingerprint, "precision": p})` (features mode,
-  non-fp32) or the fingerprint dict (end-to-end mode); `legacy_precision` says which one a recorded value is.
+The feature cache's folder key (`cache_key`) is the identity hash, except that fp32 leaves the precision out: the
+form the cache has named its folders by since before precisions existed, so every existing cache is found.
 """
 from __future__ import annotations
 
@@ -26,7 +23,7 @@ from ..config import PRECISIONS
 
 
 def sha256_json(obj: Any) -> str:
-    """The hash of a JSON-able value, independent of key order (earlier releases hashed fingerprints this way)."""
+    """The hash of a JSON-able value, independent of key order."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
@@ -70,7 +67,8 @@ def identity_sha256(fingerprint: dict, precision: str) -> str:
 
 def cache_key(fingerprint: dict, precision: str) -> str:
     """The feature cache's folder key: the identity hash, except that fp32 leaves the precision out (the form of
-    the releases before precisions existed, so their cache folders are still found)."""
+    the releases before precisions existed, so their cache folders are still found; changing it would orphan
+    every cache)."""
     return sha256_json(fingerprint) if precision == "fp32" else identity_sha256(fingerprint, precision)
 
 
@@ -98,22 +96,6 @@ def check_record(record: Any, where: str) -> None:
                          "(the file was edited or damaged)")
 
 
-def legacy_precision(recorded: Any, fingerprint: dict, hint: str | None = None) -> str | None:
-    """The precision a format-1 `recorded` fingerprint stands for, when it is one of that format's forms of
-    `fingerprint`; None when it matches none (another encoder). `hint` (the run config's explicit precision)
-    settles the one ambiguous case: a joined encoder's hash, which left the precision out whatever it was."""
-    if isinstance(recorded, dict):
-        # End-to-end mode recorded the dict without a precision (training ran under bf16 autocast on a GPU, none on
-        # a CPU). That release's Predictor encoded in fp32, and such folders keep predicting what they did.
-        return "fp32" if same_features(recorded, fingerprint) else None
-    if recorded == sha256_json(fingerprint):
-        return hint if hint in PRECISIONS and fingerprint.get("class") == "ConcatEncoder" else "fp32"
-    for p in PRECISIONS[1:]:
-        if recorded == identity_sha256(fingerprint, p):
-            return p
-    return None
-
-
 def content(fingerprint: Any) -> Any:
     """What in a fingerprint decides the features: all of it but the "source" of weights that carry their content
     hash. Releases before 2 December 2026 recorded a local folder's path there (this venv's site-packages, this
@@ -131,18 +113,6 @@ def same_features(recorded: dict, actual: dict) -> bool:
     """Whether a recorded fingerprint and an encoder's own describe the same features: equal, or equal but for
     where the same weights (by content hash) were installed."""
     return recorded == actual or content(recorded) == content(actual)
-
-
-def with_local_sources(fingerprint: dict, encoder) -> dict:
-    """`encoder`'s fingerprint in the form releases before 2 December 2026 hashed (a local folder's path as its
-    "source"), for model.json format 1, which recorded only a hash: such a folder still loads where it was made."""
-    parts = encoder.feature_parts()
-    if parts and isinstance(fingerprint.get("parts"), list):
-        return {**fingerprint, "parts": [with_local_sources(f, p) for f, p in zip(fingerprint["parts"], parts)]}
-    folder = getattr(encoder, "_folder", None)  # the Hugging Face encoders' local folder (None: a Hub id)
-    if folder is not None and "source" not in fingerprint and "weights_sha256" in fingerprint:
-        return {**fingerprint, "source": str(encoder.source)}
-    return fingerprint
 
 
 def differences(recorded: dict, actual: dict) -> list[str]:

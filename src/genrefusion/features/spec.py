@@ -90,7 +90,7 @@ class FeatureSpec:
         second cache entry of the same numbers. Otherwise the precision asked for it (by name in `precisions`,
         else `precision`), with auto resolved on the encoder's device by fingerprints.resolve_precision over its
         own name or, for an encoder joined from parts, every part's name (the parts share one precision)."""
-        fixed = getattr(encoder, "fixed_precision", None)
+        fixed = encoder.fixed_precision
         if fixed is not None:
             return fixed
         parts = encoder.feature_parts()

@@ -3,7 +3,13 @@ exported.OnnxPredictor): which inputs a movie needs, the result dicts (genres ov
 modality's contribution by occlusion, the fusion's own weights) and the public predict/predict_one.
 
 A subclass sets `directory`, `meta` (model.json's content, format 2), `genres`, `thresholds`, `modalities`,
-`sequences`, `languages` (the text encoder's, None: not declared) and `lock`, and implements `_run`. numpy and PIL only.
+`sequences`, `languages` (the text encoder's, None: not declared) and `lock`, implements `_run`, and calls `_probe`
+once it can predict. numpy and PIL only.
+
+Outputs that are not finite numbers are refused, never passed on as NaN probabilities: a model whose weights are
+finite but overflow when used (its logits NaN or inf) is refused when it is loaded, by `_probe`'s prediction of a
+fixed movie, and any prediction whose logits are not finite raises NonFiniteOutputError (a ValueError: the CLI
+prints it as one line; the service answers 500 with the error body saying so).
 """
 from __future__ import annotations
 
@@ -14,6 +20,34 @@ from PIL import Image
 
 from .inputs import InputError
 from ..data.modalities import spec
+
+PROBE_PLOT = "A detective hunts a killer through the dark streets of a city at night."
+
+
+def probe_poster() -> Image.Image:
+    """The fixed poster of the load probe (PROBE_PLOT is its plot): 96 x 64 pixels of seeded noise."""
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 64, 3), dtype=np.uint8))
+
+
+class NonFiniteOutputError(ValueError):
+    """A model's outputs (its logits) hold NaN or inf. `rows`: the movies concerned, by position in the batch."""
+
+    def __init__(self, message: str, rows: list[int] | None = None):
+        super().__init__(message)
+        self.rows = list(rows or [])
+
+
+def check_logits(logits: list[np.ndarray]) -> None:
+    """NonFiniteOutputError unless every row of each (B, G) array of `logits` (the movies' own, then each with a
+    modality replaced by the model's stand-in) is finite."""
+    bad = np.zeros(len(logits[0]), dtype=bool)
+    for x in logits:
+        bad |= ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad).tolist()
+        raise NonFiniteOutputError(
+            f"the model's outputs are not finite numbers (NaN or inf) for {len(rows)} of {len(bad)} movie(s): its "
+            "weights overflow on this input, so it has no prediction to give", rows)
 
 
 class PredictorBase:
@@ -89,8 +123,20 @@ class PredictorBase:
 
     def _run(self, posters: list, plots: list) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
         """Probabilities (B, genres), the same with each modality replaced by the model's stand-in (occlusion;
-        bimodal models only) and the head's outputs (its fusion weights). Called under `self.lock`."""
+        bimodal models only) and the head's outputs (its fusion weights); NonFiniteOutputError (check_logits) when
+        the logits behind them are not finite. Called under `self.lock`."""
         raise NotImplementedError
+
+    def _probe(self) -> None:
+        """Predict one fixed movie (PROBE_PLOT and probe_poster(), and, for a bimodal model, each with the other
+        modality's stand-in): a model whose outputs overflow is refused when it is loaded, before it serves."""
+        try:
+            with self.lock:
+                self._run([probe_poster()], [PROBE_PLOT])
+        except NonFiniteOutputError:
+            raise NonFiniteOutputError(
+                f"{self.directory}: the model's outputs are not finite numbers (NaN or inf) on a fixed test movie: "
+                "its weights are finite but overflow when used, so it cannot predict (retrain it)") from None
 
     def predict_one(self, poster: Image.Image | None = None, plot: str | None = None) -> dict[str, Any]:
         return self.predict([poster], [plot])[0]

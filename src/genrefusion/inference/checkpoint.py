@@ -7,6 +7,8 @@ model.json, format 2:
     genres            the label vocabulary, in the order of the head's outputs
     thresholds        one decision threshold, or one per genre
     weights_sha256    SHA-256 of model.safetensors
+    fields_sha256     the SHA-256 of each other key's value (integrity.py), so an edit to any of them is refused
+                      naming the key (folders saved before it existed have none)
     encoders          per modality: name, kwargs, precision, fingerprint (the encoder's fingerprint dict) and
                       fingerprint_sha256 (fingerprints.encoder_record); the text encoder's also `languages`, the
                       ISO 639-1 codes it was trained for (null: not declared)
@@ -16,11 +18,13 @@ model.json, format 2:
 
 Beside them, README.md is the folder's model card (modelcard.py), written in the same atomic step.
 
-`load_head` verifies the folder before anything in it is used: model.json parses and holds every key with the
+`load_head` verifies the folder before anything in it is used: model.json parses, every key matches its recorded
+SHA-256 (without those, the genres must be the 23 MM-IMDb genres every such folder was trained on) and has the
 right type, the weights file matches its recorded SHA-256, every tensor fits the model model.json describes and is
 finite, and the thresholds fit the genres. A problem raises ModelFolderError (a ValueError) or FileNotFoundError,
-naming the file and the problem. Format-1 folders (written by the release before format 2: no weights_sha256,
-another encoder record) are read with the same checks, except the checksum they do not have.
+naming the file and the problem. A folder in another format is refused with what wrote it and what reads it
+(`format_error`): format 1 (no weights_sha256, another encoder record) was written by genrefusion 0.1.0 before
+1 December 2026 and is no longer read.
 """
 from __future__ import annotations
 
@@ -39,12 +43,15 @@ from ..atomic import save_safetensors, staging_dir
 from ..config import Config
 from ..files import read_json_object
 from ..data.labels import GENRES
+from ..version import __version__
+from .integrity import FIELDS_KEY, check_fields, seal
 
 FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
 META_FILE, WEIGHTS_FILE = "model.json", "model.safetensors"
-REQUIRED = {1: ("model", "genres", "thresholds", "encoders"),
-            2: ("model", "genres", "thresholds", "encoders", "weights_sha256", "config")}
+REQUIRED = ("model", "genres", "thresholds", "encoders", "weights_sha256", "config")
+# The formats this release no longer reads: (what wrote them, the last genrefusion that reads them).
+OLD_FORMATS = {1: ("genrefusion 0.1.0 before 1 December 2026",
+                   "genrefusion 0.1.0 as of commit f350d09 (7 December 2026)")}
 
 
 class ModelFolderError(ValueError):
@@ -65,7 +72,7 @@ def save_model(directory: str | Path, model: torch.nn.Module, cfg: Config, thres
     for m, record in encoders.items():
         fingerprints.check_record(record, f"save_model: the {m} encoder record")
     clash = sorted(set(extra or {}) & {"format", "model", "genres", "thresholds", "weights_sha256", "encoders",
-                                       "config"})
+                                       "config", FIELDS_KEY})
     if clash:
         raise ValueError(f"save_model: extra entries {clash} would replace model.json's own keys")
     encoders = {m: _with_languages(m, r) for m, r in encoders.items()}
@@ -73,7 +80,7 @@ def save_model(directory: str | Path, model: torch.nn.Module, cfg: Config, thres
     with staging_dir(directory) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_safetensors(state, tmp / WEIGHTS_FILE)
-        meta = {
+        meta = seal({
             "format": FORMAT_VERSION,
             "model": model.config,
             "genres": list(GENRES),
@@ -82,7 +89,7 @@ def save_model(directory: str | Path, model: torch.nn.Module, cfg: Config, thres
             "encoders": encoders,
             "config": cfg.to_dict(),
             **(extra or {}),
-        }
+        })
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         (tmp / CARD_FILE).write_text(model_card(meta, metrics, folder=str(directory)), encoding="utf-8")
     return directory
@@ -116,17 +123,28 @@ def load_head(directory: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     return model, meta
 
 
+def format_error(path: Path, fmt: Any) -> ModelFolderError:
+    """The error for a model.json in a format this release does not read: who wrote it and what to do."""
+    if fmt in OLD_FORMATS:
+        writer, reader = OLD_FORMATS[fmt]
+        return ModelFolderError(f"{path}: written by {writer} in format {fmt}; this release ({__version__}) reads "
+                                f"format {FORMAT_VERSION}: retrain the model, or load it with {reader}")
+    if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > FORMAT_VERSION:
+        return ModelFolderError(f"{path}: written in format {fmt} by a newer genrefusion; this release "
+                                f"({__version__}) reads format {FORMAT_VERSION}: upgrade genrefusion")
+    return ModelFolderError(f"{path}: unsupported format {fmt!r} (this release reads format {FORMAT_VERSION})")
+
+
 def read_meta(path: Path) -> dict[str, Any]:
     """model.json parsed, with its keys and their types checked."""
     meta = read_json_object(path, ModelFolderError)
     fmt = meta.get("format")
-    if fmt not in READABLE_FORMATS:
-        raise ModelFolderError(f"{path}: unsupported format {fmt!r} (this genrefusion reads formats "
-                               f"{', '.join(map(str, READABLE_FORMATS))})")
-    missing = sorted(k for k in REQUIRED[fmt] if k not in meta)
+    if fmt != FORMAT_VERSION or isinstance(fmt, bool):
+        raise format_error(path, fmt)
+    sealed = check_fields(meta, path, ModelFolderError)
+    missing = sorted(k for k in REQUIRED if k not in meta)
     if missing:
         raise ModelFolderError(f"{path}: missing key(s) {', '.join(map(repr, missing))}")
-    meta.setdefault("config", {})
     for key, kind in (("model", dict), ("genres", list), ("encoders", dict), ("config", dict)):
         if not isinstance(meta[key], kind):
             raise ModelFolderError(f"{path}: '{key}' must be a JSON {kind.__name__.replace('dict', 'object')}, "
@@ -136,7 +154,10 @@ def read_meta(path: Path) -> dict[str, Any]:
     genres = meta["genres"]
     if not genres or not all(isinstance(g, str) for g in genres) or len(set(genres)) != len(genres):
         raise ModelFolderError(f"{path}: 'genres' must be distinct genre names")
-    if fmt >= 2 and not (isinstance(meta["weights_sha256"], str) and len(meta["weights_sha256"]) == 64):
+    if not sealed and genres != list(GENRES):
+        raise ModelFolderError(f"{path}: 'genres' is not the list of the {len(GENRES)} MM-IMDb genres, in their "
+                               f"order, that every folder saved without '{FIELDS_KEY}' holds: it was edited")
+    if not (isinstance(meta["weights_sha256"], str) and len(meta["weights_sha256"]) == 64):
         raise ModelFolderError(f"{path}: 'weights_sha256' is not a SHA-256 hex digest")
     return meta
 
@@ -162,7 +183,7 @@ def _read_weights(path: Path, meta: dict) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"{path}: missing (the model folder holds no weights)") from None
     except OSError as e:
         raise ModelFolderError(f"{path}: unreadable ({e})") from None
-    if meta["format"] >= 2 and hashlib.sha256(data).hexdigest() != meta["weights_sha256"]:
+    if hashlib.sha256(data).hexdigest() != meta["weights_sha256"]:
         raise ModelFolderError(f"{path}: its SHA-256 is not the one {META_FILE} records (the file is damaged, "
                                "truncated or was replaced)")
     try:
@@ -211,14 +232,10 @@ def _check_encoder_records(meta: dict, model: torch.nn.Module, path: Path) -> No
         if record is None:
             raise ModelFolderError(f"{path}: no encoder recorded for the {m} input the "
                                    f"{meta['model']['name']!r} model reads")
-        if meta["format"] >= 2:
-            try:
-                fingerprints.check_record(record, where)
-            except ValueError as e:
-                raise ModelFolderError(str(e)) from None
-        elif not (isinstance(record, dict) and isinstance(record.get("name"), str)
-                  and isinstance(record.get("kwargs", {}), dict) and record.get("fingerprint")):
-            raise ModelFolderError(f"{where} needs 'name', 'fingerprint' and optionally 'kwargs'")
+        try:
+            fingerprints.check_record(record, where)
+        except ValueError as e:
+            raise ModelFolderError(str(e)) from None
         languages = record.get("languages")
         if languages is not None and not (isinstance(languages, list)
                                           and all(isinstance(x, str) and 0 < len(x) <= 16 for x in languages)):

@@ -36,7 +36,7 @@ def explain(predictor, poster: Image.Image | None, plot: str | None, genre: str 
 
     from .inputs import InputError
 
-    if getattr(predictor, "exported", False):
+    if predictor.exported:
         raise ValueError(f"{predictor.directory}: an exported (ONNX) model cannot be explained: Grad-CAM and "
                          "integrated gradients need the torch model's gradients; explain the model folder it was "
                          "exported from")
@@ -186,6 +186,8 @@ def sentence_occlusion(predictor, plot: str, base: dict, target: int) -> dict[st
     n + 1 encodings; for encoders without gradients, whose word embeddings cannot be integrated over."""
     import torch
 
+    from ..encoders import FrozenTextEncoder
+
     enc = predictor.encoders["text"]
     spans = sentence_spans(plot)[:MAX_OCCLUDED]
     variants = [plot] + [plot[:a] + plot[b:] for a, b in spans]
@@ -202,9 +204,9 @@ def sentence_occlusion(predictor, plot: str, base: dict, target: int) -> dict[st
     peak = max((abs(x) for x in attribution), default=0.0) or 1.0
     words = [{"start": a, "end": b, "word": plot[a:b], "attribution": float(x), "score": round(x / peak, 4)}
              for (a, b), x in zip(spans, attribution)]
-    lengths = getattr(enc, "token_lengths", None)  # a joined text encoder has none of its own
+    lengths = enc.token_lengths  # None: a joined text encoder has none of its own
     read = lengths([plot])[0] if lengths else None
-    total = enc.count(enc.prepare_text(plot)) if hasattr(enc, "count") else read
+    total = enc.count(enc.prepare_text(plot)) if isinstance(enc, FrozenTextEncoder) else read
     return {"method": "sentence-occlusion", "words": words, "text": plot, "truncated": bool(read and total > read),
             "tokens_read": read, "tokens_total": total, "sentences_scored": len(spans),
             "sentences_total": len(sentence_spans(plot))}

@@ -19,7 +19,6 @@ Predictor answers); both differences are recorded in export.json and printed.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..features.onnx_graphs import encoder_wrapper, trace
+from .integrity import seal
 from .onnx_predictor import EXPORT_FORMAT, FUSION_OUTPUTS, HEAD_FILE, KIND, MANIFEST, sha256_file
 
 DEFAULT_OPSET = 17
@@ -271,14 +271,13 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, opset: int = DEFA
             "config": meta["config"], "encoders": _with_languages(meta["encoders"], predictor),
             "modalities": list(predictor.modalities),
             "sequences": predictor.sequences, "head": head, "parts": parts,
-            "source": {"format": predictor.source_format, "weights_sha256": meta.get("weights_sha256")
-                       or hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest(),
+            "source": {"format": meta["format"], "weights_sha256": meta["weights_sha256"],
                        "model_json_sha256": sha256_file(model_dir / "model.json")},
             "runtime": {"opset": opset, "precision": "fp32", "genrefusion": __version__, "torch": torch.__version__,
                         "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
             "files": {f.name: sha256_file(f) for f in sorted(tmp.iterdir())},
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        (tmp / MANIFEST).write_text(json.dumps(seal(manifest), indent=2), encoding="utf-8")
         posters, plots = _check_items(predictor, check_data, check_movies)
         check = _compare(predictor, OnnxPredictor(tmp), posters, plots)
         check["tolerance"] = tolerance
@@ -287,7 +286,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, opset: int = DEFA
             raise ExportError(f"the exported model's probabilities differ from the torch model's by up to "
                               f"{check['max_abs_diff']:.2e} on {check['movies']} check movies, over the tolerance "
                               f"{tolerance:g}; nothing was written")
-        manifest["check"] = check
+        manifest = seal({**manifest, "check": check})
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     line = (f"exported {predictor.fusion} ({', '.join(p['name'] for ps in parts.values() for p in ps)}) to "
             f"{out_dir} in {time.perf_counter() - t0:.1f} s; on {check['movies']} check movies the probabilities "

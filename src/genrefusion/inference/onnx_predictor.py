@@ -12,10 +12,11 @@ An exported folder holds, next to its manifest export.json:
 
 export.json records the source model (its model.json's genres, thresholds, config and encoder records, the
 SHA-256 of its weights), the SHA-256 and the input/output shapes of every file, each part's preprocessing (text
-normalisation, poster size, mean and std), the versions and opset it was written with, and the agreement with the
-torch model measured at export. `OnnxPredictor` checks all of it before anything is used (a changed, truncated or
-missing file is refused naming the file) and then answers exactly like the torch Predictor (same result dicts),
-which is what the predict CLI and the service call: `predictor.load_model` picks it for an exported folder.
+normalisation, poster size, mean and std), the versions and opset it was written with, the agreement with the
+torch model measured at export, and the SHA-256 of each of those keys (`fields_sha256`, integrity.py).
+`OnnxPredictor` checks all of it before anything is used (a changed, truncated or missing file, or an edited key,
+is refused naming it) and then answers exactly like the torch Predictor (same result dicts), which is what the
+predict CLI and the service call: `predictor.load_model` picks it for an exported folder.
 
 Explanations (Grad-CAM, integrated gradients) need the torch encoders' gradients: an exported folder has none, so
 explain refuses it and the service answers /explain with 501.
@@ -32,7 +33,9 @@ from typing import Any
 import numpy as np
 
 from ..files import read_json_object, sha256_file  # noqa: F401  (sha256_file: export.py writes the digests)
-from .base import PredictorBase
+from .base import PredictorBase, check_logits
+from .integrity import FIELDS_KEY, check_fields
+from ..data.labels import GENRES
 from ..data.preprocessing import eval_pixels, normalise_text
 
 MANIFEST = "export.json"
@@ -61,6 +64,7 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     if manifest.get("format") != EXPORT_FORMAT:
         raise ExportFolderError(f"{path}: unsupported export format {manifest.get('format')!r} (this genrefusion "
                                 f"reads format {EXPORT_FORMAT})")
+    sealed = check_fields(manifest, path, ExportFolderError)
     kinds = {"model": dict, "genres": list, "thresholds": (list, int, float), "config": dict, "encoders": dict,
              "modalities": list, "sequences": bool, "files": dict, "head": dict, "parts": dict, "source": dict}
     for key, kind in kinds.items():
@@ -71,6 +75,9 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     genres, thresholds = manifest["genres"], manifest["thresholds"]
     if not genres or not all(isinstance(g, str) for g in genres) or len(set(genres)) != len(genres):
         raise ExportFolderError(f"{path}: 'genres' must be distinct genre names")
+    if not sealed and genres != list(GENRES):
+        raise ExportFolderError(f"{path}: 'genres' is not the list of the {len(GENRES)} MM-IMDb genres, in their "
+                                f"order, that every folder exported without '{FIELDS_KEY}' holds: it was edited")
     values = thresholds if isinstance(thresholds, list) else [thresholds]
     if isinstance(thresholds, list) and len(thresholds) != len(genres):
         raise ExportFolderError(f"{path}: {len(thresholds)} thresholds for {len(genres)} genres")
@@ -205,7 +212,6 @@ class OnnxPredictor(PredictorBase):
         self.meta = {"format": 2, "model": manifest["model"], "genres": manifest["genres"],
                      "thresholds": manifest["thresholds"], "encoders": manifest["encoders"],
                      "config": manifest["config"]}
-        self.source_format = manifest["source"].get("format", 2)
         self.genres = tuple(manifest["genres"])
         self.thresholds = np.broadcast_to(np.asarray(manifest["thresholds"], dtype=np.float64),
                                           (len(self.genres),)).copy()
@@ -232,6 +238,7 @@ class OnnxPredictor(PredictorBase):
         if self.head_outputs[0] != "logits" or head["outputs"][0]["shape"][-1] != len(self.genres):
             raise ExportFolderError(f"{head_path}: its first output is not the logits of {len(self.genres)} genres")
         self.lock = threading.Lock()
+        self._probe()  # a model whose outputs overflow is refused here
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "runtime": "onnxruntime"}
@@ -269,6 +276,7 @@ class OnnxPredictor(PredictorBase):
                    for k, v in batch.items()}
         got = dict(zip(self.head_outputs, self.session.run(self.head_outputs,
                                                            {k: stacked[k] for k in self.head_inputs})))
+        check_logits([got["logits"][j * n:(j + 1) * n] for j in range(1 + len(occluded))])
         probs = 1.0 / (1.0 + np.exp(-got["logits"].astype(np.float64)))
         without = {m: probs[(j + 1) * n:(j + 2) * n] for j, m in enumerate(occluded)}
         out = {k: (v if v.ndim == 0 else v[:n]) for k, v in got.items() if k in FUSION_OUTPUTS}

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.modalities import spec
-from .base import PredictorBase
+from .base import PredictorBase, check_logits
 
 
 class Predictor(PredictorBase):
@@ -36,12 +36,11 @@ class Predictor(PredictorBase):
     def __init__(self, directory: str | Path, device: str = "cpu", cache_root: Path | None = None):
         import torch
 
-        from .checkpoint import load_head
-        from ..encoders import create_encoder
+        from .checkpoint import META_FILE, ModelFolderError, load_head
+        from ..encoders import EncoderOptionError, create_encoder
 
         self.directory = Path(directory)
         self.head, self.meta = load_head(self.directory)  # verified: weights, shapes, thresholds, encoder records
-        self.source_format: int = self.meta["format"]
         self.head.to(device)
         self.device = torch.device(device)
         self.genres: tuple[str, ...] = tuple(self.meta["genres"])
@@ -55,9 +54,12 @@ class Predictor(PredictorBase):
                              "the head's weights, so it cannot be restored exactly")
         self.encoders = {}
         for m in self.modalities:
-            spec = self.meta["encoders"][m]
-            self.encoders[m] = create_encoder(spec["name"], modality=m, cache_root=cache_root,
-                                              **spec.get("kwargs", {})).to(device).eval()
+            rec = self.meta["encoders"][m]
+            try:
+                encoder = create_encoder(rec["name"], modality=m, cache_root=cache_root, **rec["kwargs"])
+            except EncoderOptionError as e:  # written by another release, or edited: the file is what is wrong
+                raise ModelFolderError(f"{self.directory / META_FILE}: the {m} encoder record: {e}") from None
+            self.encoders[m] = encoder.to(device).eval()
         # The languages the text encoder was trained for (model.json; folders before it: the registry), which
         # decide the script warnings (languages.py). None: not declared (a local folder), so nothing is warned.
         from ..encoders import encoder_languages
@@ -70,37 +72,27 @@ class Predictor(PredictorBase):
         self._check_fingerprints()
         self.batch_sizes: dict[str, int] = {}  # per modality, items per encoder call (default: batch_size)
         self.lock = threading.Lock()
+        self._probe()  # a model whose outputs overflow is refused here
 
     def _check_fingerprints(self) -> None:
         """Refuse encoders whose weights or preprocessing differ from those the head was trained on (a changed
         checkpoint behind the same name would silently shift every prediction), and learn the precision each
-        modality's features were computed at. A format-1 record is upgraded in memory to a format-2 one, so
-        `self.meta` always reads as format 2 (`self.source_format` says what the folder holds)."""
-        from ..features.fingerprints import (differences, encoder_record, identity_sha256, legacy_precision, same_features,
-                                   with_local_sources)
+        modality's features were computed at. `self.meta` then records each encoder's fingerprint as it is here
+        (the same features; a path the folder recorded for the weights is left out)."""
+        from ..features.fingerprints import differences, encoder_record, identity_sha256, same_features
 
         for m in self.modalities:
-            rec = self.meta["encoders"][m]
+            rec = self.meta["encoders"][m]  # its hash was checked against its fingerprint on loading
             got = self.encoders[m].fingerprint()  # hashes the weight files (once per process)
-            if self.source_format >= 2:  # the record's hash was checked against its fingerprint on loading
-                precision = rec["precision"]
-                ok = (identity_sha256(got, precision) == rec["fingerprint_sha256"]
-                      or same_features(rec["fingerprint"], got))  # the same weights, installed elsewhere
+            precision = rec["precision"]
+            if not (identity_sha256(got, precision) == rec["fingerprint_sha256"]
+                    or same_features(rec["fingerprint"], got)):  # the same weights, installed elsewhere
                 differ = differences(rec["fingerprint"], got)
-            else:  # one of format 1's forms: the cache's hash (with or without the precision) or the dict
-                hint = self.meta["config"].get("precision")
-                precision = legacy_precision(rec["fingerprint"], got, hint)
-                if precision is None:  # hashed with the weights' local path, as that release did
-                    precision = legacy_precision(rec["fingerprint"], with_local_sources(got, self.encoders[m]), hint)
-                ok = precision is not None
-                differ = differences(rec["fingerprint"], got) if isinstance(rec["fingerprint"], dict) else []
-            if not ok:
                 raise ValueError(f"{self.directory}: the {m} encoder {self.encoders[m].name!r} is not the one this "
                                  "model was trained with (its weights or preprocessing differ"
                                  + (f": {', '.join(differ)}" if differ else "") + ")")
             self.precision[m] = precision
-            self.meta["encoders"][m] = encoder_record(rec["name"], rec.get("kwargs", {}), got, precision)
-        self.meta["format"] = 2
+            self.meta["encoders"][m] = encoder_record(rec["name"], rec["kwargs"], got, precision)
 
     def encode(self, modality: str, items: list, grad: bool = False) -> tuple:
         """Raw items of `modality` (none of them None) through its encoder, as training features were computed:
@@ -129,7 +121,7 @@ class Predictor(PredictorBase):
         """The encoder calls for the present items `idx`: batches of `batch_size`, plots grouped by token length
         (longest first, as the feature cache plans them), so a catalog pays for almost no padding."""
         enc, size = self.encoders[modality], self.batch_size(modality)
-        lengths = getattr(enc, "token_lengths", None)
+        lengths = enc.token_lengths
         if lengths is not None and len(idx) > 1:
             n = lengths([items[i] for i in idx])
             idx = [i for _, i in sorted(zip(n, idx), key=lambda t: -t[0])]  # stable: equal lengths keep order
@@ -161,11 +153,13 @@ class Predictor(PredictorBase):
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def probabilities(self, batch: dict) -> np.ndarray:
-        """The head's genre probabilities (n, G) float64 for a batch of batching.modality_inputs entries."""
+        """The head's genre probabilities (n, G) float64 for a batch of batching.modality_inputs entries;
+        NonFiniteOutputError (its `rows`: positions in the batch) where the logits are not finite."""
         import torch
 
         with torch.inference_mode():
             logits = self.head({k: v.to(self.device) for k, v in batch.items()})["logits"]
+        check_logits([logits.float().cpu().numpy()])
         return torch.sigmoid(logits).double().cpu().numpy()
 
     def _run(self, posters: list, plots: list) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
@@ -174,13 +168,15 @@ class Predictor(PredictorBase):
         with torch.inference_mode():
             batch = self.features(posters, plots)
             out = self.head(batch)
-            probs = torch.sigmoid(out["logits"]).double().cpu().numpy()
             # Occlusion: the same movies with one modality replaced by the model's stand-in (a head pass only).
-            without = {}
+            occluded = {}
             if len(self.modalities) == 2:
                 for m in self.modalities:
                     b = dict(batch, **{f"{m}_present": torch.zeros_like(batch[f"{m}_present"])})
-                    without[m] = torch.sigmoid(self.head(b)["logits"]).double().cpu().numpy()
+                    occluded[m] = self.head(b)["logits"]
+            check_logits([x.float().cpu().numpy() for x in [out["logits"], *occluded.values()]])
+            probs = torch.sigmoid(out["logits"]).double().cpu().numpy()
+            without = {m: torch.sigmoid(x).double().cpu().numpy() for m, x in occluded.items()}
         return probs, without, out
 
 def load_model(directory: str | Path, device: str = "cpu", cache_root: Path | None = None) -> Predictor:

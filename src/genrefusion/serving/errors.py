@@ -8,10 +8,14 @@ The same body comes from FastAPI's validation (its own `{"detail": [...]}` 422 i
 HTTP errors (404, 405 with Allow, a body that does not parse), from the guard middleware (401, 413, 415, 503) and
 from the connection layer (400 for broken HTTP, 408 for slow headers or body, 503 for too many connections), which
 writes it raw with `raw_response`.
+
+A prediction whose outputs are not finite numbers (a model whose weights overflow on that input: NaN or inf logits)
+is answered 500 (`internal_error`, the message says so, the server logs it), never 200 with null probabilities.
 """
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -106,6 +110,7 @@ def install_handlers(app) -> None:
     from starlette.requests import ClientDisconnect
     from starlette.responses import Response
 
+    from ..inference.base import NonFiniteOutputError
     from ..inference.inputs import InputError
 
     @app.exception_handler(StarletteHTTPException)
@@ -131,6 +136,11 @@ def install_handlers(app) -> None:
     @app.exception_handler(InputError)
     async def _input(request, exc: InputError):
         return error_response(exc.status, str(exc), exc.code, exc.field)
+
+    @app.exception_handler(NonFiniteOutputError)
+    async def _non_finite(request, exc: NonFiniteOutputError):
+        logging.getLogger(__name__).error("%s %s: %s", request.method, request.url.path, exc)
+        return error_response(500, str(exc))
 
     @app.exception_handler(ClientDisconnect)
     async def _gone(request, exc: ClientDisconnect):

@@ -367,7 +367,7 @@ def _encoder_inputs(cfg: Config, dataset: MovieDataset, made: FeatureSpec):
     extra_groups = [{"params": batch_fn.encoder_parameters(), "lr": cfg.encoder_lr}] if cfg.finetune else None
     precision = encoder_precision(resolve_device(cfg.device))  # the autocast train.fit runs them under
     encoders_meta = {m: fingerprints.encoder_record(encoder_name(cfg, m), encoder_kwargs(cfg, m), e.fingerprint(),
-                                                    getattr(e, "fixed_precision", None) or precision)
+                                                    e.fixed_precision or precision)
                      for m, e in encs.items()}
     return batch_fn, {m: e.dim for m, e in encs.items()}, encoders_meta, extra_groups
 

@@ -26,7 +26,7 @@ import numpy as np
 from ..evaluation import runs
 from ..evaluation.scoring import model_features
 from ..features.spec import FeatureSpec
-from ..inference.checkpoint import META_FILE, WEIGHTS_FILE, read_meta
+from ..inference.checkpoint import META_FILE, read_meta
 from ..data.labels import GENRES
 
 # The scalar test metrics a teacher record carries (model.json stays small; metrics.json has everything).
@@ -49,9 +49,7 @@ class Member:
 
     @property
     def weights_sha256(self) -> str:
-        if isinstance(self.meta.get("weights_sha256"), str):
-            return self.meta["weights_sha256"]
-        return hashlib.sha256((self.model_dir / WEIGHTS_FILE).read_bytes()).hexdigest()  # format 1 has none
+        return self.meta["weights_sha256"]
 
 
 @dataclass
