@@ -316,3 +316,13 @@ def test_readme_quickstart_runs(tmp_path, monkeypatch, capsys, synthetic_catalog
     assert "| labelled:" in out
     assert (tmp_path / "runs" / "quickstart" / "model" / "model.json").exists()
     assert (tmp_path / "runs" / "quickstart" / "metrics.json").exists()
+
+
+def test_the_code_points_at_docs_not_at_readme_sections():
+    """Help texts and docstrings name docs/ pages: the README no longer has the sections they used to cite."""
+    stale = []
+    for path in sorted((REPO / "src").rglob("*.py")):
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if re.search(r"\bthe README\b(?!\.md)|README's|README '|README \(|see README", line):
+                stale.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
+    assert stale == []
