@@ -180,6 +180,11 @@ def test_the_link_check_finds_broken_links(tmp_path):
         "docs/page.md: ../outside.md leaves docs/ (MkDocs cannot resolve it)"]
 
 
+def test_the_changelog_has_no_relative_links():
+    """docs/changelog.md includes CHANGELOG.md whole, so a link relative to the repository root would break there."""
+    assert [t for t in links(REPO / "CHANGELOG.md") if not re.match(r"^[a-z]+:", t)] == []
+
+
 def test_the_readme_links_into_docs():
     targets = {t.partition("#")[0] for t in links(README)}
     assert {"docs/getting-started.md", "docs/benchmarks.md", "docs/architecture.md", "CHANGELOG.md"} <= targets
