@@ -1,8 +1,10 @@
 # The two commands the README promises: `make demo` and `make test`. Both create .venv/ on first use.
+# `make docs` builds the documentation site (docs/, mkdocs.yml) into $(SITE), failing on any warning.
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 SAMPLE := $(abspath ../shared/data/mmimdb-sample)
+SITE ?= site
 # DATA=PATH runs on your own copy of MM-IMDb (official split, every movie); without it the shared sample is used
 # with the stratified split over movies that have both a poster and a plot (its official train/test have no dev posters).
 DATA ?=
@@ -12,7 +14,7 @@ else
   DEMO_ARGS := --split official --modalities any
 endif
 
-.PHONY: demo test install clean-venv
+.PHONY: demo test docs install clean-venv
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,12 +29,15 @@ demo: $(VENV)/.installed
 	@data="$(DATA)"; \
 	if [ -z "$$data" ]; then \
 	  if [ -d "$${GENREFUSION_SAMPLE:-$(SAMPLE)}" ]; then data="$${GENREFUSION_SAMPLE:-$(SAMPLE)}"; else \
-	    echo "No data. Get MM-IMDb (see README: 'Full benchmark') and run: make demo DATA=/path/to/mmimdb"; exit 2; fi; \
+	    echo "No data. Get MM-IMDb (see docs/gpu.md) and run: make demo DATA=/path/to/mmimdb"; exit 2; fi; \
 	fi; \
 	$(PY) -m genrefusion demo --data "$$data" $(DEMO_ARGS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir "$(SITE)"
 
 clean-venv:
 	rm -rf $(VENV)

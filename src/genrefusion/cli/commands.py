@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cuda, cuda:1, cpu")
     p.add_argument("--precision", choices=CHOICES["precision"], default="auto",
                    help="autocast while encoding (auto: bf16 on a GPU; on a CPU fp32 unless the measured evidence shows "
-                        "bf16 native, faster and keeping quality, see README 'Fast on a CPU'); part of the cache key")
+                        "bf16 native, faster and keeping quality, see docs/cpu.md); part of the cache key")
     p.add_argument("--backend", choices=CHOICES["feature_backend"], default="auto",
                    help="what runs the encoders on a CPU: torch, or the same fp32 model in ONNX Runtime (auto: where "
                         "measured faster here and agreeing with torch; the features and cache entry are the same)")
