@@ -125,9 +125,11 @@ def _catalog(path, movies, extra_rows=()):
 
 
 def test_evaluate_on_a_catalog_equals_sklearn_and_names_what_it_cannot_score(two_runs, test_movies, by_hand,
-                                                                             tmp_path):
+                                                                             tmp_path, monkeypatch):
+    from genrefusion.data.catalog import ALLOW_OUTSIDE_POSTERS_ENV
     from genrefusion.evaluation.evaluate import evaluate
 
+    monkeypatch.setenv(ALLOW_OUTSIDE_POSTERS_ENV, "1")  # the catalog names the sample folder's posters, outside it
     data, runs, cache = two_runs
     poster = next(m.poster for m in test_movies if m.poster)
     cat = _catalog(tmp_path / "mine.csv", test_movies, [["poster-only", "", "Drama", str(poster), "test"]])
