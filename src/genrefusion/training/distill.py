@@ -36,6 +36,7 @@ import numpy as np
 from ..config import parse_override
 from ..data.loader import DataError, DataSpec, Movie, MovieDataset
 from ..data.modalities import spec
+from ..data.records import id_key
 
 DEFAULT_ALPHA = 0.5
 DEFAULT_TEMPERATURE = 1.0
@@ -123,7 +124,7 @@ def unlabelled_movies(paths: Sequence[str | Path], labelled: MovieDataset,
     poster, and each movie once. Returns the movies and what was read, dropped (by reason) and kept."""
     by_split = {s: [labelled.movies[i] for i in idx] for s, idx in labelled.splits.items()}
     order = ("test", "dev", "train")  # a movie matching several is counted under the most serious
-    ids = {s: {m.id.casefold() for m in by_split.get(s, [])} for s in order}
+    ids = {s: {id_key(m.id) for m in by_split.get(s, [])} for s in order}
     keys = {s: set().union(*(_keys(m) for m in by_split.get(s, []))) for s in order}
     dropped: Counter = Counter()
     sources, kept, seen_ids, seen_keys = [], [], set(), set()
@@ -133,7 +134,7 @@ def unlabelled_movies(paths: Sequence[str | Path], labelled: MovieDataset,
         skipped = dict(ds.report.skipped_by_kind())
         sources.append({"path": str(path), "read": len(ds.movies), "skipped_by_reader": skipped})
         for movie in ds.movies:
-            mid, mkeys = movie.id.casefold(), _keys(movie)
+            mid, mkeys = id_key(movie.id), _keys(movie)
             reason = next((f"{s}_id" for s in order if mid in ids[s]), None) or \
                 next((f"{s}_content" for s in order if mkeys & keys[s]), None)
             if reason is None and (mid in seen_ids or mkeys & seen_keys):
