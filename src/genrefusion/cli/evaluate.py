@@ -12,7 +12,7 @@ from ..evaluation.evaluate import SPLITS, evaluate, format_evaluation
 def cmd_evaluate(args) -> int:
     from ..features.spec import FeatureSpec  # lazy: it imports torch, which genrefusion --help must not
 
-    r = evaluate(args.model, args.data, split=args.which, modalities=args.modalities, n_boot=args.bootstrap,
+    r = evaluate(args.model, args.data, split=args.score_split, modalities=args.modalities, n_boot=args.bootstrap,
                  seed=args.seed, compare_with=args.compare, split_mode=args.split_mode,
                  features=FeatureSpec(cache_root=args.cache_dir, progress=not args.quiet))
     print(format_evaluation(r))
@@ -27,9 +27,9 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
                                         "bootstrap intervals; --compare pairs a second model")
     p.add_argument("--model", required=True, help="a saved model folder (or a run folder holding model/)")
     p.add_argument("--data", required=True, help="MM-IMDb folder or CSV/JSONL catalog with genres")
-    # dest "which": the config's `split` (official | stratified) is --split-mode here
-    p.add_argument("--split", dest="which", choices=SPLITS, default="test",
-                   help="which movies (all: every labelled movie)")
+    # not --split: everywhere else (grid, train, features, --split-mode here) that is the split *mode*
+    p.add_argument("--score-split", choices=SPLITS, default="test",
+                   help="which movies are scored (all: every labelled movie)")
     p.add_argument("--modalities", choices=CHOICES["modalities"], default=None,
                    help="keep every movie (any) or only those with a poster and a plot (both); default: the "
                         "model's training setting")

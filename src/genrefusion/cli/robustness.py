@@ -10,7 +10,7 @@ def cmd_robustness(args) -> int:
     from ..features.spec import FeatureSpec  # lazy: it imports torch, which genrefusion --help must not
 
     features = FeatureSpec(cache_root=args.cache_dir, progress=False)  # the clean inputs': no bar of their own
-    paths = run_robustness(args.model, args.data, args.out, split=args.scored_split, modalities=args.modalities,
+    paths = run_robustness(args.model, args.data, args.out, split=args.score_split, modalities=args.modalities,
                            corruptions=args.corruptions, levels=args.levels, seed=args.seed, limit=args.limit,
                            split_mode=args.split_mode, features=features, use_cache=not args.no_cache,
                            batch_size=args.batch_size, progress=not args.quiet)
@@ -24,8 +24,8 @@ def add_cli(sub) -> None:
     p.add_argument("--model", action="append", required=True, metavar="DIR",
                    help="a saved model folder (a run's model/); repeat to put several models on one chart")
     p.add_argument("--data", required=True, help="MM-IMDb folder or a labelled CSV/JSONL catalog")
-    # dest is not "split": that config key is the split *mode* (--split-mode here), with its own choices
-    p.add_argument("--split", dest="scored_split", choices=("test", "dev", "train", "all"), default="test",
+    # not --split: everywhere else (grid, train, features, --split-mode here) that is the split *mode*
+    p.add_argument("--score-split", choices=("test", "dev", "train", "all"), default="test",
                    help="the part of the data scored (default test; all: every movie)")
     p.add_argument("--modalities", choices=CHOICES["modalities"], default="both",
                    help="both (default): only movies with a plot and a poster, so every corruption changes every "

@@ -1,6 +1,6 @@
 """`genrefusion evaluate`: score a saved model on labelled movies (an MM-IMDb folder or a catalog).
 
-    genrefusion evaluate --model runs/gmu/model --data my_movies.csv --split all --bootstrap 2000 --json out.json
+    genrefusion evaluate --model runs/gmu/model --data my_movies.csv --score-split all --bootstrap 2000 --json out.json
 
 Every metric of metrics.compute_metrics at the model's own thresholds and at 0.5, the per-genre table, and
 percentile bootstrap 95% intervals for macro- and micro-F1 (stats.py). `--compare DIR2` scores a second model on the
@@ -12,7 +12,7 @@ encoders, each already checked against the fingerprint model.json records and ru
 trained at, so a movie whose features are cached is not encoded again and the rest are cached for next time. The
 head runs over them with train.predict, the function that produced the run's saved predictions.
 
-Which movies: the model's own split (its config's split mode and seed, so `--split test` on its training data is
+Which movies: the model's own split (its config's split mode and seed, so `--score-split test` on its training data is
 its test split) and its own modality filter unless `--modalities` says otherwise. A movie the model cannot score
 (a plot-only movie for an image model, a movie without a poster for a fusion model trained only on movies with
 both) is counted and named in the result, never silently dropped. Labels are required: a catalog without a
@@ -62,7 +62,7 @@ def load_labelled(data: str | Path, split: str, cfg: dict[str, Any], modalities:
         # would hold movies this model was trained on
         raise ValueError(f"--modalities {modalities}: the model was trained with modalities={trained} on a "
                          "stratified split, which another filter would redraw (its test split would hold training "
-                         f"movies); use --modalities {trained}, or --split all on data it was not trained on")
+                         f"movies); use --modalities {trained}, or --score-split all on data it was not trained on")
     spec = DataSpec(data, split_mode, modalities, split_seed=cfg.get("split_seed", 1234),
                     plot_mode=cfg.get("plot_mode", "join"))
     try:
