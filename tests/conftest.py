@@ -123,7 +123,7 @@ def trained_run(tmp_path_factory, synthetic_catalog, tiny_bert, tiny_vit) -> Pat
     return root / "gmu"
 
 
-SERVING_MODULES = ("genrefusion.cli.predict", "genrefusion.serving", "genrefusion.inference.explain")
+SERVING_MODULES = ("genrefusion.cli.predict", "genrefusion.serving", "genrefusion.cli.explain")
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from genrefusion.cli import download as download_cli
 from genrefusion.data import download as dl
 from genrefusion.data.loader import load_mmimdb
 from genrefusion.data.labels import GENRES
@@ -123,7 +124,7 @@ def test_full_download_verifies_extracts_and_ends_with_the_summary(tmp_path, cap
         parser = argparse.ArgumentParser()
         sub = parser.add_subparsers(dest="command")
         sub.add_parser("data").add_subparsers(dest="data_command")
-        dl.add_cli(sub)  # lands in the existing `data` group
+        download_cli.add_cli(sub)  # lands in the existing `data` group
         args = parser.parse_args(["data", "download", "--dest", str(tmp_path), "--url", srv.url,
                                   "--sha256", _sha(payload), "--no-progress"])
         assert args.func(args) == 0

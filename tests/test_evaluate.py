@@ -171,13 +171,26 @@ def test_the_cli_prints_the_tables_and_writes_json(two_runs, tmp_path, capsys):
     assert r["n_scored"] == 60 and set(r["compare"]["paired"]) == {"f1_macro", "f1_micro"}
 
 
+def test_the_scored_split_is_score_split_and_split_is_no_longer_it():
+    """--score-split picks the movies scored; --split, the split *mode* in grid/train/features, no longer does (as an
+    abbreviation argparse reads it as --split-mode, so `--split all` is refused instead of scoring all)."""
+    from genrefusion.cli.commands import build_parser
+
+    base = ["evaluate", "--model", "m", "--data", "d"]
+    args = build_parser().parse_args([*base, "--score-split", "all", "--split-mode", "stratified"])
+    assert (args.score_split, args.split_mode) == ("all", "stratified")
+    assert build_parser().parse_args(base).score_split == "test"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*base, "--split", "all"])
+
+
 def test_a_catalog_without_labels_is_refused_with_its_name(two_runs, tmp_path, capsys):
     from genrefusion.cli.commands import main
 
     data, runs, cache = two_runs
     (tmp_path / "nolabels.csv").write_text("id,plot\nm1,A man walks into a bar\n")
     rc = main(["evaluate", "--model", str(runs[0] / "model"), "--data", str(tmp_path / "nolabels.csv"),
-               "--split", "all", "--quiet"])
+               "--score-split", "all", "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and "nolabels.csv" in err and "Traceback" not in err
 

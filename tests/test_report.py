@@ -22,9 +22,9 @@ from safetensors import safe_open
 
 from genrefusion.cli import commands as cli
 from genrefusion.cli.commands import main
+from genrefusion.cli.report import add_cli
 from genrefusion.evaluation.report import (
-    THESIS_SPLIT, THESIS_TABLE6, THESIS_TABLE7, THESIS_TABLE8, add_cli, load_run, not_benchmark_reasons,
-    write_report,
+    THESIS_SPLIT, THESIS_TABLE6, THESIS_TABLE7, THESIS_TABLE8, load_run, not_benchmark_reasons, write_report,
 )
 
 from conftest import REPO, make_subset
@@ -359,7 +359,7 @@ def test_unimodal_only_run_and_cli(grid_run, tmp_path, capsys):
 
     run = _rewrite_grid(grid_run, tmp_path / "uni", keep_unimodal)
     argv = ["report", str(run), "--out", str(tmp_path / "out")]
-    if "genrefusion.evaluation.report" in cli.PLUGIN_MODULES:
+    if "genrefusion.cli.report" in cli.PLUGIN_MODULES:
         assert main(argv) == 0
     else:  # not registered with the CLI yet: the subcommand as add_cli defines it
         parser = argparse.ArgumentParser()

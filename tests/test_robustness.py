@@ -325,6 +325,18 @@ def test_the_page_shows_the_jsons_numbers_and_a_chart_per_corruption(study):
     assert html.count("data:image/png;base64,") == len(res["corruptions"])
 
 
+def test_the_scored_split_is_score_split_and_split_is_no_longer_it():
+    """As for evaluate: --score-split picks the movies scored; --split (the split mode elsewhere) does not."""
+    from genrefusion.cli.commands import build_parser
+
+    base = ["robustness", "--model", "m", "--data", "d"]
+    args = build_parser().parse_args([*base, "--score-split", "dev"])
+    assert (args.score_split, args.split_mode) == ("dev", None)
+    assert build_parser().parse_args(base).score_split == "test"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*base, "--split", "dev"])
+
+
 def test_bad_arguments_are_one_line_errors(trained_run, synthetic_catalog, tmp_path, capsys):
     from genrefusion.cli.commands import main
 

@@ -187,9 +187,9 @@ def _add_plugins(sub) -> None:
 
 # Each of these modules defines `add_cli(subparsers)` and imports its heavy dependencies inside its commands, so
 # `genrefusion --help` stays fast.
-PLUGIN_MODULES: tuple[str, ...] = ("genrefusion.evaluation.report", "genrefusion.cli.predict", "genrefusion.serving",
-                                   "genrefusion.inference.explain", "genrefusion.data.download", "genrefusion.evaluation.robustness",
-                                   "genrefusion.training.distill", "genrefusion.inference.export", "genrefusion.evaluation.evaluate",
+PLUGIN_MODULES: tuple[str, ...] = ("genrefusion.cli.report", "genrefusion.cli.predict", "genrefusion.serving",
+                                   "genrefusion.cli.explain", "genrefusion.cli.download", "genrefusion.cli.robustness",
+                                   "genrefusion.cli.distill", "genrefusion.cli.export", "genrefusion.cli.evaluate",
                                    "genrefusion.cli.demo")
 
 

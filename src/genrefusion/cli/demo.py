@@ -107,7 +107,7 @@ def usage_commands(model_dir: Path, movie) -> list[str]:
     cmds = [f"genrefusion serve --model {q(model_dir)}"]
     if movie is not None:
         cmds.append(f"genrefusion predict --model {q(model_dir)} --poster {q(movie.poster)} --plot {q(movie.plot)}")
-    cmds.append(f"genrefusion evaluate --model {q(model_dir)} --data YOUR_LABELLED.csv --split all")
+    cmds.append(f"genrefusion evaluate --model {q(model_dir)} --data YOUR_LABELLED.csv --score-split all")
     return cmds
 
 

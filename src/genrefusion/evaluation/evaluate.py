@@ -1,6 +1,6 @@
 """`genrefusion evaluate`: score a saved model on labelled movies (an MM-IMDb folder or a catalog).
 
-    genrefusion evaluate --model runs/gmu/model --data my_movies.csv --split all --bootstrap 2000 --json out.json
+    genrefusion evaluate --model runs/gmu/model --data my_movies.csv --score-split all --bootstrap 2000 --json out.json
 
 Every metric of metrics.compute_metrics at the model's own thresholds and at 0.5, the per-genre table, and
 percentile bootstrap 95% intervals for macro- and micro-F1 (stats.py). `--compare DIR2` scores a second model on the
@@ -12,7 +12,7 @@ encoders, each already checked against the fingerprint model.json records and ru
 trained at, so a movie whose features are cached is not encoded again and the rest are cached for next time. The
 head runs over them with train.predict, the function that produced the run's saved predictions.
 
-Which movies: the model's own split (its config's split mode and seed, so `--split test` on its training data is
+Which movies: the model's own split (its config's split mode and seed, so `--score-split test` on its training data is
 its test split) and its own modality filter unless `--modalities` says otherwise. A movie the model cannot score
 (a plot-only movie for an image model, a movie without a poster for a fusion model trained only on movies with
 both) is counted and named in the result, never silently dropped. Labels are required: a catalog without a
@@ -20,13 +20,11 @@ both) is counted and named in the result, never silently dropped. Labels are req
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..config import CHOICES
 from ..data.loader import DataError, DataSpec
 from ..inference.base import NonFiniteOutputError
 
@@ -64,7 +62,7 @@ def load_labelled(data: str | Path, split: str, cfg: dict[str, Any], modalities:
         # would hold movies this model was trained on
         raise ValueError(f"--modalities {modalities}: the model was trained with modalities={trained} on a "
                          "stratified split, which another filter would redraw (its test split would hold training "
-                         f"movies); use --modalities {trained}, or --split all on data it was not trained on")
+                         f"movies); use --modalities {trained}, or --score-split all on data it was not trained on")
     spec = DataSpec(data, split_mode, modalities, split_seed=cfg.get("split_seed", 1234),
                     plot_mode=cfg.get("plot_mode", "join"))
     try:
@@ -211,40 +209,3 @@ def format_evaluation(r: dict[str, Any]) -> str:
             lines.append(f"  {key:<9} A {d['score_a']:.4f}  B {d['score_b']:.4f}  diff {d['diff']:+.4f}  "
                          f"95% CI [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]  ({verdict})")
     return "\n".join(lines)
-
-
-def cmd_evaluate(args) -> int:
-    from ..atomic import write_json
-    from ..features.spec import FeatureSpec  # here: it imports torch, and the CLI parser imports this module
-
-    r = evaluate(args.model, args.data, split=args.which, modalities=args.modalities, n_boot=args.bootstrap,
-                 seed=args.seed, compare_with=args.compare, split_mode=args.split_mode,
-                 features=FeatureSpec(cache_root=args.cache_dir, progress=not args.quiet))
-    print(format_evaluation(r))
-    if args.json:
-        write_json(args.json, r)
-        print(f"\nwritten: {args.json}")
-    return 0
-
-
-def add_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="score a saved model on labelled movies: every metric, per genre, "
-                                        "bootstrap intervals; --compare pairs a second model")
-    p.add_argument("--model", required=True, help="a saved model folder (or a run folder holding model/)")
-    p.add_argument("--data", required=True, help="MM-IMDb folder or CSV/JSONL catalog with genres")
-    # dest "which": the config's `split` (official | stratified) is --split-mode here
-    p.add_argument("--split", dest="which", choices=SPLITS, default="test",
-                   help="which movies (all: every labelled movie)")
-    p.add_argument("--modalities", choices=CHOICES["modalities"], default=None,
-                   help="keep every movie (any) or only those with a poster and a plot (both); default: the "
-                        "model's training setting")
-    p.add_argument("--split-mode", dest="split_mode", choices=CHOICES["split"], default=None,
-                   help="how the data is split (default: as the model was trained: its split mode and seed)")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (0: no intervals)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.add_argument("--compare", default=None, metavar="DIR2", help="a second model, scored on the same movies")
-    p.add_argument("--json", default=None, metavar="FILE", help="also write the full result as JSON")
-    p.add_argument("--cache-dir", default=None, help="feature cache (default: $GENREFUSION_CACHE or "
-                                                     "~/.cache/genrefusion)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_evaluate)

@@ -20,7 +20,6 @@ Predictor answers); both differences are recorded in export.json and printed.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -298,30 +297,6 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, opset: int = DEFA
     if log:
         log(line)
     return manifest
-
-
-def cmd_export(args) -> int:
-    if args.format != "onnx":
-        raise SystemExit(f"error: unsupported format {args.format!r}")
-    export_onnx(args.model, args.out, opset=args.opset, tolerance=args.tolerance, check_data=args.check_data,
-                check_movies=args.check_movies, log=lambda s: print(s, file=sys.stderr))
-    return 0
-
-
-def add_cli(sub) -> None:
-    p = sub.add_parser("export", help="write a saved model as ONNX graphs that serve and predict run without torch",
-                       description="Export a saved model folder for onnxruntime; `serve --model OUT` and "
-                                   "`predict --model OUT` then run it without torch (explanations stay torch-only).")
-    p.add_argument("--model", required=True, help="saved model folder (a run's model/)")
-    p.add_argument("--format", choices=["onnx"], default="onnx")
-    p.add_argument("--out", required=True, help="folder to write (replaced atomically)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
-    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
-                   help="largest probability difference from the torch model (fp32) accepted on the check movies")
-    p.add_argument("--check-data", default=None,
-                   help="MM-IMDb folder or catalog whose first movies check the export (default: built-in probes)")
-    p.add_argument("--check-movies", type=int, default=32, help="how many movies of --check-data")
-    p.set_defaults(func=cmd_export)
 
 
 def _with_languages(records: dict[str, dict], predictor) -> dict[str, dict]:

@@ -221,7 +221,7 @@ def model_card(meta: Mapping[str, Any], metrics: Mapping[str, Any] | None = None
               "## How to use it", "", "```",
               f"genrefusion predict --model {folder} --poster poster.jpg --plot \"A detective hunts a killer\"",
               f"genrefusion predict --model {folder} --input catalog.csv --output predictions.csv",
-              f"genrefusion evaluate --model {folder} --data labelled.csv --split all",
+              f"genrefusion evaluate --model {folder} --data labelled.csv --score-split all",
               f"genrefusion serve --model {folder}        # HTTP API and a page on http://127.0.0.1:8000/", "```", "",
               "```python", "from PIL import Image", "import genrefusion", "",
               f"model = genrefusion.load_model({folder!r})",

@@ -56,21 +56,6 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     return {"markdown": md, "html": page, "charts": rep.charts}
 
 
-def cmd_report(args) -> int:
-    paths = write_report(args.run_dir, args.out)
-    print(f"markdown: {paths['markdown']}\nhtml:     {paths['html']}")
-    for p in paths["charts"]:
-        print(f"chart:    {p}")
-    return 0
-
-
-def add_cli(subparsers) -> None:
-    p = subparsers.add_parser("report", help="Markdown + self-contained HTML report with charts for a grid run")
-    p.add_argument("run_dir", help="a `genrefusion grid` output folder (holds grid.json)")
-    p.add_argument("--out", default=None, help="output folder (default RUN_DIR/report)")
-    p.set_defaults(func=cmd_report)
-
-
 __all__ = ["METRICS", "THESIS_DATA", "THESIS_SPLIT", "THESIS_TABLE6", "THESIS_TABLE7", "THESIS_TABLE8", "Grid",
-           "Run", "add_cli", "build_report", "cmd_report", "load_run", "not_benchmark_reasons", "read_grid",
+           "Run", "build_report", "load_run", "not_benchmark_reasons", "read_grid",
            "write_report"]
