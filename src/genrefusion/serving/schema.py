@@ -149,20 +149,34 @@ def form_body(predictor, limits: Limits) -> dict[str, Any]:
     return {"required": True, "description": f"This model needs {what}.", "content": content}
 
 
-def add_security(app, authenticated: bool) -> None:
-    """Declare the bearer key in the schema (FastAPI only does that for its own security dependencies)."""
-    if not authenticated:
-        return
+def for_model(app, predictor, limits: Limits, authenticated: bool) -> None:
+    """Complete the routes' schema with what depends on the loaded model: the form /predict and /explain take
+    (form_body), the genres /explain knows, and the bearer key (FastAPI only declares that for its own security
+    dependencies)."""
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.openapi.models import OpenAPI
+
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if not app.openapi_schema:
             schema = generate()
-            schema.setdefault("components", {})["securitySchemes"] = {
-                "apiKey": {"type": "http", "scheme": "bearer", "description": "the key given to `serve`"}}
-            for path, item in schema["paths"].items():
-                for op in item.values():
-                    op["security"] = [] if path == "/health" else [{"apiKey": []}]
+            for path in ("/predict", "/explain"):
+                if path in schema["paths"]:
+                    schema["paths"][path]["post"]["requestBody"] = form_body(predictor, limits)
+            for param in schema["paths"].get("/explain", {}).get("post", {}).get("parameters", []):
+                if param["name"] == "genre":
+                    param["schema"]["anyOf"][0]["enum"] = list(predictor.genres)
+            for item in schema["paths"].values():
+                for op in item.values():  # in status order, the API key's 401 (create_app) included
+                    op["responses"] = dict(sorted(op["responses"].items()))
+            schema = jsonable_encoder(OpenAPI(**schema), by_alias=True, exclude_none=True)  # as FastAPI orders it
+            if authenticated:
+                schema.setdefault("components", {})["securitySchemes"] = {
+                    "apiKey": {"type": "http", "scheme": "bearer", "description": "the key given to `serve`"}}
+                for path, item in schema["paths"].items():
+                    for op in item.values():
+                        op["security"] = [] if path == "/health" else [{"apiKey": []}]
             app.openapi_schema = schema
         return app.openapi_schema
 
