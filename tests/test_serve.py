@@ -434,3 +434,21 @@ def test_unknown_query_parameters_are_refused(client, openapi):
     r = client.get("/model?verbose=1")
     assert assert_error(r, 422, "it takes none", openapi, "/model", "get")["field"] == "verbose"
     assert client.post("/explain?genre=Horror&steps=2", data={"plot": "space ship"}).status_code == 200
+
+
+def test_the_app_factory_only_wires():
+    """create_app was a 301-line closure defining every schema and route: they live at module level now (models.py,
+    routes.py, service.py), create_app defines no class nor function, and no function in serving/ is over 80 lines."""
+    import ast
+
+    import genrefusion.serving
+
+    root = Path(genrefusion.serving.__file__).parent
+    defs = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert node.end_lineno - node.lineno < 80, f"{path.name}: {node.name} is over 80 lines"
+            if isinstance(node, ast.FunctionDef) and node.name == "create_app" and path.name == "app.py":
+                nested = [n.name for n in ast.walk(node) if n is not node and isinstance(n, defs)]
+                assert not nested, f"create_app defines {nested}"
