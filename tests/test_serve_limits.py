@@ -226,6 +226,44 @@ def test_serving_beyond_loopback_without_a_key_warns(trained_run, serving_cli, m
     assert "no such file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags, words", [
+    (["--max-connections", "0"], "--max-connections (max_connections) must be a whole number >= 1, got 0"),
+    (["--max-batch", "0"], "--max-batch (max_batch) must be a whole number >= 1, got 0"),
+    (["--max-inflight", "-1"], "--max-inflight (max_inflight) must be a whole number >= 1, got -1"),
+    (["--max-inflight", "0"], "--max-inflight"),
+    (["--header-timeout", "0"], "--header-timeout (header_timeout_s) must be a finite number of seconds > 0"),
+    (["--body-timeout", "nan"], "--body-timeout"),
+    (["--queue-timeout", "-1"], "--queue-timeout (queue_timeout_s) must be a finite number of seconds >= 0"),
+    (["--max-body-mb", "inf"], "--max-body-mb must be a finite number > 0, got inf"),
+    (["--max-body-mb", "0"], "--max-body-mb"),
+    (["--decode-megapixels", "-2"], "--decode-megapixels"),
+    (["--max-batch", "0", "--max-connections", "0"], "--max-batch (max_batch) must be a whole number >= 1, got 0; "
+                                                     "--max-connections"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_limits_are_checked_at_start_up(trained_run, serving_cli, monkeypatch, capsys, flags, words):
+    """--max-connections 0 or --max-batch 0 started a server that refused everything, --max-inflight -1 died with
+    asyncio's "Semaphore initial value must be >= 0": one line naming the option, exit code 2, no server."""
+    import uvicorn
+
+    ran = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: ran.append(self.config))
+    assert serving_cli(["serve", "--model", str(trained_run / "model"), "--port", "0", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid limits: ") and err.count("\n") == 1 and words in err, err
+    assert not ran
+    assert serving_cli(["serve", "--model", str(trained_run / "model"), "--port", "0", "--queue-timeout", "0"]) == 0
+    assert ran and ran[0].http.limits.queue_timeout_s == 0  # never waiting for a slot is a valid choice
+
+
+def test_limits_are_checked_in_the_library_too(predictor):
+    with pytest.raises(ValueError, match=r"--max-inflight \(max_inflight\) must be a whole number >= 1, got 0"):
+        create_app(predictor, max_inflight=0)
+    with pytest.raises(ValueError, match=r"max_header_bytes must be a whole number of bytes >= 1024, got 10"):
+        create_app(predictor, max_header_bytes=10)
+    with pytest.raises(ValueError, match=r"keep_alive_s must be a whole number of seconds >= 0, got 1.5"):
+        create_app(predictor, keep_alive_s=1.5)
+
+
 def test_concurrent_huge_posters_stay_within_memory(trained_run, tmp_path):
     """8 concurrent 36-megapixel posters took the server from 0.4 to 2.4 GB resident, and it kept 2.4 GB after.
     Measured on the server's own process (`genrefusion serve`, its /proc status): the peak stays well under

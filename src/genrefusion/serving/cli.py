@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import stat
 import sys
@@ -69,12 +70,20 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, device: 
     uvicorn.Server(uvicorn_config(app, host, port, limits, log_level=log_level)).run()
 
 
+def _scaled(value: float, unit: float, flag: str) -> int:
+    """A size given in MB or megapixels as a whole number of bytes or pixels (Limits checks the range)."""
+    if not math.isfinite(value) or value * unit >= 2 ** 63:
+        raise ValueError(f"invalid limits: {flag} must be a finite number > 0, got {value!r}")
+    return int(value * unit)
+
+
 def cmd_serve(args) -> int:
-    mb = 1024 * 1024
-    limits = Limits(max_body_bytes=int(args.max_body_mb * mb), max_batch=args.max_batch,
-                    max_inflight=args.max_inflight, max_connections=args.max_connections,
+    # Limits() checks every limit, before the model is loaded: a bad value ends here with one line and exit code 2.
+    limits = Limits(max_body_bytes=_scaled(args.max_body_mb, 1024 * 1024, "--max-body-mb"),
+                    max_batch=args.max_batch, max_inflight=args.max_inflight, max_connections=args.max_connections,
                     header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
-                    queue_timeout_s=args.queue_timeout, decode_pixels=int(args.decode_megapixels * 1e6))
+                    queue_timeout_s=args.queue_timeout,
+                    decode_pixels=_scaled(args.decode_megapixels, 1e6, "--decode-megapixels"))
     serve(args.model, args.host, args.port, args.device, limits, args.api_key_file, args.log_level)
     return 0
 

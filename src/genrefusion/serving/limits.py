@@ -17,6 +17,7 @@ import asyncio
 import ctypes
 import hashlib
 import hmac
+import math
 import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -47,8 +48,51 @@ class Limits:
     max_header_bytes: int = 16 * 1024
     retry_after_s: int = 2
 
+    def __post_init__(self):
+        wrong = [f"{_name(f)} must be {what}, got {getattr(self, f)!r}" for f, (ok, what) in RULES.items()
+                 if not ok(getattr(self, f))]
+        if wrong:  # all of them in one message: a server that would refuse everything (or crash) never starts
+            raise ValueError("invalid limits: " + "; ".join(wrong))
+
     def public(self) -> dict:
         return asdict(self)
+
+
+def _whole(least: int):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+
+def _seconds(zero_ok: bool):
+    return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (
+        v >= 0 if zero_ok else v > 0)
+
+
+# What each limit must be; below it the server would refuse every request (0 connections, slots or batch size, a
+# zero timeout), crash (a negative semaphore) or not limit at all (NaN compares false with everything).
+RULES = {
+    "max_body_bytes": (_whole(1), "a whole number of bytes >= 1"),
+    "max_plot_chars": (_whole(1), "a whole number >= 1"),
+    "max_image_pixels": (_whole(1), "a whole number >= 1"),
+    "max_batch": (_whole(1), "a whole number >= 1"),
+    "max_inflight": (_whole(1), "a whole number >= 1"),
+    "queue_timeout_s": (_seconds(True), "a finite number of seconds >= 0"),
+    "decode_pixels": (_whole(1), "a whole number of pixels >= 1"),
+    "header_timeout_s": (_seconds(False), "a finite number of seconds > 0"),
+    "body_timeout_s": (_seconds(False), "a finite number of seconds > 0"),
+    "keep_alive_s": (_whole(0), "a whole number of seconds >= 0"),
+    "max_connections": (_whole(1), "a whole number >= 1"),
+    "max_header_bytes": (_whole(1024), "a whole number of bytes >= 1024"),  # a request line and a Host header
+    "retry_after_s": (_whole(0), "a whole number of seconds >= 0"),
+}
+# The `serve` option that sets each limit, named in the error (limits without one are named by their field).
+FLAGS = {"max_body_bytes": "--max-body-mb", "max_batch": "--max-batch", "max_inflight": "--max-inflight",
+         "queue_timeout_s": "--queue-timeout", "decode_pixels": "--decode-megapixels",
+         "max_connections": "--max-connections", "header_timeout_s": "--header-timeout",
+         "body_timeout_s": "--body-timeout"}
+
+
+def _name(field: str) -> str:
+    return f"{FLAGS[field]} ({field})" if field in FLAGS else field
 
 
 def busy(message: str, retry_after: int) -> ServiceError:
