@@ -64,21 +64,105 @@ def test_slow_body_is_cut_off(predictor):
         assert httpx2.get(url + "/health", trust_env=False).status_code == 200
 
 
-def test_connections_past_the_limit_are_refused_at_once(predictor):
-    with LoopbackServer(create_app(predictor, max_connections=4, header_timeout_s=30)) as url:
+def partial_request(port: int, source: str = "127.0.0.1"):
+    """A socket that connected and sent the start of a request whose headers never end."""
+    s = connect(port, source=source)
+    s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n")
+    return s
+
+
+def test_idle_sockets_do_not_lock_clients_out(predictor):
+    """About 100 idle sockets (a connect and a partial request each) locked every client out, /health included:
+    503 for the whole header timeout (10 s), and again as soon as they were reopened. With the default limits and
+    120 such sockets open, twice over: /health answers 200 within a second and a real /predict succeeds."""
+    with LoopbackServer(create_app(predictor)) as url:  # the default limits: 100 connections, 10 s for headers
         port = int(url.rsplit(":", 1)[1])
-        idle = [connect(port) for _ in range(4)]
+        idle = []
         try:
-            time.sleep(0.3)  # let the server accept them
-            with connect(port) as s:
-                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-                raw = read_response(s)
-            assert _status(raw) == 503 and b"retry-after: 2" in raw.lower() and b"busy" in _body(raw), raw
+            for _ in range(2):
+                idle += [partial_request(port) for _ in range(120)]
+                time.sleep(0.3)  # let the server take them all
+                with httpx2.Client(base_url=url, timeout=5, trust_env=False) as c:
+                    t0 = time.monotonic()
+                    r = c.get("/health")
+                    took = time.monotonic() - t0
+                    assert r.status_code == 200 and took < 1.0, (r.status_code, r.text, f"{took:.2f} s")
+                    r = c.post("/predict", data={"plot": "space ship alien"},
+                               files={"poster": ("p.jpg", jpeg(), "image/jpeg")})
+                    assert r.status_code == 200, r.text
+            # The sockets that made room were answered 408 and closed: the server never held more than its limit.
+            answered = [s for s in idle if select.select([s], [], [], 0)[0]]
+            assert len(answered) >= len(idle) - 100, len(answered)
+            raw = read_response(answered[0])
+            assert _status(raw) == 408 and b"make room" in _body(raw), raw
         finally:
             for s in idle:
                 s.close()
-        time.sleep(0.3)
-        assert httpx2.get(url + "/health", trust_env=False).status_code == 200
+
+
+def test_health_is_answered_when_every_connection_is_busy(predictor):
+    """Past the limits, with every connection busy with a request, a newcomer is refused at once with 503 +
+    Retry-After; but /health is still answered (a load balancer must not see a dead server)."""
+    app = create_app(predictor, max_connections=4, queue_timeout_s=30)
+    with LoopbackServer(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        statuses = []
+
+        def client():
+            with httpx2.Client(base_url=url, timeout=60, trust_env=False) as c:
+                statuses.append(c.post("/predict", data={"plot": "space ship"}).status_code)
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        with predictor.lock:  # inference cannot start: the four requests hold their connections
+            for t in threads:
+                t.start()
+            for _ in range(250):
+                if app.active == 4:
+                    break
+                time.sleep(0.02)
+            assert app.active == 4
+            with httpx2.Client(base_url=url, timeout=5, trust_env=False) as c:
+                assert c.get("/health").json()["status"] == "ok"
+            for request in (b"GET /model HTTP/1.1\r\nHost: x\r\n\r\n", b"POST /predict HTTP/1.1\r\nHost: x\r\n"):
+                with connect(port) as s:
+                    s.sendall(request)
+                    raw = read_response(s)
+                assert _status(raw) == 503 and b"retry-after: 2" in raw.lower() and b"busy" in _body(raw), raw
+                assert b"the server has 4 connections open" in _body(raw), raw
+        for t in threads:
+            t.join()
+        assert statuses == [200] * 4
+
+
+def test_one_client_address_cannot_take_every_connection(predictor):
+    """A client address holds at most max_client_connections: past it, its own longest-idle connection makes room,
+    or, all busy, it gets 503, while other addresses are served. (Loopback has many addresses: 127.0.0.x.)"""
+    app = create_app(predictor, max_connections=8, max_client_connections=3, queue_timeout_s=30, body_timeout_s=30)
+    with LoopbackServer(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        hog, idle = [connect(port, source="127.0.0.2") for _ in range(3)], []
+        try:
+            for s in hog:  # three requests whose bodies never finish: busy connections
+                s.sendall(b"POST /predict/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: 1000\r\n\r\n{")
+            time.sleep(0.3)
+            with connect(port, source="127.0.0.2") as s:
+                s.sendall(b"GET /model HTTP/1.1\r\nHost: x\r\n\r\n")
+                raw = read_response(s)
+            assert _status(raw) == 503 and b"this client has 3 connections open" in _body(raw), raw
+            idle = [partial_request(port, source="127.0.0.3") for _ in range(3)]
+            time.sleep(0.3)
+            with connect(port, source="127.0.0.3") as s:  # its oldest idle socket makes room
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                assert _status(read_response(s)) == 200
+            time.sleep(0.1)
+            assert [bool(select.select([s], [], [], 0)[0]) for s in idle] == [True, False, False]
+            assert _status(read_response(idle[0])) == 408
+            r = httpx2.post(url + "/predict", data={"plot": "space ship"}, timeout=60, trust_env=False)
+            assert r.status_code == 200, r.text
+        finally:
+            for s in hog + idle:
+                s.close()
 
 
 def test_broken_http_gets_the_error_body(predictor):

@@ -81,6 +81,7 @@ def cmd_serve(args) -> int:
     # Limits() checks every limit, before the model is loaded: a bad value ends here with one line and exit code 2.
     limits = Limits(max_body_bytes=_scaled(args.max_body_mb, 1024 * 1024, "--max-body-mb"),
                     max_batch=args.max_batch, max_inflight=args.max_inflight, max_connections=args.max_connections,
+                    max_client_connections=args.max_client_connections,
                     header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
                     queue_timeout_s=args.queue_timeout,
                     decode_pixels=_scaled(args.decode_megapixels, 1e6, "--decode-megapixels"))
@@ -112,7 +113,11 @@ def add_cli(sub) -> None:
     p.add_argument("--decode-megapixels", type=float, default=d.decode_pixels / 1e6,
                    help="poster pixels decoded at once, server-wide")
     p.add_argument("--max-connections", type=int, default=d.max_connections,
-                   help="open connections; more are answered 503 and closed")
+                   help="open connections; past it a new one replaces the longest-idle one (of the client holding "
+                        "the most), or, when every one is busy, is answered 503 and closed (/health excepted)")
+    p.add_argument("--max-client-connections", type=int, default=d.max_client_connections,
+                   help="open connections of one client address (behind a reverse proxy, every client has the "
+                        "proxy's: raise it to --max-connections); past it likewise")
     p.add_argument("--header-timeout", type=float, default=d.header_timeout_s,
                    help="seconds a request's headers may take to arrive")
     p.add_argument("--body-timeout", type=float, default=d.body_timeout_s,

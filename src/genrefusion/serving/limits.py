@@ -9,7 +9,8 @@ known amount (the README's limits table gives the numbers):
   holds only what uvicorn buffered, 64 KB), then get 503 + Retry-After. Decoding draws on a server-wide budget of
   `decode_pixels` pixels (a 6000 x 6000 PNG is decoded at full size before it is reduced, ~110 MB each), so
   concurrent huge posters take turns instead of adding up;
-- connections: see protocol.py (header, body and keep-alive timeouts, `max_connections`).
+- connections: see protocol.py (header, body and keep-alive timeouts, `max_connections`,
+  `max_client_connections`).
 """
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ class Limits:
     header_timeout_s: float = 10.0  # from the first byte of a request to the end of its headers
     body_timeout_s: float = 60.0  # from the end of the headers to the last byte of the body
     keep_alive_s: int = 5  # an idle connection between requests
-    max_connections: int = 100  # open sockets; more are answered 503 at once and closed
+    max_connections: int = 100  # open sockets; past it a newcomer replaces an idle one, else gets 503 (protocol.py)
+    max_client_connections: int = 50  # open sockets of one client address, likewise
     max_header_bytes: int = 16 * 1024
     retry_after_s: int = 2
 
@@ -81,13 +83,15 @@ RULES = {
     "body_timeout_s": (_seconds(False), "a finite number of seconds > 0"),
     "keep_alive_s": (_whole(0), "a whole number of seconds >= 0"),
     "max_connections": (_whole(1), "a whole number >= 1"),
+    "max_client_connections": (_whole(1), "a whole number >= 1"),
     "max_header_bytes": (_whole(1024), "a whole number of bytes >= 1024"),  # a request line and a Host header
     "retry_after_s": (_whole(0), "a whole number of seconds >= 0"),
 }
 # The `serve` option that sets each limit, named in the error (limits without one are named by their field).
 FLAGS = {"max_body_bytes": "--max-body-mb", "max_batch": "--max-batch", "max_inflight": "--max-inflight",
          "queue_timeout_s": "--queue-timeout", "decode_pixels": "--decode-megapixels",
-         "max_connections": "--max-connections", "header_timeout_s": "--header-timeout",
+         "max_connections": "--max-connections", "max_client_connections": "--max-client-connections",
+         "header_timeout_s": "--header-timeout",
          "body_timeout_s": "--body-timeout"}
 
 
