@@ -6,7 +6,9 @@
 
 1. idle sockets: --rounds times, --idle sockets each connect and send the start of a request whose headers never
    end; then GET /health (its latency, of --probes tries: what a load balancer sees) and one real POST /predict.
-2. memory: the server's RSS idle, during --batches /predict/batch requests of --posters PNG posters of --side x
+2. latency: --latency times POST /predict with a sample movie (poster and plot), and --latency / 5 times
+   /predict/batch of 16 such movies (medians: to see that a memory fix costs no speed);
+3. memory: the server's RSS idle, during --batches /predict/batch requests of --posters PNG posters of --side x
    --side pixels (~110 KB each, 108 MB each once decoded), and 1, 3 and 10 s after them (from /proc).
 
 The server is `genrefusion serve` with its default limits, in its own process, from --src (default: this checkout's
@@ -18,6 +20,7 @@ import argparse
 import base64
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,6 +83,27 @@ def idle_sockets(url: str, args, poster: bytes, plot: str) -> None:
             s.close()
 
 
+def latency(url: str, args, poster: bytes, plot: str) -> None:
+    b64 = base64.b64encode(poster).decode()
+    batch = {"movies": [{"id": str(i), "plot": plot, "poster_base64": b64} for i in range(16)]}
+    one, sixteen = [], []
+    with httpx2.Client(base_url=url, timeout=120, trust_env=False) as c:
+        for _ in range(3):  # warm-up
+            c.post("/predict", files={"poster": ("p.jpg", poster, "image/jpeg")}, data={"plot": plot})
+        for i in range(args.latency):
+            t0 = time.perf_counter()
+            c.post("/predict", files={"poster": ("p.jpg", poster, "image/jpeg")},
+                   data={"plot": plot}).raise_for_status()
+            one.append(time.perf_counter() - t0)
+            if i % 5 == 0:
+                t0 = time.perf_counter()
+                c.post("/predict/batch", json=batch).raise_for_status()
+                sixteen.append(time.perf_counter() - t0)
+    print(f"latency: POST /predict median {statistics.median(one) * 1000:.0f} ms (min {min(one) * 1000:.0f}) over "
+          f"{len(one)}; /predict/batch of 16 median {statistics.median(sixteen) * 1000:.0f} ms (min "
+          f"{min(sixteen) * 1000:.0f}) over {len(sixteen)}", flush=True)
+
+
 def memory(url: str, pid: int, args) -> None:
     big = big_png(args.side)
     body = {"movies": [{"id": f"huge-{i}", "poster_base64": base64.b64encode(big).decode()}
@@ -114,14 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle", type=int, default=120, help="idle sockets opened per round (0: skip)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--probes", type=int, default=5, help="GET /health tries per round")
+    ap.add_argument("--latency", type=int, default=0, help="POST /predict requests timed (0: skip)")
     ap.add_argument("--posters", type=int, default=16, help="posters per batch (0: skip the memory measurement)")
     ap.add_argument("--side", type=int, default=6000)
     ap.add_argument("--batches", type=int, default=1)
     args = ap.parse_args(argv)
     if not args.model and not args.tiny:
         ap.error("give --model DIR or --tiny")
-    if args.idle > 900 or args.rounds > 5 or args.posters > 32 or args.batches > 5:
-        ap.error("bounded: at most 900 idle sockets a round, 5 rounds, 32 posters, 5 batches")
+    if args.idle > 900 or args.rounds > 5 or args.posters > 32 or args.batches > 5 or args.latency > 500:
+        ap.error("bounded: at most 900 idle sockets a round, 5 rounds, 32 posters, 5 batches, 500 requests")
 
     with tempfile.TemporaryDirectory(prefix="serve-hostile-") as tmp:
         model = Path(args.model) if args.model else tiny_model(Path(tmp))
@@ -137,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{info['runtime']}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
             if args.idle:
                 idle_sockets(url, args, poster, plot)
+            if args.latency:
+                latency(url, args, poster, plot)
             if args.posters:
                 memory(url, proc.pid, args)
         finally:
