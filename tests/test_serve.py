@@ -182,6 +182,19 @@ def test_non_ascii_base64_is_a_422_not_a_500(client, openapi):
             "movies[0].poster_base64"
 
 
+def test_an_empty_poster_is_refused_as_the_schema_says(client, openapi):
+    """`"poster_base64": ""` was schema-valid and refused with 422 "file is empty": the schema says minLength now (4,
+    the base64 of one byte), and so does the multipart poster (1 byte)."""
+    movie = openapi["components"]["schemas"]["BatchMovie"]["properties"]["poster_base64"]["anyOf"][0]
+    assert movie["minLength"] == 4 and movie["format"] == "byte"
+    form = openapi["paths"]["/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert form["properties"]["poster"]["minLength"] == 1
+    for text in ("", "AA="):
+        r = client.post("/predict/batch", json={"movies": [{"poster_base64": text}]})
+        body = assert_error(r, 422, "empty: a poster file has at least one byte", openapi, "/predict/batch")
+        assert body["field"] == "movies[0].poster_base64"
+
+
 def test_errors_never_echo_large_inputs(client, openapi):
     """A 10,000-movie batch used to come back whole inside FastAPI's 422 (459 KB)."""
     r = client.post("/predict/batch", json={"movies": [{"id": f"movie-{i}", "plot": "x" * 10} for i in range(10_000)]})

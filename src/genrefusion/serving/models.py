@@ -118,7 +118,8 @@ def batch_request(predictor, limits: Limits) -> type[BaseModel]:
         fields["plot"] = (str | None, Field(None, min_length=1, max_length=limits.max_plot_chars,
                                             pattern=schema.NOT_BLANK_PATTERN, description=plot["description"]))
     if "image" in mods:
-        b64 = Annotated[str, Field(json_schema_extra={"format": "byte", "contentEncoding": "base64"})]  # checked when decoded
+        b64 = Annotated[str, Field(min_length=4, json_schema_extra={  # the shortest base64 of a byte: 4 characters
+            "format": "byte", "contentEncoding": "base64"})]  # checked when decoded
         fields["poster_base64"] = (b64 | None, Field(
             None, description="the poster file's bytes, base64-encoded; " + schema.poster_description(limits)))
     names = [{"text": "plot", "image": "poster_base64"}[m] for m in mods]

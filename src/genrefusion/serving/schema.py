@@ -123,8 +123,8 @@ def form_plot_schema(limits: Limits) -> dict[str, Any]:
 
 
 def poster_description(limits: Limits) -> str:
-    return (f"the poster file: JPEG, PNG, WebP, GIF or BMP, at most {limits.max_image_pixels:,} pixels declared "
-            "in its header (checked before decoding), complete and not corrupt")
+    return (f"the poster file: JPEG, PNG, WebP, GIF or BMP, not empty, at most {limits.max_image_pixels:,} pixels "
+            "declared in its header (checked before decoding), complete and not corrupt; other bytes get 415")
 
 
 def form_body(predictor, limits: Limits) -> dict[str, Any]:
@@ -134,7 +134,8 @@ def form_body(predictor, limits: Limits) -> dict[str, Any]:
     mods, all_required = required_fields(predictor)
     props: dict[str, Any] = {}
     if "image" in mods:
-        props["poster"] = {"type": "string", "format": "binary", "description": poster_description(limits)}
+        props["poster"] = {"type": "string", "format": "binary", "minLength": 1,
+                           "description": poster_description(limits)}
     if "text" in mods:
         props["plot"] = form_plot_schema(limits)
     need = {"required": list(props)} if all_required or len(props) == 1 else {"minProperties": 1}
