@@ -279,6 +279,38 @@ def test_the_schema_follows_the_model():
         "required": ["plot"], "properties": {"plot": {"type": "string"}}}
 
 
+@pytest.mark.parametrize("modalities, can_miss", [(("text",), False), (("image",), False),
+                                                  (("text", "image"), False), (("text", "image"), True)],
+                         ids=["text", "image", "both required", "either"])
+def test_the_batch_schema_accepts_what_the_server_accepts(modalities, can_miss):
+    """For a model needing one input or all of them, the batch movie's schema replaced its `properties` with
+    {name: {type: string}}: it lost `id` (so a movie with an id broke the schema, which forbids other fields), the
+    plot's length and blankness and the poster's format. The JSON schema and the server's validation agree on
+    every movie here, for every kind of model."""
+    import jsonschema_rs
+
+    from genrefusion.serving.limits import Limits
+    from genrefusion.serving.models import batch_request
+
+    model = _Model(modalities, can_miss)
+    model.fusion = "gmu"
+    request = batch_request(model, Limits(max_plot_chars=50))
+    validator = jsonschema_rs.Draft202012Validator(request.model_json_schema())
+    movies = [{"id": "a", "plot": "space ship"}, {"plot": "space ship", "poster_base64": "AAAA"},
+              {"poster_base64": "AAAA"}, {"id": "b", "poster_base64": "AAAA", "plot": "ghost"},
+              {"plot": None, "poster_base64": "AAAA"}, {"plot": "ghost", "poster_base64": None}, {"plot": "   "},
+              {"plot": "x" * 51, "poster_base64": "AAAA"}, {"poster_base64": ""}, {}, {"id": "c"},
+              {"plot": "ghost", "other": 1}]
+    for movie in movies:
+        body = {"movies": [movie]}
+        try:
+            request.model_validate(body)
+            server = True
+        except ValueError:
+            server = False
+        assert validator.is_valid(body) == server, (movie, server)
+
+
 def test_blank_means_the_same_to_the_schema_and_the_server():
     """The plot pattern's idea of blank is check_plot's (str.strip), for every regex engine reading it."""
     import re

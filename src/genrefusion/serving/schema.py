@@ -86,10 +86,13 @@ def required_fields(predictor) -> tuple[list[str], bool]:
 
 
 def requirement(names: list[str], all_required: bool, non_null: bool = False) -> dict[str, Any]:
+    """What an object must hold of `names`: all of them, or any one; `non_null`: given as a string, not null. It
+    adds to the object's schema (`allOf`, `anyOf`), never replaces its `properties` (where the fields' own
+    constraints are, and its other fields)."""
     if all_required or len(names) == 1:
         out: dict[str, Any] = {"required": names}
         if non_null:
-            out["properties"] = {n: {"type": "string"} for n in names}
+            out["allOf"] = [{"properties": {n: {"type": "string"} for n in names}}]
         return out
     branches = [{"required": [n], **({"properties": {n: {"type": "string"}}} if non_null else {})} for n in names]
     return {"anyOf": branches}
