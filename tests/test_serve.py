@@ -195,6 +195,15 @@ def test_an_empty_poster_is_refused_as_the_schema_says(client, openapi):
         assert body["field"] == "movies[0].poster_base64"
 
 
+def test_a_blank_batch_plot_is_empty_as_in_a_form(client, openapi):
+    """A blank plot in a batch was refused with pydantic's "String should match pattern '[^\\u0009\\u000a...]'"
+    (a 400-character regex); a form says "plot: is empty"."""
+    for plot in ("   ", "\u3000\n", ""):
+        r = client.post("/predict/batch", json={"movies": [{"plot": plot}]})
+        body = assert_error(r, 422, "movies[0].plot: is empty", openapi, "/predict/batch")
+        assert body["field"] == "movies[0].plot" and body["message"] == "movies[0].plot: is empty", body
+
+
 def test_errors_never_echo_large_inputs(client, openapi):
     """A 10,000-movie batch used to come back whole inside FastAPI's 422 (459 KB)."""
     r = client.post("/predict/batch", json={"movies": [{"id": f"movie-{i}", "plot": "x" * 10} for i in range(10_000)]})

@@ -94,6 +94,8 @@ def validation_error(errors: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]
         msg = msg.removeprefix("Value error, ")
     elif kind == "string_pattern_mismatch" and field and field.endswith("poster_base64"):
         msg = "not valid base64 (only A-Z, a-z, 0-9, '+', '/' in groups of 4, '=' padding at the end)"
+    elif kind in ("string_pattern_mismatch", "string_too_short") and field and field.endswith(".plot"):
+        msg = "is empty"  # empty or blank: what check_plot says of a form's plot, not the pattern spelled out
     elif kind == "string_too_short" and field and field.endswith("poster_base64"):
         msg = "empty: a poster file has at least one byte, 4 characters in base64"
     message = f"{short(field)}: {short(msg, 400)}" if field else short(msg, 400)
