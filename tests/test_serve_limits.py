@@ -463,3 +463,30 @@ def test_an_onnx_encoder_gives_back_what_a_batch_needed(tmp_path):
     gc.collect()
     release_memory()
     assert rss_mb() - before < 32, f"{before:.0f} MB before the run, {rss_mb():.0f} MB after"
+
+
+def test_every_limit_is_documented():
+    """docs/limits.md lists every limit the service enforces (each Limits field, by its `serve` option where it has
+    one), every option of `serve` that sets one, and every error code a client can see."""
+    import argparse
+    import dataclasses
+
+    from conftest import REPO
+    from genrefusion.serving import protocol
+    from genrefusion.serving.cli import add_cli
+    from genrefusion.serving.errors import CODES
+    from genrefusion.serving.limits import FLAGS, Limits
+
+    doc = (REPO / "docs" / "limits.md").read_text(encoding="utf-8")
+    for field in dataclasses.fields(Limits):
+        assert f"`{FLAGS.get(field.name, field.name)}`" in doc, field.name
+    parser = argparse.ArgumentParser()
+    add_cli(parser.add_subparsers())
+    serve = parser._subparsers._group_actions[0].choices["serve"]
+    options = [o for a in serve._actions for o in a.option_strings if o.startswith("--") and o not in (
+        "--help", "--model", "--host", "--port", "--device", "--log-level")]
+    for option in options:
+        assert f"`{option}`" in doc or f"`{option} " in doc, option
+    for code in set(CODES.values()):
+        assert f"`{code}`" in doc, code
+    assert f"{protocol.HEALTH_RESERVE} more connections" in doc and f"{protocol.HEALTH_HEADER_S:g} s" in doc

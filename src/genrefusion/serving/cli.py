@@ -92,8 +92,8 @@ def cmd_serve(args) -> int:
 def add_cli(sub) -> None:
     d = Limits()
     p = sub.add_parser("serve", help="HTTP API and web page for a saved model",
-                       description="Serve a saved model over HTTP. The limits are explained in the README "
-                                   "('Serving'); GET /model shows the ones in force.")
+                       description="Serve a saved model over HTTP. The limits, and what a client sees when it "
+                                   "hits one, are in docs/limits.md; GET /model shows the ones in force.")
     p.add_argument("--model", required=True,
                    help="saved model folder (a run's model/), or one written by `genrefusion export` (no torch)")
     p.add_argument("--host", default="127.0.0.1",

@@ -1,7 +1,7 @@
 """What the service refuses, and the ASGI middleware that refuses it before a byte of the body is read.
 
 Memory is bounded at three levels, so no request, burst or slow client can make the server hold more than a
-known amount (the README's limits table gives the numbers):
+known amount (docs/limits.md gives the numbers, and what a client sees when it hits each):
 - a request: its body is cut off at `max_body_bytes` while it streams in, a batch holds at most `max_batch`
   posters, and each poster is decoded at a bounded size (posters.decode_poster: at most ~1024 px a side);
 - the server: at most `max_inflight` predictions (/predict, /predict/batch, /explain) are received or computed at

@@ -84,7 +84,7 @@ class ModelInfo(BaseModel):
         "per text input, the writing systems those languages use (Unicode script names); a plot mostly in "
         "another script gets an unreadable_script warning"))
     training: dict[str, Any] = Field(description="the settings the model was trained with (no paths)")
-    limits: dict[str, Any] = Field(description="what the server refuses: see the README's limits table")
+    limits: dict[str, Any] = Field(description="what the server refuses: see docs/limits.md")
     api_key_required: bool
     runtime: str = Field(description="torch, or onnxruntime for an exported model (no /explain)")
 
