@@ -22,7 +22,7 @@ from .limits import Limits
 
 def create_app(predictor, limits: Limits | None = None, **kwargs):
     """The ASGI app serving `predictor` (see app.create_app)."""
-    from .app import create_app as create
+    from .app import create_app as create  # FastAPI: importing this package stays cheap (see above)
 
     return create(predictor, limits, **kwargs)
 

@@ -8,7 +8,8 @@ import stat
 import sys
 from pathlib import Path
 
-from .limits import Limits
+from ..inference.predictor import load_model
+from .limits import Limits, tune_malloc
 
 KEY_FILE_ENV, KEY_ENV = "GENREFUSION_API_KEY_FILE", "GENREFUSION_API_KEY"
 
@@ -50,11 +51,8 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, device: 
     """Load a saved model and serve it until interrupted."""
     import uvicorn
 
-    from ..inference.predictor import load_model
-    from .app import create_app
-    from .protocol import uvicorn_config
-
-    from .limits import tune_malloc
+    from .app import create_app  # FastAPI: `genrefusion --help` imports this module, never FastAPI
+    from .protocol import uvicorn_config  # uvicorn and h11, likewise
 
     limits = limits or Limits()
     api_key = read_api_key(api_key_file)

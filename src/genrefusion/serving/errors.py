@@ -16,6 +16,8 @@ from typing import Any
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..inference.inputs import InputError
+
 CODES = {  # status -> the code its body carries unless a more specific one is given
     400: "invalid_request",         # the body or the HTTP itself does not parse (not JSON, broken multipart)
     401: "unauthorized",            # missing or wrong API key
@@ -109,8 +111,6 @@ def install_handlers(app) -> None:
     from fastapi.exceptions import RequestValidationError
     from starlette.requests import ClientDisconnect
     from starlette.responses import Response
-
-    from ..inference.inputs import InputError
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request, exc: StarletteHTTPException):
