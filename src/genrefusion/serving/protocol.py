@@ -229,7 +229,7 @@ class GuardedH11Protocol(H11Protocol):
         self._cancel_header_timer()
         self._cancel_body_timer()
         self._refused = True
-        self.table.discard(self)  # a refused connection no longer holds a place
+        self._leave()  # a refused connection no longer holds a place, nor one of the reserve's
         self.transport.write(raw_response(status, reason, message, headers))
         if self.transport.can_write_eof():
             self.transport.write_eof()
@@ -237,13 +237,16 @@ class GuardedH11Protocol(H11Protocol):
         else:
             self.transport.close()
 
-    def connection_lost(self, exc) -> None:
-        self._cancel_header_timer()
-        self._cancel_body_timer()
+    def _leave(self) -> None:
         self.table.discard(self)
         if self._reserved:
             self._reserved = False
             self.table.reserve -= 1
+
+    def connection_lost(self, exc) -> None:
+        self._cancel_header_timer()
+        self._cancel_body_timer()
+        self._leave()
         super().connection_lost(exc)
 
     # -- uvicorn's own 400 for broken HTTP, with the error body ----------------------------------------------
