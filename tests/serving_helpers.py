@@ -52,9 +52,9 @@ def png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def connect(port: int, timeout: float = 20) -> socket.socket:
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    return s
+def connect(port: int, timeout: float = 20, source: str = "127.0.0.1") -> socket.socket:
+    """A socket to the server on loopback, from `source` (any 127.x.y.z: loopback has many addresses)."""
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
 
 
 def read_response(s: socket.socket) -> bytes:

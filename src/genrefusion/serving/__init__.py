@@ -8,10 +8,11 @@
     GET  /health, GET /model (encoders, fusion, genres, thresholds, limits)
 
 Every error is answered with one body, `{"code", "message", "field"}` (errors.py), and the server keeps serving.
-Modules: app (routes), schema (the OpenAPI document, generated for the loaded model), errors, limits (what is
-refused, the guard middleware, the decode budget), protocol (header/body timeouts and the connection limit on
-uvicorn's h11 protocol), cli (`genrefusion serve`, the API key). Importing this package is cheap: the CLI parser
-imports it for `add_cli`.
+Modules: app (the app factory, which wires the rest), routes (the routers), models (the request and response
+bodies), service (what the routes share for one model: reading a movie, /model's body), schema (the OpenAPI
+document, generated for the loaded model), errors, limits (what is refused, the guard middleware, the decode
+budget), protocol (header/body timeouts and the connection limit on uvicorn's h11 protocol), cli (`genrefusion
+serve`, the API key). Importing this package is cheap: the CLI parser imports it for `add_cli`.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from .limits import Limits
 
 def create_app(predictor, limits: Limits | None = None, **kwargs):
     """The ASGI app serving `predictor` (see app.create_app)."""
-    from .app import create_app as create
+    from .app import create_app as create  # FastAPI: importing this package stays cheap (see above)
 
     return create(predictor, limits, **kwargs)
 

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import stat
 import sys
 from pathlib import Path
 
-from .limits import Limits
+from ..inference.predictor import load_model
+from .limits import Limits, tune_malloc
 
 KEY_FILE_ENV, KEY_ENV = "GENREFUSION_API_KEY_FILE", "GENREFUSION_API_KEY"
 
@@ -49,11 +51,8 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, device: 
     """Load a saved model and serve it until interrupted."""
     import uvicorn
 
-    from ..inference.predictor import load_model
-    from .app import create_app
-    from .protocol import uvicorn_config
-
-    from .limits import tune_malloc
+    from .app import create_app  # FastAPI: `genrefusion --help` imports this module, never FastAPI
+    from .protocol import uvicorn_config  # uvicorn and h11, likewise
 
     limits = limits or Limits()
     api_key = read_api_key(api_key_file)
@@ -69,12 +68,21 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, device: 
     uvicorn.Server(uvicorn_config(app, host, port, limits, log_level=log_level)).run()
 
 
+def _scaled(value: float, unit: float, flag: str) -> int:
+    """A size given in MB or megapixels as a whole number of bytes or pixels (Limits checks the range)."""
+    if not math.isfinite(value) or value * unit >= 2 ** 63:
+        raise ValueError(f"invalid limits: {flag} must be a finite number > 0, got {value!r}")
+    return int(value * unit)
+
+
 def cmd_serve(args) -> int:
-    mb = 1024 * 1024
-    limits = Limits(max_body_bytes=int(args.max_body_mb * mb), max_batch=args.max_batch,
-                    max_inflight=args.max_inflight, max_connections=args.max_connections,
+    # Limits() checks every limit, before the model is loaded: a bad value ends here with one line and exit code 2.
+    limits = Limits(max_body_bytes=_scaled(args.max_body_mb, 1024 * 1024, "--max-body-mb"),
+                    max_batch=args.max_batch, max_inflight=args.max_inflight, max_connections=args.max_connections,
+                    max_client_connections=args.max_client_connections,
                     header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
-                    queue_timeout_s=args.queue_timeout, decode_pixels=int(args.decode_megapixels * 1e6))
+                    queue_timeout_s=args.queue_timeout,
+                    decode_pixels=_scaled(args.decode_megapixels, 1e6, "--decode-megapixels"))
     serve(args.model, args.host, args.port, args.device, limits, args.api_key_file, args.log_level)
     return 0
 
@@ -82,8 +90,8 @@ def cmd_serve(args) -> int:
 def add_cli(sub) -> None:
     d = Limits()
     p = sub.add_parser("serve", help="HTTP API and web page for a saved model",
-                       description="Serve a saved model over HTTP. The limits are explained in docs/serving.md "
-                                   "('Limits'); GET /model shows the ones in force.")
+                       description="Serve a saved model over HTTP. The limits, and what a client sees when it "
+                                   "hits one, are in docs/limits.md; GET /model shows the ones in force.")
     p.add_argument("--model", required=True,
                    help="saved model folder (a run's model/), or one written by `genrefusion export` (no torch)")
     p.add_argument("--host", default="127.0.0.1",
@@ -103,7 +111,11 @@ def add_cli(sub) -> None:
     p.add_argument("--decode-megapixels", type=float, default=d.decode_pixels / 1e6,
                    help="poster pixels decoded at once, server-wide")
     p.add_argument("--max-connections", type=int, default=d.max_connections,
-                   help="open connections; more are answered 503 and closed")
+                   help="open connections; past it a new one replaces the longest-idle one (of the client holding "
+                        "the most), or, when every one is busy, is answered 503 and closed (/health excepted)")
+    p.add_argument("--max-client-connections", type=int, default=d.max_client_connections,
+                   help="open connections of one client address (behind a reverse proxy, every client has the "
+                        "proxy's: raise it to --max-connections); past it likewise")
     p.add_argument("--header-timeout", type=float, default=d.header_timeout_s,
                    help="seconds a request's headers may take to arrive")
     p.add_argument("--body-timeout", type=float, default=d.body_timeout_s,

@@ -20,6 +20,9 @@ from typing import Any
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..inference.base import NonFiniteOutputError
+from ..inference.inputs import InputError
+
 CODES = {  # status -> the code its body carries unless a more specific one is given
     400: "invalid_request",         # the body or the HTTP itself does not parse (not JSON, broken multipart)
     401: "unauthorized",            # missing or wrong API key
@@ -98,6 +101,10 @@ def validation_error(errors: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]
         msg = msg.removeprefix("Value error, ")
     elif kind == "string_pattern_mismatch" and field and field.endswith("poster_base64"):
         msg = "not valid base64 (only A-Z, a-z, 0-9, '+', '/' in groups of 4, '=' padding at the end)"
+    elif kind in ("string_pattern_mismatch", "string_too_short") and field and field.endswith(".plot"):
+        msg = "is empty"  # empty or blank: what check_plot says of a form's plot, not the pattern spelled out
+    elif kind == "string_too_short" and field and field.endswith("poster_base64"):
+        msg = "empty: a poster file has at least one byte, 4 characters in base64"
     message = f"{short(field)}: {short(msg, 400)}" if field else short(msg, 400)
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
@@ -109,9 +116,6 @@ def install_handlers(app) -> None:
     from fastapi.exceptions import RequestValidationError
     from starlette.requests import ClientDisconnect
     from starlette.responses import Response
-
-    from ..inference.base import NonFiniteOutputError
-    from ..inference.inputs import InputError
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request, exc: StarletteHTTPException):

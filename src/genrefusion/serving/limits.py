@@ -1,7 +1,7 @@
 """What the service refuses, and the ASGI middleware that refuses it before a byte of the body is read.
 
 Memory is bounded at three levels, so no request, burst or slow client can make the server hold more than a
-known amount (the limits table of docs/serving.md gives the numbers):
+known amount (docs/limits.md gives the numbers, and what a client sees when it hits each):
 - a request: its body is cut off at `max_body_bytes` while it streams in, a batch holds at most `max_batch`
   posters, and each poster is decoded at a bounded size (posters.decode_poster: at most ~1024 px a side);
 - the server: at most `max_inflight` predictions (/predict, /predict/batch, /explain) are received or computed at
@@ -9,7 +9,8 @@ known amount (the limits table of docs/serving.md gives the numbers):
   holds only what uvicorn buffered, 64 KB), then get 503 + Retry-After. Decoding draws on a server-wide budget of
   `decode_pixels` pixels (a 6000 x 6000 PNG is decoded at full size before it is reduced, ~110 MB each), so
   concurrent huge posters take turns instead of adding up;
-- connections: see protocol.py (header, body and keep-alive timeouts, `max_connections`).
+- connections: see protocol.py (header, body and keep-alive timeouts, `max_connections`,
+  `max_client_connections`).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import asyncio
 import ctypes
 import hashlib
 import hmac
+import math
 import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -43,12 +45,58 @@ class Limits:
     header_timeout_s: float = 10.0  # from the first byte of a request to the end of its headers
     body_timeout_s: float = 60.0  # from the end of the headers to the last byte of the body
     keep_alive_s: int = 5  # an idle connection between requests
-    max_connections: int = 100  # open sockets; more are answered 503 at once and closed
+    max_connections: int = 100  # open sockets; past it a newcomer replaces an idle one, else gets 503 (protocol.py)
+    max_client_connections: int = 50  # open sockets of one client address, likewise
     max_header_bytes: int = 16 * 1024
     retry_after_s: int = 2
 
+    def __post_init__(self):
+        wrong = [f"{_name(f)} must be {what}, got {getattr(self, f)!r}" for f, (ok, what) in RULES.items()
+                 if not ok(getattr(self, f))]
+        if wrong:  # all of them in one message: a server that would refuse everything (or crash) never starts
+            raise ValueError("invalid limits: " + "; ".join(wrong))
+
     def public(self) -> dict:
         return asdict(self)
+
+
+def _whole(least: int):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+
+def _seconds(zero_ok: bool):
+    return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (
+        v >= 0 if zero_ok else v > 0)
+
+
+# What each limit must be; below it the server would refuse every request (0 connections, slots or batch size, a
+# zero timeout), crash (a negative semaphore) or not limit at all (NaN compares false with everything).
+RULES = {
+    "max_body_bytes": (_whole(1), "a whole number of bytes >= 1"),
+    "max_plot_chars": (_whole(1), "a whole number >= 1"),
+    "max_image_pixels": (_whole(1), "a whole number >= 1"),
+    "max_batch": (_whole(1), "a whole number >= 1"),
+    "max_inflight": (_whole(1), "a whole number >= 1"),
+    "queue_timeout_s": (_seconds(True), "a finite number of seconds >= 0"),
+    "decode_pixels": (_whole(1), "a whole number of pixels >= 1"),
+    "header_timeout_s": (_seconds(False), "a finite number of seconds > 0"),
+    "body_timeout_s": (_seconds(False), "a finite number of seconds > 0"),
+    "keep_alive_s": (_whole(0), "a whole number of seconds >= 0"),
+    "max_connections": (_whole(1), "a whole number >= 1"),
+    "max_client_connections": (_whole(1), "a whole number >= 1"),
+    "max_header_bytes": (_whole(1024), "a whole number of bytes >= 1024"),  # a request line and a Host header
+    "retry_after_s": (_whole(0), "a whole number of seconds >= 0"),
+}
+# The `serve` option that sets each limit, named in the error (limits without one are named by their field).
+FLAGS = {"max_body_bytes": "--max-body-mb", "max_batch": "--max-batch", "max_inflight": "--max-inflight",
+         "queue_timeout_s": "--queue-timeout", "decode_pixels": "--decode-megapixels",
+         "max_connections": "--max-connections", "max_client_connections": "--max-client-connections",
+         "header_timeout_s": "--header-timeout",
+         "body_timeout_s": "--body-timeout"}
+
+
+def _name(field: str) -> str:
+    return f"{FLAGS[field]} ({field})" if field in FLAGS else field
 
 
 def busy(message: str, retry_after: int) -> ServiceError:

@@ -87,10 +87,13 @@ def required_fields(predictor) -> tuple[list[str], bool]:
 
 
 def requirement(names: list[str], all_required: bool, non_null: bool = False) -> dict[str, Any]:
+    """What an object must hold of `names`: all of them, or any one; `non_null`: given as a string, not null. It
+    adds to the object's schema (`allOf`, `anyOf`), never replaces its `properties` (where the fields' own
+    constraints are, and its other fields)."""
     if all_required or len(names) == 1:
         out: dict[str, Any] = {"required": names}
         if non_null:
-            out["properties"] = {n: {"type": "string"} for n in names}
+            out["allOf"] = [{"properties": {n: {"type": "string"} for n in names}}]
         return out
     branches = [{"required": [n], **({"properties": {n: {"type": "string"}}} if non_null else {})} for n in names]
     return {"anyOf": branches}
@@ -124,8 +127,8 @@ def form_plot_schema(limits: Limits) -> dict[str, Any]:
 
 
 def poster_description(limits: Limits) -> str:
-    return (f"the poster file: JPEG, PNG, WebP, GIF or BMP, at most {limits.max_image_pixels:,} pixels declared "
-            "in its header (checked before decoding), complete and not corrupt")
+    return (f"the poster file: JPEG, PNG, WebP, GIF or BMP, not empty, at most {limits.max_image_pixels:,} pixels "
+            "declared in its header (checked before decoding), complete and not corrupt; other bytes get 415")
 
 
 def form_body(predictor, limits: Limits) -> dict[str, Any]:
@@ -135,7 +138,8 @@ def form_body(predictor, limits: Limits) -> dict[str, Any]:
     mods, all_required = required_fields(predictor)
     props: dict[str, Any] = {}
     if "image" in mods:
-        props["poster"] = {"type": "string", "format": "binary", "description": poster_description(limits)}
+        props["poster"] = {"type": "string", "format": "binary", "minLength": 1,
+                           "description": poster_description(limits)}
     if "text" in mods:
         props["plot"] = form_plot_schema(limits)
     need = {"required": list(props)} if all_required or len(props) == 1 else {"minProperties": 1}
@@ -150,20 +154,34 @@ def form_body(predictor, limits: Limits) -> dict[str, Any]:
     return {"required": True, "description": f"This model needs {what}.", "content": content}
 
 
-def add_security(app, authenticated: bool) -> None:
-    """Declare the bearer key in the schema (FastAPI only does that for its own security dependencies)."""
-    if not authenticated:
-        return
+def for_model(app, predictor, limits: Limits, authenticated: bool) -> None:
+    """Complete the routes' schema with what depends on the loaded model: the form /predict and /explain take
+    (form_body), the genres /explain knows, and the bearer key (FastAPI only declares that for its own security
+    dependencies)."""
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.openapi.models import OpenAPI
+
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if not app.openapi_schema:
             schema = generate()
-            schema.setdefault("components", {})["securitySchemes"] = {
-                "apiKey": {"type": "http", "scheme": "bearer", "description": "the key given to `serve`"}}
-            for path, item in schema["paths"].items():
-                for op in item.values():
-                    op["security"] = [] if path == "/health" else [{"apiKey": []}]
+            for path in ("/predict", "/explain"):
+                if path in schema["paths"]:
+                    schema["paths"][path]["post"]["requestBody"] = form_body(predictor, limits)
+            for param in schema["paths"].get("/explain", {}).get("post", {}).get("parameters", []):
+                if param["name"] == "genre":
+                    param["schema"]["anyOf"][0]["enum"] = list(predictor.genres)
+            for item in schema["paths"].values():
+                for op in item.values():  # in status order, the API key's 401 (create_app) included
+                    op["responses"] = dict(sorted(op["responses"].items()))
+            schema = jsonable_encoder(OpenAPI(**schema), by_alias=True, exclude_none=True)  # as FastAPI orders it
+            if authenticated:
+                schema.setdefault("components", {})["securitySchemes"] = {
+                    "apiKey": {"type": "http", "scheme": "bearer", "description": "the key given to `serve`"}}
+                for path, item in schema["paths"].items():
+                    for op in item.values():
+                        op["security"] = [] if path == "/health" else [{"apiKey": []}]
             app.openapi_schema = schema
         return app.openapi_schema
 
