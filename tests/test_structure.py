@@ -200,6 +200,32 @@ def test_no_function_over_80_lines():
     assert not found, f"functions over {MAX_FUNCTION_LINES} lines: {found}"
 
 
+def unexplained_local_imports(source: str) -> list[int]:
+    """Lines of the package-internal imports made inside a function with no comment on the line, or on the line
+    just above, saying why (a file's header should say what it depends on)."""
+    lines = source.splitlines()
+    found = []
+    for fn in ast.walk(ast.parse(source)):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for n in ast.walk(fn):
+            internal = isinstance(n, ast.ImportFrom) and (n.level or (n.module or "").startswith("genrefusion"))
+            if internal and "#" not in lines[n.lineno - 1] and not lines[n.lineno - 2].strip().startswith("#"):
+                found.append(n.lineno)
+    return sorted(set(found))
+
+
+def test_the_import_check_finds_an_unexplained_local_import():
+    src = "def f():\n    from .a import b\n    from .c import d  # lazy: c imports torch\n    import json\n"
+    assert unexplained_local_imports(src) == [2]
+
+
+def test_internal_imports_are_at_the_top_unless_a_comment_says_why():
+    found = [f"{path.relative_to(REPO)}:{line}" for path in MODULES.values()
+             for line in unexplained_local_imports(path.read_text(encoding="utf-8"))]
+    assert not found, f"imports inside functions with no comment saying why: {found}"
+
+
 def test_no_import_error_is_swallowed():
     """An optional dependency that is missing must be an error that says so, never a silently skipped feature."""
     silent = []

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from .atomic import write_text
 
 # The precisions features are computed at (the encoders' autocast; fp32: none), the one vocabulary: a request may
 # also be "auto" (CHOICES["precision"], resolved per encoder by features.FeatureSpec.precision_for), a recorded
@@ -290,6 +291,4 @@ def load_config(path: str | Path | None = None, preset: str | None = None,
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    from .atomic import write_text
-
     write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -10,9 +10,12 @@ import time
 from pathlib import Path
 
 from ..config import CHOICES, load_config, parse_override
-from ..data.loader import DataError, DataSpec
+from ..data.catalog import ALLOW_OUTSIDE_POSTERS_ENV, ALLOW_OUTSIDE_POSTERS_OPTION, outside_posters_allowed
 from ..data.download import DownloadError
-from ..training.tracking import DEFAULT_EXPERIMENT, TRACKERS
+from ..data.loader import DataError, DataSpec
+from ..data.modalities import SPECS
+from ..data.summary import data_summary, format_data_line, format_summary
+from ..training.tracking import DEFAULT_EXPERIMENT, TRACKERS, open_tracker, tracked_experiment
 
 
 def _add_data_options(p: argparse.ArgumentParser, split_default: str = "official") -> None:
@@ -32,8 +35,6 @@ READS_DATA = ("features", "train", "grid", "evaluate", "robustness", "distill", 
 
 
 def add_outside_posters_option(p: argparse.ArgumentParser) -> None:
-    from ..data.catalog import ALLOW_OUTSIDE_POSTERS_ENV, ALLOW_OUTSIDE_POSTERS_OPTION
-
     if ALLOW_OUTSIDE_POSTERS_OPTION in p._option_string_actions:  # the command added it itself
         return
     p.add_argument(ALLOW_OUTSIDE_POSTERS_OPTION, action="store_true",
@@ -48,8 +49,6 @@ def _data_spec(args) -> DataSpec:
 
 
 def cmd_data_summary(args) -> int:
-    from ..data.summary import data_summary, format_summary
-
     ds = _data_spec(args).load()
     summary = data_summary(ds)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
@@ -57,10 +56,8 @@ def cmd_data_summary(args) -> int:
 
 
 def cmd_features(args) -> int:
-    from ..encoders import check_encoder_use
-    from ..features.cache import dataset_features
-    from ..data.modalities import SPECS
-    from ..data.summary import data_summary, format_data_line
+    from ..encoders import check_encoder_use  # lazy: keeps cli.commands free of torch
+    from ..features.cache import dataset_features  # lazy: keeps cli.commands free of safetensors, torch
     from ..features.spec import FeatureSpec  # here: it imports torch, which the parser must not
 
     for name, modality in ((args.text, "text"), (args.image, "image")):  # --sequences from a pooled-only encoder
@@ -194,8 +191,7 @@ PLUGIN_MODULES: tuple[str, ...] = ("genrefusion.cli.report", "genrefusion.cli.pr
 
 
 def cmd_train(args) -> int:
-    from ..distributed import is_main
-    from ..training.tracking import open_tracker, tracked_experiment
+    from ..distributed import is_main  # lazy: keeps cli.commands free of torch
 
     cfg = load_config(args.config, args.preset, args.overrides)
     if not cfg.data:
@@ -212,7 +208,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from ..evaluation.compare import compare, format_comparison
+    from ..evaluation.compare import compare, format_comparison  # lazy: keeps cli.commands free of scipy, sklearn
 
     result = compare(args.run_a, args.run_b, n_boot=args.n_boot, seed=args.seed, ensemble=args.ensemble)
     print(json.dumps(result, indent=2) if args.json else format_comparison(result))
@@ -250,13 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     # Under torchrun (WORLD_SIZE > 1): join the process group; every rank runs the command, only rank 0 prints
     # (errors still show). Otherwise torch is not imported here: not for --help, not for an exported model.
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
-        from ..distributed import init_from_env, is_main
+        from ..distributed import init_from_env, is_main  # lazy: keeps cli.commands free of torch
 
         if init_from_env() and not is_main():
             sys.stdout = open(os.devnull, "w")
     try:
         if getattr(args, "allow_outside_posters", False):  # for whichever function reads the catalog
-            from ..data.catalog import outside_posters_allowed
 
             with outside_posters_allowed(True):
                 return args.func(args)

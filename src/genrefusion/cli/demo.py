@@ -24,8 +24,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..atomic import write_text
 from ..config import CHOICES
 from ..data.loader import DataSpec
+from ..evaluation.report import write_report
+from ..evaluation.runs import read_grid
 from .commands import grid_data
 
 if TYPE_CHECKING:  # a type only: the parser imports this module, and the grid imports torch
@@ -75,8 +78,7 @@ def side_by_side(thesis: dict[str, Any], recommended: dict[str, Any]) -> tuple[s
 
 def best_model(grid_dirs: dict[str, Path]) -> dict[str, Any]:
     """The run with the best validation score (grid.validation_score) over every row and seed of the grids."""
-    from ..training.grid import validation_score
-    from ..evaluation.runs import read_grid
+    from ..training.grid import validation_score  # lazy: keeps cli.demo free of safetensors, scipy, sklearn, torch
 
     best = None
     for name, d in grid_dirs.items():
@@ -116,9 +118,7 @@ def run_demo(grid: GridSpec, out: str | Path | None = None, log: Callable[[str],
     (table, reading, best model, commands) and the folders. `grid` says what both grids share (the data, the
     seeds, the cache, the slot and config overrides), so both recipes see the same encoders and changes; the
     demo sets each one's preset, fused slots, folder and report link."""
-    from ..atomic import write_text
-    from ..training.grid import AUTO, run_grid
-    from ..evaluation.report import write_report
+    from ..training.grid import AUTO, run_grid  # lazy: keeps cli.demo free of safetensors, scipy, sklearn, torch
 
     t0 = time.perf_counter()
     out = Path(out) if out else Path("runs") / f"demo-{datetime.now():%Y%m%d-%H%M%S}"

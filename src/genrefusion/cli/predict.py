@@ -9,9 +9,18 @@ import json
 import sys
 from pathlib import Path
 
+from ..data.loader import load_catalog
 from ..inference.catalog import predict_catalog
-from ..inference.inputs import (MAX_IMAGE_PIXELS, MAX_PLOT_CHARS, InputError, InputTooLarge, UnsupportedInput,  # noqa: F401
-                     check_plot, decode_poster, poster_decode_pixels)
+from ..inference.inputs import (  # noqa: F401
+    MAX_IMAGE_PIXELS,
+    MAX_PLOT_CHARS,
+    InputError,
+    InputTooLarge,
+    UnsupportedInput,
+    check_plot,
+    decode_poster,
+    poster_decode_pixels,
+)
 from ..inference.predictor import Predictor, load_model
 
 __all__ = ["MAX_IMAGE_PIXELS", "MAX_PLOT_CHARS", "InputError", "InputTooLarge", "Predictor", "UnsupportedInput",
@@ -52,8 +61,6 @@ def cmd_predict(args) -> int:
 def _predict_catalog(predictor: Predictor, args) -> int:
     """A CSV/JSONL catalog (data.load_catalog's format; labels optional) -> one prediction per movie, through
     inference.catalog.predict_catalog: resumable with --output, shared between the ranks under torchrun."""
-    from ..data.loader import load_catalog
-
     ds = load_catalog(args.input, strict=args.strict, require_labels=False,
                       allow_outside_posters=getattr(args, "allow_outside_posters", False) or None)
     if args.batch_size is not None:

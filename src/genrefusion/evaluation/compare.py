@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .metrics import tune_thresholds
 from .runs import Predictions, find_runs, metric, read_metrics, read_predictions
 from .stats import paired_bootstrap
 
@@ -33,8 +34,6 @@ def model_predictions(path: str | Path, ensemble: bool = False) -> dict[str, Any
     out: dict[str, Any] = {"ids": test[0].ids, "labels": test[0].labels, "runs": [str(r) for r in runs],
                            "probs": [t.probs for t in test], "thresholds": [t.thresholds for t in test]}
     if ensemble:
-        from .metrics import tune_thresholds
-
         val = _same_movies(runs, "val")
         modes = {metric(read_metrics(r), "threshold_mode", r) for r in runs}
         if len(modes) != 1:

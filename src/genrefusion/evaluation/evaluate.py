@@ -25,8 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..data.labels import GENRES
 from ..data.loader import DataError, DataSpec
+from ..data.modalities import spec
+from ..data.summary import skipped_record
 from ..inference.base import NonFiniteOutputError
+from ..inference.predictor import Predictor
+from .runs import MODEL_DIR
 
 if TYPE_CHECKING:  # a type only: the CLI parser imports this module, and features.spec imports torch
     from ..features.spec import FeatureSpec
@@ -38,8 +43,7 @@ MAX_NAMED = 50  # unscorable movies named in the result (all are counted)
 
 def model_folder(path: str | Path) -> Path:
     """A model folder, or a run folder holding one in model/."""
-    from ..inference.checkpoint import META_FILE
-    from .runs import MODEL_DIR
+    from ..inference.checkpoint import META_FILE  # lazy: keeps evaluation.evaluate free of safetensors, torch
 
     path = Path(path)
     inner = path / MODEL_DIR
@@ -78,8 +82,7 @@ def load_labelled(data: str | Path, split: str, cfg: dict[str, Any], modalities:
 
 def unscorable_reason(predictor, movie) -> str | None:
     """Why `predictor` cannot score `movie` (None when it can): scoring.missing_reason on the movie's fields."""
-    from ..data.modalities import spec
-    from .scoring import missing_reason
+    from .scoring import missing_reason  # lazy: keeps evaluation.evaluate free of safetensors, torch
 
     return missing_reason(predictor, {m: spec(m).present(movie) for m in predictor.modalities})
 
@@ -88,15 +91,15 @@ def model_probabilities(predictor, dataset, features: FeatureSpec | None = None)
     """(N, G) probabilities of every movie of `dataset` (all scorable) and, per modality, how many were encoded
     now (the rest came from the cache): scoring's batched path, through the feature cache (made as `features`
     says, default FeatureSpec(progress=False))."""
-    from .scoring import cached_inputs, probabilities
+    from .scoring import cached_inputs, probabilities  # lazy: keeps evaluation.evaluate free of safetensors, torch
 
     inputs = cached_inputs(predictor, dataset, features)
     return probabilities(predictor, inputs), {m: x.encoded_now for m, x in inputs.items()}
 
 
 def _scores(y: np.ndarray, probs: np.ndarray, thresholds, genres, n_boot: int, seed: int) -> dict[str, Any]:
-    from .metrics import compute_metrics
-    from .stats import bootstrap_interval
+    from .metrics import compute_metrics  # lazy: keeps evaluation.evaluate free of scipy, sklearn
+    from .stats import bootstrap_interval  # lazy: keeps evaluation.evaluate free of scipy, sklearn
 
     out = {"metrics": compute_metrics(y, probs, thresholds, genres),
            "metrics_at_0.5": compute_metrics(y, probs, 0.5, genres)}
@@ -112,11 +115,8 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", modalitie
     """Score a saved model (and optionally a second one, paired) on the labelled movies of `data`; see the module
     docstring. `features`: where the feature cache is and whether progress shows (default:
     FeatureSpec(progress=False)). Returns a JSON-able dict."""
-    from ..data.labels import GENRES
     from ..features.spec import FeatureSpec  # here: it imports torch, and the CLI parser imports this module
-    from ..inference.predictor import Predictor
-    from .stats import paired_bootstrap
-    from ..data.summary import skipped_record
+    from .stats import paired_bootstrap  # lazy: keeps evaluation.evaluate free of scipy, sklearn
 
     if n_boot < 0:
         raise ValueError(f"--bootstrap must be >= 0, got {n_boot}")
@@ -179,7 +179,7 @@ def evaluate(model: str | Path, data: str | Path, split: str = "test", modalitie
 
 
 def format_evaluation(r: dict[str, Any]) -> str:
-    from .metrics import DISPLAY_NAMES
+    from .metrics import DISPLAY_NAMES  # lazy: keeps evaluation.evaluate free of scipy, sklearn
 
     m, m05 = r["metrics"], r["metrics_at_0.5"]
     lines = [f"model: {r['model']}", f"data:  {r['data']}  ({SPLIT_NAMES[r['split']]} split, {r['split_mode']}, "

@@ -35,6 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import atomic, files
+from ..config import save_config
 from ..data.labels import GENRES
 
 CONFIG_FILE, METRICS_FILE, MODEL_DIR = "config.yaml", "metrics.json", "model"
@@ -102,8 +103,7 @@ def write_run(run_dir: str | Path, cfg, metrics: dict[str, Any], model, encoders
     metrics.json comes last, so a folder with a metrics.json is complete. `encoders`: per modality the record of
     fingerprints.encoder_record, as checkpoint.save_model takes it; `model_extra`: further model.json entries
     (checkpoint.save_model's `extra`, e.g. a distilled model's "teacher")."""
-    from ..inference.checkpoint import save_model
-    from ..config import save_config
+    from ..inference.checkpoint import save_model  # lazy: keeps evaluation.runs free of safetensors, torch
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -122,8 +122,6 @@ def write_data_summary(grid_dir: str | Path, summary: dict[str, Any]) -> Path:
 
 def write_grid(grid_dir: str | Path, cfg, grid: dict[str, Any], tables: str) -> Path:
     """The grid folder's own files once every run is written: config.yaml, tables.txt and grid.json (last)."""
-    from ..config import save_config
-
     grid_dir = Path(grid_dir)
     save_config(cfg, grid_dir / CONFIG_FILE)
     atomic.write_text(grid_dir / TABLES_FILE, tables + "\n")
@@ -133,8 +131,6 @@ def write_grid(grid_dir: str | Path, cfg, grid: dict[str, Any], tables: str) -> 
 def write_crossval(cv_dir: str | Path, cfg, result: dict[str, Any], tables: str) -> Path:
     """A cross-validation folder's own files once every fold's run is written: config.yaml, tables.txt and
     crossval.json (last)."""
-    from ..config import save_config
-
     cv_dir = Path(cv_dir)
     save_config(cfg, cv_dir / CONFIG_FILE)
     atomic.write_text(cv_dir / TABLES_FILE, tables + "\n")

@@ -30,9 +30,11 @@ import torch
 
 from .. import atomic
 from ..config import CHOICES
-from . import fingerprints
 from ..files import read_json_object, sha256_file
 from ..paths import encoder_folder
+from . import fingerprints
+from .onnx_graphs import encoder_wrapper, trace
+from .precision import backend_for
 
 BACKENDS = CHOICES["feature_backend"]  # auto, torch, onnxruntime
 OPSET = 17
@@ -79,8 +81,6 @@ def resolve_backend(backend: str | None, encoder, precision: str, sequences: boo
             raise BackendError(f"feature backend onnxruntime cannot encode with {encoder.name!r}: {why_not}")
         return "torch"
     if backend == "auto":
-        from .precision import backend_for
-
         return backend_for(encoder.name)
     return backend
 
@@ -117,8 +117,6 @@ def graph_dir(encoder, companions: tuple, cache_root: Path) -> Path:
 
 def _trace(encoder, companions: tuple, folder: Path, probe: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Trace the encoder (and companions) into folder/encoder.onnx, atomically, with graph.json beside it."""
-    from .onnx_graphs import encoder_wrapper, trace
-
     names = list(probe)
     axes = {0: "batch", 1: "length"} if encoder.modality == "text" else {0: "batch"}
     outputs = ["pooled"] + [f"companion_{i}" for i in range(len(companions))]

@@ -20,6 +20,7 @@ import json
 from typing import Any, Iterable
 
 from ..config import PRECISIONS
+from .precision import choose
 
 
 def sha256_json(obj: Any) -> str:
@@ -42,7 +43,6 @@ def resolve_precision(precision: str | None, device, encoders: Iterable[str] = (
     encoders = list(encoders)
     if not encoders:
         return "fp32"
-    from .precision import choose
 
     return choose(encoders)
 

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .inputs import InputError
+from ..data.languages import script_warnings
 from ..data.modalities import spec
+from .inputs import InputError
 
 PROBE_PLOT = "A detective hunts a killer through the dark streets of a city at night."
 
@@ -83,8 +84,6 @@ class PredictorBase:
     def warnings(self, plot: str | None) -> list[dict[str, str]]:
         """What a prediction from this plot should be read with: a plot mostly in a script the text encoder
         cannot read (languages.script_warnings)."""
-        from ..data.languages import script_warnings
-
         if "text" not in self.modalities:
             return []
         return script_warnings(plot, self.languages, self.meta["encoders"]["text"]["name"])

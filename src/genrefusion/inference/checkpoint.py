@@ -38,13 +38,16 @@ import numpy as np
 import torch
 from safetensors.torch import load as load_safetensors
 
-from ..features import fingerprints
 from ..atomic import save_safetensors, staging_dir
 from ..config import Config
-from ..files import read_json_object
 from ..data.labels import GENRES
+from ..encoders import encoder_languages
+from ..features import fingerprints
+from ..files import read_json_object
+from ..fusion import create_model
 from ..version import __version__
 from .integrity import FIELDS_KEY, check_fields, seal
+from .modelcard import CARD_FILE, model_card
 
 FORMAT_VERSION = 2
 META_FILE, WEIGHTS_FILE = "model.json", "model.safetensors"
@@ -67,8 +70,6 @@ def save_model(directory: str | Path, model: torch.nn.Module, cfg: Config, thres
     folder saved outside a run, whose card says that no evaluation was recorded). `extra`: further JSON-able
     entries for model.json that loading does not need (a distilled model's "teacher"); they may not replace one
     of the format's own keys."""
-    from .modelcard import CARD_FILE, model_card
-
     for m, record in encoders.items():
         fingerprints.check_record(record, f"save_model: the {m} encoder record")
     clash = sorted(set(extra or {}) & {"format", "model", "genres", "thresholds", "weights_sha256", "encoders",
@@ -100,7 +101,6 @@ def _with_languages(modality: str, record: dict[str, Any]) -> dict[str, Any]:
     users (its card, GET /model, the script warnings) can read it from the folder alone."""
     if modality != "text" or "languages" in record:
         return record
-    from ..encoders import encoder_languages
 
     return {**record, "languages": encoder_languages(record["name"])}
 
@@ -163,8 +163,6 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 
 def _build(meta: dict, path: Path) -> torch.nn.Module:
-    from ..fusion import create_model
-
     cfg = dict(meta["model"])
     name = cfg.pop("name")
     if isinstance(cfg.get("head_dropout"), list):

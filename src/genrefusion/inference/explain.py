@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .inputs import InputError
+
 EXPLAIN_STEPS = 16  # integrated-gradients steps: the attributions' order is stable from ~8; 16 keeps it ~1 s
 
 
@@ -33,8 +35,6 @@ def explain(predictor, poster: Image.Image | None, plot: str | None, genre: str 
             steps: int = EXPLAIN_STEPS) -> dict[str, Any]:
     """Explain the prediction of `genre` for one movie (default: its most probable predicted genre)."""
     import torch
-
-    from .inputs import InputError
 
     if predictor.exported:
         raise ValueError(f"{predictor.directory}: an exported (ONNX) model cannot be explained: Grad-CAM and "
@@ -106,7 +106,7 @@ def word_attributions(predictor, plot: str, base: dict, target: int, steps: int 
     import torch
     from captum.attr import LayerIntegratedGradients
 
-    from ..encoders import TextEncoder
+    from ..encoders import TextEncoder  # lazy: keeps inference.explain free of torch
 
     enc = predictor.encoders["text"]
     if not isinstance(enc, TextEncoder):  # no embeddings to integrate gradients over (an encoder outside torch)
@@ -186,7 +186,7 @@ def sentence_occlusion(predictor, plot: str, base: dict, target: int) -> dict[st
     n + 1 encodings; for encoders without gradients, whose word embeddings cannot be integrated over."""
     import torch
 
-    from ..encoders import FrozenTextEncoder
+    from ..encoders import FrozenTextEncoder  # lazy: keeps inference.explain free of torch
 
     enc = predictor.encoders["text"]
     spans = sentence_spans(plot)[:MAX_OCCLUDED]

@@ -24,9 +24,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..atomic import staging_dir
+from ..data.loader import load_dataset
+from ..data.posters import load_poster
 from ..features.onnx_graphs import encoder_wrapper, trace
+from ..version import __version__
 from .integrity import seal
-from .onnx_predictor import EXPORT_FORMAT, FUSION_OUTPUTS, HEAD_FILE, KIND, MANIFEST, sha256_file
+from .onnx_predictor import EXPORT_FORMAT, FUSION_OUTPUTS, HEAD_FILE, KIND, MANIFEST, OnnxPredictor, sha256_file
+from .predictor import Predictor
 
 DEFAULT_OPSET = 17
 DEFAULT_TOLERANCE = 1e-3
@@ -58,7 +63,7 @@ def _export_part(part, m: str, i: int, tmp: Path, sequences: bool, opset: int) -
     """One encoder (part) -> <m>.<i>.onnx (+ its tokenizer), and its record in export.json."""
     import torch
 
-    from ..encoders import ImageEncoder, TextEncoder
+    from ..encoders import ImageEncoder, TextEncoder  # lazy: keeps inference.export free of torch
 
     stem = f"{m}.{i}"
     record: dict[str, Any] = {"kind": part.modality, "name": part.name, "file": f"{stem}.onnx", "dim": int(part.dim)}
@@ -186,9 +191,6 @@ def _check_items(predictor, check_data: str | None, count: int) -> tuple[list, l
     from PIL import Image
 
     if check_data:
-        from ..data.loader import load_dataset
-        from ..data.posters import load_poster
-
         plot_mode = predictor.meta["config"].get("plot_mode", "join")
         movies = list(load_dataset(check_data, plot_mode=plot_mode).movies)[:count]
         if not movies:
@@ -243,11 +245,6 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, *, opset: int = DEFA
     import onnx
     import onnxruntime
     import torch
-
-    from ..version import __version__
-    from ..atomic import staging_dir
-    from .onnx_predictor import OnnxPredictor
-    from .predictor import Predictor
 
     t0 = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)

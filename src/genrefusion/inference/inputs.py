@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from PIL import Image
 
+from ..data.posters import DECODE_SIDE, POSTER_FORMATS, PosterError
 from ..data.posters import MAX_POSTER_PIXELS as MAX_IMAGE_PIXELS  # PIL only: cheap to import
+from ..data.posters import decode_poster as decode
 from ..data.visible import is_blank  # the service's schema pattern is the same rule (not_blank_pattern)
 
 MAX_PLOT_CHARS = 20_000  # MM-IMDb's longest plot is ~13k characters; the encoders read at most 512 tokens anyway
@@ -41,9 +43,6 @@ def decode_poster(data: bytes, name: str = "poster", max_pixels: int = MAX_IMAGE
     """Bytes of an uploaded poster -> RGB image, decoded by the one poster decoder (posters.decode_poster: the
     declared size is checked before decoding, so a decompression bomb is refused without allocating it). Its
     PosterError becomes the InputError (with an HTTP status) the service answers with."""
-    from ..data.posters import PosterError
-    from ..data.posters import decode_poster as decode
-
     try:
         return decode(data, name, max_pixels=max_pixels)
     except PosterError as e:
@@ -56,8 +55,6 @@ def poster_decode_pixels(data: bytes) -> int:
     declared size, or for a JPEG the size draft mode decodes it at (posters.decode_poster). 0 when the header
     cannot be read: decode_poster then refuses the file with the reason. The service budgets decoding by this."""
     import io
-
-    from ..data.posters import DECODE_SIDE, POSTER_FORMATS
 
     try:
         with Image.open(io.BytesIO(data), formats=POSTER_FORMATS) as img:

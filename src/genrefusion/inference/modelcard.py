@@ -16,6 +16,8 @@ from typing import Any, Mapping
 
 import yaml
 
+from ..config import describe_preset
+
 CARD_FILE = "README.md"
 # The test metrics the front matter lists (model-index): (metrics.json key, model-index type, shown name).
 CARD_METRICS = (("f1_macro", "f1", "F1 macro"), ("f1_micro", "f1", "F1 micro"), ("f1_weighted", "f1", "F1 weighted"),
@@ -84,8 +86,6 @@ def _encoder_line(modality: str, rec: Mapping[str, Any]) -> dict[str, Any]:
 def front_matter(meta: Mapping[str, Any], metrics: Mapping[str, Any] | None) -> dict[str, Any]:
     """The YAML header: what a model hub indexes (library, tags, languages, model-index with the test scores) and the
     genrefusion facts (fusion, encoders, training data and its fingerprint, preset, thresholds, teacher)."""
-    from ..config import describe_preset
-
     cfg = meta.get("config", {})
     modalities = [m for m in ("text", "image") if m in meta.get("encoders", {})]
     fusion = meta["model"]["name"]

@@ -24,7 +24,9 @@ import numpy as np
 from PIL import Image
 
 from ..data.modalities import spec
+from ..features.fingerprints import autocast, differences, encoder_record, identity_sha256, same_features
 from .base import PredictorBase, check_logits
+from .onnx_predictor import OnnxPredictor, is_exported
 
 
 class Predictor(PredictorBase):
@@ -36,8 +38,10 @@ class Predictor(PredictorBase):
     def __init__(self, directory: str | Path, device: str = "cpu", cache_root: Path | None = None):
         import torch
 
+        from ..encoders import EncoderOptionError, create_encoder  # lazy: keeps inference.predictor free of torch
+
+        # lazy: keeps inference.predictor free of safetensors, torch
         from .checkpoint import META_FILE, ModelFolderError, load_head
-        from ..encoders import EncoderOptionError, create_encoder
 
         self.directory = Path(directory)
         self.head, self.meta = load_head(self.directory)  # verified: weights, shapes, thresholds, encoder records
@@ -79,8 +83,6 @@ class Predictor(PredictorBase):
         checkpoint behind the same name would silently shift every prediction), and learn the precision each
         modality's features were computed at. `self.meta` then records each encoder's fingerprint as it is here
         (the same features; a path the folder recorded for the weights is left out)."""
-        from ..features.fingerprints import differences, encoder_record, identity_sha256, same_features
-
         for m in self.modalities:
             rec = self.meta["encoders"][m]  # its hash was checked against its fingerprint on loading
             got = self.encoders[m].fingerprint()  # hashes the weight files (once per process)
@@ -99,8 +101,6 @@ class Predictor(PredictorBase):
         the pooled vectors (n, D) float32 on the CPU, and per item its token/patch sequence when the head reads
         sequences (else None). Call under `self.lock`."""
         import torch
-
-        from ..features.fingerprints import autocast
 
         enc = self.encoders[modality]
         with torch.set_grad_enabled(grad), autocast(self.device, self.precision[modality]):
@@ -134,7 +134,7 @@ class Predictor(PredictorBase):
         huge padded batch). Call under `self.lock`."""
         import torch
 
-        from ..fusion.batching import modality_inputs
+        from ..fusion.batching import modality_inputs  # lazy: keeps inference.predictor free of torch
 
         n = len(posters)
         items_of = self._items(posters, plots)
@@ -183,8 +183,6 @@ def load_model(directory: str | Path, device: str = "cpu", cache_root: Path | No
     """Restore a saved model folder (a run's `model/`) as a ready-to-use Predictor (its offline weights built
     under `cache_root`, see Predictor). A folder written by `genrefusion export --format onnx` is run with
     onnxruntime instead, without importing torch (exported.py)."""
-    from .onnx_predictor import OnnxPredictor, is_exported
-
     if is_exported(directory):
         return OnnxPredictor(directory, device=device)
     return Predictor(directory, device=device, cache_root=cache_root)

@@ -33,10 +33,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..config import parse_override
-from ..data.loader import DataError, DataSpec, Movie, MovieDataset
+from ..config import Config, apply_overrides, parse_override
+from ..data.loader import DataError, DataSpec, Movie, MovieDataset, load_catalog, load_mmimdb
 from ..data.modalities import spec
 from ..data.records import id_key
+from ..data.summary import data_summary, format_data_line
 
 DEFAULT_ALPHA = 0.5
 DEFAULT_TEMPERATURE = 1.0
@@ -89,7 +90,7 @@ def agreement(student: np.ndarray, teacher: np.ndarray, student_thr, teacher_thr
     """How close a student's probabilities are to its teacher's on the same movies: the cross-entropy against the
     teacher's probabilities (BCE, the soft loss at T=1), the mean absolute difference, and the share of
     (movie, genre) decisions, each at its own thresholds, that agree."""
-    from ..evaluation.metrics import binarize
+    from ..evaluation.metrics import binarize  # lazy: keeps training.distill free of scipy, sklearn
 
     s = np.clip(np.asarray(student, dtype=np.float64), _CLIP, 1 - _CLIP)
     t = np.asarray(teacher, dtype=np.float64)
@@ -101,8 +102,6 @@ def agreement(student: np.ndarray, teacher: np.ndarray, student_thr, teacher_thr
 
 # -- unlabelled movies ------------------------------------------------------------------------------------------
 def _read_source(path: Path, strict: bool, plot_mode: str) -> MovieDataset:
-    from ..data.loader import load_catalog, load_mmimdb
-
     if not path.exists():
         raise DataError(f"{path}: unlabelled data does not exist (expected an MM-IMDb folder or a .csv/.tsv/.jsonl "
                         "catalog)")
@@ -154,8 +153,6 @@ def student_config(teacher_config: dict[str, Any], text_encoder: str, image_enco
                    overrides: Sequence[str] | dict[str, Any] = (), data: str | None = None):
     """The teacher's config (its recipe, data and split) with the student's encoders and data, then the
     overrides."""
-    from ..config import Config, apply_overrides, parse_override
-
     fields = {f.name for f in dataclasses.fields(Config)}
     base = apply_overrides(Config(), {k: v for k, v in teacher_config.items() if k in fields}, "the teacher's config")
     # threshold_source=val: out-of-fold heads would learn the labels, not the teacher (experiment.run_experiment)
@@ -180,8 +177,6 @@ def _labelled_data(tch, cfg, log) -> MovieDataset:
     """The labelled dataset of the student's config; it must be the data the teacher was trained and tested on
     (its runs' data fingerprint), else the student's test movies could be ones the teacher trained on and the two
     test scores would not be comparable."""
-    from ..data.summary import data_summary, format_data_line
-
     ds = DataSpec.from_config(cfg).load()
     log(format_data_line(data_summary(ds), cfg.modalities))
     recorded = tch.data_fingerprints()
@@ -199,8 +194,9 @@ def _labelled_data(tch, cfg, log) -> MovieDataset:
 def _teacher_scores(tch, cfg, labels: np.ndarray, probs: np.ndarray, splits: dict[str, list[int]]) -> dict:
     """The teacher's thresholds and test metrics on the student's splits: a single model's own thresholds; an
     ensemble's tuned, in its runs' threshold mode, on its mean VALIDATION probabilities (as compare --ensemble)."""
+    # lazy: keeps training.distill free of scipy, sklearn
     from ..evaluation.metrics import compute_metrics, tune_thresholds
-    from .teacher import RECORD_METRICS
+    from .teacher import RECORD_METRICS  # lazy: keeps training.distill free of safetensors, torch
 
     if len(tch.members) == 1:
         thr = np.asarray(tch.members[0].meta["thresholds"], dtype=np.float64)
@@ -243,8 +239,8 @@ def run_distill(teacher: str | Path, text_encoder: str = "minilm-l6", image_enco
     """Distil `teacher` into a student (see the module docstring). `data` and `cache_dir` set the student
     config's keys of the same name (before `overrides`). `out` is the student's run folder (one seed) or holds
     its seed-<n>/ run folders. Returns a summary: the teacher's record and each seed's run and metrics."""
-    from .experiment import load_features, model_modalities  # here: the CLI parser imports this module
     from ..features.spec import FeatureSpec  # here: it imports torch
+    from .experiment import load_features, model_modalities  # here: the CLI parser imports this module
     from .teacher import load_teacher  # here: it imports torch
 
     log = log or (lambda _: None)
@@ -359,7 +355,7 @@ def format_unlabelled(unl: dict[str, Any]) -> str:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    from ..evaluation.stats import seed_summary
+    from ..evaluation.stats import seed_summary  # lazy: keeps training.distill free of scipy, sklearn
 
     def show(v) -> str:
         return f"{v['mean']:.4f} ± {v['std']:.4f}" if isinstance(v, dict) else f"{v:.4f}"

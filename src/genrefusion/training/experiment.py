@@ -18,23 +18,27 @@ import numpy as np
 import torch
 
 from ..atomic import check_writable
-from ..version import __version__
-from ..features import fingerprints
-from . import workers
-from ..fusion.batching import FeatureBatches
 from ..config import Config
+from ..data.labels import GENRES
 from ..data.loader import DataSpec, MovieDataset
+from ..data.modalities import MODALITIES, spec
+from ..data.summary import data_summary, format_data_line, skipped_record
 from ..distributed import is_main, resolve_device
+from ..encoders import check_encoder_use
+from ..evaluation.metrics import compute_metrics, tune_thresholds
+from ..evaluation.runs import (
+    Predictions,
+    save_predictions,  # noqa: F401  (public here since before runs.py)
+    write_run,
+)
+from ..features import fingerprints
 from ..features.cache import FeatureTable, dataset_features
 from ..features.spec import FeatureSpec
 from ..fusion import create_model, get_model_spec
-from ..data.labels import GENRES
+from ..fusion.batching import FeatureBatches
 from ..fusion.losses import create_loss, pos_weight_from_labels
-from ..evaluation.metrics import compute_metrics, tune_thresholds
-from ..data.modalities import MODALITIES, spec
-from ..evaluation.runs import Predictions, write_run
-from ..evaluation.runs import save_predictions  # noqa: F401  (public here since before runs.py)
-from ..data.summary import data_summary, format_data_line, skipped_record
+from ..version import __version__
+from . import workers
 from .train import TrainResult, encoder_precision, fit, predict, seed_everything
 
 ANALYSIS_KEYS = ("gate", "modality_weights", "alpha")  # GMU image share, attention weights, late-fusion a
@@ -62,8 +66,6 @@ def encoder_name(cfg: Config, modality: str) -> str:
 def check_encoders(cfg: Config, modalities: tuple[str, ...], sequences: bool) -> None:
     """Refuse, before any data is read or encoded, a run that asks an encoder for what it cannot give: a token
     sequence (cross_attention=sequence) or gradients (finetune=true), e.g. the frozen multilingual encoders."""
-    from ..encoders import check_encoder_use
-
     finetune = cfg.mode == "end-to-end" and cfg.finetune
     for m in modalities:
         check_encoder_use(encoder_name(cfg, m), m, sequences=sequences, finetune=finetune)

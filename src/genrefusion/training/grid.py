@@ -17,21 +17,21 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..evaluation import runs
 from .. import atomic
-from . import tracking, workers
 from ..config import Config, load_config, parse_override
 from ..data.loader import DataSpec
+from ..data.modalities import spec
 from ..data.summary import data_summary, format_data_line
 from ..distributed import is_main, resolve_device
 from ..encoders.concat import SEPARATOR
-from ..features.spec import FeatureSpec
-from .experiment import build_model, check_encoders, load_features, reads_sequences
-from ..evaluation.metrics import format_table
-from ..data.modalities import spec
+from ..evaluation import runs
+from ..evaluation.metrics import cross_fitted_f1, format_table
 from ..evaluation.report import write_report
 from ..evaluation.stats import mean_std
 from ..evaluation.thesis import FUSION_IMAGE_SLOT, FUSION_TEXT_SLOT, ROWS, SLOTS, Row
+from ..features.spec import FeatureSpec
+from . import tracking, workers
+from .experiment import build_model, check_encoders, load_features, reads_sequences
 
 AUTO = "auto"  # fuse=("auto",): fuse the slots validation chooses
 
@@ -371,8 +371,6 @@ def validation_score(run_dir: str | Path) -> float:
     """A run's macro-F1 on VALIDATION, honest for tuned thresholds: they are cross-fitted (tuned on one half of
     the validation movies, scored on the other, both ways: metrics.cross_fitted_f1), since thresholds tuned on
     all of validation would flatter the models whose thresholds are tuned over those whose are fixed."""
-    from ..evaluation.metrics import cross_fitted_f1
-
     val = runs.read_predictions(run_dir, "val")
     mode = runs.metric(runs.read_metrics(run_dir), "threshold_mode", run_dir)
     return float(cross_fitted_f1(val.labels, val.probs, mode)["f1_macro"])

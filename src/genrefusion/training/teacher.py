@@ -23,11 +23,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..data.labels import GENRES
+from ..data.modalities import spec
 from ..evaluation import runs
 from ..evaluation.scoring import model_features
+from ..features.cache import dataset_features
 from ..features.spec import FeatureSpec
+from ..fusion.batching import FeatureBatches
 from ..inference.checkpoint import META_FILE, read_meta
-from ..data.labels import GENRES
+from ..inference.predictor import Predictor
 
 # The scalar test metrics a teacher record carries (model.json stays small; metrics.json has everything).
 RECORD_METRICS = ("f1_macro", "f1_micro", "f1_weighted", "f1_samples", "hamming_accuracy", "map_macro")
@@ -91,7 +95,7 @@ class Teacher:
     def recorded_test(self) -> dict[str, Any] | None:
         """Its own test metrics as its runs recorded them: the values for one run, mean and std over a row's seeds
         (None for a bare model folder)."""
-        from ..evaluation.stats import seed_summary
+        from ..evaluation.stats import seed_summary  # lazy: keeps training.teacher free of scipy, sklearn
 
         tests = [m.metrics.get("test") for m in self.members if m.metrics]
         if not tests or len(tests) != len(self.members) or not all(isinstance(t, dict) for t in tests):
@@ -120,11 +124,7 @@ class Teacher:
         model trained only on movies with both never learned a stand-in for): its row is not a teacher signal."""
         import torch
 
-        from ..fusion.batching import FeatureBatches
-        from ..features.cache import dataset_features
-        from ..data.modalities import spec
-        from ..inference.predictor import Predictor
-        from .train import predict
+        from .train import predict  # lazy: keeps training.teacher free of scipy, sklearn
 
         features = FeatureSpec() if features is None else features
         indices = list(indices)

@@ -30,8 +30,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..version import __version__
 from ..evaluation import runs
+from ..version import __version__
 
 TRACKERS = ("mlflow", "tensorboard")
 DEFAULT_EXPERIMENT = "genrefusion"
@@ -295,7 +295,7 @@ def tracked_experiment(tracker: Tracker | None, cfg, run_dir: str | Path, parent
                        **kwargs: Any) -> dict[str, Any]:
     """experiment.run_experiment, tracked: the run starts before training, each epoch is logged as it ends, and
     the final metrics and the run folder once it is written."""
-    from .experiment import run_experiment
+    from .experiment import run_experiment  # lazy: keeps training.tracking free of safetensors, scipy, sklearn, torch
 
     name = cfg.name or Path(run_dir).name
     with maybe_run(tracker, name, cfg.to_dict(), run_dir, parent) as tracked:

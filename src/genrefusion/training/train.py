@@ -23,8 +23,9 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from .. import distributed
-from ..fusion.batching import FeatureBatches, pad_sequences  # noqa: F401  (public here since before batching.py)
 from ..config import Config
+from ..features.fingerprints import autocast
+from ..fusion.batching import FeatureBatches, pad_sequences  # noqa: F401  (public here since before batching.py)
 
 BatchFn = Callable[[torch.Tensor, bool], dict]
 AUX_LOGITS = ("text_logits", "image_logits")  # per-modality logits a model may return besides "logits"
@@ -70,8 +71,6 @@ def encoder_precision(device: torch.device) -> str:
 def _encoder_autocast(device: torch.device):
     """bf16 autocast around `batch_fn` on a GPU: end-to-end encoders run in mixed precision (slicing cached
     features is unaffected). The heads themselves always train in fp32."""
-    from ..features.fingerprints import autocast
-
     return autocast(device, encoder_precision(device))
 
 

@@ -30,11 +30,11 @@ Run, load_run = Grid, read_grid  # the names this package gave them before runs.
 
 def __getattr__(name: str):  # the heavier parts, on first use (PEP 562)
     if name == "not_benchmark_reasons":
-        from .reference import not_benchmark_reasons
+        from .reference import not_benchmark_reasons  # lazy: keeps evaluation.report free of scipy, sklearn
 
         return not_benchmark_reasons
     if name == "build_report":
-        from .sections import build_report
+        from .sections import build_report  # lazy: keeps evaluation.report free of scipy, sklearn
 
         return build_report
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -43,8 +43,9 @@ def __getattr__(name: str):  # the heavier parts, on first use (PEP 562)
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Any]:
     """Write RUN_DIR/report/{report.md, report.html, fig*.png} (or into `out_dir`). Returns
     {"markdown": path, "html": path, "charts": [paths]}."""
+    # lazy: evaluation.report.render, evaluation.report.render imports this module
     from .render import to_html, to_markdown
-    from .sections import build_report
+    from .sections import build_report  # lazy: keeps evaluation.report free of scipy, sklearn
 
     run = read_grid(run_dir)
     out = Path(out_dir) if out_dir else run.dir / "report"

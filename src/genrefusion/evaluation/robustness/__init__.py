@@ -23,8 +23,8 @@ __all__ = ["CORRUPTIONS", "DEFAULT_LEVELS", "run_robustness"]
 
 def run_robustness(model_dirs, data, out=None, **kwargs) -> dict:
     """measure.measure, then the page: returns {"result": ..., "json", "markdown", "html", "charts"}."""
-    from .measure import measure
-    from .page import write_page
+    from .measure import measure  # lazy: keeps evaluation.robustness free of safetensors, torch
+    from .page import write_page  # lazy: evaluation.robustness.page imports this module
 
     result = measure(model_dirs, data, **kwargs)
     out = Path(out) if out else Path("runs") / f"robustness-{time.strftime('%Y%m%d-%H%M%S')}"

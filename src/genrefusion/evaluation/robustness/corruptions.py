@@ -38,6 +38,8 @@ from typing import Any
 
 from PIL import Image, ImageEnhance, ImageFilter
 
+from ...data.posters import decode_poster
+
 MEAN_GREY = (124, 116, 104)  # ImageNet's mean colour: an occluded patch normalises to about zero
 TYPO_MIN_LETTERS = 3
 _SPACE = re.compile(r"(\s+)")
@@ -151,8 +153,6 @@ def jpeg_quality(level: float) -> int:
 
 def jpeg(img: Image.Image, level: float, rng: random.Random | None = None) -> Image.Image:
     """The poster saved as a JPEG at quality `jpeg_quality(level)` and decoded again by the one poster decoder."""
-    from ...data.posters import decode_poster
-
     if check_level(level) == 0:
         return img
     buf = io.BytesIO()

@@ -19,11 +19,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .. import scoring
 from ...data.loader import DataSpec
 from ...data.modalities import spec
+from ...data.summary import data_summary, format_data_line
 from ...features.spec import FeatureSpec
-from ...inference.predictor import Predictor
+from ...inference.predictor import Predictor, load_model
+from .. import runs, scoring
 from .corruptions import CORRUPTIONS, DEFAULT_LEVELS, Corruption, check_level, get_corruption, movie_rng
 
 SCORES = ("f1_macro", "f1_micro", "map_macro")  # of metrics.compute_metrics, at each model's own thresholds
@@ -45,8 +46,6 @@ class Model:
 
 def _run_label(directory: Path, predictor: Predictor) -> str:
     """The grid's row label when the model folder sits in a run folder that has one, else fusion [encoders]."""
-    from .. import runs
-
     try:
         metrics = runs.read_metrics(directory.parent)
     except (runs.RunFileMissing, runs.RunFolderError):
@@ -59,8 +58,6 @@ def _run_label(directory: Path, predictor: Predictor) -> str:
 
 def load_models(directories: Sequence[str | Path], cache_root: Path | None = None) -> list[Model]:
     """The saved models, each labelled for the charts; their offline weights built under `cache_root`."""
-    from ...inference.predictor import load_model
-
     if not directories:
         raise ValueError("no model given (--model DIR)")
     models: list[Model] = []
@@ -123,7 +120,7 @@ def relative_robustness(levels: Sequence[float], values: Sequence[float | None])
 
 
 def _scores(model: Model, y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    from ..metrics import compute_metrics
+    from ..metrics import compute_metrics  # lazy: keeps evaluation.robustness.measure free of scipy, sklearn
 
     m = compute_metrics(y, probs, model.predictor.thresholds, model.predictor.genres)
     return {k: m[k] for k in SCORES}
@@ -230,8 +227,6 @@ def measure(model_dirs: Sequence[str | Path], data: str | Path, split: str = "te
     """Score every model clean and under each corruption at each level; the JSON-able result page.py draws.
     `features`: how the clean inputs' features are made through the cache (default: FeatureSpec(progress=False));
     `progress`: a bar over the corrupted inputs encoded."""
-    from ...data.summary import data_summary, format_data_line
-
     t0 = time.perf_counter()
     chosen, levels = parse_corruptions(corruptions), parse_levels(levels)
     if limit is not None and limit < 1:

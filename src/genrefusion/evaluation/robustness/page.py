@@ -10,6 +10,7 @@ from typing import Any
 from ...atomic import write_json, write_text
 from ...files import read_json_object
 from ..report.blocks import Figure, Report, Table, Text, fmt
+from ..report.render import to_html, to_markdown
 
 RESULT_FILE = "robustness.json"
 KIND_STYLE = {"fusion": "-", "unimodal": "--"}
@@ -111,8 +112,6 @@ def build(result: dict[str, Any], out: Path) -> Report:
 
 def write_page(result: dict[str, Any], out: str | Path) -> dict[str, Any]:
     """Write robustness.json, the charts, robustness.md and robustness.html into `out`."""
-    from ..report.render import to_html, to_markdown
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / RESULT_FILE, result)
