@@ -1,6 +1,7 @@
 """What an adversarial pass broke (issue 27), each case pinned: a full disk, run names that escape `out`."""
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import uuid
 from pathlib import Path
@@ -31,17 +32,26 @@ def test_a_full_disk_is_an_oserror_naming_the_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # nothing half-written left behind
 
 
-@pytest.fixture
-def tiny_tmpfs(tmp_path):
-    """A 64 KiB tmpfs: a real full disk. Mounting needs root (CI runs as root); elsewhere the test is skipped."""
-    mount = tmp_path / "full"
+@contextlib.contextmanager
+def _tmpfs(mount: Path, options: str):
+    """A tmpfs mounted at `mount` for the block. Mounting needs root (CI runs as root); elsewhere the test is
+    skipped, counted as a skip with the reason."""
     mount.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", f"tmpfs-{uuid.uuid4().hex[:8]}", str(mount)],
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", options, f"tmpfs-{uuid.uuid4().hex[:8]}", str(mount)],
                          capture_output=True, text=True)
     if res.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip() or res.returncode}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=False)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 64 KiB tmpfs: a real full disk."""
+    with _tmpfs(tmp_path / "full", "size=64k") as mount:
+        yield mount
 
 
 def test_train_on_a_full_disk_ends_in_one_line(tiny_tmpfs, synthetic_catalog, tiny_bert, tiny_vit, tmp_path, capsys):
@@ -80,14 +90,8 @@ def test_an_output_folder_under_a_file_is_refused_naming_it(tmp_path):
 @pytest.fixture
 def read_only_mount(tmp_path):
     """A read-only tmpfs: root ignores permission bits, so chmod cannot make an unwritable folder for root."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=16k", f"ro-{uuid.uuid4().hex[:8]}", str(mount)],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip() or res.returncode}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=False)
+    with _tmpfs(tmp_path / "ro", "ro,size=16k") as mount:
+        yield mount
 
 
 def test_a_read_only_output_folder_is_refused(read_only_mount):
