@@ -19,7 +19,8 @@ from .lazy import lazy_exports
 from .version import __version__
 
 _EXPORTS = {
-    "GENRES": ".data.labels", "load_dataset": ".data.loader", "DataSpec": ".data.loader", "Movie": ".data.records", "MovieDataset": ".data.records",
+    "GENRES": ".data.labels", "load_dataset": ".data.loader", "DataSpec": ".data.loader",
+    "Movie": ".data.records", "MovieDataset": ".data.records",
     "create_encoder": ".encoders", "list_encoders": ".encoders",
     "dataset_features": ".features.cache", "FeatureSpec": ".features.spec",
     "create_model": ".fusion", "list_models": ".fusion",
