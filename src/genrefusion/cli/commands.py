@@ -29,14 +29,12 @@ def _add_data_options(p: argparse.ArgumentParser, split_default: str = "official
     p.add_argument("--split-seed", type=int, default=1234, help="seed of the stratified split")
 
 
-# Every command that reads an MM-IMDb folder or a catalog (besides `data summary` and `predict`, which add it
-# themselves): a catalog's posters must be inside its folder unless the user passes this (data/catalog.py).
-READS_DATA = ("features", "train", "grid", "evaluate", "robustness", "distill", "export", "demo")
+# Every command that reads an MM-IMDb folder or a catalog (besides `data summary`, whose parser is built here): a
+# catalog's posters must be inside its folder unless the user passes this (data/catalog.py); main() applies it.
+READS_DATA = ("features", "train", "grid", "evaluate", "robustness", "distill", "export", "demo", "predict")
 
 
 def add_outside_posters_option(p: argparse.ArgumentParser) -> None:
-    if ALLOW_OUTSIDE_POSTERS_OPTION in p._option_string_actions:  # the command added it itself
-        return
     p.add_argument(ALLOW_OUTSIDE_POSTERS_OPTION, action="store_true",
                    help="read a catalog's `poster` paths wherever they lead (by default a poster must be inside the "
                         f"catalog's folder, symlinks resolved, and a row whose poster is not is skipped and named; "

@@ -61,8 +61,7 @@ def cmd_predict(args) -> int:
 def _predict_catalog(predictor: Predictor, args) -> int:
     """A CSV/JSONL catalog (data.load_catalog's format; labels optional) -> one prediction per movie, through
     inference.catalog.predict_catalog: resumable with --output, shared between the ranks under torchrun."""
-    ds = load_catalog(args.input, strict=args.strict, require_labels=False,
-                      allow_outside_posters=getattr(args, "allow_outside_posters", False) or None)
+    ds = load_catalog(args.input, strict=args.strict, require_labels=False)  # --allow-outside-posters: main
     if args.batch_size is not None:
         predictor.batch_sizes = {m: args.batch_size for m in predictor.modalities}
     run = predict_catalog(predictor, ds, args.output, chunk=args.chunk, batch_size=args.batch_size)
@@ -102,9 +101,5 @@ def add_cli(sub) -> None:
                    help="catalog movies handed to the model at a time (their posters decoded while the previous "
                         "chunk is encoded)")
     p.add_argument("--strict", action="store_true", help="stop at the first bad catalog row instead of skipping it")
-    p.add_argument("--allow-outside-posters", action="store_true",
-                   help="read the --input catalog's `poster` paths wherever they lead (by default a poster must be "
-                        "inside the catalog's folder, symlinks resolved; a row whose poster is not is skipped and "
-                        "named)")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.set_defaults(func=cmd_predict)
