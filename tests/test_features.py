@@ -99,7 +99,9 @@ def test_batches_are_grouped_by_length_and_padded_to_their_own_longest(tmp_path,
         return out
 
     enc.preprocess = spy
-    dataset_features(ds, enc, FeatureSpec(cache_root=tmp_path / "cache", batch_size=8, progress=False))
+    # fp32 torch given: auto's calibration would preprocess a few batches of its own first
+    dataset_features(ds, enc, FeatureSpec(cache_root=tmp_path / "cache", batch_size=8, progress=False,
+                                          precision="fp32", backend="torch"))
     assert len(widths) == 8
     for w, lens in zip(widths, real):
         assert w == max(lens) < 64  # padded to the batch's longest, not to the model maximum
@@ -155,9 +157,12 @@ _KILLED_RUN = textwrap.dedent("""
     shards.write = write_then_die
     ds = load_catalog(sys.argv[1])
     dataset_features(ds, create_encoder(sys.argv[2]),
-                     FeatureSpec(cache_root=sys.argv[3], batch_size=2, shard_batches=1, progress=False))
+                     FeatureSpec(cache_root=sys.argv[3], batch_size=2, shard_batches=1, progress=False,
+                                 precision="fp32", backend="torch"))
 """)
 KILL_AFTER = 5  # writes: 3 of the companion, 2 of the encoder's own
+# Bit-identity holds for one backend: auto's calibration could pick onnxruntime in the killed run's process.
+TORCH_FP32 = {"precision": "fp32", "backend": "torch"}
 
 
 def test_resume_after_kill_gives_identical_features(tmp_path, tiny_bert):
@@ -176,18 +181,18 @@ def test_resume_after_kill_gives_identical_features(tmp_path, tiny_bert):
 
     unique = len({m.plot for m in ds.movies})  # identical plots share one cache entry
     resumed = dataset_features(ds, enc, FeatureSpec(cache_root=killed_cache, batch_size=2, shard_batches=1,
-                                                    progress=False))
+                                                    progress=False, **TORCH_FP32))
     assert resumed.encoded_now == unique - 2 * done  # only what the killed run had not finished
     assert not list(killed_cache.glob("features/*/.tmp-*"))  # the dead writer's half-written file is gone
     clean = dataset_features(ds, enc, FeatureSpec(cache_root=tmp_path / "clean", batch_size=2, shard_batches=1,
-                                                  progress=False))
+                                                  progress=False, **TORCH_FP32))
     assert clean.encoded_now == unique
     assert torch.equal(resumed.pooled, clean.pooled)  # bit-identical
     mean = create_encoder(str(tiny_bert), pooling="mean")  # the companion too, resumed along with it
     resumed_mean = dataset_features(ds, mean, FeatureSpec(cache_root=killed_cache, batch_size=2, shard_batches=1,
-                                                          progress=False))
+                                                          progress=False, **TORCH_FP32))
     clean_mean = dataset_features(ds, mean, FeatureSpec(cache_root=tmp_path / "clean", batch_size=2, shard_batches=1,
-                                                        progress=False))
+                                                        progress=False, **TORCH_FP32))
     assert resumed_mean.encoded_now == clean_mean.encoded_now == 0
     assert torch.equal(resumed_mean.pooled, clean_mean.pooled)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from genrefusion.features import fingerprints, precision
+from genrefusion.features import calibrate, fingerprints, precision
 from genrefusion.config import Config
 from genrefusion.data.loader import load_catalog
 from genrefusion.encoders import create_encoder
@@ -20,6 +20,8 @@ from genrefusion.features.spec import FeatureSpec
 from genrefusion.data.images import load_poster
 from genrefusion.features.precision import CpuCapability, choose, keeps_quality, probe_cpu, verdicts
 from genrefusion.cli.predict import load_model
+
+from calibration_helpers import FakeSpeed
 
 AVX2 = CpuCapability(frozenset({"avx2"}), "AVX2", "fake AVX2")
 BF16 = CpuCapability(frozenset({"avx2", "avx512f", "avx512_bf16", "avx512_vnni"}), "AVX512", "fake AVX512-BF16")
@@ -123,14 +125,18 @@ def test_the_committed_table_is_well_formed_and_names_the_machine_it_was_measure
 
 @pytest.fixture(scope="module")
 def auto_run(tmp_path_factory, synthetic_catalog, tiny_bert, tiny_vit):
-    """A run trained with precision=auto on a faked bf16 CPU whose evidence table qualifies both tiny encoders."""
+    """A run trained with precision=auto on a faked bf16 CPU whose evidence table qualifies both tiny encoders, and
+    where calibration (a fake clock) measures bf16 fastest."""
     root = tmp_path_factory.mktemp("auto-precision")
     names = [create_encoder(str(tiny_bert), modality="text").name, create_encoder(str(tiny_vit), modality="image").name]
     path = root / "cpu_precision.json"
     path.write_text(json.dumps(table(names)))
+    speed = FakeSpeed({"torch fp32": 1.0, "torch bf16": 0.5, "onnxruntime fp32": 0.9}, {"torch bf16": 1e-3})
     mp = pytest.MonkeyPatch()
     mp.setattr(precision, "TABLE", path)
     mp.setattr(precision, "_probe", lambda: BF16)
+    mp.setattr(calibrate, "clock", speed.clock)
+    mp.setattr(calibrate, "make_runner", speed.runners)
     cfg = Config(data=str(synthetic_catalog), split="official", modalities="any", model="gmu",
                  text_encoder=str(tiny_bert), image_encoder=str(tiny_vit), pooling="mean", epochs=3, lr=3e-3,
                  cache_dir=str(root / "cache"), precision="auto").validate()

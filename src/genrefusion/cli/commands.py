@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 import sys
 import time
@@ -31,7 +32,8 @@ def _add_data_options(p: argparse.ArgumentParser, split_default: str = "official
 
 # Every command that reads an MM-IMDb folder or a catalog (besides `data summary`, whose parser is built here): a
 # catalog's posters must be inside its folder unless the user passes this (data/catalog.py); main() applies it.
-READS_DATA = ("features", "train", "grid", "evaluate", "robustness", "distill", "export", "demo", "predict")
+READS_DATA = ("features", "train", "grid", "evaluate", "robustness", "distill", "export", "demo", "predict",
+              "calibrate")
 
 
 def add_outside_posters_option(p: argparse.ArgumentParser) -> None:
@@ -185,7 +187,7 @@ def _add_plugins(sub) -> None:
 PLUGIN_MODULES: tuple[str, ...] = ("genrefusion.cli.report", "genrefusion.cli.predict", "genrefusion.serving",
                                    "genrefusion.cli.explain", "genrefusion.cli.download", "genrefusion.cli.robustness",
                                    "genrefusion.cli.distill", "genrefusion.cli.export", "genrefusion.cli.evaluate",
-                                   "genrefusion.cli.demo")
+                                   "genrefusion.cli.demo", "genrefusion.cli.calibrate")
 
 
 def cmd_train(args) -> int:
@@ -239,8 +241,32 @@ def cmd_grid(args) -> int:
     return 0
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler writing to whatever sys.stderr is when a message comes (not the one at creation, which a test
+    harness or a redirect may have closed since)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _show_library_messages() -> None:
+    """genrefusion's warnings, and the one INFO line a calibration leaves (features/calibrate.py), on stderr."""
+    log = logging.getLogger("genrefusion")
+    if not any(isinstance(h, _Stderr) for h in log.handlers):
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+    logging.getLogger("genrefusion.features.calibrate").setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _show_library_messages()
     # Under torchrun (WORLD_SIZE > 1): join the process group; every rank runs the command, only rank 0 prints
     # (errors still show). Otherwise torch is not imported here: not for --help, not for an exported model.
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:

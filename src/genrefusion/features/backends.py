@@ -60,10 +60,12 @@ def check_backend(backend: str | None) -> str:
     return backend
 
 
-def resolve_backend(backend: str | None, encoder, precision: str, sequences: bool) -> str:
+def resolve_backend(backend: str | None, encoder, precision: str, sequences: bool,
+                    calibrated: str | None = None) -> str:
     """The backend `encoder`'s features are computed with: torch wherever onnxruntime does not apply (a GPU, a
-    reduced precision, sequences, an encoder outside torch, one joined from parts); for auto, what the evidence
-    says (precision.backend_for)."""
+    reduced precision, sequences, an encoder outside torch, one joined from parts); for auto, the `calibrated`
+    choice (the fastest at `precision` measured on this machine, calibrate.py) where there is one, else what the
+    shipped table says (precision.backend_for)."""
     backend = check_backend(backend)
     if backend == "torch":
         return "torch"
@@ -81,7 +83,7 @@ def resolve_backend(backend: str | None, encoder, precision: str, sequences: boo
             raise BackendError(f"feature backend onnxruntime cannot encode with {encoder.name!r}: {why_not}")
         return "torch"
     if backend == "auto":
-        return backend_for(encoder.name)
+        return calibrated or backend_for(encoder.name)
     return backend
 
 

@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 
 from .. import atomic, distributed
 from . import backends as feature_backends
+from . import calibrate
 from . import fingerprints
 from . import shards as shard_io
 from ..atomic import remove_stale_tmp
@@ -322,7 +323,9 @@ class FeatureCache:
         """What encodes a batch into (pooled, companions' pooled): the chosen backend's runner, or None for the
         encoder's own encode (sequences always come from torch). Sets self.backend."""
         backend = self.features.backend
-        resolved = feature_backends.resolve_backend(backend, self.encoder, self.precision, sequences)
+        record = calibrate.recorded(self.encoder, self.features.cache_root) if backend == "auto" else None
+        calibrated = calibrate.best(record, precision=self.precision).backend if record else None
+        resolved = feature_backends.resolve_backend(backend, self.encoder, self.precision, sequences, calibrated)
         if sequences:
             self.backend = "torch"
             return None
@@ -457,8 +460,11 @@ def dataset_features(dataset: MovieDataset, encoder, features: FeatureSpec | Non
         if sequences:
             raise ValueError(f"encoder {encoder.name!r} concatenates pooled vectors only; sequences need one encoder")
         # One precision for all parts (their tables are joined): auto resolves over every part's evidence.
+        for part in parts:
+            calibrate.calibrate_on(dataset, part, features)
         pinned = features.at_precision(features.precision_for(encoder))
         return join_tables(encoder, [dataset_features(dataset, part, pinned) for part in parts])
+    calibrate.calibrate_on(dataset, encoder, features)  # before the cache: it may decide the precision
     modality = spec(encoder.modality)
     cache = FeatureCache(encoder, features)
     keys = modality_keys(dataset.movies, modality.name)

@@ -129,23 +129,30 @@ def verdicts(encoders: Iterable[str], cap: CpuCapability | None = None,
         out[p] = {}
         for name in encoders:
             measured = (speed or {}).get("encoders", {}).get(name, {}).get(p)
-            quality = table.get("quality", {}).get(name, {}).get(p, {})
             if p not in cap.native:
                 why = f"this CPU has no native {p} (needs {' or '.join(NATIVE_FLAGS[p])})"
             elif not measured:
                 why = f"no speed measurement of {p} on a CPU with native {'/'.join(cap.native)}"
             elif not measured.get("speedup", 0) > 1.0:
                 why = f"not faster than fp32 (x{measured.get('speedup', 0):.2f})"
-            elif quality.get("verdict") != "pass":
-                why = ("downstream quality not measured" if not quality else
-                       f"downstream quality: {quality.get('verdict')}")
-            elif not _computes_like_native(quality):
-                why = (f"downstream quality was measured on emulated {p} features that do not compute like native "
-                       f"{p} (matmul agreement {quality['computed_on'].get('matmul_agreement')})")
             else:
-                why = "ok"
+                why = quality_verdict(name, p, table)
             out[p][name] = why
     return out
+
+
+def quality_verdict(name: str, precision: str, table: dict[str, Any] | None = None) -> str:
+    """Whether the shipped evidence says features of encoder `name` at reduced `precision` keep downstream quality
+    ("ok" or the reason). The evidence does not depend on the CPU the features are later computed on."""
+    table = load_table() if table is None else table
+    quality = table.get("quality", {}).get(name, {}).get(precision, {})
+    if quality.get("verdict") != "pass":
+        return ("downstream quality not measured" if not quality else
+                f"downstream quality: {quality.get('verdict')}")
+    if not _computes_like_native(quality):
+        return (f"downstream quality was measured on emulated {precision} features that do not compute like "
+                f"native {precision} (matmul agreement {quality['computed_on'].get('matmul_agreement')})")
+    return "ok"
 
 
 def _computes_like_native(quality: dict[str, Any]) -> bool:

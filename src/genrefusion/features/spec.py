@@ -21,6 +21,7 @@ from ..config import check_choice
 from ..distributed import resolve_device
 from ..encoders import create_encoder
 from ..paths import cache_root as default_cache_root
+from . import calibrate
 from .backends import check_backend
 from .fingerprints import resolve_precision
 
@@ -93,9 +94,15 @@ class FeatureSpec:
         fixed = encoder.fixed_precision
         if fixed is not None:
             return fixed
-        parts = encoder.feature_parts()
-        names = [p.name for p in parts] if parts else [encoder.name]
-        return resolve_precision(self.precisions.get(encoder.name, self.precision), encoder.device, names)
+        request = self.precisions.get(encoder.name, self.precision)
+        parts = encoder.feature_parts() or (encoder,)
+        if request == "auto" and encoder.device.type == "cpu":
+            records = [calibrate.recorded(p, self.cache_root) for p in parts]
+            if all(records):  # measured on this machine (calibrate.py); the parts share the slowest's choice
+                backend = None if self.backend == "auto" else self.backend
+                chosen = {calibrate.best(r, backend=backend).precision for r in records}
+                return chosen.pop() if len(chosen) == 1 else "fp32"
+        return resolve_precision(request, encoder.device, [p.name for p in parts])
 
     def create_encoder(self, name, modality: str | None = None, **kwargs):
         """encoders.create_encoder(name, ...) on this spec's device, its offline weights (if it has any) built
