@@ -92,6 +92,34 @@ def _add_track_options(p: argparse.ArgumentParser) -> None:
                    help=f"mlflow experiment name (default {DEFAULT_EXPERIMENT})")
 
 
+def _add_grid_parser(sub) -> None:
+    """`genrefusion grid`'s options."""
+    p = sub.add_parser("grid", help="the thesis grid: 4 unimodal + 5 fusion models, tables 6 and 7")
+    p.add_argument("--preset", default="thesis")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", choices=CHOICES["split"], default="official")
+    p.add_argument("--modalities", choices=CHOICES["modalities"], default="any")
+    p.add_argument("--encoders", choices=["offline", "thesis", "clip"], default="offline",
+                   help="offline: pretrained stand-ins that ship on PyPI; thesis: BERT/RoBERTa/ResNet50/ViT from the "
+                        "hub; clip: CLIP ViT-B/32 text and image towers (hub) as the fused pair")
+    p.add_argument("--text-encoder", action="append", default=[], metavar="[SLOT=]NAME",
+                   help="fill a text slot (BERT or RoBERTa); a bare NAME fills BERT, the slot the fusions use")
+    p.add_argument("--image-encoder", action="append", default=[], metavar="[SLOT=]NAME",
+                   help="fill an image slot (ResNet50 or ViT); a bare NAME fills ResNet50, the slot the fusions use")
+    p.add_argument("--fuse", default="BERT,ResNet50", metavar="TEXT_SLOT,IMAGE_SLOT",
+                   help="the slots the fusion rows combine (the thesis: BERT,ResNet50); slots of one modality joined "
+                        "by '+' are read side by side, e.g. RoBERTa,ResNet50+ViT; auto: the text and image slots "
+                        "whose unimodal rows score best on validation")
+    p.add_argument("--rows", default=None, help="comma-separated subset of rows (names or model names)")
+    p.add_argument("--seeds", type=int, default=1, help="train every model with this many seeds (mean ± std)")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--out", default=None, help="run folder (default runs/grid-<preset>-<time>)")
+    p.add_argument("--no-report", action="store_true")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides applied to every model")
+    _add_track_options(p)
+    p.set_defaults(func=cmd_grid)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genrefusion", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,30 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_track_options(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("grid", help="the thesis grid: 4 unimodal + 5 fusion models, tables 6 and 7")
-    p.add_argument("--preset", default="thesis")
-    p.add_argument("--data", required=True)
-    p.add_argument("--split", choices=CHOICES["split"], default="official")
-    p.add_argument("--modalities", choices=CHOICES["modalities"], default="any")
-    p.add_argument("--encoders", choices=["offline", "thesis", "clip"], default="offline",
-                   help="offline: pretrained stand-ins that ship on PyPI; thesis: BERT/RoBERTa/ResNet50/ViT from the "
-                        "hub; clip: CLIP ViT-B/32 text and image towers (hub) as the fused pair")
-    p.add_argument("--text-encoder", action="append", default=[], metavar="[SLOT=]NAME",
-                   help="fill a text slot (BERT or RoBERTa); a bare NAME fills BERT, the slot the fusions use")
-    p.add_argument("--image-encoder", action="append", default=[], metavar="[SLOT=]NAME",
-                   help="fill an image slot (ResNet50 or ViT); a bare NAME fills ResNet50, the slot the fusions use")
-    p.add_argument("--fuse", default="BERT,ResNet50", metavar="TEXT_SLOT,IMAGE_SLOT",
-                   help="the slots the fusion rows combine (the thesis: BERT,ResNet50); slots of one modality joined "
-                        "by '+' are read side by side, e.g. RoBERTa,ResNet50+ViT; auto: the text and image slots "
-                        "whose unimodal rows score best on validation")
-    p.add_argument("--rows", default=None, help="comma-separated subset of rows (names or model names)")
-    p.add_argument("--seeds", type=int, default=1, help="train every model with this many seeds (mean ± std)")
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--out", default=None, help="run folder (default runs/grid-<preset>-<time>)")
-    p.add_argument("--no-report", action="store_true")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides applied to every model")
-    _add_track_options(p)
-    p.set_defaults(func=cmd_grid)
+    _add_grid_parser(sub)
 
     p = sub.add_parser("compare", help="paired bootstrap CI of the macro/micro-F1 difference of two models on test")
     p.add_argument("run_a", help="run folder, or a grid row folder with seed-*/ subfolders")
