@@ -5,7 +5,9 @@ fusion-minus-text difference with its interval.
 Rows are the thesis grid's (names or model names), their encoders the grid's slots (offline stand-ins by default,
 `--text-encoder SLOT=NAME` / `--image-encoder SLOT=NAME` as for `genrefusion grid`); fusion rows fuse `--fuse`.
 Thresholds are tuned inside the training folds only (as the preset says: on the inner validation split, or with
-threshold_source=oof on out-of-fold predictions over the training folds).
+threshold_source=oof on out-of-fold predictions over the training folds). `genrefusion grid --cv KxR` runs the same
+(training.crossval.run_grid_crossval); this script adds --seed, --val-fraction and --limit, and its defaults are
+the recommended preset and three rows.
 
     .venv/bin/python benchmarks/crossval.py --data ../shared/data/mmimdb-sample --cv 5x5 --preset recommended \\
         --rows BERT,RoBERTa,ResNet50,GMU --fuse RoBERTa,ResNet50
@@ -16,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime
-from pathlib import Path
 
-from genrefusion.config import load_config
+from genrefusion.cli.commands import grid_data
+from genrefusion.data.loader import DataSpec
 from genrefusion.training import crossval
-from genrefusion.training.grid import resolve_slots
+from genrefusion.training.grid import GridSpec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,24 +40,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="share of the training folds held out for early stopping and thresholds")
     ap.add_argument("--limit", type=int, default=None, help="a random LIMIT of the movies (a quick run)")
     ap.add_argument("--cache-dir", default=None)
-    ap.add_argument("--out", default=None, help="output folder (default runs/crossval-<time>)")
+    ap.add_argument("--out", default=None, help="output folder (default runs/crossval-<preset>-<time>)")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides for every row")
+    # what grid_data reads besides --data and the overrides (their data keys, e.g. strict=true, go to the DataSpec)
+    ap.set_defaults(split=DataSpec.split, modalities=DataSpec.modalities)
     args = ap.parse_args(argv)
 
     folds, repeats = crossval.parse_cv(args.cv)
-    slots = resolve_slots(args.encoders, args.text_encoder + args.image_encoder)
-    fuse = tuple(args.fuse.split(","))
-    if len(fuse) != 2:
-        raise SystemExit(f"--fuse {args.fuse}: expected TEXT_SLOT,IMAGE_SLOT")
-    rows = crossval.thesis_rows(args.rows.split(","), slots, fuse)
-    base = load_config(preset=args.preset, overrides=args.overrides).replace(data=str(args.data),
-                                                                              cache_dir=args.cache_dir)
-    dataset = crossval.load_cv_dataset(args.data, base.strict, base.plot_mode, args.limit, args.seed)
-    out = Path(args.out) if args.out else Path(base.out) / f"crossval-{datetime.now():%Y%m%d-%H%M%S}"
-    print(f"cross-validation {folds} folds x {repeats} repeats of {[r.label() for r in rows]} over "
-          f"{len(crossval.cv_movies(dataset)):,} movies -> {out}")
-    crossval.run_crossval(dataset, rows, base, out, folds=folds, repeats=repeats, seed=args.seed,
-                          val_fraction=args.val_fraction)
+    data, overrides = grid_data(args)
+    spec = GridSpec(data, preset=args.preset, config_overrides=overrides, cache_dir=args.cache_dir,
+                    encoders=args.encoders, slot_overrides=args.text_encoder + args.image_encoder,
+                    fuse=tuple(args.fuse.split(",")), rows=args.rows.split(","), out=args.out, report=False)
+    crossval.run_grid_crossval(spec, folds, repeats, seed=args.seed, val_fraction=args.val_fraction,
+                               limit=args.limit)
     return 0
 
 

@@ -189,3 +189,75 @@ def test_cv_spec_and_thesis_rows():
         ("GMU", "fusion", "mpnet-base", "efficientnet-lite0+dinov2-vits14")]
     with pytest.raises(ValueError, match="no thesis rows"):
         thesis_rows(["Nope"], slots)
+
+
+# -- genrefusion grid --cv ---------------------------------------------------------------------------------------
+def _grid_cv_args(catalog, tiny_bert, tiny_vit, root, *extra):
+    return ["grid", "--data", str(catalog), "--rows", "BERT,GMU", "--text-encoder", str(tiny_bert),
+            "--image-encoder", str(tiny_vit), "--cache-dir", str(root / "cache"), "--out", str(root / "cv"),
+            *extra, "epochs=2", "pooling=mean", "fold_workers=1"]
+
+
+def test_grid_cv_cross_validates_the_grid_rows(synthetic_catalog, tiny_bert, tiny_vit, tmp_path, capsys):
+    from genrefusion.cli.commands import main
+    from genrefusion.evaluation.runs import read_crossval
+    from genrefusion.training.crossval import cv_movies, format_crossval, load_cv_dataset
+
+    assert main(_grid_cv_args(synthetic_catalog, tiny_bert, tiny_vit, tmp_path, "--cv", "2x1")) == 0
+    printed = capsys.readouterr().out
+    saved = read_crossval(tmp_path / "cv")
+    n = len(cv_movies(load_cv_dataset(synthetic_catalog)))
+    assert (saved["folds"], saved["repeats"], saved["n_movies"]) == (2, 1, n)
+    assert [(r["row"], r["kind"], r["encoders"]) for r in saved["rows"]] == [
+        ("BERT", "text", {"text": str(tiny_bert)}), ("GMU", "fusion", {"text": str(tiny_bert), "image": str(tiny_vit)})]
+    assert [(d["row"], d["minus"]) for d in saved["differences"]] == [("GMU", "BERT")]
+    assert saved["config"]["epochs"] == 2 and saved["config"]["cache_dir"] == str(tmp_path / "cache")
+    for row in saved["rows"]:
+        assert [(f["repeat"], f["fold"]) for f in row["folds"]] == [(0, 0), (0, 1)]
+        assert sum(f["n_test"] for f in row["folds"]) == n
+        assert all((tmp_path / "cv" / f["dir"] / "metrics.json").exists() for f in row["folds"])
+    table = format_crossval(saved)
+    assert table in printed and table == (tmp_path / "cv" / "tables.txt").read_text().strip()
+    assert f"Cross-validation: 1 x 2-fold over {n} movies" in printed and "GMU - BERT" in printed
+    assert "Table 6" not in printed and not (tmp_path / "cv" / "grid.json").exists()
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--cv", "2", "--seeds", "1"], "--seeds"), (["--cv", "2", "--split", "stratified"], "--split"),
+    (["--modalities", "both", "--cv", "2"], "--modalities"), (["--cv", "2", "--fuse", "auto"], "--fuse auto"),
+    (["--cv", "2", "--track", "mlflow"], "--track"), (["--cv", "2", "split_seed=7"], "split_seed=7")])
+def test_grid_cv_refuses_the_single_split_options(extra, named, synthetic_catalog, tiny_bert, tiny_vit, tmp_path,
+                                                 capsys):
+    from genrefusion.cli.commands import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(_grid_cv_args(synthetic_catalog, tiny_bert, tiny_vit, tmp_path, *extra))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: genrefusion grid" in err and f"error: {named}" in err and "not with --cv" in err, err
+    assert not (tmp_path / "cv").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "x", "5x0", "1x3"])
+def test_grid_cv_refuses_a_bad_value_naming_it(value, synthetic_catalog, tiny_bert, tiny_vit, tmp_path, capsys):
+    from genrefusion.cli.commands import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(_grid_cv_args(synthetic_catalog, tiny_bert, tiny_vit, tmp_path, "--cv", value))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: genrefusion grid" in err and f"argument --cv: cross-validation {value!r}" in err, err
+    assert "K >= 2" in err and not (tmp_path / "cv").exists()
+
+
+def test_grid_cv_refuses_what_the_library_cannot_cross_validate(tmp_path):
+    from genrefusion.data.loader import DataSpec
+    from genrefusion.training.crossval import run_grid_crossval
+    from genrefusion.training.grid import GridSpec
+
+    for spec, message in ((GridSpec(DataSpec(tmp_path), seeds=2), "seeds=2"),
+                          (GridSpec(DataSpec(tmp_path), fuse=("auto",)), "fuse=auto"),
+                          (GridSpec(DataSpec(tmp_path), fuse=("ViT", "BERT")), "expected a text slot"),
+                          (GridSpec(DataSpec(tmp_path), rows=["Nope"]), "no thesis rows")):
+        with pytest.raises(ValueError, match=message):
+            run_grid_crossval(spec, 2, 1, log=None)

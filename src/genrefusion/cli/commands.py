@@ -94,6 +94,53 @@ def _add_track_options(p: argparse.ArgumentParser) -> None:
                    help=f"mlflow experiment name (default {DEFAULT_EXPERIMENT})")
 
 
+class _Noted(argparse.Action):
+    """Stores the option's value, as argparse's default action does, and notes that it was given (args.given):
+    `grid --cv` refuses a single-split option even when it is given its default value."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = {*getattr(namespace, "given", ()), option_string}
+
+
+# The grid's options that say how its single split is made, trained or tracked: with --cv the folds replace them.
+CV_REFUSED = ("--split", "--modalities", "--seeds", "--track", "--track-uri")
+
+
+def _add_grid_parser(sub) -> None:
+    """`genrefusion grid`'s options."""
+    p = sub.add_parser("grid", help="the thesis grid: 4 unimodal + 5 fusion models, tables 6 and 7")
+    p.add_argument("--preset", default="thesis")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", choices=CHOICES["split"], default="official", action=_Noted)
+    p.add_argument("--modalities", choices=CHOICES["modalities"], default="any", action=_Noted)
+    p.add_argument("--cv", default=None, metavar="K[xR]",
+                   help="cross-validate the rows instead of training them once on the split: R repeats (default 1) "
+                        "of K folds (K >= 2) over every labelled movie with a plot and a poster; prints each row's "
+                        "mean and 95%% interval and the paired fusion-minus-text difference, writes crossval.json "
+                        f"(no report). Not with {', '.join(CV_REFUSED)} or --fuse auto")
+    p.add_argument("--encoders", choices=["offline", "thesis", "clip"], default="offline",
+                   help="offline: pretrained stand-ins that ship on PyPI; thesis: BERT/RoBERTa/ResNet50/ViT from the "
+                        "hub; clip: CLIP ViT-B/32 text and image towers (hub) as the fused pair")
+    p.add_argument("--text-encoder", action="append", default=[], metavar="[SLOT=]NAME",
+                   help="fill a text slot (BERT or RoBERTa); a bare NAME fills BERT, the slot the fusions use")
+    p.add_argument("--image-encoder", action="append", default=[], metavar="[SLOT=]NAME",
+                   help="fill an image slot (ResNet50 or ViT); a bare NAME fills ResNet50, the slot the fusions use")
+    p.add_argument("--fuse", default="BERT,ResNet50", metavar="TEXT_SLOT,IMAGE_SLOT",
+                   help="the slots the fusion rows combine (the thesis: BERT,ResNet50); slots of one modality joined "
+                        "by '+' are read side by side, e.g. RoBERTa,ResNet50+ViT; auto: the text and image slots "
+                        "whose unimodal rows score best on validation")
+    p.add_argument("--rows", default=None, help="comma-separated subset of rows (names or model names)")
+    p.add_argument("--seeds", type=int, default=1, action=_Noted,
+                   help="train every model with this many seeds (mean ± std)")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--out", default=None, help="run folder (default runs/grid-<preset>-<time>)")
+    p.add_argument("--no-report", action="store_true")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides applied to every model")
+    _add_track_options(p)
+    p.set_defaults(func=cmd_grid, usage_error=p.error)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genrefusion", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,30 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_track_options(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("grid", help="the thesis grid: 4 unimodal + 5 fusion models, tables 6 and 7")
-    p.add_argument("--preset", default="thesis")
-    p.add_argument("--data", required=True)
-    p.add_argument("--split", choices=CHOICES["split"], default="official")
-    p.add_argument("--modalities", choices=CHOICES["modalities"], default="any")
-    p.add_argument("--encoders", choices=["offline", "thesis", "clip"], default="offline",
-                   help="offline: pretrained stand-ins that ship on PyPI; thesis: BERT/RoBERTa/ResNet50/ViT from the "
-                        "hub; clip: CLIP ViT-B/32 text and image towers (hub) as the fused pair")
-    p.add_argument("--text-encoder", action="append", default=[], metavar="[SLOT=]NAME",
-                   help="fill a text slot (BERT or RoBERTa); a bare NAME fills BERT, the slot the fusions use")
-    p.add_argument("--image-encoder", action="append", default=[], metavar="[SLOT=]NAME",
-                   help="fill an image slot (ResNet50 or ViT); a bare NAME fills ResNet50, the slot the fusions use")
-    p.add_argument("--fuse", default="BERT,ResNet50", metavar="TEXT_SLOT,IMAGE_SLOT",
-                   help="the slots the fusion rows combine (the thesis: BERT,ResNet50); slots of one modality joined "
-                        "by '+' are read side by side, e.g. RoBERTa,ResNet50+ViT; auto: the text and image slots "
-                        "whose unimodal rows score best on validation")
-    p.add_argument("--rows", default=None, help="comma-separated subset of rows (names or model names)")
-    p.add_argument("--seeds", type=int, default=1, help="train every model with this many seeds (mean ± std)")
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--out", default=None, help="run folder (default runs/grid-<preset>-<time>)")
-    p.add_argument("--no-report", action="store_true")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides applied to every model")
-    _add_track_options(p)
-    p.set_defaults(func=cmd_grid)
+    _add_grid_parser(sub)
 
     p = sub.add_parser("compare", help="paired bootstrap CI of the macro/micro-F1 difference of two models on test")
     p.add_argument("run_a", help="run folder, or a grid row folder with seed-*/ subfolders")
@@ -228,16 +252,45 @@ def grid_data(args) -> tuple[DataSpec, list[str]]:
     return DataSpec.from_config(cfg), [o for o in args.overrides if o not in mine]
 
 
-def cmd_grid(args) -> int:
-    from ..training.grid import GridSpec, run_grid  # here: the grid imports torch, which the parser must not
+def _grid_spec(args):
+    """The GridSpec the grid's options name."""
+    from ..training.grid import GridSpec  # here: the grid imports torch, which the parser must not
 
     data, overrides = grid_data(args)
     slots = _slot_items(args.text_encoder, "BERT") + _slot_items(args.image_encoder, "ResNet50")
-    run_grid(GridSpec(data, preset=args.preset, config_overrides=overrides, cache_dir=args.cache_dir,
-                      encoders=args.encoders, slot_overrides=slots, fuse=tuple(args.fuse.split(",")),
-                      rows=args.rows.split(",") if args.rows else None,
-                      seeds=args.seeds, out=args.out, report=not args.no_report, track=args.track,
-                      track_uri=args.track_uri, track_experiment=args.track_experiment))
+    return GridSpec(data, preset=args.preset, config_overrides=overrides, cache_dir=args.cache_dir,
+                    encoders=args.encoders, slot_overrides=slots, fuse=tuple(args.fuse.split(",")),
+                    rows=args.rows.split(",") if args.rows else None,
+                    seeds=args.seeds, out=args.out, report=not args.no_report, track=args.track,
+                    track_uri=args.track_uri, track_experiment=args.track_experiment)
+
+
+def cmd_grid(args) -> int:
+    if args.cv is not None:
+        return _cmd_grid_cv(args)
+    from ..training.grid import run_grid  # here: the grid imports torch, which the parser must not
+
+    run_grid(_grid_spec(args))
+    return 0
+
+
+def _cmd_grid_cv(args) -> int:
+    """`grid --cv K[xR]`: the grid's rows cross-validated (training.crossval.run_grid_crossval). An option that
+    only means something for a single split is refused as argparse refuses a bad option (usage, exit status 2)."""
+    given = {*getattr(args, "given", ()), *(o for o, v in (("--track", args.track), ("--track-uri", args.track_uri))
+                                              if v is not None)}  # the tracking options default to None
+    refused = [o for o in CV_REFUSED if o in given] + (["--fuse auto"] if args.fuse == "auto" else [])
+    refused += [o for o in args.overrides if parse_override(o)[0] in ("split", "modalities", "split_seed")]
+    if refused:
+        args.usage_error(f"{', '.join(refused)}: not with --cv (its folds replace the single split: every labelled "
+                         "movie with a plot and a poster, repeat r's heads seeded seed + r; it is not tracked)")
+    from ..training.crossval import parse_cv, run_grid_crossval  # here: crossval imports torch, as the grid does
+
+    try:
+        folds, repeats = parse_cv(args.cv)
+    except ValueError as exc:
+        args.usage_error(f"argument --cv: {exc}")
+    run_grid_crossval(_grid_spec(args), folds, repeats)
     return 0
 
 

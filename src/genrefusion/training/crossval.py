@@ -21,11 +21,13 @@ import dataclasses
 import re
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .. import atomic
 from ..config import Config
 from ..data.loader import load_dataset
 from ..data.records import MovieDataset
@@ -37,6 +39,7 @@ from ..evaluation.stats import cv_interval
 from ..features.spec import FeatureSpec
 from ..evaluation.thesis import FUSION_IMAGE_SLOT, FUSION_TEXT_SLOT, ROWS
 from . import workers
+from .grid import AUTO, GridSpec, check_fuse, resolve_slots
 from .experiment import (check_encoders, encoder_kwargs, encoder_name, load_features, model_modalities,
                          reads_sequences, run_experiment)
 
@@ -83,6 +86,7 @@ def thesis_rows(names: Sequence[str], slots: dict[str, str],
     def encoder(slot: str | None) -> str | None:
         return None if slot is None else "+".join(slots[p] for p in slot.split("+"))
 
+    fuse = check_fuse(fuse)
     chosen = [r for r in ROWS if r.name in names or r.model in names]
     unknown = sorted(set(names) - {r.name for r in chosen} - {r.model for r in chosen})
     if unknown or not chosen:
@@ -280,6 +284,32 @@ def run_crossval(dataset: MovieDataset, rows: Sequence[CVRow], base: Config, out
     return result
 
 
+def run_grid_crossval(spec: GridSpec, folds: int, repeats: int, *, seed: int = 0, val_fraction: float = 0.15,
+                      limit: int | None = None, log: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """The grid's rows cross-validated (`genrefusion grid --cv KxR`) instead of trained once on its split: the rows,
+    the encoder slots, the fused pair, the preset, the overrides and the cache of `spec`, over every labelled movie
+    of spec.data with a plot and a poster (its split, modalities and split_seed are not used: the folds replace
+    them). `seed`, `val_fraction` as run_crossval's; `limit`: a random `limit` of the movies (load_cv_dataset).
+    Writes spec.out (default <config out>/crossval-<preset>-<time>) and returns what its crossval.json holds."""
+    if spec.seeds != 1:
+        raise ValueError(f"seeds={spec.seeds}: cross-validation seeds each repeat's heads itself (seed + repeat)")
+    if spec.track:
+        raise ValueError("cross-validation is not tracked: leave track unset")
+    if tuple(spec.fuse) == (AUTO,):
+        raise ValueError("fuse=auto chooses the fused slots on one split's validation: name the slots to fuse")
+    slots = resolve_slots(spec.encoders, list(spec.slot_overrides))
+    rows = thesis_rows(list(spec.rows) if spec.rows else [r.name for r in ROWS], slots, tuple(spec.fuse))
+    base = spec.base_config()
+    out = Path(spec.out) if spec.out else Path(base.out) / f"crossval-{spec.preset}-{datetime.now():%Y%m%d-%H%M%S}"
+    with atomic.exclusive(out, "cross-validation"):  # before any work: an unwritable or busy folder stops here
+        dataset = load_cv_dataset(spec.data.path, spec.data.strict, spec.data.plot_mode, limit, seed)
+        if log:
+            log(f"cross-validation {folds} folds x {repeats} repeats of {[r.label() for r in rows]} over "
+                f"{len(cv_movies(dataset)):,} movies -> {out}")
+        return run_crossval(dataset, rows, base, out, folds=folds, repeats=repeats, seed=seed,
+                            val_fraction=val_fraction, log=log)
+
+
 def _cell(s: dict[str, float], signed: bool = False) -> str:
     fmt = "{:+.4f}" if signed else "{:.4f}"
     return f"{fmt.format(s['mean'])} [{fmt.format(s['ci_low'])}, {fmt.format(s['ci_high'])}]"
@@ -312,4 +342,4 @@ def _table(header: list[str], body: list[list[str]]) -> str:
 
 
 __all__ = ["CVRow", "DEFAULT_ROWS", "cv_movies", "format_crossval", "fold_scores", "load_cv_dataset",
-           "paired_differences", "parse_cv", "plan_folds", "run_crossval", "thesis_rows"]
+           "paired_differences", "parse_cv", "plan_folds", "run_crossval", "run_grid_crossval", "thesis_rows"]

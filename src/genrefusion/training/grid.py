@@ -67,6 +67,16 @@ def slot_modality(slot: str) -> str | None:
     return kinds.pop() if len(kinds) == 1 else None
 
 
+def check_fuse(fuse: Sequence[str]) -> tuple[str, str]:
+    """The (text, image) slots a fusion row fuses, refused unless `fuse` names a text slot and an image slot (or
+    slots of one modality joined by '+')."""
+    fuse = tuple(fuse)
+    if len(fuse) != 2 or slot_modality(fuse[0]) != "text" or slot_modality(fuse[1]) != "image":
+        raise ValueError(f"fuse={fuse}: expected a text slot and an image slot from {list(SLOTS)} "
+                         "(or slots of one modality joined by '+', e.g. ResNet50+ViT)")
+    return fuse
+
+
 def slot_encoder(slot: str, slots: dict[str, str]) -> str:
     """The encoder name filling `slot` (from resolve_slots); a joined slot joins its parts' encoder names."""
     return SEPARATOR.join(slots[p] for p in slot.split(SEPARATOR))
@@ -210,10 +220,7 @@ def _plan_grid(spec: GridSpec) -> _Plan:
     auto = tuple(spec.fuse) == (AUTO,)
     if auto and not is_main():  # the choice reads the runs' files, which only rank 0 writes
         raise ValueError("fuse=auto runs in one process only (not under torchrun)")
-    fuse = (FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT) if auto else tuple(spec.fuse)  # auto: replaced once scored
-    if len(fuse) != 2 or slot_modality(fuse[0]) != "text" or slot_modality(fuse[1]) != "image":
-        raise ValueError(f"fuse={fuse}: expected a text slot and an image slot from {list(SLOTS)} "
-                         "(or slots of one modality joined by '+', e.g. ResNet50+ViT)")
+    fuse = check_fuse((FUSION_TEXT_SLOT, FUSION_IMAGE_SLOT) if auto else spec.fuse)  # auto: replaced once scored
     for slot in fuse:  # a joined slot reads its parts' encoders side by side
         slots[slot] = slot_encoder(slot, slots)
     base = spec.base_config()
