@@ -191,3 +191,27 @@ def test_real_candidates_are_timed_and_agree_with_fp32(which, tiny_bert, tiny_vi
     assert all(r["items_per_s"] > 0 for r in by.values())
     assert by["onnxruntime fp32"]["min_cosine"] > 0.9999 and by["torch bf16"]["min_cosine"] > 0.99
     assert record["choice"] == {"backend": calibrate.best(record).backend, "precision": calibrate.best(record).precision}
+
+
+def test_a_candidate_failing_after_the_warm_up_is_refused_not_fatal(encoder, evidence, tmp_path):
+    speed = FakeSpeed({"torch fp32": 1.0, "torch bf16": 0.4, "onnxruntime fp32": 0.2})
+    make = speed.runners
+
+    def runners(candidate, enc, root):
+        run = make(candidate, enc, root)
+        if candidate.backend != "onnxruntime":
+            return run
+        calls = []
+
+        def flaky(inputs):  # the warm-up batch passes, a later one fails
+            calls.append(1)
+            if len(calls) > 1:
+                raise RuntimeError("ORT: shape not supported")
+            return run(inputs)
+        return flaky
+
+    features = FeatureSpec(cache_root=tmp_path / "cache", progress=False)
+    record = calibrate.ensure(encoder, features, PLOTS, cap=BF16, timer=speed.clock, runners=runners)
+    by = {f"{r['backend']} {r['precision']}": r for r in record["candidates"]}
+    assert by["onnxruntime fp32"]["verdict"].startswith("could not run") and by["onnxruntime fp32"]["speedup"] == 0
+    assert _choice(record) == ("torch", "bf16")

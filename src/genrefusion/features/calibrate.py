@@ -52,7 +52,7 @@ from .precision import CpuCapability, cpu_capability, load_table, quality_verdic
 
 FORMAT = 1
 ITEMS = 24  # items timed per candidate: a few CPU batches
-MIN_ROUNDS, MAX_ROUNDS = 2, 4  # timed passes over the items per candidate (after one untimed warm-up pass)
+MIN_ROUNDS, MAX_ROUNDS = 2, 4  # timed passes over the items per candidate (after one untimed warm-up batch)
 BUDGET_S = 2.0  # after MIN_ROUNDS, stop once every candidate has run this long in all
 MIN_GAIN = 1.1  # a candidate must beat torch fp32 by this factor to be chosen
 # Worst per-item cosine to torch fp32's features: ONNX Runtime computes the same fp32 features (up to rounding);
@@ -235,17 +235,20 @@ def measure(encoder, items: Sequence[Any], cache_root: Path, cap: CpuCapability,
     items = list(items)[:ITEMS]
     batches = _batches(encoder, items)
     rows = {c: {"backend": c.backend, "precision": c.precision} for c in candidates(cap)}
-    runs, outputs = {}, {}
+    runs = {}
     for c in rows:
         try:  # the reference must run: its failure is the encoder's, and propagates
             runs[c] = (runners or make_runner)(c, encoder, cache_root)
-            outputs[c] = _pass(runs[c], batches, c.precision)  # warm-up, and the features compared
+            _pass(runs[c], batches[:1], c.precision)  # warm-up: first-call costs (kernel selection) are not timed
         except Exception as e:
             if c == REFERENCE:
                 raise
             rows[c]["error"] = f"{type(e).__name__}: {e}"[:300]
             runs.pop(c, None)
-    seconds = _timed_rounds(runs, batches, timer or clock)
+    seconds, outputs = _timed_rounds(dict(runs), batches, timer or clock)
+    for c in set(runs) - set(seconds):
+        rows[c]["error"] = "failed on a later batch of the timed items"
+        runs.pop(c)
     table = load_table()
     for c, row in rows.items():
         if c in runs:
@@ -275,17 +278,27 @@ def _pass(run: Runner, batches: list[dict[str, torch.Tensor]], precision: str) -
         return torch.cat([run(b).float() for b in batches])
 
 
-def _timed_rounds(runs: dict[Candidate, Runner], batches, timer: Callable[[], float]) -> dict[Candidate, float]:
-    """Each candidate's best pass time over interleaved rounds."""
+def _timed_rounds(runs: dict[Candidate, Runner], batches,
+                  timer: Callable[[], float]) -> tuple[dict[Candidate, float], dict[Candidate, torch.Tensor]]:
+    """Each candidate's best pass time over interleaved rounds, and its features from the first round."""
     times: dict[Candidate, list[float]] = {c: [] for c in runs}
+    outputs: dict[Candidate, torch.Tensor] = {}
     for n in range(MAX_ROUNDS):
-        for c, run in runs.items():
+        for c in list(runs):
             t0 = timer()
-            _pass(run, batches, c.precision)
+            try:
+                out = _pass(runs[c], batches, c.precision)
+            except Exception:  # a candidate failing on a later batch than the warm-up's: measure() refuses it
+                if c == REFERENCE:
+                    raise
+                del runs[c], times[c]
+                continue
             times[c].append(timer() - t0)
+            outputs.setdefault(c, out)
         if n + 1 >= MIN_ROUNDS and all(sum(t) >= BUDGET_S for t in times.values()):
             break
-    return {c: max(min(t), 1e-9) for c, t in times.items()}  # a clock too coarse to see a pass: no division by 0
+    # a clock too coarse to see a pass: no division by zero
+    return {c: max(min(t), 1e-9) for c, t in times.items()}, outputs
 
 
 def _worst_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
