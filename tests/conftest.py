@@ -18,8 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def steady_calibration(monkeypatch):
-    """Calibration (features/calibrate.py) runs in every test that encodes under auto, but with a clock that
-    stands still and runners that encode nothing: every candidate ties, so auto keeps torch fp32 and a test's
+    """Calibration (features/calibrate.py) runs in every test that encodes under auto, but on a quiet machine,
+    with a clock that stands still and runners that encode nothing: every candidate ties, so auto keeps torch fp32 and a test's
     encoder calls and features are those of torch. The real timing is timed on real encoders by
     tests/test_calibrate.py, which also fakes these two to test the choice."""
     import torch
@@ -27,6 +27,7 @@ def steady_calibration(monkeypatch):
     from genrefusion.features import calibrate
 
     monkeypatch.setattr(calibrate, "clock", lambda: 0.0)
+    monkeypatch.setattr(calibrate, "load", lambda: (0.0, 0.0, 0.0))  # quiet: a record is never re-measured for load
     monkeypatch.setattr(calibrate, "make_runner",
                         lambda candidate, encoder, root: lambda inputs: torch.zeros(len(next(iter(inputs.values()))), 1))
 

@@ -215,3 +215,17 @@ def test_a_candidate_failing_after_the_warm_up_is_refused_not_fatal(encoder, evi
     by = {f"{r['backend']} {r['precision']}": r for r in record["candidates"]}
     assert by["onnxruntime fp32"]["verdict"].startswith("could not run") and by["onnxruntime fp32"]["speedup"] == 0
     assert _choice(record) == ("torch", "bf16")
+
+
+def test_a_record_measured_while_busy_is_measured_again_once_quiet(encoder, evidence, tmp_path, monkeypatch):
+    cost = {"torch fp32": 1.0, "torch bf16": 0.4, "onnxruntime fp32": 0.6}
+    monkeypatch.setattr(calibrate, "load", lambda: (9.0, 9.0, 9.0))  # far above the CPU count
+    record = _ensure(encoder, tmp_path, FakeSpeed(cost))
+    assert record["busy"] and "measured while busy" in record["why"]
+    still_busy = FakeSpeed(cost)
+    assert _ensure(encoder, tmp_path, still_busy) == record and still_busy.calls == {}  # used while still busy
+    monkeypatch.setattr(calibrate, "load", lambda: (0.0, 0.0, 0.0))
+    quiet = FakeSpeed(cost)
+    again = _ensure(encoder, tmp_path, quiet)
+    assert quiet.calls and not again["busy"] and "busy" not in again["why"]
+    assert _ensure(encoder, tmp_path, FakeSpeed(cost)) == again

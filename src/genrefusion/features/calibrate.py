@@ -24,7 +24,9 @@ change of load hits all of them, and its best round counts.
 The verdict is a JSON record under `<cache root>/calibration/`, keyed by what the speed depends on: the CPU model
 and flags, the torch and onnxruntime versions and the encoder's fingerprint. It is written atomically (a crash
 leaves no record, so the next run measures again), reused while the key holds, and a changed key measures again.
-A record that cannot be read or does not match its key is deleted with a warning and measured again. Two
+A record that cannot be read or does not match its key is deleted with a warning and measured again. Timings
+taken while the machine is busy (load average above its CPU count) are recorded as such, used, and measured again
+at the first run that finds the machine at most half loaded. Two
 processes calibrating the same encoder take turns (a file lock); under torchrun rank 0 measures and the others
 use its record, so every rank computes the same features. `genrefusion calibrate` runs or shows it; an explicit
 --precision or --backend overrides it.
@@ -60,6 +62,7 @@ MIN_GAIN = 1.1  # a candidate must beat torch fp32 by this factor to be chosen
 MIN_COSINE = {"fp32": 0.9999, "bf16": 0.99}
 logger = logging.getLogger(__name__)
 clock = time.perf_counter  # what candidates are timed with
+load = os.getloadavg  # how busy the machine is (a record measured while busy is measured again later)
 
 Runner = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 MakeRunner = Callable[["Candidate", Any, Path], Runner]
@@ -170,7 +173,8 @@ def calibrate_on(dataset, encoder, features, *, again: bool = False) -> dict[str
     if not applies(encoder, features):
         return None
     items: list[Any] = []
-    if again or recorded(encoder, features.cache_root) is None:
+    record = None if again else recorded(encoder, features.cache_root)
+    if record is None or not settled(record):
         modality, seen = spec(encoder.modality), set()
         for movie in dataset.movies:
             key = modality.key(movie)
@@ -209,16 +213,26 @@ def ensure(encoder, features, items: Sequence[Any], *, cap: CpuCapability | None
     return record
 
 
+def busy() -> bool:
+    """Whether this machine is too busy for timings to mean much: a load average above its CPU count."""
+    return load()[0] > (os.cpu_count() or 1)
+
+
+def settled(record: dict[str, Any]) -> bool:
+    """Whether a record stands: measured on a quiet machine, or the machine is still busy (then measuring again
+    would be no better). A record measured while busy is measured again once the machine is at most half loaded."""
+    return not record.get("busy") or load()[0] > 0.5 * (os.cpu_count() or 1)
+
+
 def _ensure_here(encoder, cache_root: Path, items: Sequence[Any], cap: CpuCapability, timer, runners,
                  again: bool) -> dict[str, Any] | None:
-    if not again and (record := recorded(encoder, cache_root, cap)) is not None:
+    record = None if again else recorded(encoder, cache_root, cap)
+    if (record is not None and settled(record)) or not items:
         return record
-    if not items:
-        return None
     path = record_path(cache_root, encoder, record_key(encoder, cap))
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):  # a second process waits, then reuses the first one's record
-        if not again and (record := recorded(encoder, cache_root, cap)) is not None:
+        if not again and (record := recorded(encoder, cache_root, cap)) is not None and settled(record):
             return record
         record = measure(encoder, items, cache_root, cap, timer, runners)
         atomic.write_json(path, record)
@@ -322,7 +336,8 @@ def _record(encoder, cap: CpuCapability, items: list[Any], rows: list[dict[str, 
     record = {"format": FORMAT, "key": record_key(encoder, cap), "encoder": encoder.name, "cpu": cap.to_dict(),
               "torch": torch.__version__, "onnxruntime": _onnxruntime_version(), "items": len(items),
               "measured": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "load": "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg()), "candidates": rows}
+              "load": "load average " + " ".join(f"{x:.2f}" for x in load()) + f" on {os.cpu_count()} CPUs",
+              "busy": busy(), "candidates": rows}
     choice = best(record)
     record["choice"] = {"backend": choice.backend, "precision": choice.precision}
     record["why"] = explain(record)
@@ -343,5 +358,7 @@ def explain(record: dict[str, Any]) -> str:
         parts.append(f"{c.label()} {said} ({verdict})")
     cpu = record.get("cpu", {})
     native = "/".join(cpu.get("native", [])) or "no reduced precision"
+    busy_note = (f" [measured while busy, {record['load']}: measured again once the machine is quiet]"
+                 if record.get("busy") else "")
     return (f"calibrated {record['encoder']} on {cpu.get('model') or 'this CPU'} (native {native}): "
-            f"{choice.label()}; vs torch fp32: " + ("; ".join(parts) or "no other candidate applies here"))
+            f"{choice.label()}; vs torch fp32: " + ("; ".join(parts) or "no other candidate applies here") + busy_note)
