@@ -257,6 +257,54 @@ def test_hf_image_shapes(ckpt, name, dim):
         assert torch.equal(out.pooled, hidden[:, 0]) and torch.equal(out.sequence, hidden[:, 1:])
 
 
+@pytest.mark.parametrize("name", ["vit", "dinov2", "clip"])
+def test_image_pooling_option_pools_the_same_forward_pass(ckpt, name):
+    cls = create_encoder(ckpt[name])
+    batch = cls.preprocess(_images(3))
+    with torch.no_grad():
+        ref = cls.encode(batch, return_sequence=True)
+        mean = create_encoder(ckpt[name], pooling="mean").encode(batch, return_sequence=True)
+        both = create_encoder(ckpt[name], pooling="cls+mean").encode(batch)
+    width = cls.dim
+    assert cls.pooling == "cls" and create_encoder(ckpt[name], pooling="cls+mean").dim == 2 * width
+    assert torch.allclose(mean.pooled, ref.sequence.mean(1), atol=1e-6) and torch.equal(mean.sequence, ref.sequence)
+    assert both.pooled.shape == (3, 2 * width)
+    assert torch.equal(both.pooled[:, :width], ref.pooled) and torch.allclose(both.pooled[:, width:], mean.pooled)
+    # its tokens are half its width: no sequence (cross_attention=sequence reads one as wide as the pooled vector)
+    with pytest.raises(ValueError, match="no token sequence"):
+        create_encoder(ckpt[name], pooling="cls+mean").encode(batch, return_sequence=True)
+
+
+def test_image_pooling_is_in_the_fingerprint_and_a_cnn_has_one(ckpt):
+    fp = create_encoder(ckpt["dinov2"]).fingerprint()
+    assert "pooling" not in fp  # [CLS]: the fingerprint (and every cache key) it had before pooling was an option
+    assert create_encoder(ckpt["dinov2"], pooling="cls").fingerprint() == fp
+    others = [create_encoder(ckpt["dinov2"], pooling=p).fingerprint() for p in ("mean", "cls+mean")]
+    assert [o["pooling"] for o in others] == ["mean", "cls+mean"] and fp not in others
+    with pytest.raises(ValueError, match="image pooling must be one of"):
+        create_encoder(ckpt["dinov2"], pooling="gem")
+    with pytest.raises(ValueError, match="is a CNN"):
+        create_encoder(ckpt["resnet"], pooling="mean")
+    assert not create_encoder(ckpt["resnet"]).companions()
+
+
+def test_image_companions_give_what_their_own_encoders_give(ckpt):
+    enc = create_encoder(ckpt["dinov2"], pooling="mean")
+    companions = enc.companions()
+    assert [c.pooling for c in companions] == ["cls", "cls+mean"] and all(c.model is enc.model for c in companions)
+    assert [c.fingerprint() for c in companions] == [create_encoder(ckpt["dinov2"], pooling=p).fingerprint()
+                                                     for p in ("cls", "cls+mean")]
+    batch = enc.preprocess(_images(2))
+    with torch.no_grad():
+        out, others = enc.encode_with_companions(batch, companions)
+        for c, got in zip(companions, others):
+            assert torch.equal(got, create_encoder(ckpt["dinov2"], pooling=c.pooling).encode(batch).pooled)
+    assert torch.equal(out.pooled, enc.encode(batch).pooled)
+    patched = create_encoder(ckpt["dinov2"])
+    patched.features = lambda pixel_values: None
+    assert not patched.companions()  # the shared pass would bypass the replaced features()
+
+
 def test_image_normalisation_source(ckpt):
     assert create_encoder(ckpt["vit"]).transform.mean == (0.5, 0.5, 0.5)  # from preprocessor_config.json
     assert create_encoder(ckpt["resnet"]).transform.std == (0.229, 0.224, 0.225)  # ImageNet fallback
@@ -404,8 +452,9 @@ def test_an_option_an_encoder_does_not_take_is_named_with_the_ones_it_takes(ckpt
         create_encoder("minilm-l6", colour="red", size=3, pooling="mean")
     assert not built  # refused before anything is built
     # a local folder: the options of the class it builds
-    with pytest.raises(EncoderOptionError, match=r"no option 'pooling' \(its options: image_size, mean, name, std\)"):
-        create_encoder(ckpt["vit"], pooling="mean")
+    with pytest.raises(EncoderOptionError, match=r"no option 'max_length' \(its options: image_size, mean, name, "
+                                                 r"pooling, std\)"):
+        create_encoder(ckpt["vit"], max_length=32)
     with pytest.raises(EncoderOptionError, match=r"no option 'threads'"):
         create_encoder(f"{ckpt['bert']}+{ckpt['roberta']}", threads=2)  # each part of a joined encoder
     assert issubclass(EncoderOptionError, ValueError)

