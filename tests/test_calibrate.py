@@ -229,3 +229,14 @@ def test_a_record_measured_while_busy_is_measured_again_once_quiet(encoder, evid
     again = _ensure(encoder, tmp_path, quiet)
     assert quiet.calls and not again["busy"] and "busy" not in again["why"]
     assert _ensure(encoder, tmp_path, FakeSpeed(cost)) == again
+
+
+def test_the_poolings_of_one_model_share_one_record(tiny_bert, evidence, tmp_path):
+    cls = create_encoder(str(tiny_bert), modality="text", pooling="cls")
+    mean = create_encoder(str(tiny_bert), modality="text", pooling="mean")
+    assert calibrate.record_key(cls, BF16) == calibrate.record_key(mean, BF16)
+    cost = {"torch fp32": 1.0, "torch bf16": 0.4, "onnxruntime fp32": 0.6}
+    _ensure(cls, tmp_path, FakeSpeed(cost))
+    again = FakeSpeed(cost)
+    _ensure(mean, tmp_path, again)
+    assert again.calls == {}

@@ -104,10 +104,12 @@ def _onnxruntime_version() -> str | None:
 
 
 def record_key(encoder, cap: CpuCapability) -> str:
-    """The hash of everything the speed depends on: CPU, library versions, the encoder itself."""
+    """The hash of everything the speed depends on: CPU, library versions, the encoder itself. Not its pooling: the
+    poolings of one model are one forward pass (an encoder's companions), so they share one record."""
+    model = {k: v for k, v in encoder.fingerprint().items() if k != "pooling"}
     return fingerprints.sha256_json({
         "format": FORMAT, "cpu": {"model": cap.model, "flags": sorted(cap.flags), "torch": cap.torch_capability},
-        "torch": torch.__version__, "onnxruntime": _onnxruntime_version(), "encoder": encoder.fingerprint()})
+        "torch": torch.__version__, "onnxruntime": _onnxruntime_version(), "encoder": model})
 
 
 def record_path(cache_root: str | os.PathLike, encoder, key: str) -> Path:
