@@ -1,0 +1,143 @@
+"""Calibrated `auto` against an earlier commit's table-driven `auto`, side by side in one run.
+
+    git worktree add /tmp/base 6281804          # the commit issue 25 starts from
+    .venv/bin/python benchmarks/calibrate.py --baseline /tmp/base [--movies 300] [--rounds 1]
+
+Each configuration runs `genrefusion features` over the same movies (the first --movies of the sample that have a
+plot and a poster, as a CSV catalog) with the four default offline encoders, in two calls (minilm-l6 +
+efficientnet-lite0, then mpnet-base + dinov2-vits14), each into an empty feature cache:
+
+  baseline+table   the baseline commit as it is (its cpu_precision.json, measured on other CPUs)
+  baseline-table   the baseline with the table's speed entries hidden, as on any CPU they were not measured on
+  calibrated       this checkout with the speed entries hidden too; its time includes calibrating each encoder
+
+Hidden means a copy of the package whose cpu_precision.json has "speed": [] (the downstream-quality evidence stays:
+it does not depend on the CPU). The offline weights are built once beforehand and shared, so every configuration
+times encoding (and, for the calibrated one, calibration) only. Configurations alternate within each round; with
+--rounds above 1 each one's best round counts. Prints each configuration's wall time, the backend and precision
+each encoder ran with, the ratios, the load average and the CPU's flags.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "mmimdb-sample"
+CALLS = (("minilm-l6", "efficientnet-lite0"), ("mpnet-base", "dinov2-vits14"))
+FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+LINE = re.compile(r"^\s*(text|image) (\S+): .*?(?:\((\S+), (\S+)\))?, ([\d.]+) s$")
+
+
+def cpu_line() -> str:
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
+    flags = set((re.search(r"^flags\s*:\s*(.+)$", info, re.M) or re.match("()", "")).group(1).split())
+    return (f"{os.cpu_count()} CPUs, {name.group(1) if name else 'unknown CPU'}; flags: "
+            + " ".join(f for f in FLAGS if f in flags))
+
+
+def load_line() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def write_catalog(data: Path, n: int, dest: Path) -> Path:
+    """The first n movies of the MM-IMDb folder with a plot and a poster, as a CSV catalog with the posters copied
+    beside it (a catalog's posters must be inside its folder)."""
+    (dest / "posters").mkdir(parents=True, exist_ok=True)
+    split = json.loads((data / "split.json").read_text())
+    ids = [i for part in ("train", "dev", "test") for i in split.get(part, [])]
+    rows = []
+    for i in ids:
+        meta, poster = data / "dataset" / f"{i}.json", data / "dataset" / f"{i}.jpeg"
+        if not (meta.exists() and poster.exists()):
+            continue
+        plot = json.loads(meta.read_text()).get("plot") or []
+        genres = json.loads(meta.read_text()).get("genres") or []
+        if plot and genres:
+            shutil.copyfile(poster, dest / "posters" / poster.name)
+            rows.append({"id": i, "plot": " ".join(plot), "poster": f"posters/{poster.name}",
+                         "genres": "|".join(genres), "split": "train"})
+        if len(rows) == n:
+            break
+    path = dest / "catalog.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["id", "plot", "poster", "genres", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def hidden_copy(src: Path, dest: Path) -> Path:
+    """A copy of the package under `src` (a src/ folder) whose cpu_precision.json has no speed entries."""
+    shutil.copytree(src / "genrefusion", dest / "genrefusion", ignore=shutil.ignore_patterns("__pycache__"))
+    table = next((dest / "genrefusion").rglob("cpu_precision.json"))
+    content = json.loads(table.read_text())
+    content["speed"] = []
+    table.write_text(json.dumps(content, indent=1))
+    return dest
+
+
+def run_features(pythonpath: Path, catalog: Path, cache: Path, models: Path) -> tuple[float, dict[str, str]]:
+    """Wall time of the two `features` calls into the empty cache `cache`, and how each encoder ran."""
+    cache.mkdir(parents=True)
+    (cache / "models").symlink_to(models)
+    env = {**os.environ, "PYTHONPATH": str(pythonpath), "GENREFUSION_CACHE": str(models.parent)}
+    how, t0 = {}, time.perf_counter()
+    for text, image in CALLS:
+        out = subprocess.run([sys.executable, "-m", "genrefusion", "features", "--data", str(catalog), "--text", text,
+                              "--image", image, "--cache-dir", str(cache)],
+                             env=env, capture_output=True, text=True, check=False)
+        if out.returncode:
+            raise SystemExit(f"features failed under {pythonpath}:\n{out.stderr[-3000:]}")
+        for line in out.stdout.splitlines():
+            if m := LINE.match(line):
+                how[m.group(2)] = f"{m.group(3) or '-'} {m.group(4) or ''}".strip() + f" {float(m.group(5)):.0f} s"
+    return time.perf_counter() - t0, how
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--baseline", required=True, type=Path, help="a worktree of the commit to compare with")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--movies", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=1)
+    args = ap.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="bench-calibrate-"))
+    try:
+        catalog = write_catalog(args.data, args.movies, work)
+        configs = {"baseline+table": args.baseline / "src",
+                   "baseline-table": hidden_copy(args.baseline / "src", work / "base-hidden"),
+                   "calibrated": hidden_copy(REPO / "src", work / "calibrated")}
+        models = work / "shared" / "models"
+        models.mkdir(parents=True)
+        print(f"{cpu_line()}\n{args.movies} movies; building the offline weights once ... ({load_line()})")
+        (work / "warm").mkdir()
+        run_features(configs["calibrated"], write_catalog(args.data, 4, work / "warm"), work / "warm" / "cache", models)
+        best: dict[str, tuple[float, dict]] = {}
+        for r in range(args.rounds):
+            for name, path in configs.items():
+                seconds, how = run_features(path, catalog, work / f"cache-{name}-{r}", models)
+                print(f"round {r}: {name:<15} {seconds:7.1f} s  ({load_line()})  " +
+                      ", ".join(f"{e}: {h}" for e, h in how.items()))
+                if name not in best or seconds < best[name][0]:
+                    best[name] = (seconds, how)
+        base, hidden, cal = (best[k][0] for k in ("baseline+table", "baseline-table", "calibrated"))
+        print(f"\ncalibrated {cal:.1f} s; baseline with its table {base:.1f} s (x{base / cal:.2f}); baseline with the "
+              f"table hidden {hidden:.1f} s (x{hidden / cal:.2f})\ntargets: >= x1.00 and >= x1.30; {load_line()}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
