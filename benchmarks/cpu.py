@@ -227,25 +227,23 @@ def features_vs_peer(data: str, limit: int = 192, log: Callable[[str], None] = p
 
     from genrefusion.encoders import create_encoder
     from genrefusion.features.cache import default_batch_size
-    from genrefusion.features.fingerprints import resolve_precision
-    from genrefusion.features.precision import backend_for
+    from genrefusion.features import calibrate
 
     ds = sample_dataset(data, limit)
     enc = create_encoder("minilm-l6")
     image = create_encoder("efficientnet-lite0")
     bs = default_batch_size("text", "cpu")
     plots = [m.plot for m in ds.movies]
-    out: dict[str, Any] = {"n": len(plots), "batch_size": bs, "max_length": enc.max_length,
-                           "default_precision": resolve_precision("auto", "cpu", [enc.name]),
-                           "backends": {e.name: backend_for(e.name) for e in (enc, image)}}
+    out: dict[str, Any] = {"n": len(plots), "batch_size": bs, "max_length": enc.max_length}
     encode_items(enc, plots[:bs], "fp32", bs)  # warm-up
     for e in (enc, image):
         e.fingerprint()  # hashes the weights once per process (~0.3 s): a fixed cost, not throughput
     with tempfile.TemporaryDirectory() as root:
         t = time.perf_counter()
-        _cold_features(ds.subset(range(4)), enc, root, "auto", "auto")  # traces the graphs auto will use
-        _cold_features(ds.subset(range(4)), image, root, "auto", "auto")
+        _cold_features(ds, enc, root, "auto", "auto")  # calibrates (on the first plots) and traces the graphs
+        _cold_features(ds, image, root, "auto", "auto")
         out["trace_s"] = time.perf_counter() - t
+        out["chosen"] = {e.name: calibrate.best(calibrate.recorded(e, root)).label() for e in (enc, image)}
         times: dict[str, list[float]] = {}
         for _ in range(2):
             for label, precision, backend in (("features (default)", "auto", "auto"),
@@ -281,9 +279,9 @@ def format_features(r: dict[str, Any]) -> str:
     text, text32 = r["features (default) text"], r["features (fp32, torch) text"]
     img, img32 = r["features (default) image"], r["features (fp32, torch) image"]
     lines = [f"genrefusion features --text minilm-l6 --image efficientnet-lite0, {r['n']} sample movies (empty cache, "
-             f"best of 2 interleaved rounds); defaults on this CPU: precision {r['default_precision']}, backends "
-             + ", ".join(f"{k} {v}" for k, v in r["backends"].items())
-             + f" (graphs traced once beforehand: {r['trace_s']:.1f} s)",
+             f"best of 2 interleaved rounds); auto calibrated on this CPU: "
+             + ", ".join(f"{k} {v}" for k, v in r["chosen"].items())
+             + f" (calibration, graphs and a first pass beforehand: {r['trace_s']:.1f} s)",
              f"  plots    default {text:7.1f} /s   fp32 torch {text32:7.1f} /s   x{text / text32:.2f}",
              f"  posters  default {img:7.1f} /s   fp32 torch {img32:7.1f} /s   x{img / img32:.2f}",
              f"  command  default {ours:7.1f} movies/s   fp32 torch {fp32:7.1f} movies/s   x{ours / fp32:.2f} "
