@@ -143,6 +143,7 @@ def test_auto_features_follow_the_record_and_explicit_settings_override_it(synth
     monkeypatch.setattr(precision, "_probe", lambda: BF16)
     monkeypatch.setattr(calibrate, "clock", speed.clock)
     monkeypatch.setattr(calibrate, "make_runner", speed.runners)
+    monkeypatch.setattr(calibrate, "MIN_WORK", 10)  # the 90-movie catalog counts as a large job here
     enc = create_encoder(str(tiny_bert), modality="text")
 
     def table(**kw):
@@ -240,3 +241,18 @@ def test_the_poolings_of_one_model_share_one_record(tiny_bert, evidence, tmp_pat
     again = FakeSpeed(cost)
     _ensure(mean, tmp_path, again)
     assert again.calls == {}
+
+
+def test_a_job_too_small_to_pay_for_the_measurement_is_not_calibrated(synthetic_catalog, tiny_bert, evidence,
+                                                                      tmp_path, monkeypatch):
+    ds = load_catalog(synthetic_catalog)
+    speed = FakeSpeed({"torch fp32": 1.0, "torch bf16": 0.4, "onnxruntime fp32": 0.6})
+    monkeypatch.setattr(calibrate, "clock", speed.clock)
+    monkeypatch.setattr(calibrate, "make_runner", speed.runners)
+    enc = create_encoder(str(tiny_bert), modality="text")
+    features = FeatureSpec(cache_root=tmp_path / "cache", progress=False, batch_size=8)
+    assert len(ds.movies) < calibrate.MIN_WORK
+    table = dataset_features(ds, enc, features)
+    assert speed.calls == {} and calibrate.recorded(enc, tmp_path / "cache") is None
+    assert (table.precision, table.backend) == ("fp32", "torch")  # as without a record: the table, here empty
+    assert calibrate.calibrate_on(ds, enc, features, min_work=0) is not None and speed.calls  # asked for: measured

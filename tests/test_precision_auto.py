@@ -137,6 +137,7 @@ def auto_run(tmp_path_factory, synthetic_catalog, tiny_bert, tiny_vit):
     mp.setattr(precision, "_probe", lambda: BF16)
     mp.setattr(calibrate, "clock", speed.clock)
     mp.setattr(calibrate, "make_runner", speed.runners)
+    mp.setattr(calibrate, "MIN_WORK", 10)  # the synthetic catalog counts as a job large enough to calibrate
     cfg = Config(data=str(synthetic_catalog), split="official", modalities="any", model="gmu",
                  text_encoder=str(tiny_bert), image_encoder=str(tiny_vit), pooling="mean", epochs=3, lr=3e-3,
                  cache_dir=str(root / "cache"), precision="auto").validate()

@@ -4,8 +4,9 @@ The fastest way to run an encoder depends on the CPU, not on the encoder alone. 
 AVX512-BF16, bf16 autocast was x1.4 (MPNet) to x2.5 (EfficientNet-Lite0) faster than fp32 torch; on an AVX2-only
 CPU bf16 is emulated and several times slower, while ONNX Runtime was x1.7 (MPNet) and x4.1 (EfficientNet-Lite0)
 faster. A table measured on one CPU therefore says nothing about the next one. So the first time an encoder's
-features are made on a machine under auto, `ensure` times every candidate that can apply here on a few dozen of
-the items about to be encoded:
+features are made on a machine under auto for a job of at least MIN_WORK items (a smaller one cannot win back the
+10-40 s the measurement costs, and runs as before), `ensure` times every candidate that can apply here on a few
+dozen of the items about to be encoded:
 
   torch fp32         the reference;
   torch bf16         autocast, only where the CPU computes bf16 natively (AVX512-BF16 or AMX);
@@ -55,6 +56,9 @@ from .precision import CpuCapability, cpu_capability, load_table, quality_verdic
 FORMAT = 1
 ITEMS = 24  # items timed per candidate: a few CPU batches
 MIN_ROUNDS, MAX_ROUNDS = 2, 4  # timed passes over the items per candidate (after one untimed warm-up batch)
+# Distinct items a job must have for the first run to calibrate: on the 2-core development machine calibrating the
+# four default encoders cost about 60 s, while the fastest candidate saved 0.01-0.04 s per item.
+MIN_WORK = 1000
 BUDGET_S = 2.0  # after MIN_ROUNDS, stop once every candidate has run this long in all
 MIN_GAIN = 1.1  # a candidate must beat torch fp32 by this factor to be chosen
 # Worst per-item cosine to torch fp32's features: ONNX Runtime computes the same fp32 features (up to rounding);
@@ -169,13 +173,17 @@ def best(record: dict[str, Any], precision: str | None = None, backend: str | No
     return Candidate(top["backend"], top["precision"])
 
 
-def calibrate_on(dataset, encoder, features, *, again: bool = False) -> dict[str, Any] | None:
+def calibrate_on(dataset, encoder, features, *, again: bool = False, min_work: int | None = None) -> dict[str, Any] | None:
     """`ensure` for the encoder, measured on the dataset's first ITEMS distinct items of its modality when there is
-    no record yet (or `again`). An item that cannot be loaded is left out here (the extraction names it)."""
+    no record yet (or `again`) and the dataset has at least `min_work` (default MIN_WORK) of them: measuring costs
+    10-40 s per encoder (tracing its ONNX graph included), which a smaller job cannot win back; it then runs as
+    without a record. An item that cannot be loaded is left out here (the extraction names it)."""
     if not applies(encoder, features):
         return None
     items: list[Any] = []
     record = None if again else recorded(encoder, features.cache_root)
+    if record is None and _distinct_items(dataset, encoder.modality) < (MIN_WORK if min_work is None else min_work):
+        return None
     if record is None or not settled(record):
         modality, seen = spec(encoder.modality), set()
         for movie in dataset.movies:
@@ -190,6 +198,10 @@ def calibrate_on(dataset, encoder, features, *, again: bool = False) -> dict[str
             if len(items) == ITEMS:
                 break
     return ensure(encoder, features, items, again=again)
+
+
+def _distinct_items(dataset, modality: str) -> int:
+    return len({k for k in map(spec(modality).key, dataset.movies) if k is not None})
 
 
 def ensure(encoder, features, items: Sequence[Any], *, cap: CpuCapability | None = None,
