@@ -73,22 +73,38 @@ def stop_epoch(val_losses: list[float], patience: int) -> tuple[int, int]:
     return len(val_losses), best_epoch
 
 
+def finished_run(out: Path, setting: Setting, row: str, seed: int) -> Path | None:
+    """The run folder an earlier, interrupted invocation finished for this row, seed and setting (--resume)."""
+    from genrefusion.evaluation.runs import predictions_file
+
+    for metrics in sorted((out / setting.name).glob(f"*/seed-{seed}/metrics.json")):
+        run_dir = metrics.parent
+        if (json.loads(metrics.read_text(encoding="utf-8")).get("grid_row") == row
+                and all((run_dir / predictions_file(s)).is_file() for s in ("test", "val"))):
+            return run_dir
+    return None
+
+
 def train_one(args, setting: Setting, row: str, seed: int, out: Path) -> dict[str, Any]:
-    """One row, one seed, under `setting`: the grid's own code (run_grid) over the cached features."""
+    """One row, one seed, under `setting`: the grid's own code (run_grid) over the cached features; with --resume,
+    what an earlier invocation finished is read instead of trained again."""
     from genrefusion.data.loader import DataSpec
     from genrefusion.training.grid import GridSpec, run_grid
 
-    overrides = {**COMMON, **setting.overrides, "seed": seed}
-    g = run_grid(GridSpec(DataSpec(args.data, "stratified", "both"), "recommended", config_overrides=overrides,
-                          cache_dir=args.cache_dir, out=out / setting.name, rows=[row], seeds=1, report=False),
-                 log=lambda *_: None)
-    (entry,) = g["rows"]
-    run_dir = out / setting.name / entry["runs"][0]
+    run_dir = finished_run(out, setting, row, seed) if args.resume else None
+    resumed = run_dir is not None
+    if run_dir is None:
+        overrides = {**COMMON, **setting.overrides, "seed": seed}
+        g = run_grid(GridSpec(DataSpec(args.data, "stratified", "both"), "recommended", config_overrides=overrides,
+                              cache_dir=args.cache_dir, out=out / setting.name, rows=[row], seeds=1, report=False),
+                     log=lambda *_: None)
+        (entry,) = g["rows"]
+        run_dir = out / setting.name / entry["runs"][0]
     m = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    return {"row": entry["row"], "folder": entry["runs"][0].split("/")[0], "run": str(run_dir), "seed": seed,
+    return {"row": row, "folder": run_dir.parent.name, "run": str(run_dir), "seed": seed,
             "train_s": m["timings"]["train_oof_s"], "epochs": len(m["history"]), "best_epoch": m["best_epoch"],
             "val_losses": [h["val_loss"] for h in m["history"]], "f1_macro": m["test"]["f1_macro"],
-            "f1_micro": m["test"]["f1_micro"], "load": load_avg()}
+            "f1_micro": m["test"]["f1_micro"], "load": "(earlier run)" if resumed else load_avg()}
 
 
 def identical(run_a: str, run_b: str) -> bool:
@@ -114,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", default=None, help="the feature cache (default: $GENREFUSION_CACHE or "
                                                       "~/.cache/genrefusion)")
     ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--resume", action="store_true",
+                    help="continue an interrupted run in --out: runs it finished are read, not trained again")
     args = ap.parse_args(argv)
 
     import torch
@@ -128,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--lever names must differ")
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     out = Path(args.out or f"runs/grid-cost-{datetime.now():%Y%m%d-%H%M%S}")
-    if out.exists() and any(out.iterdir()):
-        ap.error(f"--out {out}: exists and is not empty (the row folders must hold this run's seeds only)")
+    if out.exists() and any(out.iterdir()) and not args.resume:
+        ap.error(f"--out {out}: exists and is not empty (the row folders must hold this run's seeds only; "
+                 "--resume continues an interrupted run there)")
     base = load_config(preset="recommended")
     cpu = probe_cpu()
     header = {"cpu": cpu.model, "torch": torch.__version__, "threads": torch.get_num_threads(),
