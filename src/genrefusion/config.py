@@ -174,7 +174,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 4 of 6 model-seeds agreeing.
     "recommended": {
         "lr": 3e-4, "weight_decay": 1e-2, "scheduler": "cosine", "warmup_epochs": 1.0, "epochs": 20,
-        "early_stopping_patience": 8, "input_norm": "layernorm", "head_dropout": [0.5, 0.3],
+        "early_stopping_patience": 3, "input_norm": "layernorm", "head_dropout": [0.5, 0.3],
         "modality_dropout": 0.2, "pooling": "mean", "loss": "asl", "threshold_mode": "per_genre",
         "aux_loss_weight": 0.5, "threshold_source": "oof",
     },
