@@ -10,7 +10,7 @@ import math
 import pytest
 
 from genrefusion.data.loader import load_catalog
-from genrefusion.encoders.image import ImageEncoder
+from genrefusion.encoders.image import HFImageEncoder
 from genrefusion.encoders.text import TextEncoder
 from genrefusion.data.images import load_poster
 from genrefusion.cli.predict import load_model
@@ -41,7 +41,8 @@ def test_predict_encodes_many_movies_in_length_grouped_batches(predictor, synthe
     plots = [m.plot for m in movies]
     one_by_one = [predictor.predict_one(p, t)["probabilities"] for p, t in zip(posters, plots)]
     predictor.batch_sizes = {"text": 8, "image": 8}
-    text_calls, image_calls = _count_calls(monkeypatch, TextEncoder), _count_calls(monkeypatch, ImageEncoder)
+    # the model's own image encoder class: a transformer's (HFImageEncoder) has an encode of its own
+    text_calls, image_calls = _count_calls(monkeypatch, TextEncoder), _count_calls(monkeypatch, HFImageEncoder)
     seen_lengths: list[list[int]] = []
     original = TextEncoder.preprocess
 
@@ -68,7 +69,7 @@ def test_catalog_cli_hands_chunks_to_batched_encoders(serving_cli, trained_run, 
     catalog = synthetic_catalog.parent / "for-batching.csv"
     catalog.write_text("id,plot,poster\n" + "".join(f"{r['id']},{r['plot']},{r['poster']}\n" for r in rows))
     movies = load_catalog(catalog, require_labels=False).movies
-    text_calls, image_calls = _count_calls(monkeypatch, TextEncoder), _count_calls(monkeypatch, ImageEncoder)
+    text_calls, image_calls = _count_calls(monkeypatch, TextEncoder), _count_calls(monkeypatch, HFImageEncoder)
     out = tmp_path / "pred.jsonl"
     assert serving_cli(["predict", "--model", str(trained_run / "model"), "--input", str(catalog), "--output",
                         str(out), "--batch-size", "4", "--chunk", "10"]) == 0
