@@ -2,20 +2,23 @@
 whether the lever keeps its results: issue 25, item 2.
 
     PYTHONPATH=src OMP_NUM_THREADS=1 .venv/bin/python benchmarks/grid_cost.py \
-        [--rows RoBERTa,GMU,ResNet50] [--seeds 5] [--lever patience-4:early_stopping_patience=4 ...] [--out DIR]
+        --lever patience-3:early_stopping_patience=3 [--lever NAME:key=value,...] \
+        [--baseline key=value,...] [--rows RoBERTa,GMU,ResNet50] [--seeds 5] [--out DIR] [--resume]
 
-Each chosen row of the recommended grid (grid row names) is trained for `--seeds` seeds under the preset as it is
-(the baseline) and under each lever, on the sample (stratified split, both modalities, fp32 features from the
-cache, as `benchmarks/cpu_precision.py quality` runs it). The configurations are interleaved: seed by seed and row
-by row, each configuration trains the row once, in an order that is reversed every other seed, so that a change of
-the machine's load falls on all of them alike. Printed per row and lever: the training seconds of each
+Each chosen row of the recommended grid (grid row names) is trained for `--seeds` seeds under the preset as it is,
+or with `--baseline`'s overrides (the baseline), and under each lever (its overrides on top of the baseline's), on
+the sample (stratified split, both modalities, fp32 features from the cache, as `benchmarks/cpu_precision.py
+quality` runs it). The configurations are interleaved: seed by seed and row by row, each configuration trains the
+row once, in an order that is reversed every other seed, so that a change of the machine's load falls on all of
+them alike. Printed per row and lever: the training seconds of each
 configuration (train_oof_s summed over the seeds: the row's model and its out-of-fold heads) and their ratio, the
 epochs the row's model trained and its best epoch (seed means), how many seeds gave bit-identical test
 predictions and thresholds, and the paired comparison of test macro- and micro-F1 (evaluation.compare.compare on
 the two row folders: seed-averaged scores, difference lever - baseline and its 95% bootstrap interval). A lever
 passes when, on every row, both differences are within 0.01 or zero lies inside the interval (the project's rule,
 features.precision.keeps_quality). The load average and the CPU model are printed with the figures, and
-everything printed is also written to OUT/grid_cost.json.
+everything printed is also written to OUT/grid_cost.json. A run stopped midway continues with `--resume` (the
+same arguments): the runs it finished are read, not trained again.
 
 A smaller early_stopping_patience changes nothing before the epoch a training stops at (the schedule depends on
 `epochs`, not on the patience), so a training's result changes only when it would have found a new best epoch
@@ -46,14 +49,19 @@ class Setting:
     overrides: dict[str, Any]
 
 
-def parse_lever(text: str) -> Setting:
-    """'NAME:key=value,key=value' -> Setting (values parsed as config overrides are)."""
+def parse_overrides(text: str) -> dict[str, Any]:
+    """'key=value,key=value' -> config overrides (values parsed as on the command line)."""
     from genrefusion.config import parse_override
 
+    return dict(parse_override(item) for item in text.split(",") if item.strip())
+
+
+def parse_lever(text: str) -> Setting:
+    """'NAME:key=value,key=value' -> Setting (values parsed as config overrides are)."""
     name, sep, rest = text.partition(":")
     if not sep or not name or not rest or name == BASELINE or "/" in name:
         raise argparse.ArgumentTypeError(f"--lever {text!r}: expected NAME:key=value[,key=value...]")
-    return Setting(name, dict(parse_override(item) for item in rest.split(",")))
+    return Setting(name, parse_overrides(rest))
 
 
 def load_avg() -> str:
@@ -94,7 +102,7 @@ def train_one(args, setting: Setting, row: str, seed: int, out: Path) -> dict[st
     run_dir = finished_run(out, setting, row, seed) if args.resume else None
     resumed = run_dir is not None
     if run_dir is None:
-        overrides = {**COMMON, **setting.overrides, "seed": seed}
+        overrides = {**COMMON, **args.baseline, **setting.overrides, "seed": seed}  # a lever: on the baseline
         g = run_grid(GridSpec(DataSpec(args.data, "stratified", "both"), "recommended", config_overrides=overrides,
                               cache_dir=args.cache_dir, out=out / setting.name, rows=[row], seeds=1, report=False),
                      log=lambda *_: None)
@@ -123,9 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--rows", default="RoBERTa,GMU,ResNet50", help="comma-separated grid row names")
     ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--lever", type=parse_lever, action="append", default=None,
-                    help="NAME:key=value[,key=value]: config overrides compared with the preset as it is "
-                         "(repeatable; default patience-4:early_stopping_patience=4)")
+    ap.add_argument("--lever", type=parse_lever, action="append", required=True,
+                    help="NAME:key=value[,key=value]: config overrides compared with the baseline (repeatable)")
+    ap.add_argument("--baseline", type=parse_overrides, default={},
+                    help="key=value[,key=value]: the baseline's overrides of the preset (default: the preset as it "
+                         "is); e.g. early_stopping_patience=8 for the preset before 7 December 2026")
     ap.add_argument("--out", default=None, help="default: runs/grid-cost-<time>")
     ap.add_argument("--cache-dir", default=None, help="the feature cache (default: $GENREFUSION_CACHE or "
                                                       "~/.cache/genrefusion)")
@@ -140,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     from genrefusion.evaluation.compare import compare
     from genrefusion.features.precision import TOLERANCE, keeps_quality, probe_cpu
 
-    levers = args.lever or [parse_lever("patience-4:early_stopping_patience=4")]
-    settings = [Setting(BASELINE, {}), *levers]
+    levers = args.lever
+    settings = [Setting(BASELINE, args.baseline), *levers]
     if len({s.name for s in settings}) != len(settings):
         ap.error("--lever names must differ")
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -149,14 +159,16 @@ def main(argv: list[str] | None = None) -> int:
     if out.exists() and any(out.iterdir()) and not args.resume:
         ap.error(f"--out {out}: exists and is not empty (the row folders must hold this run's seeds only; "
                  "--resume continues an interrupted run there)")
-    base = load_config(preset="recommended")
+    base = load_config(preset="recommended", overrides=dict(args.baseline))
     cpu = probe_cpu()
     header = {"cpu": cpu.model, "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "fold_workers": base.fold_workers, "load_start": load_avg(), "started": f"{datetime.now():%Y-%m-%d %H:%M}",
+              "fold_workers": base.fold_workers, "load_start": load_avg(),
+              "started": f"{datetime.now():%Y-%m-%d %H:%M}",
               "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])}
+    changed = ", ".join(f"{k}={v}" for k, v in args.baseline.items())
     print(f"{cpu.model} ({os.cpu_count()} CPUs), torch {torch.__version__}, {header['threads']} thread(s); "
-          f"recommended preset: epochs {base.epochs}, early_stopping_patience {base.early_stopping_patience}; "
-          f"load average {header['load_start']}", flush=True)
+          f"baseline: the recommended preset{' with ' + changed if changed else ''} (epochs {base.epochs}, "
+          f"early_stopping_patience {base.early_stopping_patience}); load average {header['load_start']}", flush=True)
     for s in levers:
         print(f"lever {s.name}: {', '.join(f'{k}={v}' for k, v in s.overrides.items())}", flush=True)
 
@@ -195,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                      **{m: {k: round(c[m][k], 4) for k in ("score_a", "score_b", "diff", "ci_low", "ci_high")}
                         for m in ("f1_macro", "f1_micro")}}
             per_row.append(entry)
-            print(f"{row:<10} {sa:10.1f} {sb:14.1f} {sb / sa:6.2f}  {entry['epochs'][0]:4.1f} -> {entry['epochs'][1]:4.1f}"
+            print(f"{row:<10} {sa:10.1f} {sb:14.1f} {sb / sa:6.2f}  "
+                  f"{entry['epochs'][0]:4.1f} -> {entry['epochs'][1]:4.1f}"
                   f"  {entry['best_epoch'][0]:3.1f} -> {entry['best_epoch'][1]:3.1f}  "
                   f"{entry['identical_seeds']}/{len(a)}  "
                   + "  ".join(f"{c[m]['score_a']:.4f} -> {c[m]['score_b']:.4f} {c[m]['diff']:+.4f} "
