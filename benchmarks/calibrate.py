@@ -31,23 +31,13 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from catalog import cpu_line, load_line  # noqa: E402  (the CPU and load lines every CPU benchmark prints)
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "mmimdb-sample"
 CALLS = (("minilm-l6", "efficientnet-lite0"), ("mpnet-base", "dinov2-vits14"))
-FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 LINE = re.compile(r"^\s*(text|image) (\S+): .*?(?:\((\S+), (\S+)\))?, ([\d.]+) s$")
-
-
-def cpu_line() -> str:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
-    flags = set((re.search(r"^flags\s*:\s*(.+)$", info, re.M) or re.match("()", "")).group(1).split())
-    return (f"{os.cpu_count()} CPUs, {name.group(1) if name else 'unknown CPU'}; flags: "
-            + " ".join(f for f in FLAGS if f in flags))
-
-
-def load_line() -> str:
-    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def write_catalog(data: Path, n: int, dest: Path) -> Path:
