@@ -256,3 +256,30 @@ def test_a_job_too_small_to_pay_for_the_measurement_is_not_calibrated(synthetic_
     assert speed.calls == {} and calibrate.recorded(enc, tmp_path / "cache") is None
     assert (table.precision, table.backend) == ("fp32", "torch")  # as without a record: the table, here empty
     assert calibrate.calibrate_on(ds, enc, features, min_work=0) is not None and speed.calls  # asked for: measured
+
+
+def test_plots_are_timed_at_typical_length_longest_first(tiny_bert):
+    """A batch of random plots is padded to its longest; the cache's batches are grouped by length. So the timed
+    plots are ITEMS of the first POOL, distinct, longest first, around the length that splits the pool's tokens
+    in half."""
+    from types import SimpleNamespace
+
+    enc = create_encoder(str(tiny_bert), modality="text")
+    plots = [" ".join(["word"] * n) + f" {n}" for n in range(1, calibrate.POOL + 1)][::-1]
+    movies = [SimpleNamespace(plot=p, text_key=p) for p in plots + plots[:5]]  # repeated plots count once
+    picked = calibrate._sample(SimpleNamespace(movies=movies), enc)
+    lengths = enc.token_lengths(picked)
+    assert len(picked) == len(set(picked)) == calibrate.ITEMS
+    assert lengths == sorted(lengths, reverse=True)
+    pool = sorted(enc.token_lengths(plots), reverse=True)
+    half = next(n for i, n in enumerate(pool) if sum(pool[:i + 1]) >= sum(pool) / 2)
+    assert min(lengths) <= half <= max(lengths) and max(lengths) - min(lengths) < calibrate.ITEMS + 2
+
+
+def test_items_without_lengths_are_the_first_distinct_ones():
+    """Posters (an encoder whose token_lengths is None) are timed on the first ITEMS distinct items."""
+    from types import SimpleNamespace
+
+    movies = [SimpleNamespace(plot=f"plot {i % 30}", text_key=f"k{i % 30}") for i in range(100)]
+    enc = SimpleNamespace(modality="text", token_lengths=None)
+    assert calibrate._sample(SimpleNamespace(movies=movies), enc) == [f"plot {i}" for i in range(calibrate.ITEMS)]

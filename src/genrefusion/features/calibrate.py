@@ -5,8 +5,8 @@ AVX512-BF16, bf16 autocast was x1.4 (MPNet) to x2.5 (EfficientNet-Lite0) faster 
 CPU bf16 is emulated and several times slower, while ONNX Runtime was x1.7 (MPNet) and x4.1 (EfficientNet-Lite0)
 faster. A table measured on one CPU therefore says nothing about the next one. So the first time an encoder's
 features are made on a machine under auto for a job of at least MIN_WORK items (a smaller one cannot win back the
-10-40 s the measurement costs, and runs as before), `ensure` times every candidate that can apply here on a few
-dozen of the items about to be encoded:
+3-16 s the measurement costs per encoder, and runs as before), `ensure` times every candidate that can apply here
+on a few dozen of the items about to be encoded:
 
   torch fp32         the reference;
   torch bf16         autocast, only where the CPU computes bf16 natively (AVX512-BF16 or AMX);
@@ -54,10 +54,14 @@ from . import backends, fingerprints
 from .precision import CpuCapability, cpu_capability, load_table, quality_verdict
 
 FORMAT = 1
-ITEMS = 24  # items timed per candidate: a few CPU batches
-MIN_ROUNDS, MAX_ROUNDS = 2, 4  # timed passes over the items per candidate (after one untimed warm-up batch)
+ITEMS = 24  # items timed per candidate: a few CPU batches of posters, one batch of plots
+POOL = 8 * ITEMS  # plots whose lengths are looked at to pick ITEMS of typical length
+# Timed passes over the items per candidate. The first carries first-call costs (kernel selection, buffers) and
+# is rarely the best; the best round counts, so it needs no separate untimed warm-up pass.
+MIN_ROUNDS, MAX_ROUNDS = 2, 4
 # Distinct items a job must have for the first run to calibrate: on the 2-core development machine calibrating the
-# four default encoders cost about 60 s, while the fastest candidate saved 0.01-0.04 s per item.
+# four default encoders cost about 35 s (MPNet 16 s, 13 s of it tracing its ONNX graph), while the fastest candidate
+# saved 0.01-0.04 s per item.
 MIN_WORK = 1000
 BUDGET_S = 2.0  # after MIN_ROUNDS, stop once every candidate has run this long in all
 MIN_GAIN = 1.1  # a candidate must beat torch fp32 by this factor to be chosen
@@ -174,10 +178,10 @@ def best(record: dict[str, Any], precision: str | None = None, backend: str | No
 
 
 def calibrate_on(dataset, encoder, features, *, again: bool = False, min_work: int | None = None) -> dict[str, Any] | None:
-    """`ensure` for the encoder, measured on the dataset's first ITEMS distinct items of its modality when there is
-    no record yet (or `again`) and the dataset has at least `min_work` (default MIN_WORK) of them: measuring costs
-    10-40 s per encoder (tracing its ONNX graph included), which a smaller job cannot win back; it then runs as
-    without a record. An item that cannot be loaded is left out here (the extraction names it)."""
+    """`ensure` for the encoder, measured on ITEMS of the dataset's distinct items of its modality (`_sample`) when
+    there is no record yet (or `again`) and the dataset has at least `min_work` (default MIN_WORK) of them:
+    measuring costs 5-25 s per encoder (tracing its ONNX graph included), which a smaller job cannot win back; it
+    then runs as without a record."""
     if not applies(encoder, features):
         return None
     items: list[Any] = []
@@ -185,19 +189,36 @@ def calibrate_on(dataset, encoder, features, *, again: bool = False, min_work: i
     if record is None and _distinct_items(dataset, encoder.modality) < (MIN_WORK if min_work is None else min_work):
         return None
     if record is None or not settled(record):
-        modality, seen = spec(encoder.modality), set()
-        for movie in dataset.movies:
-            key = modality.key(movie)
-            if key is None or key in seen:
-                continue
-            seen.add(key)
-            try:
-                items.append(modality.load_raw(movie))
-            except Exception:  # a broken poster: skipped here, reported by the extraction
-                continue
-            if len(items) == ITEMS:
-                break
+        items = _sample(dataset, encoder)
     return ensure(encoder, features, items, again=again)
+
+
+def _sample(dataset, encoder) -> list[Any]:
+    """ITEMS distinct raw items of the dataset to time. Plots: ITEMS of the first POOL, longest first, around the
+    length at which half of the pool's tokens lie in longer plots (where half the encoding time goes), so that the
+    timed batch is padded like the feature cache's length-grouped batches and weighs lengths as the job does (a
+    batch of random plots is padded to its longest, and ONNX Runtime's lead over torch changes with the length).
+    An item that cannot be loaded is left out here (the extraction names it)."""
+    modality, seen, items = spec(encoder.modality), set(), []
+    lengths = getattr(encoder, "token_lengths", None)
+    for movie in dataset.movies:
+        key = modality.key(movie)
+        if key is None or key in seen:
+            continue
+        seen.add(key)
+        try:
+            items.append(modality.load_raw(movie))
+        except Exception:  # a broken poster: skipped here, reported by the extraction
+            continue
+        if len(items) == (POOL if callable(lengths) else ITEMS):
+            break
+    if len(items) <= ITEMS or not callable(lengths):
+        return items[:ITEMS]
+    by_length = sorted(zip(lengths(items), range(len(items))), reverse=True)
+    tokens = torch.tensor([n for n, _ in by_length], dtype=torch.float64).cumsum(0)
+    middle = int(torch.searchsorted(tokens, tokens[-1] / 2))
+    start = max(0, min(len(items) - ITEMS, middle - ITEMS // 2))
+    return [items[i] for _, i in by_length[start:start + ITEMS]]
 
 
 def _distinct_items(dataset, modality: str) -> int:
@@ -267,7 +288,6 @@ def measure(encoder, items: Sequence[Any], cache_root: Path, cap: CpuCapability,
     for c in rows:
         try:  # the reference must run: its failure is the encoder's, and propagates
             runs[c] = (runners or make_runner)(c, encoder, cache_root)
-            _pass(runs[c], batches[:1], c.precision)  # warm-up: first-call costs (kernel selection) are not timed
         except Exception as e:
             if c == REFERENCE:
                 raise
@@ -275,7 +295,7 @@ def measure(encoder, items: Sequence[Any], cache_root: Path, cap: CpuCapability,
             runs.pop(c, None)
     seconds, outputs = _timed_rounds(dict(runs), batches, timer or clock)
     for c in set(runs) - set(seconds):
-        rows[c]["error"] = "failed on a later batch of the timed items"
+        rows[c]["error"] = "failed on the timed items"
         runs.pop(c)
     table = load_table()
     for c, row in rows.items():
@@ -316,7 +336,7 @@ def _timed_rounds(runs: dict[Candidate, Runner], batches,
             t0 = timer()
             try:
                 out = _pass(runs[c], batches, c.precision)
-            except Exception:  # a candidate failing on a later batch than the warm-up's: measure() refuses it
+            except Exception:  # a candidate that cannot encode these items: measure() refuses it
                 if c == REFERENCE:
                     raise
                 del runs[c], times[c]
