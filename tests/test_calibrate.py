@@ -258,22 +258,30 @@ def test_a_job_too_small_to_pay_for_the_measurement_is_not_calibrated(synthetic_
     assert calibrate.calibrate_on(ds, enc, features, min_work=0) is not None and speed.calls  # asked for: measured
 
 
-def test_plots_are_timed_at_typical_length_longest_first(tiny_bert):
-    """A batch of random plots is padded to its longest; the cache's batches are grouped by length. So the timed
-    plots are ITEMS of the first POOL, distinct, longest first, around the length that splits the pool's tokens
-    in half."""
+def test_plots_are_timed_in_batches_sized_and_padded_like_the_jobs(tiny_bert):
+    """The job's time goes mostly to its long plots, batched by length, and ONNX Runtime's lead over torch changes
+    with both the length and the batch size. So the timed plots are distinct, longest first, one batch of the
+    cache's size around each of TEXT_QUANTILES of the pool's cumulative token count."""
     from types import SimpleNamespace
 
+    from genrefusion.data.modalities import spec
+
     enc = create_encoder(str(tiny_bert), modality="text")
-    plots = [" ".join(["word"] * n) + f" {n}" for n in range(1, calibrate.POOL + 1)][::-1]
+    cap = enc.token_lengths(["word " * 10_000])[0]  # the tiny model's maximum length
+    per_word = enc.token_lengths(["word " * 10])[0] - enc.token_lengths(["word " * 9])[0]
+    plots = [f"{'word ' * (1 + k % ((cap - 8) // per_word))}w{k}" for k in range(calibrate.POOL)]
     movies = [SimpleNamespace(plot=p, text_key=p) for p in plots + plots[:5]]  # repeated plots count once
     picked = calibrate._sample(SimpleNamespace(movies=movies), enc)
+    size = spec("text").cpu_batch_size
+    assert len(picked) == len(set(picked)) == size * len(calibrate.TEXT_QUANTILES)
     lengths = enc.token_lengths(picked)
-    assert len(picked) == len(set(picked)) == calibrate.ITEMS
     assert lengths == sorted(lengths, reverse=True)
     pool = sorted(enc.token_lengths(plots), reverse=True)
-    half = next(n for i, n in enumerate(pool) if sum(pool[:i + 1]) >= sum(pool) / 2)
-    assert min(lengths) <= half <= max(lengths) and max(lengths) - min(lengths) < calibrate.ITEMS + 2
+    for q, batch in zip(calibrate.TEXT_QUANTILES, calibrate._batches(enc, picked)):
+        at_q = next(n for i, n in enumerate(pool) if sum(pool[:i + 1]) >= q * sum(pool))
+        assert len(batch["input_ids"]) == size
+        assert min(enc.token_lengths(picked[:size] if q == calibrate.TEXT_QUANTILES[0] else picked[size:])) \
+            <= at_q <= batch["input_ids"].shape[1]
 
 
 def test_items_without_lengths_are_the_first_distinct_ones():

@@ -54,8 +54,9 @@ from . import backends, fingerprints
 from .precision import CpuCapability, cpu_capability, load_table, quality_verdict
 
 FORMAT = 1
-ITEMS = 24  # items timed per candidate: a few CPU batches of posters, one batch of plots
-POOL = 8 * ITEMS  # plots whose lengths are looked at to pick ITEMS of typical length
+ITEMS = 24  # posters timed per candidate: a few CPU batches (plots: _sample)
+POOL = 8 * ITEMS  # plots whose lengths are looked at to pick the timed ones
+TEXT_QUANTILES = (0.25, 0.75)  # a batch of plots around each of these quantiles of the tokens (_sample)
 # Timed passes over the items per candidate. The first carries first-call costs (kernel selection, buffers) and
 # is rarely the best; the best round counts, so it needs no separate untimed warm-up pass.
 MIN_ROUNDS, MAX_ROUNDS = 2, 4
@@ -194,11 +195,12 @@ def calibrate_on(dataset, encoder, features, *, again: bool = False, min_work: i
 
 
 def _sample(dataset, encoder) -> list[Any]:
-    """ITEMS distinct raw items of the dataset to time. Plots: ITEMS of the first POOL, longest first, around the
-    length at which half of the pool's tokens lie in longer plots (where half the encoding time goes), so that the
-    timed batch is padded like the feature cache's length-grouped batches and weighs lengths as the job does (a
-    batch of random plots is padded to its longest, and ONNX Runtime's lead over torch changes with the length).
-    An item that cannot be loaded is left out here (the extraction names it)."""
+    """Distinct raw items of the dataset to time: the first ITEMS posters; for plots, of the first POOL sorted
+    longest first, one batch of the feature cache's size around each of TEXT_QUANTILES of their cumulative token
+    count (longest first), so that the timed batches are padded and sized like the job's and lengths weigh as in
+    its time. Both matter: ONNX Runtime computes attention unfused, ahead of torch on short plots and at half its
+    speed on batches of 32 plots of 512 tokens (MiniLM, MPNet), and a batch of random plots is padded to its
+    longest. An item that cannot be loaded is left out here (the extraction names it)."""
     modality, seen, items = spec(encoder.modality), set(), []
     lengths = getattr(encoder, "token_lengths", None)
     for movie in dataset.movies:
@@ -212,13 +214,16 @@ def _sample(dataset, encoder) -> list[Any]:
             continue
         if len(items) == (POOL if callable(lengths) else ITEMS):
             break
-    if len(items) <= ITEMS or not callable(lengths):
-        return items[:ITEMS]
-    by_length = sorted(zip(lengths(items), range(len(items))), reverse=True)
-    tokens = torch.tensor([n for n, _ in by_length], dtype=torch.float64).cumsum(0)
-    middle = int(torch.searchsorted(tokens, tokens[-1] / 2))
-    start = max(0, min(len(items) - ITEMS, middle - ITEMS // 2))
-    return [items[i] for _, i in by_length[start:start + ITEMS]]
+    if not callable(lengths):
+        return items
+    by_length = [i for _, i in sorted(zip(lengths(items), range(len(items))), reverse=True)]
+    tokens = torch.tensor(sorted(lengths(items), reverse=True), dtype=torch.float64).cumsum(0)
+    size, picked = modality.cpu_batch_size, []
+    for q in TEXT_QUANTILES:  # one batch of the job's size around each quantile of the token count
+        centre = int(torch.searchsorted(tokens, q * tokens[-1]))
+        start = max(0, min(len(items) - size, centre - size // 2))
+        picked += [k for k in range(start, start + size) if k not in picked]
+    return [items[by_length[k]] for k in sorted(picked)]
 
 
 def _distinct_items(dataset, modality: str) -> int:
@@ -281,7 +286,7 @@ def measure(encoder, items: Sequence[Any], cache_root: Path, cap: CpuCapability,
     `timer` and `runners` default to the module's `clock` and `make_runner` (tests fake them)."""
     if not items:
         raise CalibrationError(f"calibrating {encoder.name!r} needs at least one item to encode")
-    items = list(items)[:ITEMS]
+    items = list(items)
     batches = _batches(encoder, items)
     rows = {c: {"backend": c.backend, "precision": c.precision} for c in candidates(cap)}
     runs = {}
