@@ -5,7 +5,7 @@ AVX512-BF16, bf16 autocast was x1.4 (MPNet) to x2.5 (EfficientNet-Lite0) faster 
 CPU bf16 is emulated and several times slower, while ONNX Runtime was x1.7 (MPNet) and x4.1 (EfficientNet-Lite0)
 faster. A table measured on one CPU therefore says nothing about the next one. So the first time an encoder's
 features are made on a machine under auto for a job of at least MIN_WORK items (a smaller one cannot win back the
-3-16 s the measurement costs per encoder, and runs as before), `ensure` times every candidate that can apply here
+3-30 s the measurement costs per encoder, and runs as before), `ensure` times every candidate that can apply here
 on a few dozen of the items about to be encoded:
 
   torch fp32         the reference;
@@ -61,7 +61,7 @@ TEXT_QUANTILES = (0.25, 0.75)  # a batch of plots around each of these quantiles
 # is rarely the best; the best round counts, so it needs no separate untimed warm-up pass.
 MIN_ROUNDS, MAX_ROUNDS = 2, 4
 # Distinct items a job must have for the first run to calibrate: on the 2-core development machine calibrating the
-# four default encoders cost about 35 s (MPNet 16 s, 13 s of it tracing its ONNX graph), while the fastest candidate
+# four default encoders cost about 50 s (MPNet 25 s, 13 s of it tracing its ONNX graph), while the fastest candidate
 # saved 0.01-0.04 s per item.
 MIN_WORK = 1000
 BUDGET_S = 2.0  # after MIN_ROUNDS, stop once every candidate has run this long in all
