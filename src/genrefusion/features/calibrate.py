@@ -202,7 +202,7 @@ def _sample(dataset, encoder) -> list[Any]:
     speed on batches of 32 plots of 512 tokens (MiniLM, MPNet), and a batch of random plots is padded to its
     longest. An item that cannot be loaded is left out here (the extraction names it)."""
     modality, seen, items = spec(encoder.modality), set(), []
-    lengths = getattr(encoder, "token_lengths", None)
+    lengths = encoder.token_lengths  # None: the encoder cannot count tokens (posters, a joined encoder)
     for movie in dataset.movies:
         key = modality.key(movie)
         if key is None or key in seen:
