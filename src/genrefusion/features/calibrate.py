@@ -53,7 +53,9 @@ from ..paths import encoder_folder
 from . import backends, fingerprints
 from .precision import CpuCapability, cpu_capability, load_table, quality_verdict
 
-FORMAT = 1
+# Part of every record's key: bumped whenever what is timed, or how, changes, so that a record measured the old
+# way is measured again rather than trusted.
+FORMAT = 2
 ITEMS = 24  # posters timed per candidate: a few CPU batches (plots: _sample)
 POOL = 8 * ITEMS  # plots whose lengths are looked at to pick the timed ones
 TEXT_QUANTILES = (0.25, 0.75)  # a batch of plots around each of these quantiles of the tokens (_sample)
