@@ -43,8 +43,8 @@ LINE = re.compile(r"^\s*(text|image) (\S+): .*?(?:\((\S+), (\S+)\))?, ([\d.]+) s
 
 
 def write_catalog(data: Path, n: int | None, dest: Path) -> Path:
-    """The first n (None: all) movies of the MM-IMDb folder with a plot and a poster, as a CSV catalog with the posters copied
-    beside it (a catalog's posters must be inside its folder)."""
+    """The first n (None: all) movies of the MM-IMDb folder with a plot and a poster, as a CSV catalog with the
+    posters copied beside it (a catalog's posters must be inside its folder)."""
     (dest / "posters").mkdir(parents=True, exist_ok=True)
     split = json.loads((data / "split.json").read_text())
     ids = [i for part in ("train", "dev", "test") for i in split.get(part, [])]
@@ -137,8 +137,8 @@ def main(argv=None) -> int:
         print(f"\ncalibrated {cal:.1f} s; baseline with its table {base:.1f} s (x{base / cal:.2f}); baseline with the "
               f"table hidden {hidden:.1f} s (x{hidden / cal:.2f})\ntargets: >= x1.00 and >= x1.30; {load_line()}")
         bound = best_choice(best["baseline+table"], best["baseline-table"])
-        print(f"bound: the fastest backend per encoder from the baselines' own times, without calibrating, {bound:.1f} s: "
-              f"x{base / bound:.2f} over the table, x{hidden / bound:.2f} over the table hidden")
+        print(f"bound: the fastest backend per encoder from the baselines' own times, without calibrating, "
+              f"{bound:.1f} s: x{base / bound:.2f} over the table, x{hidden / bound:.2f} over the table hidden")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

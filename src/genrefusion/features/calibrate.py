@@ -180,7 +180,8 @@ def best(record: dict[str, Any], precision: str | None = None, backend: str | No
     return Candidate(top["backend"], top["precision"])
 
 
-def calibrate_on(dataset, encoder, features, *, again: bool = False, min_work: int | None = None) -> dict[str, Any] | None:
+def calibrate_on(dataset, encoder, features, *, again: bool = False,
+                 min_work: int | None = None) -> dict[str, Any] | None:
     """`ensure` for the encoder, measured on a sample of the dataset's distinct items of its modality (`_sample`)
     when there is no record yet (or `again`) and the dataset has at least `min_work` (default MIN_WORK) of them:
     measuring costs 3-30 s per encoder (tracing its ONNX graph included), which a smaller job cannot win back; it
@@ -199,10 +200,10 @@ def calibrate_on(dataset, encoder, features, *, again: bool = False, min_work: i
 def _sample(dataset, encoder) -> list[Any]:
     """Distinct raw items of the dataset to time: the first ITEMS posters; for plots, of the first POOL sorted
     longest first, one batch of the feature cache's size around each of TEXT_QUANTILES of their cumulative token
-    count, so that the timed batches are padded and sized like the job's and lengths weigh as in
-    its time. Both matter: ONNX Runtime computes attention unfused, ahead of torch on short plots and at half its
-    speed on batches of 32 plots of 512 tokens (MiniLM, MPNet), and a batch of random plots is padded to its
-    longest. An item that cannot be loaded is left out here (the extraction names it)."""
+    count, so that the timed batches are padded and sized like the job's and lengths weigh as in its time. Both
+    matter: ONNX Runtime computes attention unfused, ahead of torch on short plots and at half its speed on batches
+    of 32 plots of 512 tokens (MiniLM, MPNet), and a batch of random plots is padded to its longest. An item that
+    cannot be loaded is left out here (the extraction names it)."""
     modality, seen, items = spec(encoder.modality), set(), []
     lengths = encoder.token_lengths  # None: the encoder cannot count tokens (posters, a joined encoder)
     for movie in dataset.movies:
@@ -220,11 +221,11 @@ def _sample(dataset, encoder) -> list[Any]:
         return items
     ranked = sorted(zip(lengths(items), range(len(items))), reverse=True)  # longest first
     tokens = torch.tensor([n for n, _ in ranked], dtype=torch.float64).cumsum(0)
-    size, picked = modality.cpu_batch_size, []
+    size, picked = modality.cpu_batch_size, set()
     for q in TEXT_QUANTILES:  # one batch of the job's size around each quantile of the token count
         centre = int(torch.searchsorted(tokens, q * tokens[-1]))
         start = max(0, min(len(items) - size, centre - size // 2))
-        picked += [k for k in range(start, start + size) if k not in picked]
+        picked.update(range(start, start + size))
     return [items[ranked[k][1]] for k in sorted(picked)]
 
 
